@@ -45,7 +45,9 @@ def strip_wrapper_prefixes(name: str) -> str:
     return name
 
 
-def maskable_parameters(model: nn.Module, dense_layers: Iterable[str] = ()) -> dict[str, nn.Parameter]:
+def maskable_parameters(
+    model: nn.Module, dense_layers: Iterable[str] = ()
+) -> dict[str, nn.Parameter]:
     """The weights of every Conv*d and Linear module, by wrapper-free parameter name.
 
     Biases and normalisation parameters are never masked. ``dense_layers`` lists parameter
@@ -82,7 +84,9 @@ def layer_densities(
     if not 0.0 < density <= 1.0:
         raise ValueError(f"sparsity.density must be in (0, 1], got {density}")
     if method not in ALLOCATION_METHODS:
-        raise ValueError(f"sparsity.sparse_init must be one of {ALLOCATION_METHODS}, got {method!r}")
+        raise ValueError(
+            f"sparsity.sparse_init must be one of {ALLOCATION_METHODS}, got {method!r}"
+        )
     if method == "uniform" or density == 1.0:
         return {name: density for name in shapes}
 
@@ -103,7 +107,9 @@ def layer_densities(
     return {name: 1.0 if name in dense else epsilon * raw[name] for name in shapes}
 
 
-def active_counts(shapes: Mapping[str, Sequence[int]], densities: Mapping[str, float]) -> dict[str, int]:
+def active_counts(
+    shapes: Mapping[str, Sequence[int]], densities: Mapping[str, float]
+) -> dict[str, int]:
     """Exact number of active weights per layer: round(density · numel), at least one."""
     counts = {}
     for name, shape in shapes.items():

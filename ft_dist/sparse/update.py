@@ -1,0 +1,51 @@
+"""One prune-and-grow update of one layer (SPEC §4): exact counts, as pure tensor functions."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class LayerUpdate:
+    mask: torch.Tensor  # new bool mask, same shape as the layer
+    dropped: torch.Tensor  # flat indices deactivated by the drop
+    grown: torch.Tensor  # flat indices activated by the grow (may include just-dropped ones)
+
+
+def num_to_drop(num_active: int, drop_fraction: float) -> int:
+    """k = ceil(f · n), never more than the active weights."""
+    return min(num_active, math.ceil(drop_fraction * num_active - 1e-9))
+
+
+def prune_and_grow(
+    mask: torch.Tensor, drop_score: torch.Tensor, grow_score: torch.Tensor, num_swap: int
+) -> LayerUpdate:
+    """Drop the ``num_swap`` active weights with the lowest ``drop_score``, then activate the
+    ``num_swap`` highest-``grow_score`` positions among those inactive after the drop.
+
+    The number of active weights is unchanged. Ties are broken by ``torch.topk``, which is
+    deterministic for identical inputs, so identical scores on every rank give identical masks.
+    """
+    flat_mask = mask.reshape(-1)
+    if num_swap == 0:
+        empty = torch.empty(0, dtype=torch.long, device=mask.device)
+        return LayerUpdate(mask.clone(), empty, empty)
+    drop_candidates = drop_score.reshape(-1).masked_fill(~flat_mask, math.inf)
+    dropped = torch.topk(drop_candidates, num_swap, largest=False, sorted=False).indices
+    new_mask = flat_mask.clone()
+    new_mask[dropped] = False
+    grow_candidates = grow_score.reshape(-1).masked_fill(new_mask, -math.inf)
+    grown = torch.topk(grow_candidates, num_swap, largest=True, sorted=False).indices
+    new_mask[grown] = True
+    return LayerUpdate(new_mask.view_as(mask), dropped, grown)
+
+
+def random_mask(shape: torch.Size, num_active: int, generator: torch.Generator) -> torch.Tensor:
+    """A bool mask with exactly ``num_active`` True entries at random positions (on the CPU)."""
+    numel = math.prod(shape)
+    mask = torch.zeros(numel, dtype=torch.bool)
+    mask[torch.randperm(numel, generator=generator)[:num_active]] = True
+    return mask.view(shape)
