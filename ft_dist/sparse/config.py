@@ -33,13 +33,20 @@ class SparsityConfig(Section):
     seed: int = 0
     check_consistency: bool = True
 
+    @model_validator(mode="before")
+    @classmethod
+    def _samples_replace_default_steps(cls, data):
+        # Setting update_every_samples alone replaces the default ΔT in steps.
+        if isinstance(data, dict) and data.get("update_every_samples") is not None:
+            if data.get("update_every_steps") is not None:
+                raise ValueError(
+                    "sparsity: set only one of update_every_steps and update_every_samples"
+                )
+            data = {**data, "update_every_steps": None}
+        return data
+
     @model_validator(mode="after")
     def _check_schedule(self) -> SparsityConfig:
-        if self.update_every_samples is not None and "update_every_steps" in self.model_fields_set:
-            raise ValueError(
-                "sparsity: set only one of update_every_steps and update_every_samples "
-                "(set update_every_steps=null to use update_every_samples)"
-            )
         if self.drop_schedule == "cosine" and self.stop_step is None:
             raise ValueError(
                 "sparsity.drop_schedule=cosine decays to 0 at sparsity.stop_step: set stop_step "

@@ -22,7 +22,6 @@ Run cost = per-step cost × examples seen (epochs × dataset size, summed over m
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Literal
@@ -31,7 +30,11 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from ft_dist.sparse.allocation import maskable_parameters, strip_wrapper_prefixes
+from ft_dist.sparse.allocation import (
+    layer_densities,
+    maskable_parameters,
+    strip_wrapper_prefixes,
+)
 
 GROWTH_METHODS = ("gradient", "random", "momentum")
 ENSEMBLE_METHODS = ("single", "edst", "pdst")
@@ -140,6 +143,22 @@ def flops_report(
     )
     saved = sum(layer.dense_flops - layer.sparse_flops for layer in layers)
     return FlopsReport(layers, total, total - saved)
+
+
+def allocated_flops_report(
+    model: nn.Module,
+    input_shape: Sequence[int],
+    density: float,
+    sparse_init: str = "erk",
+    dense_layers: Iterable[str] = (),
+) -> FlopsReport:
+    """FLOPs of `model` under the per-layer densities DynamicSparsity would allocate.
+
+    Build the model on the meta device first to price it without allocating weights.
+    """
+    params = maskable_parameters(model, dense_layers)
+    shapes = {name: tuple(param.shape) for name, param in params.items()}
+    return flops_report(model, input_shape, layer_densities(shapes, density, sparse_init))
 
 
 def forward_flops(
@@ -310,8 +329,3 @@ def price_standard_runs(
             dense_fwd, sparse_fwd, method="pdst", epochs=epochs, num_members=num_members, **sparse
         ),
     }
-
-
-def is_integral(value: float) -> bool:
-    """True when a FLOP count is a whole number (used by the CLI to format)."""
-    return math.isfinite(value) and float(value).is_integer()
