@@ -1,4 +1,6 @@
 """Benchmarks behind `ft-dist bench`. Each module exposes `add_parser(subparsers)`."""
 
 # Add a module here when its benchmark lands (keep imports light: torch is imported lazily).
-BENCHMARK_MODULES: list = []
+from ft_dist.bench import step
+
+BENCHMARK_MODULES: list = [step]

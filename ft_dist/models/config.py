@@ -27,10 +27,13 @@ class ModelConfig(Section):
 
     def resolved(self, *, num_classes: int, in_channels: int, image_size: int) -> ModelConfig:
         """Fill the fields that are None with the given (manifest) values."""
-        return self.model_copy(
-            update={
-                "num_classes": self.num_classes if self.num_classes is not None else num_classes,
-                "in_channels": self.in_channels if self.in_channels is not None else in_channels,
-                "image_size": self.image_size if self.image_size is not None else image_size,
-            }
-        )
+        values = self.model_dump()
+        defaults = {
+            "num_classes": num_classes,
+            "in_channels": in_channels,
+            "image_size": image_size,
+        }
+        for key, default in defaults.items():
+            if values[key] is None:
+                values[key] = default
+        return type(self).model_validate(values)

@@ -18,7 +18,6 @@ from ft_dist.cli import main
 from ft_dist.models import build_model
 from ft_dist.sparse.flops import (
     allocated_flops_report,
-    flops_report,
     forward_flops,
     layer_flops,
     price_run,

@@ -1,0 +1,217 @@
+"""`ft-dist flops`: forward FLOPs per layer of a sparse model, and what whole runs cost.
+
+The model is built on the meta device (no weights are allocated), so even ResNet-50 at
+224x224 is counted in about a second.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ft_dist.sparse.flops import FlopsReport, RunCost
+
+# Defaults per model family: (num_classes, in_channels, image_size) of its usual dataset.
+FAMILY_DEFAULTS = {
+    "resnet": (1000, 3, 224),  # ImageNet
+    "wrn": (100, 3, 32),  # CIFAR-100
+    "small-cnn": (10, 1, 28),  # MNIST
+}
+RUN_LABELS = {
+    "dense": "dense",
+    "static": "static sparse",
+    "dst": "DST",
+    "edst": "EDST",
+    "pdst": "DST Ensemble",
+}
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "flops",
+        help="forward FLOPs per layer of a sparse model and training FLOPs of whole runs",
+        description=(
+            "Count dense forward FLOPs per Conv/Linear layer with torch.utils.flop_counter, "
+            "scale each by its density (SPEC §8, RigL convention) and price dense, static, "
+            "DST, EDST and DST Ensemble runs relative to one dense run. Run defaults are the "
+            "FreeTickets CIFAR setting (250 epochs, ΔT=1000, t_ex=150, t_re=100, M=3)."
+        ),
+    )
+    _add_model_arguments(parser)
+    _add_run_arguments(parser)
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.set_defaults(func=handle)
+
+
+def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--model",
+        default="wrn-28-10",
+        help="resnet18/34/50, wrn-D-W or small-cnn (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--density",
+        type=float,
+        default=0.2,
+        help="global density d in (0, 1] (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--sparse-init",
+        default="erk",
+        choices=["erk", "er", "uniform"],
+        help="default: %(default)s",
+    )
+    parser.add_argument(
+        "--dense-layers", nargs="*", default=[], metavar="NAME", help="weights kept dense"
+    )
+    parser.add_argument("--num-classes", type=int, help="default: 1000 resnet, 100 wrn, 10 cnn")
+    parser.add_argument("--in-channels", type=int, help="default: 3 (1 for small-cnn)")
+    parser.add_argument("--image-size", type=int, help="default: 224 resnet, 32 wrn, 28 cnn")
+
+
+def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
+    runs = parser.add_argument_group("run pricing (SPEC §8)")
+    runs.add_argument(
+        "--epochs",
+        type=int,
+        default=250,
+        help="epochs of dense/static/DST runs (default: %(default)s)",
+    )
+    runs.add_argument(
+        "--update-every",
+        type=float,
+        default=1000,
+        help="ΔT in optimizer steps (default: %(default)s)",
+    )
+    runs.add_argument(
+        "--growth",
+        default="gradient",
+        choices=["gradient", "random", "momentum"],
+        help="default: %(default)s",
+    )
+    runs.add_argument(
+        "--members", type=int, default=3, help="ensemble size M (default: %(default)s)"
+    )
+    runs.add_argument(
+        "--t-ex", type=int, default=150, help="EDST exploration epochs (default: %(default)s)"
+    )
+    runs.add_argument(
+        "--t-re",
+        type=int,
+        default=100,
+        help="EDST refinement epochs per member (default: %(default)s)",
+    )
+
+
+def model_shape_defaults(model: str) -> tuple[int, int, int]:
+    """(num_classes, in_channels, image_size) usual for the model family."""
+    for family, defaults in FAMILY_DEFAULTS.items():
+        if model.startswith(family):
+            return defaults
+    raise ValueError(f"--model {model!r}: give --num-classes, --in-channels and --image-size")
+
+
+def model_flops_report(
+    model: str,
+    num_classes: int,
+    in_channels: int,
+    image_size: int,
+    density: float,
+    sparse_init: str = "erk",
+    dense_layers: tuple[str, ...] = (),
+) -> FlopsReport:
+    """Build `model` on the meta device, allocate ERK/ER/uniform densities, count FLOPs."""
+    import torch
+
+    from ft_dist.models import build_model
+    from ft_dist.sparse.flops import allocated_flops_report
+
+    with torch.device("meta"):
+        network = build_model(model, num_classes, in_channels, image_size)
+    input_shape = (in_channels, image_size, image_size)
+    return allocated_flops_report(network, input_shape, density, sparse_init, dense_layers)
+
+
+def handle(args: argparse.Namespace) -> int:
+    from ft_dist.models.names import check_model_name
+    from ft_dist.sparse.flops import price_standard_runs
+
+    check_model_name(args.model)
+    defaults = model_shape_defaults(args.model)
+    shape = [
+        value if value is not None else default
+        for value, default in zip(
+            (args.num_classes, args.in_channels, args.image_size), defaults, strict=True
+        )
+    ]
+    report = model_flops_report(
+        args.model, *shape, args.density, args.sparse_init, tuple(args.dense_layers)
+    )
+    runs = price_standard_runs(
+        report.dense_forward_flops,
+        report.sparse_forward_flops,
+        epochs=args.epochs,
+        num_members=args.members,
+        exploration_epochs=args.t_ex,
+        refinement_epochs=args.t_re,
+        growth=args.growth,
+        update_every_steps=args.update_every,
+    )
+    if args.json:
+        settings = {
+            "model": args.model,
+            "num_classes": shape[0],
+            "in_channels": shape[1],
+            "image_size": shape[2],
+            "density": args.density,
+            "sparse_init": args.sparse_init,
+        }
+        runs_json = {name: cost.to_dict() for name, cost in runs.items()}
+        print(json.dumps(settings | report.to_dict() | {"runs": runs_json}, indent=2))
+    else:
+        print(format_layers(report))
+        print()
+        print(format_runs(runs))
+    return 0
+
+
+def human(flops: float) -> str:
+    """1234567 -> '1.23M' (FLOPs, 1 multiply-add = 2 FLOPs)."""
+    for unit, scale in (("G", 1e9), ("M", 1e6), ("K", 1e3)):
+        if abs(flops) >= scale:
+            return f"{flops / scale:.2f}{unit}"
+    return f"{flops:.0f}"
+
+
+def format_layers(report: FlopsReport) -> str:
+    width = max([len(layer.name) for layer in report.layers] + [5])
+    header = f"{'layer':<{width}}  {'shape':<20} {'density':>8} {'dense':>10} {'sparse':>10}"
+    lines = [header, "-" * len(header)]
+    for layer in report.layers:
+        shape = "x".join(str(dim) for dim in layer.shape)
+        lines.append(
+            f"{layer.name:<{width}}  {shape:<20} {layer.density:>8.4f} "
+            f"{human(layer.dense_flops):>10} {human(layer.sparse_flops):>10}"
+        )
+    lines.append("-" * len(header))
+    lines.append(
+        f"{'forward FLOPs per example':<{width + 30}} {human(report.dense_forward_flops):>10} "
+        f"{human(report.sparse_forward_flops):>10}"
+    )
+    lines.append(f"forward FLOPs ratio (sparse/dense): {report.forward_flops_ratio:.4f}")
+    return "\n".join(lines)
+
+
+def format_runs(runs: dict[str, RunCost]) -> str:
+    header = f"{'run':<14} {'members':>7} {'epochs':>7} {'train FLOPs':>12} {'inference':>10}"
+    lines = [header, "-" * len(header)]
+    for name, cost in runs.items():
+        lines.append(
+            f"{RUN_LABELS[name]:<14} {cost.num_members:>7} {cost.total_epochs:>7} "
+            f"{cost.train_relative:>11.3f}x {cost.inference_relative:>9.3f}x"
+        )
+    reference = next(iter(runs.values())).reference_epochs
+    lines.append(f"(relative to one dense run of {reference} epochs; EDST epochs = t_ex + M·t_re)")
+    return "\n".join(lines)
