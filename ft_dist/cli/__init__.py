@@ -11,10 +11,10 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ft_dist.cli import bench, evaluate, flops, shards
+from ft_dist.cli import bench, evaluate, flops, shards, train
 
 # Order here is the order `ft-dist --help` lists the commands in.
-COMMAND_MODULES = [shards, bench, flops, evaluate]
+COMMAND_MODULES = [shards, train, bench, flops, evaluate]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,79 @@
+"""`ft-dist train CONFIG [key=value ...]`: train one member on a Ray Train worker group.
+
+Joins the Ray cluster named by `ray.address` or RAY_ADDRESS (inside `ray job submit` that is
+the job's own cluster), or starts a local one. Progress lines from rank 0 stream to this
+terminal while it runs; the run directory is printed as the very last line of output, so
+scripts can do `RUN=$(ft-dist train cfg.yaml | tail -n 1)`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+EXAMPLES = """\
+examples:
+  ft-dist train configs/demo_dst.yaml
+  ft-dist train configs/demo_dst.yaml train.num_workers=2 sparsity.density=0.1
+  ft-dist train configs/demo_dst.yaml train.run_name=again   # same name again = resume
+  launch/submit.sh configs/demo_dst.yaml                      # via `ray job submit`
+"""
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "train",
+        help="train one member (dense, DST or EDST) with Ray Train",
+        description=__doc__.split("\n\n")[1],
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("config", help="YAML run config (see configs/)")
+    parser.add_argument(
+        "overrides", nargs="*", metavar="key=value", help="dotted overrides, e.g. optim.lr=0.05"
+    )
+    parser.add_argument(
+        "--group", default=None, help="W&B group (the experiment); default: the run name"
+    )
+    parser.set_defaults(func=handle)
+
+
+def summary_lines(run: Path) -> list[str]:
+    """A few human lines from RUN_DIR/summary.json (nothing if the loop wrote none)."""
+    path = run / "summary.json"
+    if not path.is_file():
+        return []
+    summary = json.loads(path.read_text())
+    metrics = summary.get("metrics", {})
+    lines = [
+        f"steps {summary.get('steps')} | {summary.get('images_per_s', 0.0):.0f} images/s | "
+        f"training FLOPs {summary.get('train_flops', 0.0):.3g}"
+    ]
+    if metrics:
+        lines.append(" | ".join(f"{key} {value:.4g}" for key, value in sorted(metrics.items())))
+    if summary.get("tickets"):
+        lines.append("tickets: " + ", ".join(summary["tickets"]))
+    return lines
+
+
+def handle(args: argparse.Namespace) -> int:
+    from ft_dist.config import load_config
+
+    cfg = load_config(args.config, args.overrides)
+
+    import ray
+
+    from ft_dist.train.worker import fit
+
+    try:
+        run = fit(cfg, group=args.group)
+    finally:
+        if ray.is_initialized():
+            ray.shutdown()
+    for line in summary_lines(run):
+        print(line)
+    sys.stdout.flush()
+    print(run, flush=True)
+    return 0

@@ -1,0 +1,214 @@
+"""The run config: YAML → typed `RunConfig`, dotted command-line overrides, clear errors.
+
+    cfg = load_config("configs/demo_dst.yaml", ["optim.lr=0.05", "sparsity.density=0.1"])
+
+A config file has one top-level section per component, each validated by the section type
+its owner defines (unknown keys, wrong types and out-of-range values are errors):
+
+    model     ft_dist.models.ModelConfig        data      ft_dist.data.DataConfig
+    sparsity  ft_dist.sparse.SparsityConfig     optim     ft_dist.train.config.OptimConfig
+    train     ft_dist.train.config.TrainConfig  ray       ft_dist.train.config.RayConfig
+    tracking  ft_dist.tracking.TrackingConfig   ensemble  ft_dist.ensemble.EnsembleConfig
+
+Every error is a ValueError naming the file, the dotted key and what is allowed, e.g.
+``configs/x.yaml: optim.name: Input should be 'sgd', 'sgd-nesterov' or 'adamw' (got 'adam')``.
+"""
+
+from __future__ import annotations
+
+import os
+import types
+import typing
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, Field, ValidationError, model_validator
+
+from ft_dist.configbase import Section
+from ft_dist.data.config import DataConfig
+from ft_dist.ensemble.config import EnsembleConfig
+from ft_dist.ensemble.edst import total_epochs
+from ft_dist.models.config import ModelConfig
+from ft_dist.sparse.config import SparsityConfig
+from ft_dist.tracking import TrackingConfig
+from ft_dist.train.config import OptimConfig, RayConfig, TrainConfig
+
+
+class RunConfig(Section):
+    """One training run (one member, or one EDST run that yields M members)."""
+
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    data: DataConfig
+    sparsity: SparsityConfig = Field(default_factory=SparsityConfig)
+    optim: OptimConfig = Field(default_factory=OptimConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    ray: RayConfig = Field(default_factory=RayConfig)
+    ensemble: EnsembleConfig = Field(default_factory=EnsembleConfig)
+
+    @property
+    def num_epochs(self) -> int:
+        """Epochs this run trains: ``train.epochs``, or t_ex + M · t_re for EDST."""
+        if self.ensemble.method == "edst" and self.ensemble.edst is not None:
+            return total_epochs(self.ensemble.num_members, self.ensemble.edst)
+        return self.train.epochs
+
+    @model_validator(mode="after")
+    def _check_combination(self) -> RunConfig:
+        edst = self.ensemble.edst if self.ensemble.method == "edst" else None
+        if edst is not None:
+            if not self.sparsity.is_dynamic:
+                raise ValueError(
+                    "ensemble.method=edst needs dynamic sparse training: set sparsity.density < 1 "
+                    "and sparsity.update=dynamic"
+                )
+            expected = total_epochs(self.ensemble.num_members, edst)
+            if "epochs" in self.train.model_fields_set and self.train.epochs != expected:
+                raise ValueError(
+                    f"train.epochs={self.train.epochs} disagrees with EDST's exploration_epochs + "
+                    f"num_members × refinement_epochs = {expected}: remove train.epochs"
+                )
+            if edst.ticket == "best" and not self.data.val_split:
+                raise ValueError(
+                    "ensemble.edst.ticket=best picks tickets by validation accuracy: set "
+                    "data.val_split, or use ensemble.edst.ticket=last"
+                )
+            if edst.explore_growth == "momentum" and self.sparsity.growth != "momentum":
+                raise ValueError(
+                    "ensemble.edst.explore_growth=momentum needs sparsity.growth=momentum "
+                    "(use random or gradient)"
+                )
+        if self.train.strategy == "deepspeed" and self.sparsity.growth == "momentum":
+            raise ValueError(
+                "sparsity.growth=momentum is not supported with train.strategy=deepspeed: "
+                "use sparsity.growth=gradient or random"
+            )
+        if self.ensemble.method == "pdst" and self.train.member > self.ensemble.num_members:
+            raise ValueError(
+                f"train.member={self.train.member} is outside 1..ensemble.num_members="
+                f"{self.ensemble.num_members}"
+            )
+        return self
+
+
+# --------------------------------------------------------------------------- loading
+def load_config(path: str | os.PathLike[str], overrides: Sequence[str] = ()) -> RunConfig:
+    """Read a YAML config, apply ``key.sub=value`` overrides, validate everything."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"config file {path} not found (see configs/ for examples)")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as error:
+        raise ValueError(f"{path}: not valid YAML: {error}") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: the top level must be a mapping of sections ({_sections()})")
+    return config_from_dict(apply_overrides(data, overrides), source=str(path))
+
+
+def config_from_dict(data: dict[str, Any], source: str = "config") -> RunConfig:
+    """Validate a plain dict; errors name ``source`` and the dotted key."""
+    try:
+        return RunConfig.model_validate(data)
+    except ValidationError as error:
+        raise ValueError(format_validation_error(error, source)) from None
+
+
+def apply_overrides(data: dict[str, Any], overrides: Iterable[str]) -> dict[str, Any]:
+    """Return a copy of ``data`` with each ``a.b.c=value`` set; values are parsed as YAML
+    (``0.1`` → float, ``true`` → bool, ``null`` → None, ``[0.5,0.75]`` → list)."""
+    data = _deep_copy(data)
+    for override in overrides:
+        key, sep, raw = override.partition("=")
+        key = key.strip()
+        if not sep or not key or any(not part for part in key.split(".")):
+            raise ValueError(f"override {override!r} must look like section.key=value")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError:
+            value = raw
+        _set_dotted(data, key.split("."), value, key)
+    return data
+
+
+def _set_dotted(data: dict[str, Any], parts: list[str], value: Any, key: str) -> None:
+    if parts[0] not in RunConfig.model_fields:
+        raise ValueError(f"override {key}: unknown section {parts[0]!r}; allowed: {_sections()}")
+    node = data
+    for part in parts[:-1]:
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
+        if not isinstance(child, dict):
+            raise ValueError(f"override {key}: {part} is a value, not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def _deep_copy(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _deep_copy(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_deep_copy(v) for v in value]
+    return value
+
+
+def _sections() -> str:
+    return ", ".join(RunConfig.model_fields)
+
+
+# --------------------------------------------------------------------------- error messages
+def format_validation_error(error: ValidationError, source: str) -> str:
+    """One line per problem: ``source: dotted.key: what is wrong (got value)``."""
+    lines = []
+    for item in error.errors():
+        loc = [str(part) for part in item["loc"] if not isinstance(part, int)]
+        key = ".".join(loc)
+        message = item["msg"].removeprefix("Value error, ")
+        if item["type"] == "extra_forbidden":
+            allowed = _allowed_keys(loc[:-1])
+            message = f"unknown key; allowed keys{' of ' + '.'.join(loc[:-1]) if loc[:-1] else ''}: {allowed}"
+        elif item["type"] == "missing":
+            message = "required but missing"
+        elif "input" in item and not isinstance(item["input"], dict):
+            message = f"{message} (got {item['input']!r})"
+        lines.append(f"{source}: {key}: {message}" if key else f"{source}: {message}")
+    return "\n".join(lines)
+
+
+def _allowed_keys(loc: list[str]) -> str:
+    model: type[BaseModel] | None = RunConfig
+    for part in loc:
+        field = model.model_fields.get(part) if model else None
+        model = _model_type(field.annotation) if field else None
+    return ", ".join(model.model_fields) if model else "?"
+
+
+def _model_type(annotation: Any) -> type[BaseModel] | None:
+    """The BaseModel inside ``X``, ``X | None`` or ``Optional[X]``."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        for arg in typing.get_args(annotation):
+            found = _model_type(arg)
+            if found is not None:
+                return found
+    return None
+
+
+# --------------------------------------------------------------------------- saving
+def config_to_dict(cfg: RunConfig) -> dict[str, Any]:
+    """Plain YAML/JSON-able dict of every resolved value (defaults included)."""
+    return cfg.model_dump(mode="json")
+
+
+def save_config(cfg: RunConfig, path: str | os.PathLike[str]) -> Path:
+    """Write the resolved config as YAML (atomically); `load_config` reads it back."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
+    os.replace(partial, path)
+    return path

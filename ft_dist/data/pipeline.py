@@ -1,0 +1,219 @@
+"""The training stream: equal steps on every rank, seeded epochs, resumable positions.
+
+Usage in a per-worker loop::
+
+    stream = TrainStream(cfg.data, rank=rank, world_size=world_size, seed=run_seed)
+    for epoch in range(start_epoch, num_epochs):
+        loader = stream.epoch(epoch, start_step=resume_step if epoch == start_epoch else 0)
+        for step, (images, labels) in enumerate(loader, start=loader.start_step):
+            ...                           # checkpoint {"epoch": epoch, "step": step + 1}
+
+How one epoch is read (all from the manifest, identical on every rank -- see plan.py):
+
+1. ``steps_per_epoch = num_samples // (world_size × batch_size_per_worker)``.
+2. The shards are permuted with (seed, epoch) and balanced over the ``world_size × W``
+   slots (rank, loader-worker role); fewer shards than slots is an error.
+3. A role streams its shards, cycling through them again (reshuffled) if they hold fewer
+   samples than its quota, through a seeded shuffle buffer, and stops at exactly its
+   quota -- so uneven shards never leave one rank short of batches (no DDP hang).
+4. On resume at ``start_step`` each role reads and drops, undecoded, the samples of the
+   batches before it; each batch's augmentation is seeded by (seed, epoch, rank, batch),
+   so the resumed epoch yields exactly the batches of the uninterrupted one.
+
+Within an epoch some samples may be read twice and a few not at all (the quota rounds to
+whole batches); over epochs the shard permutation changes, so all are seen.
+"""
+
+from __future__ import annotations
+
+import itertools
+import random
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from ft_dist.data.config import DataConfig
+from ft_dist.data.decoding import BatchDecoder, DataInfo, RawItem, check_same_classes, describe
+from ft_dist.data.manifest import Manifest, read_manifest, verify_shards
+from ft_dist.data.plan import (
+    epoch_assignment,
+    mix_seed,
+    role_batches,
+    role_of_worker,
+    skipped_batches,
+    steps_per_epoch,
+)
+from ft_dist.data.reader import DataError, iter_shard
+
+
+def check_dataset(cfg: DataConfig, world_size: int) -> DataInfo:
+    """Everything that can be checked before training starts, in one call (driver side).
+
+    Reads the train/val/test manifests, checks local shards (existence, size, sha256 with
+    ``data.verify=checksum``), label ranges, shards >= ranks × loader workers and at least
+    one global batch. Raises ValueError / FileNotFoundError naming the problem and fix.
+    """
+    info = describe(cfg)
+    for split in (cfg.train_split, cfg.val_split, cfg.test_split):
+        if split is not None:
+            manifest = read_manifest(cfg.root, split)
+            check_same_classes(manifest, info)
+            verify_shards(manifest, cfg.verify)
+    _check_train_layout(cfg, read_manifest(cfg.root, cfg.train_split), world_size)
+    return info
+
+
+def _check_train_layout(cfg: DataConfig, manifest: Manifest, world_size: int) -> int:
+    """Shard and sample counts a training epoch needs; returns steps per epoch."""
+    num_roles = max(1, cfg.loader_workers)
+    if manifest.num_shards < world_size * num_roles:
+        raise ValueError(
+            f"split {manifest.split!r} has {manifest.num_shards} shards, fewer than ranks × "
+            f"loader workers = {world_size} × {num_roles}; lower data.loader_workers or "
+            "rewrite the split with a smaller --shard-size"
+        )
+    steps = steps_per_epoch(manifest.num_samples, world_size, cfg.batch_size_per_worker)
+    if steps == 0:
+        raise ValueError(
+            f"split {manifest.split!r} has {manifest.num_samples} samples, less than one "
+            f"global batch ({world_size} ranks × data.batch_size_per_worker="
+            f"{cfg.batch_size_per_worker}); lower data.batch_size_per_worker"
+        )
+    return steps
+
+
+class TrainStream:
+    """A rank's view of the training split: build once, then one loader per epoch."""
+
+    def __init__(
+        self,
+        cfg: DataConfig,
+        *,
+        rank: int,
+        world_size: int,
+        seed: int | None = None,
+    ) -> None:
+        if world_size < 1 or not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} is not in 0..world_size-1 (world_size {world_size})")
+        self.cfg = cfg
+        self.rank, self.world_size = rank, world_size
+        self.seed = cfg.seed if seed is None else seed
+        self.info = describe(cfg)
+        self.manifest = read_manifest(cfg.root, cfg.train_split)
+        self.num_roles = max(1, cfg.loader_workers)
+        self.steps_per_epoch = _check_train_layout(cfg, self.manifest, world_size)
+        self.decoder = BatchDecoder.create(cfg, self.info, self.manifest, train=True)
+
+    @property
+    def global_batch_size(self) -> int:
+        return self.world_size * self.cfg.batch_size_per_worker
+
+    def epoch(self, epoch: int, start_step: int = 0) -> EpochLoader:
+        """Exactly ``steps_per_epoch - start_step`` batches ``(images, labels)``."""
+        if not 0 <= start_step <= self.steps_per_epoch:
+            raise ValueError(
+                f"start_step {start_step} is outside 0..{self.steps_per_epoch} (steps per epoch)"
+            )
+        source = _EpochSource(self, epoch, start_step)
+        return EpochLoader(source, self.cfg, epoch, start_step, self.steps_per_epoch)
+
+
+class EpochLoader:
+    """Iterable over one epoch's remaining batches; knows its position for checkpoints."""
+
+    def __init__(
+        self, source: _EpochSource, cfg: DataConfig, epoch: int, start_step: int, steps: int
+    ) -> None:
+        self.source, self.cfg = source, cfg
+        self.epoch, self.start_step, self.steps_per_epoch = epoch, start_step, steps
+        self.step = start_step  # batches handed out so far in this epoch
+
+    def __len__(self) -> int:
+        return self.steps_per_epoch - self.start_step
+
+    def state_dict(self) -> dict[str, int]:
+        """Position to store in a checkpoint: resume with ``stream.epoch(epoch, step)``."""
+        return {"epoch": self.epoch, "step": self.step}
+
+    def __iter__(self) -> Iterator[tuple[Any, Any]]:
+        workers = self.cfg.loader_workers
+        loader = DataLoader(
+            self.source,
+            batch_size=None,
+            num_workers=workers,
+            prefetch_factor=self.cfg.prefetch_factor if workers else None,
+            pin_memory=self.cfg.pin_memory and torch.cuda.is_available(),
+            # Own generator: the loader would otherwise draw its base seed from (and so
+            # advance) the training process's global torch RNG. Batches seed themselves.
+            generator=torch.Generator().manual_seed(0),
+            multiprocessing_context=self.cfg.loader_start_method if workers else None,
+            persistent_workers=False,
+        )
+        self.step = self.start_step
+        for batch in loader:
+            self.step += 1
+            yield batch
+        if self.step != self.steps_per_epoch:
+            raise RuntimeError(
+                f"epoch {self.epoch} ended after {self.step} of {self.steps_per_epoch} steps; "
+                "this is a bug in ft_dist.data"
+            )
+
+
+class _EpochSource(IterableDataset):
+    """The torch IterableDataset behind one epoch's DataLoader (runs in loader workers)."""
+
+    def __init__(self, stream: TrainStream, epoch: int, start_step: int) -> None:
+        sizes = [shard.num_samples for shard in stream.manifest.shards]
+        self.slots = epoch_assignment(
+            sizes, stream.world_size * stream.num_roles, stream.seed, epoch
+        )
+        self.manifest, self.decoder = stream.manifest, stream.decoder
+        self.rank, self.num_roles = stream.rank, stream.num_roles
+        self.seed, self.epoch, self.start_step = stream.seed, epoch, start_step
+        self.steps = stream.steps_per_epoch
+        self.batch_size = stream.cfg.batch_size_per_worker
+        self.shuffle_buffer = stream.cfg.shuffle_buffer
+
+    def __iter__(self) -> Iterator[tuple[Any, Any]]:
+        worker = get_worker_info()
+        role = role_of_worker(worker.id if worker else 0, self.num_roles, self.start_step)
+        batches = role_batches(role, self.num_roles, self.start_step, self.steps)
+        skip = skipped_batches(role, self.num_roles, self.start_step) * self.batch_size
+        quota = skip + len(batches) * self.batch_size
+        samples = itertools.islice(self._shuffled(role, quota), skip, quota)
+        for index in batches:
+            items = list(itertools.islice(samples, self.batch_size))
+            seed = mix_seed("augment", self.seed, self.epoch, self.rank, index)
+            yield self.decoder.decode(items, seed)
+
+    def _shuffled(self, role: int, quota: int) -> Iterator[RawItem]:
+        samples = self._cycled(role)
+        size = min(self.shuffle_buffer, quota)  # a bigger buffer would only read ahead
+        if size <= 1:
+            return samples
+        import webdataset as wds
+
+        rng = random.Random(mix_seed("buffer", self.seed, self.epoch, self.rank, role))
+        return iter(wds.shuffle(size, initial=size, rng=rng)(samples))
+
+    def _cycled(self, role: int) -> Iterator[RawItem]:
+        """The role's shards, then again reshuffled, ..., as one endless sample stream."""
+        shards = self.slots[self.rank * self.num_roles + role]
+        for cycle in itertools.count():
+            order = list(shards)
+            if cycle:
+                rng = random.Random(
+                    mix_seed("cycle", self.seed, self.epoch, self.rank, role, cycle)
+                )
+                rng.shuffle(order)
+            count = 0
+            for shard in order:
+                url = self.manifest.shard_url(shard)
+                for _, key, sample in iter_shard(url, self.manifest.shards[shard]):
+                    count += 1
+                    yield url, key, sample
+            if count == 0:
+                raise DataError(f"shards {order} of {self.manifest.split!r} yielded no samples")

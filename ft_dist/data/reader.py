@@ -1,0 +1,155 @@
+"""Read samples out of one tar shard, and decode them, with errors that name shard and key.
+
+Shards are opened with webdataset's ``gopen`` (local paths, ``file://``, ``http(s)://``
+via curl, ``pipe:`` commands, ...) and walked with its tar iterator. While a shard is
+read to the end its bytes are hashed, so a remote shard that does not match its manifest
+is caught even though it could not be checked before training; the sample count is
+compared with the manifest too, which catches a tar cut at a member boundary (tarfile
+reads those silently as a shorter archive).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import tarfile
+from collections.abc import Iterator
+from typing import Any
+
+from ft_dist.data.manifest import ShardInfo
+
+IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "bmp", "ppm")
+Sample = dict[str, bytes]
+
+
+class DataError(ValueError):
+    """Bad data met while streaming: the message names the shard, the key and the fix."""
+
+
+class _HashingReader:
+    """A read-only stream wrapper that hashes every byte handed to the tar parser."""
+
+    def __init__(self, stream: Any) -> None:
+        self.stream = stream
+        self.digest = hashlib.sha256()
+
+    def read(self, size: int = -1) -> bytes:
+        data = self.stream.read(size)
+        self.digest.update(data)
+        return data
+
+    def drain(self) -> None:
+        # tarfile stops at the end-of-archive marker; the padding after it is hashed too.
+        while self.read(1 << 20):
+            pass
+
+
+def iter_shard(url: str, shard: ShardInfo) -> Iterator[tuple[int, str, Sample]]:
+    """Yield ``(position, key, {ext: bytes})`` for every sample of one shard, in order.
+
+    A shard read to its end is checked against the manifest's sample count and sha256.
+    """
+    from webdataset import gopen
+    from webdataset.tariterators import tar_file_iterator
+
+    try:
+        stream = gopen(url, "rb")
+    except FileNotFoundError as error:
+        raise FileNotFoundError(
+            f"shard {url} listed in the manifest is missing; copy it back or rewrite the split"
+        ) from error
+    except Exception as error:  # gopen raises ValueError/OSError for unknown schemes etc.
+        raise DataError(f"cannot open shard {url} ({error}); check data.root") from error
+    reader = _HashingReader(stream)
+    position, last_member, completed = 0, [""], False
+    try:
+        for key, sample in _group(tar_file_iterator(reader), last_member):
+            yield position, key, sample
+            position += 1
+        reader.drain()
+        completed = True
+    except (tarfile.TarError, OSError, EOFError) as error:
+        after = f"after member {last_member[0]!r}" if last_member[0] else "at its start"
+        raise DataError(
+            f"shard {url} is truncated or unreadable {after} ({_first_line(error)}); "
+            "re-copy or rewrite it"
+        ) from error
+    finally:
+        _close(stream, url, check=completed)
+    if position != shard.num_samples:
+        raise DataError(
+            f"shard {url} holds {position} samples, its manifest says {shard.num_samples} "
+            "(truncated?); re-copy or rewrite it"
+        )
+    if reader.digest.hexdigest() != shard.sha256:
+        raise DataError(
+            f"shard {url} does not match the sha256 in its manifest (corrupted or replaced); "
+            "re-copy or rewrite it"
+        )
+
+
+def _close(stream: Any, url: str, check: bool) -> None:
+    """Close a shard stream; a failing ``pipe:`` command is an error only if read to the end.
+
+    Roles stop reading mid-shard when their quota is met, and the download command then
+    dies of a broken pipe -- expected, not an error.
+    """
+    try:
+        stream.close()
+    except Exception as error:
+        if check:
+            raise DataError(f"reading shard {url} failed: {_first_line(error)}") from error
+
+
+def _first_line(error: BaseException) -> str:
+    # webdataset appends " @ <stream object>" to messages; keep only the cause.
+    return str(error.args[0] if error.args else error).split(" @ ")[0]
+
+
+def _group(files: Iterator[dict[str, Any]], last_member: list[str]) -> Iterator[tuple[str, Sample]]:
+    """Consecutive tar members ``<key>.<ext>`` -> one sample per key (webdataset convention).
+
+    ``last_member[0]`` tracks the last member read completely, for error messages.
+    """
+    current_key: str | None = None
+    current: Sample = {}
+    for member in files:
+        last_member[0] = member["fname"]
+        folder, _, base = member["fname"].rpartition("/")
+        stem, dot, ext = base.partition(".")
+        if not dot:
+            continue
+        key = f"{folder}/{stem}" if folder else stem
+        if key != current_key:
+            if current_key is not None:
+                yield current_key, current
+            current_key, current = key, {}
+        current[ext.lower()] = member["data"]
+    if current_key is not None:
+        yield current_key, current
+
+
+def decode_image(sample: Sample, mode: str) -> Any:
+    """The sample's image as a fully decoded PIL image in ``mode`` (L or RGB)."""
+    from PIL import Image
+
+    data = next((sample[ext] for ext in IMAGE_EXTENSIONS if ext in sample), None)
+    if data is None:
+        raise DataError(f"no image member (one of {IMAGE_EXTENSIONS}) in fields {sorted(sample)}")
+    image = Image.open(io.BytesIO(data))
+    image.load()
+    return image if image.mode == mode else image.convert(mode)
+
+
+def read_label(sample: Sample, num_classes: int) -> int:
+    """The sample's class index from its ``cls`` member, checked against the class range."""
+    raw = sample.get("cls")
+    if raw is None:
+        raise DataError("has no .cls label member")
+    try:
+        label = int(raw.decode("ascii").strip())
+    except (UnicodeDecodeError, ValueError) as error:
+        raise DataError(f"has an unreadable label {raw[:20]!r}") from error
+    if not 0 <= label < num_classes:
+        raise DataError(f"has label {label}, outside the class range 0..{num_classes - 1}")
+    return label

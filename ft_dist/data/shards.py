@@ -1,0 +1,175 @@
+"""Write one split of encoded images as numbered WebDataset tar shards plus its manifest.
+
+Sources (an image-folder tree, the bundled MNIST digits) hand this module already-encoded
+samples in their final order; it only packs them. Each sample becomes ``<key>.<ext>``
+(the image bytes exactly as given) and ``<key>.cls`` (the class index as ASCII), with
+``key`` the zero-padded position of the sample in the split. Shards are written to a
+temporary name and renamed when complete, and the manifest is written last, so an
+interrupted run never leaves a split that looks finished.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import statistics
+import tarfile
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ft_dist.data.manifest import MANIFEST_NAME, file_sha256, write_manifest
+
+SHARD_PATTERN = "shard-{index:06d}.tar"
+# PIL format name -> file extension stored in the tar (what the reader dispatches on).
+FORMAT_EXTENSIONS = {"JPEG": "jpg", "PNG": "png", "WEBP": "webp", "BMP": "bmp", "PPM": "ppm"}
+_CHANNELS = {"1": 1, "L": 1, "I": 1, "I;16": 1, "F": 1, "LA": 2, "RGBA": 4, "CMYK": 4}
+
+
+@dataclass(frozen=True)
+class EncodedImage:
+    """One sample ready to pack: image bytes, their extension, label and image facts."""
+
+    ext: str
+    data: bytes
+    label: int | None
+    width: int
+    height: int
+    mode: str
+
+
+@dataclass
+class SplitStats:
+    """What the writer saw, for the manifest's hints and the closing report."""
+
+    sizes: list[tuple[int, int]] = field(default_factory=list)
+    modes: Counter[str] = field(default_factory=Counter)
+    skipped: list[str] = field(default_factory=list)
+
+
+def prepare_split_dir(out: Path, split: str, overwrite: bool) -> Path:
+    """Create ``out/split``; refuse to mix with an existing split unless asked to replace it."""
+    split_dir = out / split
+    if (split_dir / MANIFEST_NAME).exists() and not overwrite:
+        raise ValueError(
+            f"{split_dir} already holds a written {split!r} split; pass --overwrite to "
+            "replace it or choose another --out/--split"
+        )
+    split_dir.mkdir(parents=True, exist_ok=True)
+    for old in [*split_dir.glob("shard-*.tar"), split_dir / MANIFEST_NAME]:
+        old.unlink(missing_ok=True)
+    return split_dir
+
+
+def write_split(
+    split_dir: Path,
+    samples: Iterable[EncodedImage],
+    *,
+    classes: list[str],
+    labeled: bool,
+    shard_size: int,
+    info: dict[str, Any],
+    stats: SplitStats | None = None,
+) -> dict[str, Any]:
+    """Pack ``samples`` (in order) into shards of ``shard_size`` and write the manifest.
+
+    Returns the manifest content. ``info`` adds descriptive keys (source, seed, recipe).
+    """
+    if shard_size < 1:
+        raise ValueError(f"--shard-size must be >= 1, got {shard_size}")
+    stats = stats or SplitStats()
+    shards: list[dict[str, Any]] = []
+    chunk: list[EncodedImage] = []
+    for sample in _recorded(samples, stats):
+        chunk.append(sample)
+        if len(chunk) == shard_size:
+            shards.append(_write_shard(split_dir, len(shards), chunk, _first_key(shards), labeled))
+            chunk = []
+    if chunk:
+        shards.append(_write_shard(split_dir, len(shards), chunk, _first_key(shards), labeled))
+    if not shards:
+        raise ValueError(f"no images to write into {split_dir}: the source has no usable image")
+    content = {
+        "split": split_dir.name,
+        "num_samples": sum(shard["num_samples"] for shard in shards),
+        "num_classes": len(classes),
+        "classes": list(classes),
+        "labeled": labeled,
+        **_image_hints(stats),
+        "recipe": info.pop("recipe", None),
+        "skipped": len(stats.skipped),
+        "skipped_files": stats.skipped[:100],
+        **info,
+        "shards": shards,
+    }
+    write_manifest(split_dir, content)
+    return content
+
+
+def _recorded(samples: Iterable[EncodedImage], stats: SplitStats) -> Iterator[EncodedImage]:
+    for sample in samples:
+        stats.sizes.append((sample.width, sample.height))
+        stats.modes[sample.mode] += 1
+        yield sample
+
+
+def _first_key(shards: list[dict[str, Any]]) -> int:
+    return sum(shard["num_samples"] for shard in shards)
+
+
+def _write_shard(
+    split_dir: Path, index: int, chunk: list[EncodedImage], first_key: int, labeled: bool
+) -> dict[str, Any]:
+    # Plain tarfile rather than webdataset's TarWriter: same format, and it avoids
+    # importing torch (seconds) in a command that otherwise needs only PIL.
+    name = SHARD_PATTERN.format(index=index)
+    tmp = split_dir / f".{name}.tmp"
+    with tarfile.open(tmp, "w", format=tarfile.USTAR_FORMAT) as tar:
+        for offset, sample in enumerate(chunk):
+            key = f"{first_key + offset:09d}"
+            _add_member(tar, f"{key}.{sample.ext}", sample.data)
+            if labeled:
+                _add_member(tar, f"{key}.cls", str(sample.label).encode("ascii"))
+    os.replace(tmp, split_dir / name)
+    labels = [sample.label for sample in chunk if sample.label is not None]
+    return {
+        "name": name,
+        "num_samples": len(chunk),
+        "num_bytes": (split_dir / name).stat().st_size,
+        "sha256": file_sha256(split_dir / name),
+        "label_min": min(labels) if labeled else None,
+        "label_max": max(labels) if labeled else None,
+    }
+
+
+def _add_member(tar: tarfile.TarFile, name: str, data: bytes) -> None:
+    info = tarfile.TarInfo(name)
+    info.size, info.mode, info.mtime = len(data), 0o444, 0  # mtime 0: reproducible shards
+    tar.addfile(info, io.BytesIO(data))
+
+
+def _image_hints(stats: SplitStats) -> dict[str, Any]:
+    """Mode, channels and a square side for the model, from the images actually written.
+
+    Fixed-size datasets (MNIST, CIFAR) report their side; for mixed sizes (ImageNet) the
+    median short side is the hint, and the min/median/max sizes are kept for reference.
+    """
+    mode = stats.modes.most_common(1)[0][0]
+    widths = [w for w, _ in stats.sizes]
+    heights = [h for _, h in stats.sizes]
+    if len(set(stats.sizes)) == 1 and widths[0] == heights[0]:
+        side = widths[0]
+    else:
+        side = int(statistics.median(min(w, h) for w, h in stats.sizes))
+    return {
+        "image_mode": mode,
+        "channels": _CHANNELS.get(mode, 3),
+        "image_size": side,
+        "image_size_hint": {
+            "min": [min(widths), min(heights)],
+            "median": [int(statistics.median(widths)), int(statistics.median(heights))],
+            "max": [max(widths), max(heights)],
+        },
+    }

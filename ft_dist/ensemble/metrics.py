@@ -1,0 +1,199 @@
+"""Ensemble metrics (SPEC §7) on probability tensors.
+
+Every function takes probabilities, never logits: an ensemble's prediction is the mean of
+its members' softmax outputs, and that mean has no logits. Inputs are `[N, K]` (one
+model) or `[M, N, K]` (M members); results are Python floats or `[M, M]` tensors.
+Computations run in float64 so that the figures do not depend on the input dtype.
+
+Where torchmetrics has the metric (accuracy, AUROC) we call it. ECE is ours because
+the FreeTickets/Guo et al. convention puts a confidence c in bin b when
+b/B < c <= (b+1)/B, while torchmetrics uses [b/B, (b+1)/B) plus a separate bin for
+c == 1.0 exactly (common for saturated float32 softmax); away from bin edges both
+agree, which the tests check. The same bins feed the reliability diagram.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torchmetrics.functional.classification import binary_auroc, multiclass_accuracy
+
+NUM_ECE_BINS = 15
+_EPS = 1e-12
+
+OodScore = Literal["max_prob", "entropy"]
+
+
+@dataclass(frozen=True)
+class ReliabilityBins:
+    """Per-bin statistics of top-1 confidence: the data of a reliability diagram."""
+
+    edges: torch.Tensor  # [B + 1] bin edges 0 .. 1
+    counts: torch.Tensor  # [B] number of predictions per bin
+    confidence: torch.Tensor  # [B] mean top-1 confidence per bin (0 where empty)
+    accuracy: torch.Tensor  # [B] fraction correct per bin (0 where empty)
+
+
+def _check_probs(probs: torch.Tensor, targets: torch.Tensor | None = None) -> torch.Tensor:
+    if probs.ndim != 2:
+        raise ValueError(f"expected probabilities of shape [N, K], got {tuple(probs.shape)}")
+    if targets is not None and targets.shape != probs.shape[:1]:
+        raise ValueError(
+            f"targets of shape {tuple(targets.shape)} do not match {probs.shape[0]} predictions"
+        )
+    return probs.detach().to(torch.float64)
+
+
+def accuracy(probs: torch.Tensor, targets: torch.Tensor) -> float:
+    """Top-1 accuracy (torchmetrics, micro average = fraction of correct predictions)."""
+    probs = _check_probs(probs, targets)
+    value = multiclass_accuracy(probs, targets, num_classes=probs.shape[1], average="micro")
+    return float(value)
+
+
+def nll(probs: torch.Tensor, targets: torch.Tensor) -> float:
+    """Mean negative log-likelihood -log p[y] (probabilities clamped at 1e-12)."""
+    probs = _check_probs(probs, targets)
+    picked = probs.gather(1, targets.long().unsqueeze(1)).squeeze(1)
+    return float(-picked.clamp_min(_EPS).log().mean())
+
+
+def brier(probs: torch.Tensor, targets: torch.Tensor) -> float:
+    """Multiclass Brier score: mean over inputs of sum_k (p_k - 1[y = k])^2, in [0, 2]."""
+    probs = _check_probs(probs, targets)
+    onehot = torch.nn.functional.one_hot(targets.long(), probs.shape[1]).to(probs.dtype)
+    return float((probs - onehot).pow(2).sum(dim=1).mean())
+
+
+def reliability_bins(
+    probs: torch.Tensor, targets: torch.Tensor, num_bins: int = NUM_ECE_BINS
+) -> ReliabilityBins:
+    """Bin top-1 confidences into `num_bins` equal-width bins (b/B, (b+1)/B]."""
+    probs = _check_probs(probs, targets)
+    confidence, predicted = probs.max(dim=1)
+    correct = (predicted == targets).to(probs.dtype)
+    edges = torch.linspace(0.0, 1.0, num_bins + 1, dtype=probs.dtype)
+    # bucketize(right=False) gives i with edges[i-1] < c <= edges[i]; c == 0 would be bin -1.
+    index = (torch.bucketize(confidence, edges, right=False) - 1).clamp(0, num_bins - 1)
+    counts = torch.zeros(num_bins, dtype=probs.dtype).scatter_add_(
+        0, index, torch.ones_like(confidence)
+    )
+    conf_sum = torch.zeros(num_bins, dtype=probs.dtype).scatter_add_(0, index, confidence)
+    correct_sum = torch.zeros(num_bins, dtype=probs.dtype).scatter_add_(0, index, correct)
+    safe = counts.clamp_min(1.0)
+    return ReliabilityBins(edges, counts, conf_sum / safe, correct_sum / safe)
+
+
+def ece(probs: torch.Tensor, targets: torch.Tensor, num_bins: int = NUM_ECE_BINS) -> float:
+    """Expected calibration error, L1: sum_b (n_b / N) |accuracy_b - confidence_b|."""
+    bins = reliability_bins(probs, targets, num_bins)
+    weights = bins.counts / bins.counts.sum()
+    return float((weights * (bins.accuracy - bins.confidence).abs()).sum())
+
+
+def entropy(probs: torch.Tensor) -> torch.Tensor:
+    """Predictive entropy per input, in nats: -sum_k p_k log p_k (0 log 0 = 0)."""
+    probs = _check_probs(probs)
+    return -(probs * probs.clamp_min(_EPS).log()).sum(dim=1)
+
+
+def ood_scores(probs: torch.Tensor, score: OodScore) -> torch.Tensor:
+    """Higher = more in-distribution: max probability, or minus the predictive entropy."""
+    if score == "max_prob":
+        return _check_probs(probs).max(dim=1).values
+    if score == "entropy":
+        return -entropy(probs)
+    raise ValueError(f"OoD score must be 'max_prob' or 'entropy', got {score!r}")
+
+
+def ood_auroc(in_probs: torch.Tensor, ood_probs: torch.Tensor, score: OodScore) -> float:
+    """AUROC of telling in-distribution (positive) from OoD inputs by `score`."""
+    if len(in_probs) == 0 or len(ood_probs) == 0:
+        raise ValueError("OoD AUROC needs at least one in-distribution and one OoD input")
+    scores = torch.cat([ood_scores(in_probs, score), ood_scores(ood_probs, score)])
+    labels = torch.cat(
+        [torch.ones(len(in_probs), dtype=torch.long), torch.zeros(len(ood_probs), dtype=torch.long)]
+    )
+    # torchmetrics treats scores outside [0, 1] as logits and applies a sigmoid: monotone,
+    # so the AUROC of -entropy is unchanged.
+    return float(binary_auroc(scores, labels, thresholds=None))
+
+
+def classification_metrics(probs: torch.Tensor, targets: torch.Tensor) -> dict[str, float]:
+    """The per-model table of SPEC §7: accuracy, NLL, ECE (15 bins, L1), Brier."""
+    return {
+        "accuracy": accuracy(probs, targets),
+        "nll": nll(probs, targets),
+        "ece": ece(probs, targets),
+        "brier": brier(probs, targets),
+    }
+
+
+def _check_members(member_probs: torch.Tensor) -> torch.Tensor:
+    if member_probs.ndim != 3:
+        raise ValueError(
+            f"expected member probabilities of shape [M, N, K], got {tuple(member_probs.shape)}"
+        )
+    return member_probs.detach().to(torch.float64)
+
+
+def ensemble_probs(member_probs: torch.Tensor) -> torch.Tensor:
+    """The ensemble prediction: the mean of the members' probabilities (never of logits)."""
+    return _check_members(member_probs).mean(dim=0)
+
+
+def pairwise_disagreement(member_probs: torch.Tensor) -> torch.Tensor:
+    """[M, M]: fraction of inputs on which members i and j predict a different top-1."""
+    predicted = _check_members(member_probs).argmax(dim=2)  # [M, N]
+    different = predicted.unsqueeze(1) != predicted.unsqueeze(0)  # [M, M, N]
+    return different.to(torch.float64).mean(dim=2)
+
+
+def pairwise_kl(member_probs: torch.Tensor) -> torch.Tensor:
+    """[M, M]: mean over inputs of KL(p_i || p_j), in nats (not symmetric)."""
+    probs = _check_members(member_probs)
+    log_probs = probs.clamp_min(_EPS).log()
+    # KL(p_i || p_j) = sum_k p_i (log p_i - log p_j); the p_i log p_i term is -H(p_i).
+    neg_entropy = (probs * log_probs).sum(dim=2)  # [M, N]
+    cross = torch.einsum("ink,jnk->ijn", probs, log_probs)  # sum_k p_i log p_j
+    kl = (neg_entropy.unsqueeze(1) - cross).mean(dim=2).clamp_min(0.0)
+    return kl.fill_diagonal_(0.0)  # exactly 0, not rounding noise
+
+
+def mask_jaccard(masks_a: dict[str, torch.Tensor], masks_b: dict[str, torch.Tensor]) -> float:
+    """Jaccard overlap |A ∩ B| / |A ∪ B| of two members' active weights over all masked layers."""
+    if masks_a.keys() != masks_b.keys():
+        only = sorted(set(masks_a) ^ set(masks_b))
+        raise ValueError(f"the two tickets mask different layers: {only[:5]}")
+    intersection = union = 0
+    for name, mask_a in masks_a.items():
+        mask_b = masks_b[name]
+        if mask_a.shape != mask_b.shape:
+            raise ValueError(
+                f"mask {name!r} has shape {tuple(mask_a.shape)} in one ticket and "
+                f"{tuple(mask_b.shape)} in the other"
+            )
+        intersection += int((mask_a.bool() & mask_b.bool()).sum())
+        union += int((mask_a.bool() | mask_b.bool()).sum())
+    return intersection / union if union else 1.0
+
+
+def pairwise_mask_jaccard(masks: list[dict[str, torch.Tensor]]) -> torch.Tensor:
+    """[M, M] Jaccard overlaps of every pair of members' masks (1 on the diagonal)."""
+    size = len(masks)
+    out = torch.ones(size, size, dtype=torch.float64)
+    for i in range(size):
+        for j in range(i + 1, size):
+            out[i, j] = out[j, i] = mask_jaccard(masks[i], masks[j])
+    return out
+
+
+def off_diagonal_mean(matrix: torch.Tensor) -> float:
+    """Mean of the i != j entries of an [M, M] pairwise matrix (nan for M = 1)."""
+    size = matrix.shape[0]
+    if size < 2:
+        return float("nan")
+    off = ~torch.eye(size, dtype=torch.bool)
+    return float(matrix[off].mean())

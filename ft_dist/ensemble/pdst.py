@@ -1,0 +1,113 @@
+"""DST Ensemble (SPEC §6): M independent DST members trained concurrently on the cluster.
+
+Each member is an ordinary run (`ft_dist.train.worker.fit`): its own Ray Train worker
+group, checkpoints and tickets, in EXP_DIR/members/member_<i>/, with `train.member = i`
+(which changes every seed: weights, initial mask, data order, mask evolution).
+
+Scheduling is Ray Tune's, not ours: one Tune trial per member whose function launches
+that member's `TorchTrainer` (the Ray Train V2 + Tune pattern). The trial itself reserves
+(almost) no resources; the member's workers do, so members whose workers do not fit wait in
+Ray's queue until resources free up, and `ensemble.pdst.max_concurrent_members` caps how
+many start at once. Tune runs trials independently: one member failing (after its own
+`ray.max_failures` restarts) stops neither the others nor their tickets. Re-running the
+same experiment resumes each member from its own checkpoints, and a member that already
+finished returns at once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ft_dist.config import RunConfig, config_from_dict, config_to_dict, save_config
+from ft_dist.train.paths import run_dir
+
+MEMBERS_DIR = "members"
+TUNE_DIR = "tune"
+DRIVER_CPUS = 0.01
+
+
+def member_dir(exp_dir: Path, member: int) -> Path:
+    return Path(exp_dir) / MEMBERS_DIR / f"member_{member}"
+
+
+def member_config(cfg: RunConfig, member: int) -> RunConfig:
+    """The run config of member `member` (1..M) of the DST Ensemble `cfg`."""
+    if not 1 <= member <= cfg.ensemble.num_members:
+        raise ValueError(f"member {member} is outside 1..ensemble.num_members")
+    exp_dir = run_dir(cfg.train)
+    data = config_to_dict(cfg)
+    data["train"].update(
+        member=member, run_name=f"member_{member}", output_dir=str(exp_dir / MEMBERS_DIR)
+    )
+    if cfg.ray.storage_path:  # keep members of different experiments apart in shared storage
+        storage = cfg.ray.storage_path.rstrip("/")
+        data["ray"]["storage_path"] = f"{storage}/{cfg.train.run_name}/{MEMBERS_DIR}"
+    return config_from_dict(data, source=f"{cfg.train.run_name} member {member}")
+
+
+@dataclass(frozen=True)
+class MemberOutcome:
+    member: int
+    run_dir: Path
+    error: str | None
+
+
+def _train_member(
+    trial_config: dict[str, Any],
+    members: dict[int, RunConfig],
+    loop: Callable[..., Any] | None,
+    group: str,
+) -> None:
+    """One Tune trial: train one member to the end (resuming it if it ran before)."""
+    from ft_dist.train.worker import fit
+
+    fit(members[int(trial_config["member"])], loop, group=group)
+
+
+def fit_pdst(
+    cfg: RunConfig, loop: Callable[..., Any] | None = None
+) -> tuple[Path, list[MemberOutcome]]:
+    """Train all members of a DST Ensemble; returns EXP_DIR and each member's outcome.
+
+    `loop` replaces the per-worker training loop (tests); None = ft_dist.train.loop.train.
+    """
+    from ray import tune
+
+    from ft_dist.train.worker import connect
+
+    if cfg.ensemble.method != "pdst":
+        raise ValueError(f"ensemble.method is {cfg.ensemble.method!r}; fit_pdst needs 'pdst'")
+    exp_dir = run_dir(cfg.train)
+    save_config(cfg, exp_dir / "config.yaml")
+    num_members = cfg.ensemble.num_members
+    members = {m: member_config(cfg, m) for m in range(1, num_members + 1)}
+    connect(cfg.ray.address)
+    # The trial only drives the member's TorchTrainer: its workers hold the resources, the
+    # driver a token share of a CPU (Tune refuses an empty resource request).
+    trainable = tune.with_resources(
+        tune.with_parameters(_train_member, members=members, loop=loop, group=cfg.train.run_name),
+        {"CPU": DRIVER_CPUS},
+    )
+    tuner = tune.Tuner(
+        trainable,
+        param_space={"member": tune.grid_search(list(members))},
+        tune_config=tune.TuneConfig(
+            max_concurrent_trials=cfg.ensemble.pdst.max_concurrent_members or num_members
+        ),
+        run_config=tune.RunConfig(
+            name=cfg.train.run_name,
+            storage_path=str((exp_dir / TUNE_DIR).resolve()),
+            failure_config=tune.FailureConfig(max_failures=0, fail_fast=False),
+            verbose=0,
+        ),
+    )
+    results = tuner.fit()
+    outcomes = []
+    for result in results:
+        member = int(result.config["member"])
+        error = None if result.error is None else f"{type(result.error).__name__}: {result.error}"
+        outcomes.append(MemberOutcome(member, member_dir(exp_dir, member), error))
+    return exp_dir, sorted(outcomes, key=lambda outcome: outcome.member)

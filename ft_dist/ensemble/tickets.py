@@ -1,0 +1,132 @@
+"""Find and load the tickets of a run (EDST / single) or of a DST Ensemble experiment.
+
+Layouts (the shared run-directory contract):
+    RUN_DIR/tickets/ticket_01.pt ...               one run: EDST (one per phase) or single
+    EXP_DIR/members/member_<i>/tickets/ticket_*.pt   DST Ensemble: one RUN_DIR per member;
+                                                    its member ticket is the last one written
+A ticket holds plain tensors and is read with `torch.load(weights_only=True)`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from torch import nn
+
+META_KEYS = ("model", "num_classes", "in_channels", "image_size", "member", "density")
+SHAPE_KEYS = ("num_classes", "in_channels", "image_size")
+
+Layout = Literal["run", "experiment"]
+
+
+@dataclass(frozen=True)
+class Ticket:
+    """One ensemble member as saved: weights, masks and metadata."""
+
+    path: Path
+    model_state: dict[str, torch.Tensor]
+    masks: dict[str, torch.Tensor]
+    meta: dict[str, Any]
+
+    def layer_densities(self) -> dict[str, float]:
+        """Fraction of active weights in every masked layer, from the saved masks."""
+        return {name: float(mask.float().mean()) for name, mask in self.masks.items()}
+
+    def input_shape(self) -> tuple[int, int, int]:
+        size = int(self.meta["image_size"])
+        return (int(self.meta["in_channels"]), size, size)
+
+
+def _run_tickets(run_dir: Path) -> list[Path]:
+    return sorted((run_dir / "tickets").glob("ticket_*.pt"))
+
+
+def _member_number(path: Path) -> tuple[int, str]:
+    """member_2 before member_10 (numeric order), unparsable names last."""
+    suffix = path.name.removeprefix("member_")
+    return (int(suffix), "") if suffix.isdigit() else (1 << 30, path.name)
+
+
+def find_tickets(path: str | Path) -> tuple[list[Path], Layout]:
+    """The ticket files to ensemble in `path`, and which layout `path` has."""
+    root = Path(path)
+    if not root.is_dir():
+        raise FileNotFoundError(f"{root}: no such run or experiment directory")
+    members_dir = root / "members"
+    if members_dir.is_dir():
+        member_dirs = sorted(
+            (p for p in members_dir.glob("member_*") if p.is_dir()), key=_member_number
+        )
+        chosen = [tickets[-1] for tickets in map(_run_tickets, member_dirs) if tickets]
+        missing = [d.name for d in member_dirs if not _run_tickets(d)]
+        if missing:
+            raise FileNotFoundError(
+                f"{members_dir}: members {missing} have no tickets/ticket_*.pt yet; "
+                "wait for them to finish (or resume them) before evaluating"
+            )
+        if not chosen:
+            raise FileNotFoundError(f"{members_dir}: no member_<i>/tickets/ticket_*.pt found")
+        return chosen, "experiment"
+    tickets = _run_tickets(root)
+    if not tickets:
+        raise FileNotFoundError(
+            f"{root}: no tickets/ticket_*.pt and no members/ directory; pass the RUN_DIR that "
+            "`ft-dist train` printed (or a DST Ensemble EXP_DIR)"
+        )
+    return tickets, "run"
+
+
+def load_ticket(path: str | Path) -> Ticket:
+    """Read one ticket safely (weights_only) and check it has what evaluation needs."""
+    path = Path(path)
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # noqa: BLE001 - any unpickling failure is a bad file
+        raise ValueError(f"{path}: not a readable ticket ({error})") from error
+    if not isinstance(data, dict) or not {"model", "masks", "meta"} <= set(data):
+        raise ValueError(f"{path}: a ticket is a dict with keys 'model', 'masks' and 'meta'")
+    missing = [key for key in META_KEYS if key not in data["meta"]]
+    if missing:
+        raise ValueError(f"{path}: ticket meta lacks {missing}")
+    return Ticket(path, dict(data["model"]), dict(data["masks"]), dict(data["meta"]))
+
+
+def check_compatible(tickets: list[Ticket]) -> None:
+    """Members of one ensemble must predict the same classes from the same inputs."""
+    first = tickets[0]
+    for ticket in tickets[1:]:
+        for key in SHAPE_KEYS:
+            if ticket.meta[key] != first.meta[key]:
+                raise ValueError(
+                    f"{ticket.path}: meta.{key}={ticket.meta[key]} but {first.path} has "
+                    f"{first.meta[key]}; an ensemble's members must share classes and inputs"
+                )
+
+
+def build_member(ticket: Ticket, device: torch.device | str = "cpu") -> nn.Module:
+    """The ticket's network in eval mode, weights loaded and masks applied."""
+    from ft_dist.models import build_model
+
+    meta = ticket.meta
+    model = build_model(
+        str(meta["model"]),
+        int(meta["num_classes"]),
+        int(meta["in_channels"]),
+        int(meta["image_size"]),
+    )
+    try:
+        model.load_state_dict(ticket.model_state, strict=True)
+    except RuntimeError as error:
+        raise ValueError(
+            f"{ticket.path}: weights do not fit model {meta['model']!r}: {error}"
+        ) from error
+    params = dict(model.named_parameters())
+    with torch.no_grad():
+        for name, mask in ticket.masks.items():
+            if name not in params:
+                raise ValueError(f"{ticket.path}: mask for unknown parameter {name!r}")
+            params[name].mul_(mask.to(params[name].dtype))
+    return model.to(device).eval()

@@ -1,0 +1,308 @@
+"""The per-worker training loop: one member (or one EDST run) on one data-parallel rank.
+
+    summary = train(cfg, session, tracker)
+
+Runs the same with no Ray (`LocalSession`: one process or torch.distributed env vars) and
+inside Ray Train (`RaySession`). Read `train` top to bottom:
+
+1. setup (setup.py): data, then identically seeded model, masks and strategy on every rank;
+2. resume after everything exists, so a checkpoint restores into the same objects;
+3. each epoch: LR from the step (and EDST plan), micro-batches, one optimizer step, logs;
+   at its end validation, EDST tickets and exploration, then a checkpoint;
+4. finish: final metrics, the single-run ticket and summary.json.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from ft_dist.config import RunConfig
+from ft_dist.ensemble.edst import EpochPlan, epoch_plan
+from ft_dist.train import checkpoint as ckpt
+from ft_dist.train.optim import learning_rate
+from ft_dist.train.paths import SUMMARY_FILE, checkpoints_dir
+from ft_dist.train.session import Session
+from ft_dist.train.setup import Context, LoopState, build_context
+from ft_dist.train.strategy import Strategy
+from ft_dist.train.validate import evaluate_split, is_distributed, prepare_images, sync_buffers_
+
+
+def train(cfg: RunConfig, session: Session, tracker: Any) -> dict[str, Any]:
+    """Train this rank's share of the run; returns the summary (identical on every rank)."""
+    # Data, seeds, model, masks and strategy, in the order that keeps ranks identical.
+    ctx = build_context(cfg, session, tracker)
+    cfg = ctx.cfg  # with the model's shape resolved from the data manifest
+    # Resume after everything exists, so the checkpoint restores into the same objects.
+    resume_from = session.latest_checkpoint_dir()
+    if resume_from is not None:
+        restore(ctx, resume_from)
+    tracker.set_total(ctx.steps_per_epoch * ctx.num_epochs, ctx.num_epochs)
+    for epoch in range(ctx.state.epoch, ctx.num_epochs):
+        plan = _edst_plan(cfg, epoch)
+        train_epoch(ctx, epoch, plan)
+        end_epoch(ctx, epoch, plan)
+    return finish(ctx)
+
+
+# --------------------------------------------------------------------------- one epoch
+def train_epoch(ctx: Context, epoch: int, plan: EpochPlan | None) -> None:
+    """The optimizer steps of one epoch (from the resume position), with logs and
+    mid-epoch checkpoints."""
+    cfg, state, strategy = ctx.cfg, ctx.state, ctx.strategy
+    accum = cfg.train.grad_accum_steps
+    loader = ctx.stream.epoch(epoch, start_step=state.step_in_epoch * accum)
+    batches = iter(loader)
+    capture_at = ctx.steps_per_epoch - 1 if _explores_with_gradient(cfg, plan) else -1
+    global_batch = cfg.data.batch_size_per_worker * accum * ctx.session.world_size
+    zero = torch.zeros((), device=ctx.session.device)
+    loss_sum, loss_count, images_since, clock = zero, 0, 0, time.perf_counter()
+    while state.step_in_epoch < ctx.steps_per_epoch:
+        lr = learning_rate(
+            cfg.optim,
+            state.global_step,
+            ctx.steps_per_epoch,
+            ctx.num_epochs,
+            None if plan is None else plan.lr_scale,
+        )
+        strategy.set_lr(lr)
+        micro_batches = [next(batches) for _ in range(accum)]
+        loss = train_step(ctx, micro_batches, capture_grads=state.step_in_epoch == capture_at)
+        loss_sum, loss_count = loss_sum + loss.detach().float(), loss_count + 1
+        state.step_in_epoch += 1
+        state.global_step += 1
+        state.images_seen += global_batch
+        images_since += global_batch
+        if (
+            state.global_step % cfg.train.log_every_steps == 0
+            or state.step_in_epoch == ctx.steps_per_epoch
+        ):
+            elapsed = _elapsed(clock, ctx.fast_path)
+            state.train_seconds += elapsed
+            log_progress(ctx, epoch, lr, loss_sum / loss_count, images_since / max(elapsed, 1e-9))
+            loss_sum, loss_count, images_since = zero, 0, 0
+            clock = time.perf_counter()
+        every = cfg.train.checkpoint_every_steps
+        if every and state.global_step % every == 0 and state.step_in_epoch < ctx.steps_per_epoch:
+            state.train_seconds += _elapsed(clock, ctx.fast_path)
+            ctx.session.report(_progress_metrics(ctx, epoch), save(ctx))
+            clock = time.perf_counter()
+    batches.close()  # stop the loader's worker processes now, not at garbage collection
+
+
+def train_step(ctx: Context, micro_batches: list, capture_grads: bool) -> torch.Tensor:
+    """Forward/backward every micro-batch, then one optimizer step (masks, prune/grow)."""
+    strategy, device = ctx.strategy, ctx.session.device
+    channels_last = ctx.fast_path and ctx.cfg.train.channels_last
+    total = torch.zeros((), device=device)
+    for index, (images, labels) in enumerate(micro_batches):
+        last = index == len(micro_batches) - 1
+        images = prepare_images(images, device, strategy.input_dtype, channels_last)
+        with strategy.micro_batch(last):
+            loss = ctx.criterion(strategy.model(images).float(), labels.to(device))
+            strategy.backward(loss, last)
+        total += loss.detach()
+    strategy.step(capture_grads=capture_grads)
+    return total / len(micro_batches)
+
+
+def end_epoch(ctx: Context, epoch: int, plan: EpochPlan | None) -> None:
+    """Validate, keep/write EDST tickets, explore between phases, checkpoint, report."""
+    cfg, state, strategy = ctx.cfg, ctx.state, ctx.strategy
+    sync_buffers_(strategy.module)
+    last_epoch = epoch == ctx.num_epochs - 1
+    refining = plan is not None and plan.phase >= 1
+    metrics = _progress_metrics(ctx, epoch + 1)
+    if cfg.data.val_split and (
+        (epoch + 1) % cfg.train.eval_every_epochs == 0 or last_epoch or refining
+    ):
+        metrics.update(_evaluate(ctx, cfg.data.val_split))
+    val_accuracy = metrics.get(f"{cfg.data.val_split}/accuracy")
+    masks = strategy.sparsity.masks
+    if refining:
+        ctx.tickets.observe(plan.phase, epoch, val_accuracy, strategy.module, masks)
+        if plan.phase_end:
+            _write_ticket(ctx, plan.phase, plan.phase, epoch, val_accuracy)
+    if plan is not None and plan.explore_after:
+        edst = cfg.ensemble.edst
+        strategy.explore(edst.explore_drop_fraction, edst.explore_growth)
+        metrics.update({f"explore/{k}": v for k, v in _sparse_totals(strategy).items()})
+    state.epoch, state.step_in_epoch = epoch + 1, 0
+    ctx.tracker.log(metrics, step=state.global_step)
+    every = cfg.train.checkpoint_every_epochs
+    saved = save(ctx) if last_epoch or (epoch + 1) % every == 0 else None
+    ctx.session.report(metrics, saved)
+
+
+def finish(ctx: Context) -> dict[str, Any]:
+    """Final metrics, the single-run ticket, and RUN_DIR/summary.json."""
+    cfg, state, strategy = ctx.cfg, ctx.state, ctx.strategy
+    sync_buffers_(strategy.module)
+    metrics: dict[str, float] = {}
+    for split in (cfg.data.val_split, cfg.data.test_split):
+        if split:
+            metrics.update(_evaluate(ctx, split))
+    if cfg.ensemble.method != "edst" and 1 not in ctx.tickets.written:
+        _write_ticket(ctx, 1, 0, ctx.num_epochs - 1, metrics.get(f"{cfg.data.val_split}/accuracy"))
+    summary = {
+        "run_name": cfg.train.run_name,
+        "method": cfg.ensemble.method,
+        "member": cfg.train.member,
+        "model": cfg.model.name,
+        "density": cfg.sparsity.density,
+        "epochs": ctx.num_epochs,
+        "steps": state.global_step,
+        "world_size": ctx.session.world_size,
+        "images_seen": state.images_seen,
+        "train_seconds": state.train_seconds,
+        "images_per_s": state.images_seen / max(state.train_seconds, 1e-9),
+        "train_flops": ctx.flops_per_example * state.images_seen,
+        "train_flops_per_example": ctx.flops_per_example,
+        "tickets": [f"tickets/ticket_{n:02d}.pt" for n in ctx.tickets.written],
+        "metrics": metrics,
+        **_sparse_totals(strategy),
+    }
+    if ctx.session.rank == 0:
+        path = ctx.run / SUMMARY_FILE
+        path.with_name(path.name + ".partial").write_text(json.dumps(summary, indent=2) + "\n")
+        path.with_name(path.name + ".partial").replace(path)
+    ctx.tracker.summary({**metrics, "train/flops": summary["train_flops"]})
+    return summary
+
+
+# --------------------------------------------------------------------------- checkpoints
+def save(ctx: Context) -> str:
+    """Write a checkpoint of everything that changes training (collective: every rank)."""
+    shared, local = ctx.strategy.state_dict()
+    payload = {
+        "meta": _checkpoint_meta(ctx),
+        "strategy": shared,
+        "loop": asdict(ctx.state),
+        "tickets": ctx.tickets.state_dict(),
+    }
+    local_payload = {"strategy": local, "rng": ckpt.capture_rng_state()}
+    path = ckpt.save_checkpoint(
+        checkpoints_dir(ctx.run),
+        ctx.state.global_step,
+        payload if ctx.session.rank == 0 else None,
+        local_payload,
+        _checkpoint_meta(ctx),
+        rank=ctx.session.rank,
+        keep=ctx.cfg.train.keep_checkpoints,
+    )
+    return str(path)
+
+
+def restore(ctx: Context, path: str) -> None:
+    """Load a checkpoint written by `save` (refusing one from another model or density)."""
+    shared, local = ckpt.load_checkpoint(path, ctx.session.rank)
+    ckpt.check_compatible(shared["meta"], _checkpoint_meta(ctx), path)
+    ctx.strategy.load_state_dict(shared["strategy"], None if local is None else local["strategy"])
+    ctx.state = LoopState(**shared["loop"])
+    ctx.tickets.load_state_dict(shared["tickets"])
+    if local is not None:
+        ckpt.restore_rng_state(local["rng"])
+
+
+def _checkpoint_meta(ctx: Context) -> dict[str, Any]:
+    cfg = ctx.cfg
+    return {
+        "model": cfg.model.name,
+        "num_classes": cfg.model.num_classes,
+        "density": cfg.sparsity.density,
+        "sparse_init": cfg.sparsity.sparse_init,
+        "strategy": cfg.train.strategy,
+        "zero_stage": cfg.train.zero_stage if cfg.train.strategy == "deepspeed" else 0,
+        "world_size": ctx.session.world_size,
+        "run_name": cfg.train.run_name,
+    }
+
+
+# --------------------------------------------------------------------------- helpers
+def _evaluate(ctx: Context, split: str) -> dict[str, float]:
+    return evaluate_split(
+        ctx.strategy.module,
+        ctx.cfg.data,
+        split,
+        info=ctx.info,
+        rank=ctx.session.rank,
+        world_size=ctx.session.world_size,
+        device=ctx.session.device,
+        input_dtype=ctx.strategy.input_dtype,
+        channels_last=ctx.fast_path and ctx.cfg.train.channels_last,
+    )
+
+
+def _write_ticket(
+    ctx: Context, number: int, phase: int, epoch: int, val_accuracy: float | None
+) -> None:
+    member = number if ctx.cfg.ensemble.method == "edst" else ctx.cfg.train.member
+    ctx.tickets.finalise(
+        number,
+        phase=phase,
+        epoch=epoch,
+        val_accuracy=val_accuracy,
+        module=ctx.strategy.module,
+        masks=ctx.strategy.sparsity.masks,
+        member=member,
+        train_flops=ctx.flops_per_example * ctx.state.images_seen,
+        write=ctx.session.rank == 0,
+    )
+
+
+def log_progress(ctx: Context, epoch: int, lr: float, loss: torch.Tensor, rate: float) -> None:
+    """Loss averaged over ranks, LR, throughput, FLOPs so far and the masks' statistics."""
+    if is_distributed():
+        loss = loss.clone()
+        dist.all_reduce(loss)
+        loss /= dist.get_world_size()
+    state = ctx.state
+    metrics = {
+        "epoch": epoch + state.step_in_epoch / ctx.steps_per_epoch,
+        "train/loss": float(loss),
+        "train/lr": lr,
+        "train/images_per_s": rate,
+        "train/flops": ctx.flops_per_example * state.images_seen,
+        **ctx.strategy.sparsity.stats(),
+    }
+    ctx.tracker.log(metrics, step=state.global_step)
+
+
+def _progress_metrics(ctx: Context, epoch: float) -> dict[str, float]:
+    state = ctx.state
+    return {
+        "epoch": float(epoch),
+        "train/flops": ctx.flops_per_example * state.images_seen,
+    }
+
+
+def _sparse_totals(strategy: Strategy) -> dict[str, float]:
+    stats = strategy.sparsity.stats()
+    return {k: v for k, v in stats.items() if k.startswith("sparse/") and "/layer/" not in k}
+
+
+def _edst_plan(cfg: RunConfig, epoch: int) -> EpochPlan | None:
+    if cfg.ensemble.method != "edst" or cfg.ensemble.edst is None:
+        return None
+    return epoch_plan(epoch, cfg.ensemble.num_members, cfg.ensemble.edst)
+
+
+def _explores_with_gradient(cfg: RunConfig, plan: EpochPlan | None) -> bool:
+    edst = cfg.ensemble.edst
+    return (
+        plan is not None
+        and plan.explore_after
+        and edst is not None
+        and edst.explore_growth == "gradient"
+    )
+
+
+def _elapsed(since: float, synchronize: bool) -> float:
+    if synchronize:
+        torch.cuda.synchronize()
+    return time.perf_counter() - since

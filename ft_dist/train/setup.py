@@ -1,0 +1,158 @@
+"""Everything the loop builds before its first step, in the order that keeps ranks equal.
+
+1. data first: the manifest fixes the model's classes, channels and image size;
+2. every rank seeds identically before building the model and the masks, so all replicas
+   start equal with no broadcast; per-rank randomness is seeded only afterwards;
+3. the strategy wraps the model and attaches DST; FLOPs are priced once on a meta copy.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ft_dist.config import RunConfig, save_config
+from ft_dist.data import DataInfo
+from ft_dist.data.pipeline import TrainStream
+from ft_dist.models import build_model_from_config
+from ft_dist.sparse.flops import forward_flops, training_flops_per_example
+from ft_dist.train.paths import CONFIG_FILE, run_dir
+from ft_dist.train.session import Session
+from ft_dist.train.strategy import Strategy, build_strategy
+from ft_dist.train.tickets import TicketKeeper
+
+
+def derive_seed(*parts: object) -> int:
+    """A 63-bit seed from any parts, stable across processes and Python versions."""
+    digest = hashlib.sha256("/".join(map(str, parts)).encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1
+
+
+@dataclass
+class LoopState:
+    """Where the loop is; with the strategy's state, everything a resume needs."""
+
+    epoch: int = 0  # current epoch (0-based)
+    step_in_epoch: int = 0  # optimizer steps done in the current epoch
+    global_step: int = 0  # optimizer steps done in the run
+    images_seen: int = 0  # training examples, summed over ranks
+    train_seconds: float = 0.0  # wall time spent in training steps (not eval/checkpoints)
+
+
+@dataclass
+class Context:
+    """The pieces the loop's steps share (built once in `train`)."""
+
+    cfg: RunConfig
+    session: Session
+    tracker: Any
+    run: Path
+    stream: TrainStream
+    info: DataInfo
+    strategy: Strategy
+    criterion: nn.Module
+    tickets: TicketKeeper
+    state: LoopState
+    steps_per_epoch: int
+    num_epochs: int
+    flops_per_example: float
+    fast_path: bool  # bf16 / channels_last apply (CUDA only)
+
+
+def build_context(cfg: RunConfig, session: Session, tracker: Any) -> Context:
+    """Data stream, resolved config, model, strategy and bookkeeping for one rank."""
+    rank, world_size = session.rank, session.world_size
+    # 1. Data first: the manifest fixes the model's shape.
+    data_seed = derive_seed("data", cfg.data.seed, cfg.train.seed, cfg.train.member)
+    stream = TrainStream(cfg.data, rank=rank, world_size=world_size, seed=data_seed)
+    model_cfg = cfg.model.resolved(
+        num_classes=stream.info.num_classes,
+        in_channels=stream.info.in_channels,
+        image_size=stream.info.image_size,
+    )
+    cfg = cfg.model_copy(update={"model": model_cfg})
+    steps_per_epoch = stream.steps_per_epoch // cfg.train.grad_accum_steps
+    if steps_per_epoch < 1:
+        raise ValueError(
+            f"train.grad_accum_steps={cfg.train.grad_accum_steps} exceeds the "
+            f"{stream.steps_per_epoch} batches per epoch; lower it or data.batch_size_per_worker"
+        )
+    run = run_dir(cfg.train)
+    if rank == 0:
+        save_config(cfg, run / CONFIG_FILE)
+    # 2. Identical model and masks on every rank; per-rank randomness only afterwards.
+    strategy = build_member(cfg, session)
+    torch.manual_seed(derive_seed("rank", cfg.train.seed, cfg.train.member, rank))
+    return Context(
+        cfg=cfg,
+        session=session,
+        tracker=tracker,
+        run=run,
+        stream=stream,
+        info=stream.info,
+        strategy=strategy,
+        criterion=nn.CrossEntropyLoss(label_smoothing=cfg.train.label_smoothing),
+        tickets=TicketKeeper(run, _ticket_choice(cfg), _ticket_meta(cfg)),
+        state=LoopState(),
+        steps_per_epoch=steps_per_epoch,
+        num_epochs=cfg.num_epochs,
+        flops_per_example=training_flops(cfg, strategy),
+        fast_path=session.device.type == "cuda",
+    )
+
+
+def build_member(cfg: RunConfig, session: Session) -> Strategy:
+    """The model and its masks from seeds of (run seed, member): equal on every rank, and
+    different for each member of a DST Ensemble (weights, masks and mask evolution)."""
+    member, device = cfg.train.member, session.device
+    torch.manual_seed(derive_seed("model", cfg.train.seed, member))
+    module = build_model_from_config(cfg.model).to(device)
+    if device.type == "cuda" and cfg.train.channels_last:
+        module = module.to(memory_format=torch.channels_last)
+    mask_seed = derive_seed("masks", cfg.sparsity.seed, cfg.train.seed, member)
+    return build_strategy(
+        module,
+        train=cfg.train,
+        optim=cfg.optim,
+        sparsity=cfg.sparsity.model_copy(update={"seed": mask_seed}),
+        micro_batch_size=cfg.data.batch_size_per_worker,
+        device=device,
+        world_size=session.world_size,
+    )
+
+
+def training_flops(cfg: RunConfig, strategy: Strategy) -> float:
+    """SPEC §8 training FLOPs of one example-step under this run's layer densities."""
+    with torch.device("meta"):
+        meta_model = build_model_from_config(cfg.model)
+    shape = (cfg.model.in_channels, cfg.model.image_size, cfg.model.image_size)
+    dense, sparse = forward_flops(meta_model, shape, strategy.sparsity.layer_densities)
+    return training_flops_per_example(
+        dense,
+        sparse,
+        cfg.sparsity.growth,
+        strategy.sparsity.schedule.every_steps,
+        dynamic=cfg.sparsity.is_dynamic,
+    )
+
+
+def _ticket_choice(cfg: RunConfig) -> str:
+    if cfg.ensemble.method == "edst" and cfg.ensemble.edst is not None:
+        return cfg.ensemble.edst.ticket
+    return "last"
+
+
+def _ticket_meta(cfg: RunConfig) -> dict[str, Any]:
+    return {
+        "model": cfg.model.name,
+        "num_classes": cfg.model.num_classes,
+        "in_channels": cfg.model.in_channels,
+        "image_size": cfg.model.image_size,
+        "density": cfg.sparsity.density,
+        "run_name": cfg.train.run_name,
+    }

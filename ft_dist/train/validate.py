@@ -1,0 +1,71 @@
+"""Exact accuracy and NLL of one split, evaluated across all ranks of a member.
+
+The evaluation stream hands every sample to exactly one rank, so per-rank sums of correct
+predictions and log-losses, all-reduced, give exact metrics with nothing padded or dropped.
+Ranks may see different numbers of batches: evaluate the bare module, never the DDP
+wrapper (whose forward would wait for the other ranks).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.nn import functional
+
+from ft_dist.data import DataConfig, DataInfo
+from ft_dist.data.evaluation import EvalStream
+
+
+def is_distributed() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def sync_buffers_(module: nn.Module) -> None:
+    """Give every rank rank 0's buffers (BatchNorm running statistics drift per rank)."""
+    if not is_distributed():
+        return
+    for buffer in module.buffers():
+        dist.broadcast(buffer, src=0)
+
+
+def prepare_images(
+    images: torch.Tensor, device: torch.device, dtype: torch.dtype, channels_last: bool
+) -> torch.Tensor:
+    images = images.to(device, non_blocking=True)
+    if channels_last:
+        images = images.contiguous(memory_format=torch.channels_last)
+    return images.to(dtype)
+
+
+@torch.no_grad()
+def evaluate_split(
+    module: nn.Module,
+    data: DataConfig,
+    split: str,
+    *,
+    info: DataInfo,
+    rank: int,
+    world_size: int,
+    device: torch.device,
+    input_dtype: torch.dtype = torch.float32,
+    channels_last: bool = False,
+) -> dict[str, float]:
+    """``{split}/accuracy`` and ``{split}/nll`` over the whole split (same on every rank)."""
+    stream = EvalStream(data, split=split, rank=rank, world_size=world_size, info=info)
+    was_training = module.training
+    module.eval()
+    sums = torch.zeros(3, dtype=torch.float64, device=device)  # correct, nll, count
+    for images, labels, _ in stream:
+        logits = module(prepare_images(images, device, input_dtype, channels_last)).float()
+        labels = labels.to(device)
+        sums[0] += (logits.argmax(dim=1) == labels).sum()
+        sums[1] += functional.cross_entropy(logits, labels, reduction="sum").double()
+        sums[2] += labels.numel()
+    module.train(was_training)
+    if is_distributed():
+        dist.all_reduce(sums)
+    correct, nll, count = sums.tolist()
+    if int(count) != stream.num_samples:
+        raise RuntimeError(f"evaluated {int(count)} of the {stream.num_samples} {split} samples")
+    return {f"{split}/accuracy": correct / count, f"{split}/nll": nll / count}

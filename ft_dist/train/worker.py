@@ -1,0 +1,259 @@
+"""Ray Train glue: the only module that imports `ray.train`.
+
+`fit(cfg)` runs one member as a Ray Train `TorchTrainer` worker group and returns its run
+directory. Each worker builds a `RaySession` and a tracker and calls the per-worker loop
+(`ft_dist.train.loop.train`), which knows nothing of Ray.
+
+Checkpoints and resume. The loop writes each checkpoint itself, atomically, to
+RUN_DIR/checkpoints/<step>/ and prunes old ones (checkpoint.py); then every rank calls
+`session.report(metrics, checkpoint_dir)`. `RaySession.report` hands that directory to
+`ray.train.report(..., checkpoint=...)`, which persists it to the run's storage
+(`RunConfig(storage_path, name)`: ray.storage_path, or train.output_dir) under
+`ray_checkpoints/<step>/` and records it in Ray's run snapshot, which is the commit record:
+a checkpoint Ray has not registered does not exist for a resume.
+
+* Storage on the same filesystem as the run directory (a local dir, NFS): the "upload"
+  hard-links the files, so Ray's copy costs no bytes and no time. Ray prunes its copies
+  (`CheckpointConfig(num_to_keep)`), the loop prunes its own; neither deletes the other's.
+* Cloud storage (`s3://...`): Ray uploads the files; a resume downloads them again.
+
+A dead worker makes Ray restart the whole group (`FailureConfig(max_failures)`); the new
+workers ask `ray.train.get_checkpoint()` for the newest registered checkpoint. Re-running
+`ft-dist train` with the same run name and storage finds Ray's snapshot in RUN_DIR and
+resumes the same way; a finished run resumes at its end and does no more steps.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import ray
+import ray.train
+import torch
+from ray.train import Checkpoint, CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+from ray.train.torch import TorchConfig, TorchTrainer
+
+from ft_dist.tracking import make_tracker
+from ft_dist.train.paths import run_dir
+from ft_dist.train.session import latest_complete_checkpoint
+
+# Where Ray's registered copies of checkpoints live, relative to the run directory.
+RAY_CHECKPOINTS = "ray_checkpoints"
+
+LoopFn = Callable[[Any, Any, Any], Any]  # (cfg, session, tracker) -> anything
+
+
+def is_local_path(path: str) -> bool:
+    """True for plain paths and file:// URIs (a filesystem this process can hard-link on)."""
+    return "://" not in path or path.startswith("file://")
+
+
+def absolute_paths(cfg: Any, base: str | Path | None = None) -> Any:
+    """The config with its local paths made absolute against `base`.
+
+    Ray workers run in their own directories (and a `ray job submit` driver in an unpacked
+    copy of the working dir), so a relative `runs` or `data/mnist` must be fixed on the
+    driver. `base` defaults to FT_DIST_BASE_DIR (set by launch/submit.sh to the directory
+    the job was submitted from) or the current directory. URLs and pipe: commands are
+    left alone.
+    """
+    base = Path(base or os.environ.get("FT_DIST_BASE_DIR") or Path.cwd())
+
+    def fix(value: str | None) -> str | None:
+        if value is None or "://" in value or value.startswith("pipe:"):
+            return value
+        return str((base / Path(value).expanduser()).resolve())
+
+    updates = {
+        "data": cfg.data.model_copy(update={"root": fix(cfg.data.root)}),
+        "train": cfg.train.model_copy(update={"output_dir": fix(cfg.train.output_dir)}),
+        "ray": cfg.ray.model_copy(update={"storage_path": fix(cfg.ray.storage_path)}),
+        "tracking": cfg.tracking.model_copy(update={"dir": fix(cfg.tracking.dir)}),
+    }
+    return cfg.model_copy(update=updates)
+
+
+def storage_root(cfg: Any) -> str:
+    """Where Ray persists checkpoints: ray.storage_path, else the run's output_dir."""
+    return cfg.ray.storage_path or str(Path(cfg.train.output_dir).expanduser())
+
+
+def link_tree(src: Path, dest: Path) -> None:
+    """Mirror `src` into `dest` with hard links (copies across filesystems), atomically."""
+    tmp = dest.with_name(f".tmp-{dest.name}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    for path in sorted(src.rglob("*")):
+        target = tmp / path.relative_to(src)
+        if path.is_dir():
+            target.mkdir(parents=True, exist_ok=True)
+            continue
+        target.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.link(path, target)
+        except OSError:  # another filesystem, or links not supported
+            shutil.copy2(path, target)
+    tmp.mkdir(parents=True, exist_ok=True)  # an empty checkpoint is still a directory
+    if dest.exists():
+        shutil.rmtree(dest)
+    os.replace(tmp, dest)
+
+
+class RaySession:
+    """The `Session` of one Ray Train worker: ranks from the train context, reports and
+    resume points through `ray.train.report` / `ray.train.get_checkpoint`."""
+
+    def __init__(self, storage: str, run_name: str, run: Path) -> None:
+        context = ray.train.get_context()
+        self.rank = context.get_world_rank()
+        self.world_size = context.get_world_size()
+        self.local_rank = context.get_local_rank()
+        self.device = ray.train.torch.get_device()
+        if self.device.type == "cuda":
+            torch.cuda.set_device(self.device)
+        self.run = run
+        self._storage = storage
+        self._experiment = Path(storage.removeprefix("file://")) / run_name
+        self._download_dir: str | None = None
+        self.last_metrics: dict[str, Any] = {}
+
+    def report(self, metrics: dict, checkpoint_dir: str | None = None) -> None:
+        """Register a checkpoint with Ray (every rank calls this; rank 0 hands over the dir).
+
+        Metrics-only reports stay in this process (`last_metrics`): a `ray.train.report` is
+        a barrier across workers plus a round trip through the controller, which measured
+        ~1 s per call here, far too slow to pay per step. The metrics that go with each
+        checkpoint still reach Ray (and `Result.metrics`).
+        """
+        metrics = {key: _plain(value) for key, value in metrics.items()}
+        self.last_metrics.update(metrics)
+        if checkpoint_dir is None:
+            return
+        metrics = dict(self.last_metrics)
+        name = f"{RAY_CHECKPOINTS}/{Path(checkpoint_dir).name}"
+        checkpoint = Checkpoint.from_directory(checkpoint_dir) if self.rank == 0 else None
+        upload = self._link_upload if is_local_path(self._storage) else None
+        ray.train.report(
+            metrics,
+            checkpoint=checkpoint,
+            checkpoint_dir_name=name,
+            checkpoint_upload_fn=upload,
+            delete_local_checkpoint_after_upload=False,
+        )
+
+    def _link_upload(self, checkpoint: Checkpoint, name: str) -> Checkpoint:
+        dest = self._experiment / name
+        link_tree(Path(checkpoint.path), dest)
+        return Checkpoint.from_directory(str(dest))
+
+    def latest_checkpoint_dir(self) -> str | None:
+        """Ray's newest registered checkpoint (downloaded when remote); without one, the
+        newest complete one in RUN_DIR (a run started without Ray)."""
+        checkpoint = ray.train.get_checkpoint()
+        if checkpoint is None:
+            return latest_complete_checkpoint(self.run)
+        if is_local_path(self._storage):
+            return checkpoint.path
+        if self._download_dir is None:
+            self._download_dir = tempfile.mkdtemp(prefix="ft_dist_resume_")
+            checkpoint.to_directory(self._download_dir)
+        return self._download_dir
+
+
+def _plain(value: Any) -> Any:
+    """Ray pickles metrics: send numbers, not tensors that pin device memory."""
+    if isinstance(value, torch.Tensor) and value.numel() == 1:
+        return value.item()
+    return value
+
+
+def _train_per_worker(payload: dict) -> None:
+    """The function every Ray Train worker runs: session + tracker + the loop."""
+    cfg, loop = payload["cfg"], payload["loop"]
+    if loop is None:
+        from ft_dist.train.loop import train as loop
+    run = run_dir(cfg.train)
+    session = RaySession(payload["storage"], cfg.train.run_name, run)
+    tracker = make_tracker(
+        cfg.tracking,
+        run_name=cfg.train.run_name,
+        group=payload["group"],
+        config=cfg.model_dump(mode="json"),
+        rank=session.rank,
+        run_dir=run if session.rank == 0 else None,
+        num_epochs=cfg.train.epochs,
+    )
+    exit_code = 1
+    try:
+        loop(cfg, session, tracker)
+        exit_code = 0
+    finally:
+        tracker.finish(exit_code=exit_code)
+
+
+def build_trainer(cfg: Any, loop: LoopFn | None = None, group: str | None = None) -> TorchTrainer:
+    """The TorchTrainer for one member; `loop` defaults to `ft_dist.train.loop.train`."""
+    storage = storage_root(cfg)
+    resources = {"CPU": cfg.ray.cpus_per_worker}
+    if cfg.ray.use_gpu:
+        resources["GPU"] = cfg.ray.gpus_per_worker
+    payload = {
+        "cfg": cfg,
+        "loop": loop,
+        "storage": storage,
+        "group": group or cfg.train.run_name,
+    }
+    return TorchTrainer(
+        _train_per_worker,
+        train_loop_config=payload,
+        torch_config=TorchConfig(backend="nccl" if cfg.ray.use_gpu else "gloo"),
+        scaling_config=ScalingConfig(
+            num_workers=cfg.train.num_workers,
+            use_gpu=cfg.ray.use_gpu,
+            resources_per_worker=resources,
+        ),
+        run_config=RunConfig(
+            name=cfg.train.run_name,
+            storage_path=storage,
+            checkpoint_config=CheckpointConfig(num_to_keep=cfg.train.keep_checkpoints),
+            failure_config=FailureConfig(max_failures=cfg.ray.max_failures),
+            logging_config=ray.train.LoggingConfig(log_level="WARNING"),
+        ),
+    )
+
+
+def connect(address: str | None) -> None:
+    """Join `address`, RAY_ADDRESS or the job's cluster; start a local one without any."""
+    if ray.is_initialized():
+        return
+    address = address or os.environ.get("RAY_ADDRESS")
+    if address and address.startswith(("http://", "https://")):
+        raise ValueError(
+            f"RAY_ADDRESS={address} is a job-submission (dashboard) address: submit with "
+            "`launch/submit.sh CONFIG ...` (ray job submit), or set ray.address / RAY_ADDRESS "
+            "to the cluster's GCS address (host:port, e.g. 127.0.0.1:6379)"
+        )
+    ray.init(address=address, log_to_driver=True)
+
+
+def fit(cfg: Any, loop: LoopFn | None = None, *, group: str | None = None) -> Path:
+    """Train one member on the Ray cluster (joined or started) and return its run directory.
+
+    A user error raised by the workers (ValueError / FileNotFoundError, e.g. a checkpoint
+    of another model) is re-raised as itself, so the CLI prints its message; other failures
+    left after `ray.max_failures` restarts raise `ray.train.TrainingFailedError`.
+    """
+    cfg = absolute_paths(cfg)
+    connect(cfg.ray.address)
+    try:
+        build_trainer(cfg, loop, group).fit()
+    except ray.train.WorkerGroupError as error:
+        for failure in error.worker_failures.values():
+            if isinstance(failure, ValueError | FileNotFoundError):
+                raise failure from error
+        raise
+    return run_dir(cfg.train)

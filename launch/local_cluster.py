@@ -1,0 +1,235 @@
+#!/usr/bin/env python3
+"""A multi-node Ray cluster on one machine: a head and worker nodes, each its own raylet
+with its own CPU count, so scheduling across nodes (PDST members, spread workers) can be
+exercised without a cloud account. Torn down by process id, never by name.
+
+    python launch/local_cluster.py up [--dir D] [--worker-nodes 2] [--worker-cpus 1]
+    source D/cluster.env          # RAY_ADDRESS (job submission) + token auth for clients
+    launch/submit.sh configs/demo_dst.yaml train.run_name=demo
+    python launch/local_cluster.py down [--dir D]
+
+Token auth (Ray >= 2.5x): every node is started with RAY_AUTH_MODE=token and
+RAY_AUTH_TOKEN_PATH pointing at a fresh 256-bit token in D/auth_token (mode 0600), so
+the cluster rejects unauthenticated clients. Ray clients find the token, in this order,
+in RAY_AUTH_TOKEN, the file named by RAY_AUTH_TOKEN_PATH, or ~/.ray/auth_token, but only
+send it when RAY_AUTH_MODE=token is set in their environment; D/cluster.env sets both.
+
+Each node runs as `ray start --block` in its own session; `down` sends SIGTERM to those
+processes (Ray then stops that node's gcs/raylet/dashboard/workers) and SIGKILLs their
+process groups if anything is still alive after a grace period. Nothing else on the
+machine is touched, unlike `ray stop`, which stops every Ray process of the user.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+DEFAULT_DIR = Path("/tmp") / f"ft_dist_cluster_{os.getuid()}"  # short: Ray sockets live below
+STATE_FILE = "cluster.json"
+ENV_FILE = "cluster.env"
+TOKEN_FILE = "auth_token"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def node_env(token_path: Path) -> dict[str, str]:
+    """Environment of every node (and so of every Ray worker and job driver on it)."""
+    env = dict(os.environ)
+    env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(token_path))
+    env.pop("RAY_ADDRESS", None)  # `ray start --head` must not join another cluster
+    venv_bin = str(Path(sys.executable).parent)  # so job entrypoints find `ft-dist`
+    env["PATH"] = venv_bin + os.pathsep + env.get("PATH", "")
+    return env
+
+
+def start_node(args: list[str], env: dict[str, str], log: Path) -> int:
+    """`ray start --block ARGS` in a new session; returns its pid (= its process group)."""
+    ray = str(Path(sys.executable).parent / "ray")
+    command = [ray, "start", "--block", "--disable-usage-stats", *args]
+    with open(log, "ab") as out:
+        process = subprocess.Popen(
+            command, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    return process.pid
+
+
+def alive_nodes(dashboard: str, token: str) -> int:
+    """Number of ALIVE nodes according to the dashboard's state API (0 if not up yet)."""
+    request = urllib.request.Request(
+        f"{dashboard}/api/v0/nodes?limit=100", headers={"Authorization": f"Bearer {token}"}
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=5) as response:
+            payload = json.load(response)
+    except (OSError, ValueError):
+        return 0
+    nodes = payload.get("data", {}).get("result", {}).get("result", [])
+    return sum(1 for node in nodes if node.get("state") == "ALIVE")
+
+
+def wait_for_nodes(dashboard: str, token: str, expected: int, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if alive_nodes(dashboard, token) >= expected:
+            return
+        time.sleep(1.0)
+    raise RuntimeError(
+        f"only {alive_nodes(dashboard, token)}/{expected} nodes up after {timeout_s}s"
+    )
+
+
+def write_env_file(root: Path, state: dict) -> Path:
+    lines = [
+        "# source this file: clients of the local ft_dist Ray cluster",
+        f"export RAY_ADDRESS={state['dashboard']}  # ray job submit / launch/submit.sh",
+        f"export RAY_GCS_ADDRESS={state['gcs']}  # ray.init / ft-dist train ray.address=...",
+        "export RAY_AUTH_MODE=token",
+        f"export RAY_AUTH_TOKEN_PATH={root / TOKEN_FILE}",
+    ]
+    path = root / ENV_FILE
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def up(args: argparse.Namespace) -> int:
+    root = Path(args.dir).resolve()
+    if load_state(root) is not None:
+        print(f"a cluster is already recorded in {root}; run `down --dir {root}` first")
+        return 1
+    root.mkdir(parents=True, exist_ok=True)
+    token_path = root / TOKEN_FILE
+    token_path.write_text(secrets.token_hex(32))
+    token_path.chmod(0o600)
+    env = node_env(token_path)
+    gcs_port, dashboard_port = free_port(), free_port()
+    common = ["--object-store-memory", str(args.object_store_mb * 1024 * 1024)]
+    state = {
+        "gcs": f"127.0.0.1:{gcs_port}",
+        "dashboard": f"http://127.0.0.1:{dashboard_port}",
+        "pids": [],
+    }
+    head = ["--head", "--node-ip-address", "127.0.0.1", "--port", str(gcs_port)]
+    head += ["--dashboard-host", "127.0.0.1", "--dashboard-port", str(dashboard_port)]
+    head += ["--num-cpus", str(args.head_cpus), "--temp-dir", str(root / "ray")]
+    state["pids"].append(start_node(head + common, env, root / "head.log"))
+    save_state(root, state)  # from here on, `down` can clean up whatever was started
+    try:
+        wait_for_nodes(state["dashboard"], token_path.read_text(), 1, args.timeout)
+        for index in range(args.worker_nodes):
+            worker = ["--address", state["gcs"], "--node-ip-address", "127.0.0.1"]
+            # Own temp dir per node: nodes started together would otherwise pick the same
+            # socket file names in a shared session dir (plasma store "address in use").
+            worker += [
+                "--num-cpus",
+                str(args.worker_cpus),
+                "--temp-dir",
+                str(root / f"w{index + 1}"),
+            ]
+            worker += ["--dashboard-agent-listen-port", "0", "--metrics-export-port", "0"]
+            log = root / f"worker_{index + 1}.log"
+            state["pids"].append(start_node(worker + common, env, log))
+            save_state(root, state)
+        wait_for_nodes(
+            state["dashboard"], token_path.read_text(), 1 + args.worker_nodes, args.timeout
+        )
+    except (RuntimeError, KeyboardInterrupt):
+        stop(root, state)
+        raise
+    env_file = write_env_file(root, state)
+    print(
+        f"Ray cluster up: 1 head ({args.head_cpus} CPU) + {args.worker_nodes} worker nodes "
+        f"({args.worker_cpus} CPU each); dashboard {state['dashboard']}"
+    )
+    print(f"clients: source {env_file}")
+    return 0
+
+
+def save_state(root: Path, state: dict) -> None:
+    (root / STATE_FILE).write_text(json.dumps(state, indent=2) + "\n")
+
+
+def load_state(root: Path) -> dict | None:
+    path = root / STATE_FILE
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def is_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def stop(root: Path, state: dict, grace_s: float = 20.0) -> None:
+    """SIGTERM each node's `ray start --block` (workers first), then SIGKILL its group."""
+    for pid in reversed(state["pids"]):
+        if is_alive(pid):
+            os.kill(pid, signal.SIGTERM)
+            deadline = time.monotonic() + grace_s
+            while is_alive(pid) and time.monotonic() < deadline:
+                time.sleep(0.2)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pid, signal.SIGKILL)  # leftovers of that node's process group
+    (root / STATE_FILE).unlink(missing_ok=True)
+    (root / ENV_FILE).unlink(missing_ok=True)
+
+
+def down(args: argparse.Namespace) -> int:
+    root = Path(args.dir).resolve()
+    state = load_state(root)
+    if state is None:
+        print(f"no cluster recorded in {root}")
+        return 0
+    stop(root, state)
+    print(f"Ray cluster in {root} stopped")
+    return 0
+
+
+def status(args: argparse.Namespace) -> int:
+    root = Path(args.dir).resolve()
+    state = load_state(root)
+    if state is None:
+        print(f"no cluster recorded in {root}")
+        return 1
+    token = (root / TOKEN_FILE).read_text()
+    print(f"{alive_nodes(state['dashboard'], token)} nodes alive; dashboard {state['dashboard']}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--dir", default=str(DEFAULT_DIR), help="state, logs, token, env file")
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    start = sub.add_parser("up", parents=[common], help="start a head and worker nodes")
+    start.add_argument("--worker-nodes", type=int, default=2)
+    start.add_argument("--head-cpus", type=int, default=1)
+    start.add_argument("--worker-cpus", type=int, default=1)
+    start.add_argument("--object-store-mb", type=int, default=100)
+    start.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for nodes")
+    start.set_defaults(func=up)
+    stop_parser = sub.add_parser("down", parents=[common], help="stop the nodes `up` started")
+    stop_parser.set_defaults(func=down)
+    sub.add_parser("status", parents=[common], help="count alive nodes").set_defaults(func=status)
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

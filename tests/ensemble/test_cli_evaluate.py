@@ -1,0 +1,116 @@
+"""`ft-dist evaluate` on real bundled MNIST shards, tiny tickets and offline W&B."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from ft_dist.cli import main
+from ft_dist.data.bundled import write_mnist
+from ft_dist.data.config import DataConfig
+from ft_dist.ensemble.data import locate_split, split_data
+from ft_dist.models import build_model
+from ft_dist.sparse import DynamicSparsity, SparsityConfig
+from ft_dist.tracking import OfflineRun, read_offline_run
+
+
+@pytest.fixture(scope="module")
+def mnist_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("mnist")
+    write_mnist(root, shard_size=300)
+    return root
+
+
+def _write_run(run_dir: Path, data_root: Path, num_members: int) -> None:
+    for member in range(1, num_members + 1):
+        torch.manual_seed(member)
+        model = build_model("small-cnn", 10, 1, 28)
+        sparsity = DynamicSparsity(model, None, SparsityConfig(density=0.2, seed=member))
+        meta = {
+            "model": "small-cnn", "num_classes": 10, "in_channels": 1, "image_size": 28,
+            "member": member, "phase": member, "epoch": member, "val_accuracy": 0.1,
+            "density": 0.2, "train_flops": 1e12 * member, "run_name": "cli-run",
+        }  # fmt: skip
+        path = run_dir / "tickets" / f"ticket_{member:02d}.pt"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save({"model": model.state_dict(), "masks": sparsity.masks, "meta": meta}, path)
+    config = {
+        "data": {"root": str(data_root), "batch_size_per_worker": 64, "loader_workers": 0},
+        "tracking": {"wandb": "auto", "project": "ft-dist-test"},
+        "train": {"run_name": "cli-run"},
+    }
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(config))
+
+
+def _read_offline_run_flushed(path: Path, timeout_s: float = 30.0) -> OfflineRun:
+    """wandb's finish() can return before the offline .wandb file is written: poll for it."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        logged = read_offline_run(path)
+        if logged.name or time.monotonic() > deadline:
+            return logged
+        time.sleep(0.5)
+
+
+def test_split_data_reads_every_sample_once_raw(mnist_root: Path) -> None:
+    cfg = DataConfig(root=str(mnist_root))
+    data = split_data(cfg, "test", batch_size=128, num_workers=2)
+    images, labels = zip(*data.source(), strict=True)
+    images, labels = torch.cat(images), torch.cat(labels)
+    assert images.shape == (1000, 1, 28, 28)
+    assert images.min() >= 0.0 and images.max() <= 1.0 and images.max() > 0.9
+    assert Counter(labels.tolist()) == {digit: 100 for digit in range(10)}
+    assert data.normalization.mean == (0.1307,) and data.sample_shape == (1, 28, 28)
+    cached = data.cached()
+    assert cached.source() is cached.source() and len(cached.source()) == 8
+    assert data.cached(max_bytes=1000) is data
+    ood = split_data(cfg, "ood", labeled=False, batch_size=500)
+    ood_labels = torch.cat([labels for _, labels in ood.source()])
+    assert ood_labels.numel() == 1000 and bool((ood_labels == -1).all())
+    with pytest.raises(ValueError, match="no labels"):
+        split_data(cfg, "ood")
+
+
+def test_locate_split(mnist_root: Path) -> None:
+    assert locate_split(str(mnist_root / "ood"), "x") == (str(mnist_root), "ood")
+    assert locate_split(str(mnist_root), "x") == (str(mnist_root), "ood")
+    assert locate_split("ood", "root") == ("root", "ood")
+    with pytest.raises(FileNotFoundError, match="--ood"):
+        locate_split(str(mnist_root / "nope"), "root")
+
+
+@pytest.mark.slow
+def test_cli_evaluate_end_to_end(
+    mnist_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    run_dir = tmp_path / "run"
+    _write_run(run_dir, mnist_root, num_members=2)
+    argv = ["evaluate", str(run_dir), "--ood", "ood", "--corruptions", "contrast", "jpeg"]
+    code = main([*argv, "--severities", "2", "--batch-size", "250"])
+    assert code == 0
+    last_line = capsys.readouterr().out.strip().splitlines()[-1]
+    assert last_line == str(run_dir / "eval" / "report.json")
+    report = json.loads(Path(last_line).read_text())
+    assert report["num_test_samples"] == 1000 and report["num_ood_samples"] == 1000
+    assert set(report["corruptions"]["ensemble"]) == {"contrast", "jpeg"}
+    assert (run_dir / "eval" / "plots" / "reliability.png").is_file()
+    logged = _read_offline_run_flushed(run_dir / "eval" / "wandb")
+    assert logged.name == "cli-run-eval" and logged.group == "cli-run"
+    assert logged.summary["ensemble/nll"] == pytest.approx(report["ensemble"]["test"]["nll"])
+
+
+def test_cli_evaluate_user_errors(mnist_root: Path, tmp_path: Path, capsys) -> None:
+    assert main(["evaluate", str(tmp_path / "missing")]) == 2
+    assert "no such run" in capsys.readouterr().err
+    run_dir = tmp_path / "run"
+    _write_run(run_dir, mnist_root, num_members=1)
+    assert main(["evaluate", str(run_dir), "--corruptions", "fog", "--no-wandb"]) == 2
+    assert "choose from" in capsys.readouterr().err

@@ -1,0 +1,201 @@
+"""Ray Train end to end on CPU: 2 DDP workers, a worker killed mid-run, resume, W&B files.
+
+One local Ray cluster for the whole module (a Ray Train fit costs ~25 s of fixed overhead
+here, so there are only three fits): an uninterrupted reference run, the same run with a
+worker SIGKILLed after its first checkpoint, and a re-run of the killed run's name.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+
+import cloudpickle
+import pytest
+import ray
+import torch
+
+from ft_dist.tracking import read_offline_run
+from ft_dist.train.checkpoint import SHARED_FILE
+from ft_dist.train.loop import train
+from ft_dist.train.paths import SUMMARY_FILE, ticket_path
+from ft_dist.train.worker import RAY_CHECKPOINTS, fit
+from tests.train.conftest import tiny_config
+from tests.train.test_loop import assert_same_training_state
+
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
+
+CANARY_KEY = "canary9876543210fedcba9876543210fedcba98"
+VICTIM_RANK = 1
+# Workers pickle the loop below by value: they need not import this test module.
+cloudpickle.register_pickle_by_value(sys.modules[__name__])
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    """A local 2-CPU Ray cluster whose processes inherit a W&B key that must never leak."""
+    saved = {key: os.environ.get(key) for key in ("WANDB_API_KEY", "OMP_NUM_THREADS")}
+    os.environ.update(WANDB_API_KEY=CANARY_KEY, OMP_NUM_THREADS="1")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=True)
+    session_dir = ray._private.worker.global_worker.node.get_session_dir_path()
+    yield
+    ray.shutdown()
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+    assert not processes_using(session_dir), "Ray left processes behind"
+
+
+def processes_using(session_dir: str) -> list[int]:
+    """Pids whose command line names this cluster's session dir (ours only, not others')."""
+    pids = []
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and session_dir.encode() in (proc / "cmdline").read_bytes():
+                pids.append(int(proc.name))
+        except OSError:
+            continue
+    return pids
+
+
+def ray_config(root: Path, out: Path, name: str, **tracking):
+    return tiny_config(
+        root,
+        out,
+        train={"epochs": 6, "num_workers": 2, "run_name": name, "keep_checkpoints": 2},
+        ray={"max_failures": 2},
+        tracking={"wandb": "disabled", "progress_every_s": 1.0, **tracking},
+    )
+
+
+class Victim:
+    """The real session, except that on the first attempt rank 1 publishes its pid after
+    the first checkpoint and waits there for the test to SIGKILL it from outside."""
+
+    def __init__(self, session, flag_dir: Path) -> None:
+        self.session, self.flag_dir = session, flag_dir
+        self.rank, self.world_size = session.rank, session.world_size
+        self.local_rank, self.device = session.local_rank, session.device
+
+    def latest_checkpoint_dir(self):
+        return self.session.latest_checkpoint_dir()
+
+    def report(self, metrics: dict, checkpoint_dir: str | None = None) -> None:
+        self.session.report(metrics, checkpoint_dir)
+        pid_file = self.flag_dir / "victim.pid"
+        if checkpoint_dir and self.rank == VICTIM_RANK and not pid_file.exists():
+            partial = pid_file.with_suffix(".partial")
+            partial.write_text(str(os.getpid()))
+            partial.rename(pid_file)  # the test never reads a half-written pid
+            time.sleep(120)  # killed long before this ends
+            raise RuntimeError("the test never killed the worker")
+
+
+def killable_loop(flag_dir: Path):
+    def loop(cfg, session, tracker):
+        with open(flag_dir / "starts.txt", "a") as starts:
+            starts.write(f"{session.rank}\n")
+        return train(cfg, Victim(session, flag_dir), tracker)
+
+    return loop
+
+
+def kill_when_ready(flag_dir: Path, killed: list[int]) -> None:
+    pid_file = flag_dir / "victim.pid"
+    deadline = time.monotonic() + 300
+    while not pid_file.exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    pid = int(pid_file.read_text())
+    os.kill(pid, signal.SIGKILL)
+    killed.append(pid)
+
+
+def newest_ray_checkpoint(run: Path) -> dict:
+    root = run / RAY_CHECKPOINTS
+    newest = max(root.iterdir(), key=lambda p: int(p.name))
+    return torch.load(newest / SHARED_FILE, weights_only=True)
+
+
+@pytest.fixture(scope="module")
+def reference(ray_cluster, tiny_mnist: Path, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("runs")
+    cfg = ray_config(tiny_mnist, out, "reference", wandb="offline", system_metrics=False)
+    return fit(cfg)
+
+
+@pytest.fixture(scope="module")
+def killed(ray_cluster, tiny_mnist: Path, tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs")
+    flags = tmp_path_factory.mktemp("flags")
+    cfg = ray_config(tiny_mnist, out, "killed")
+    pids: list[int] = []
+    killer = threading.Thread(target=kill_when_ready, args=(flags, pids), daemon=True)
+    killer.start()
+    run = fit(cfg, killable_loop(flags))
+    killer.join(timeout=5)
+    return cfg, run, flags, pids
+
+
+def test_killed_worker_restarts_from_checkpoint_and_matches_uninterrupted_run(reference, killed):
+    _, run, flags, pids = killed
+    assert len(pids) == 1, "the worker was never killed"
+    starts = (flags / "starts.txt").read_text().split()
+    assert starts.count(str(VICTIM_RANK)) == 2, f"worker group did not restart: {starts}"
+    for path in (ticket_path(reference, 1), ticket_path(run, 1)):
+        assert path.is_file()
+    expected = torch.load(ticket_path(reference, 1), weights_only=True)
+    got = torch.load(ticket_path(run, 1), weights_only=True)
+    for part in ("model", "masks"):
+        assert expected[part].keys() == got[part].keys()
+        for name, tensor in expected[part].items():
+            assert torch.equal(tensor, got[part][name]), f"{part}.{name} differs after the restart"
+    assert_same_training_state(newest_ray_checkpoint(reference), newest_ray_checkpoint(run))
+
+
+def test_ray_keeps_num_to_keep_checkpoints_as_hard_links(reference):
+    registered = sorted((reference / RAY_CHECKPOINTS).iterdir())
+    assert [p.name for p in registered] == ["000000020", "000000024"]  # 6 epochs x 4 steps
+    for ray_copy in registered:
+        loop_copy = reference / "checkpoints" / ray_copy.name
+        assert (ray_copy / SHARED_FILE).stat().st_ino == (loop_copy / SHARED_FILE).stat().st_ino
+    assert (reference / "checkpoint_manager_snapshot.json").is_file()
+
+
+def test_rerunning_a_finished_run_resumes_at_its_end(killed):
+    cfg, run, _, _ = killed
+    before = ticket_path(run, 1).stat().st_mtime_ns
+    steps = (run / SUMMARY_FILE).read_text()
+    assert fit(cfg) == run
+    assert ticket_path(run, 1).stat().st_mtime_ns == before  # never overwritten
+    assert '"steps": 24' in steps and '"steps": 24' in (run / SUMMARY_FILE).read_text()
+
+
+def test_wandb_offline_run_logged_training_metrics_and_config(reference):
+    logged = read_offline_run(reference / "wandb")
+    assert (logged.name, logged.group) == ("reference", "reference")
+    keys = set().union(*logged.history)
+    for key in ("train/loss", "train/lr", "train/images_per_s", "train/flops", "val/accuracy"):
+        assert key in keys, key
+    assert "sparse/density" in keys and any(
+        k.startswith("sparse/") and k != "sparse/density" for k in keys
+    )
+    losses = [row["train/loss"] for row in logged.history if "train/loss" in row]
+    assert len(losses) >= 2 and all(loss > 0 for loss in losses)
+    assert logged.config["sparsity"]["density"] == 0.2
+    assert logged.config["model"]["name"] == "small-cnn"
+    assert "test/accuracy" in logged.summary and logged.summary["train/flops"] > 0
+
+
+def test_api_key_in_the_environment_never_reaches_run_files(reference):
+    leaks = [
+        str(path)
+        for path in reference.rglob("*")
+        if path.is_file() and not path.is_symlink() and CANARY_KEY.encode() in path.read_bytes()
+    ]
+    assert leaks == []
