@@ -176,14 +176,16 @@ def is_alive(pid: int) -> bool:
     return True
 
 
-def stop(root: Path, state: dict, grace_s: float = 20.0) -> None:
-    """SIGTERM each node's `ray start --block` (workers first), then SIGKILL its group."""
-    for pid in reversed(state["pids"]):
-        if is_alive(pid):
-            os.kill(pid, signal.SIGTERM)
-            deadline = time.monotonic() + grace_s
-            while is_alive(pid) and time.monotonic() < deadline:
-                time.sleep(0.2)
+def stop(root: Path, state: dict, grace_s: float = 30.0) -> None:
+    """SIGTERM every node's `ray start --block` at once (each then drains and stops its
+    gcs/raylet/dashboard/workers), wait, then SIGKILL what is left of their process groups."""
+    pids = [pid for pid in state["pids"] if is_alive(pid)]
+    for pid in pids:
+        os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace_s
+    while any(is_alive(pid) for pid in pids) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    for pid in state["pids"]:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(pid, signal.SIGKILL)  # leftovers of that node's process group
     (root / STATE_FILE).unlink(missing_ok=True)

@@ -4,13 +4,15 @@ Joins the Ray cluster named by `ray.address` or RAY_ADDRESS (inside `ray job sub
 the job's own cluster), or starts a local one. Progress lines from rank 0 stream to this
 terminal while it runs; the run directory is printed as the very last line of output, so
 scripts can do `RUN=$(ft-dist train cfg.yaml | tail -n 1)`.
+
+With `ensemble.method: pdst` it trains all M members of a DST Ensemble concurrently
+(one worker group each, scheduled by Ray Tune) and prints the experiment directory last.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 EXAMPLES = """\
@@ -26,7 +28,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "train",
         help="train one member (dense, DST or EDST) with Ray Train",
-        description=__doc__.split("\n\n")[1],
+        description="\n\n".join(__doc__.split("\n\n")[1:3]),
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -65,15 +67,35 @@ def handle(args: argparse.Namespace) -> int:
 
     import ray
 
-    from ft_dist.train.worker import fit
+    from ft_dist.train.worker import absolute_paths
 
+    cfg = absolute_paths(cfg)  # before anything is written: workers run in other dirs
     try:
-        run = fit(cfg, group=args.group)
+        if cfg.ensemble.method == "pdst":
+            return train_ensemble(cfg)
+        return train_member(cfg, args.group)
     finally:
         if ray.is_initialized():
             ray.shutdown()
+
+
+def train_member(cfg, group: str | None) -> int:
+    from ft_dist.train.worker import fit
+
+    run = fit(cfg, group=group)
     for line in summary_lines(run):
         print(line)
-    sys.stdout.flush()
     print(run, flush=True)
     return 0
+
+
+def train_ensemble(cfg) -> int:
+    """DST Ensemble: all members concurrently (ft_dist.ensemble.pdst); prints EXP_DIR last."""
+    from ft_dist.ensemble.pdst import fit_pdst
+
+    exp_dir, outcomes = fit_pdst(cfg)
+    for outcome in outcomes:
+        status = "ok" if outcome.error is None else f"FAILED: {outcome.error}"
+        print(f"member {outcome.member}: {outcome.run_dir} {status}")
+    print(exp_dir, flush=True)
+    return 0 if all(outcome.error is None for outcome in outcomes) else 1

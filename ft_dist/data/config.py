@@ -57,7 +57,8 @@ class DataConfig(Section):
     pin_memory: bool = Field(True, description="pin batches when training on CUDA")
     skip_corrupt: bool = Field(
         False,
-        description="count and replace undecodable samples instead of stopping with an error",
+        description="training only: count, log and replace undecodable samples (by another "
+        "sample of the same batch) instead of stopping; evaluation always stops",
     )
     verify: Literal["checksum", "size"] = Field(
         "checksum",

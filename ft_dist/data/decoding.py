@@ -98,7 +98,9 @@ class BatchDecoder:
             transform=transform,
             num_classes=info.num_classes,
             labeled=manifest.labeled,
-            skip_corrupt=cfg.skip_corrupt,
+            # Evaluation stays strict: a replaced sample would be scored under another's
+            # index, and exact metrics are the point of the eval stream.
+            skip_corrupt=cfg.skip_corrupt and train,
         )
 
     def decode(self, items: list[RawItem], seed: int | None = None) -> tuple[Any, Any]:
@@ -117,6 +119,7 @@ class BatchDecoder:
 
     def _decode(self, items: list[RawItem]) -> tuple[Any, Any]:
         import torch
+        from torch.utils.data import default_collate
 
         images: list[Any] = []
         labels: list[int] = []
@@ -129,7 +132,9 @@ class BatchDecoder:
             images.append(image)
             labels.append(label)
         _replace_corrupt(images, labels, items)
-        return torch.stack(images), torch.tensor(labels, dtype=torch.int64)
+        # default_collate stacks straight into shared memory inside a loader worker,
+        # saving the copy torch.stack + queue transfer would make.
+        return default_collate(images), torch.tensor(labels, dtype=torch.int64)
 
     def _label(self, url: str, key: str, sample: Sample) -> int:
         if not self.labeled:

@@ -110,7 +110,8 @@ class _EvalSource(IterableDataset):
         offsets = self.manifest.shard_offsets()
         for shard, member, group in parts:
             url = self.manifest.shard_url(shard)
-            for position, key, sample in iter_shard(url, self.manifest.shards[shard]):
+            info, remote = self.manifest.shards[shard], not self.manifest.is_local
+            for position, key, sample in iter_shard(url, info, verify_digest=remote):
                 if position % group == member:
                     yield (url, key, sample), offsets[shard] + position
 

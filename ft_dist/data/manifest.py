@@ -61,6 +61,11 @@ class Manifest:
         """The URL/path webdataset's gopen opens for shard ``index``."""
         return resolve(self.root, f"{self.split}/{self.shards[index].name}")
 
+    @property
+    def is_local(self) -> bool:
+        """Shards on a local file system (checked up front by ``verify_shards``)."""
+        return local_path(self.root, "") is not None
+
     def shard_offsets(self) -> list[int]:
         """Global index of each shard's first sample (shards in manifest order)."""
         offsets, total = [], 0

@@ -21,7 +21,9 @@ How one epoch is read (all from the manifest, identical on every rank -- see pla
    so the resumed epoch yields exactly the batches of the uninterrupted one.
 
 Within an epoch some samples may be read twice and a few not at all (the quota rounds to
-whole batches); over epochs the shard permutation changes, so all are seen.
+whole batches); over epochs the shard permutation changes, so all are seen. The order is a
+function of (seed, epoch, rank, world_size, loader_workers, batch_size_per_worker): resume
+with the same values to reproduce the uninterrupted run exactly.
 """
 
 from __future__ import annotations
@@ -176,6 +178,7 @@ class _EpochSource(IterableDataset):
         self.steps = stream.steps_per_epoch
         self.batch_size = stream.cfg.batch_size_per_worker
         self.shuffle_buffer = stream.cfg.shuffle_buffer
+        self.verify_digest = not stream.manifest.is_local
 
     def __iter__(self) -> Iterator[tuple[Any, Any]]:
         worker = get_worker_info()
@@ -212,7 +215,8 @@ class _EpochSource(IterableDataset):
             count = 0
             for shard in order:
                 url = self.manifest.shard_url(shard)
-                for _, key, sample in iter_shard(url, self.manifest.shards[shard]):
+                info = self.manifest.shards[shard]
+                for _, key, sample in iter_shard(url, info, verify_digest=self.verify_digest):
                     count += 1
                     yield url, key, sample
             if count == 0:

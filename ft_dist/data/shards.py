@@ -15,7 +15,7 @@ import os
 import statistics
 import tarfile
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -80,15 +80,12 @@ def write_split(
     if shard_size < 1:
         raise ValueError(f"--shard-size must be >= 1, got {shard_size}")
     stats = stats or SplitStats()
-    shards: list[dict[str, Any]] = []
-    chunk: list[EncodedImage] = []
-    for sample in _recorded(samples, stats):
-        chunk.append(sample)
-        if len(chunk) == shard_size:
-            shards.append(_write_shard(split_dir, len(shards), chunk, _first_key(shards), labeled))
-            chunk = []
-    if chunk:
-        shards.append(_write_shard(split_dir, len(shards), chunk, _first_key(shards), labeled))
+    sink = _ShardSink(split_dir, shard_size, labeled)
+    for sample in samples:
+        stats.sizes.append((sample.width, sample.height))
+        stats.modes[sample.mode] += 1
+        sink.add(sample)
+    shards = sink.close()
     if not shards:
         raise ValueError(f"no images to write into {split_dir}: the source has no usable image")
     content = {
@@ -108,40 +105,59 @@ def write_split(
     return content
 
 
-def _recorded(samples: Iterable[EncodedImage], stats: SplitStats) -> Iterator[EncodedImage]:
-    for sample in samples:
-        stats.sizes.append((sample.width, sample.height))
-        stats.modes[sample.mode] += 1
-        yield sample
+class _ShardSink:
+    """Streams samples into numbered shards (never more than one sample in memory).
 
+    Plain tarfile rather than webdataset's TarWriter: the same format, and it avoids
+    importing torch (seconds) in a command that otherwise needs only PIL.
+    """
 
-def _first_key(shards: list[dict[str, Any]]) -> int:
-    return sum(shard["num_samples"] for shard in shards)
+    def __init__(self, split_dir: Path, shard_size: int, labeled: bool) -> None:
+        self.split_dir, self.shard_size, self.labeled = split_dir, shard_size, labeled
+        self.shards: list[dict[str, Any]] = []
+        self.tar: tarfile.TarFile | None = None
+        self.labels: list[int] = []
+        self.count = self.total = 0
 
+    def add(self, sample: EncodedImage) -> None:
+        if self.tar is None:
+            tmp = self.split_dir / f".{self._name()}.tmp"
+            # Closed in _finish_shard: a shard spans many add() calls.
+            self.tar = tarfile.open(tmp, "w", format=tarfile.USTAR_FORMAT)  # noqa: SIM115
+        key = f"{self.total:09d}"
+        _add_member(self.tar, f"{key}.{sample.ext}", sample.data)
+        if self.labeled:
+            _add_member(self.tar, f"{key}.cls", str(sample.label).encode("ascii"))
+            self.labels.append(int(sample.label or 0))
+        self.count, self.total = self.count + 1, self.total + 1
+        if self.count == self.shard_size:
+            self._finish_shard()
 
-def _write_shard(
-    split_dir: Path, index: int, chunk: list[EncodedImage], first_key: int, labeled: bool
-) -> dict[str, Any]:
-    # Plain tarfile rather than webdataset's TarWriter: same format, and it avoids
-    # importing torch (seconds) in a command that otherwise needs only PIL.
-    name = SHARD_PATTERN.format(index=index)
-    tmp = split_dir / f".{name}.tmp"
-    with tarfile.open(tmp, "w", format=tarfile.USTAR_FORMAT) as tar:
-        for offset, sample in enumerate(chunk):
-            key = f"{first_key + offset:09d}"
-            _add_member(tar, f"{key}.{sample.ext}", sample.data)
-            if labeled:
-                _add_member(tar, f"{key}.cls", str(sample.label).encode("ascii"))
-    os.replace(tmp, split_dir / name)
-    labels = [sample.label for sample in chunk if sample.label is not None]
-    return {
-        "name": name,
-        "num_samples": len(chunk),
-        "num_bytes": (split_dir / name).stat().st_size,
-        "sha256": file_sha256(split_dir / name),
-        "label_min": min(labels) if labeled else None,
-        "label_max": max(labels) if labeled else None,
-    }
+    def close(self) -> list[dict[str, Any]]:
+        if self.tar is not None:
+            self._finish_shard()
+        return self.shards
+
+    def _name(self) -> str:
+        return SHARD_PATTERN.format(index=len(self.shards))
+
+    def _finish_shard(self) -> None:
+        assert self.tar is not None  # internal invariant, not user input
+        self.tar.close()
+        name = self._name()
+        path = self.split_dir / name
+        os.replace(self.split_dir / f".{name}.tmp", path)
+        self.shards.append(
+            {
+                "name": name,
+                "num_samples": self.count,
+                "num_bytes": path.stat().st_size,
+                "sha256": file_sha256(path),
+                "label_min": min(self.labels) if self.labeled else None,
+                "label_max": max(self.labels) if self.labeled else None,
+            }
+        )
+        self.tar, self.labels, self.count = None, [], 0
 
 
 def _add_member(tar: tarfile.TarFile, name: str, data: bytes) -> None:

@@ -10,23 +10,24 @@ that member's `TorchTrainer` (the Ray Train V2 + Tune pattern). The trial itself
 Ray's queue until resources free up, and `ensemble.pdst.max_concurrent_members` caps how
 many start at once. Tune runs trials independently: one member failing (after its own
 `ray.max_failures` restarts) stops neither the others nor their tickets. Re-running the
-same experiment resumes each member from its own checkpoints, and a member that already
-finished returns at once.
+same experiment resumes each unfinished member from its own checkpoints; members whose
+summary.json says they finished are not launched again.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ft_dist.config import RunConfig, config_from_dict, config_to_dict, save_config
-from ft_dist.train.paths import run_dir
+from ft_dist.train.paths import SUMMARY_FILE, run_dir
 
 MEMBERS_DIR = "members"
 TUNE_DIR = "tune"
-DRIVER_CPUS = 0.01
+DRIVER_RESOURCES = {"CPU": 0, "memory": 2**20}
 
 
 def member_dir(exp_dir: Path, member: int) -> Path:
@@ -46,6 +47,18 @@ def member_config(cfg: RunConfig, member: int) -> RunConfig:
         storage = cfg.ray.storage_path.rstrip("/")
         data["ray"]["storage_path"] = f"{storage}/{cfg.train.run_name}/{MEMBERS_DIR}"
     return config_from_dict(data, source=f"{cfg.train.run_name} member {member}")
+
+
+def is_finished(member_cfg: RunConfig) -> bool:
+    """A member whose summary.json records all its epochs needs no Ray Train fit at all."""
+    path = run_dir(member_cfg.train) / SUMMARY_FILE
+    if not path.is_file():
+        return False
+    try:
+        summary = json.loads(path.read_text())
+    except json.JSONDecodeError:
+        return False
+    return summary.get("epochs") == member_cfg.num_epochs and bool(summary.get("tickets"))
 
 
 @dataclass(frozen=True)
@@ -84,16 +97,20 @@ def fit_pdst(
     save_config(cfg, exp_dir / "config.yaml")
     num_members = cfg.ensemble.num_members
     members = {m: member_config(cfg, m) for m in range(1, num_members + 1)}
+    pending = {m: c for m, c in members.items() if not is_finished(c)}
+    if not pending:
+        return exp_dir, [MemberOutcome(m, member_dir(exp_dir, m), None) for m in members]
     connect(cfg.ray.address)
-    # The trial only drives the member's TorchTrainer: its workers hold the resources, the
-    # driver a token share of a CPU (Tune refuses an empty resource request).
+    # The trial only drives the member's TorchTrainer, whose workers hold the CPUs/GPUs.
+    # Tune refuses an empty request, so the driver asks for a token of memory, not a CPU
+    # fraction: 2 workers x 1 CPU must still fit on a 2-CPU cluster next to the driver.
     trainable = tune.with_resources(
-        tune.with_parameters(_train_member, members=members, loop=loop, group=cfg.train.run_name),
-        {"CPU": DRIVER_CPUS},
+        tune.with_parameters(_train_member, members=pending, loop=loop, group=cfg.train.run_name),
+        DRIVER_RESOURCES,
     )
     tuner = tune.Tuner(
         trainable,
-        param_space={"member": tune.grid_search(list(members))},
+        param_space={"member": tune.grid_search(list(pending))},
         tune_config=tune.TuneConfig(
             max_concurrent_trials=cfg.ensemble.pdst.max_concurrent_members or num_members
         ),
@@ -105,7 +122,7 @@ def fit_pdst(
         ),
     )
     results = tuner.fit()
-    outcomes = []
+    outcomes = [MemberOutcome(m, member_dir(exp_dir, m), None) for m in members if m not in pending]
     for result in results:
         member = int(result.config["member"])
         error = None if result.error is None else f"{type(result.error).__name__}: {result.error}"

@@ -64,6 +64,9 @@ class DynamicSparsity:
         self.num_updates = 0
         # name -> (dropped, grown, newly active) of the latest update
         self.last_update: dict[str, tuple[int, int, int]] = {}
+        # name -> positions the latest update zeroed (dropped and grown): wrappers holding
+        # their own copies of the weights (DeepSpeed's fp32 masters) reset the same positions.
+        self.last_reset: dict[str, torch.Tensor] = {}
         self._refresh_float_masks()
         self.apply_masks_()
         self.check_consistency()
@@ -127,7 +130,7 @@ class DynamicSparsity:
 
     # ------------------------------------------------------------------ the update
     def _update(self, drop_fraction: float, growth: str, grow_scores: dict | None) -> None:
-        self.last_update = {}
+        self.last_update, self.last_reset = {}, {}
         with torch.no_grad():
             for name in self.sparse_names:
                 weight, mask = self.params[name], self.masks[name]
@@ -141,6 +144,7 @@ class DynamicSparsity:
                 # Dropped weights leave, grown ones (re-grown just-dropped ones too) start at 0,
                 # and neither keeps any optimizer state.
                 reset = grown | ~mask
+                self.last_reset[name] = reset
                 weight.masked_fill_(reset, 0.0)
                 for state in self._optimizer_state(name):
                     state.masked_fill_(reset, 0.0)

@@ -14,8 +14,10 @@ inside Ray Train (`RaySession`). Read `train` top to bottom:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
+from collections.abc import Iterator
 from dataclasses import asdict
 from typing import Any
 
@@ -52,47 +54,66 @@ def train(cfg: RunConfig, session: Session, tracker: Any) -> dict[str, Any]:
 
 # --------------------------------------------------------------------------- one epoch
 def train_epoch(ctx: Context, epoch: int, plan: EpochPlan | None) -> None:
-    """The optimizer steps of one epoch (from the resume position), with logs and
+    """The optimizer steps of one epoch, from the resume position: LR, step, logs, and
     mid-epoch checkpoints."""
-    cfg, state, strategy = ctx.cfg, ctx.state, ctx.strategy
+    cfg, state = ctx.cfg, ctx.state
     accum = cfg.train.grad_accum_steps
-    loader = ctx.stream.epoch(epoch, start_step=state.step_in_epoch * accum)
-    batches = iter(loader)
-    capture_at = ctx.steps_per_epoch - 1 if _explores_with_gradient(cfg, plan) else -1
     global_batch = cfg.data.batch_size_per_worker * accum * ctx.session.world_size
-    zero = torch.zeros((), device=ctx.session.device)
-    loss_sum, loss_count, images_since, clock = zero, 0, 0, time.perf_counter()
+    batches = iter(ctx.stream.epoch(epoch, start_step=state.step_in_epoch * accum))
+    capture_at = ctx.steps_per_epoch - 1 if _explores_with_gradient(cfg, plan) else -1
+    meter = Meter(ctx.session.device)
     while state.step_in_epoch < ctx.steps_per_epoch:
-        lr = learning_rate(
-            cfg.optim,
-            state.global_step,
-            ctx.steps_per_epoch,
-            ctx.num_epochs,
-            None if plan is None else plan.lr_scale,
-        )
-        strategy.set_lr(lr)
+        scale = None if plan is None else plan.lr_scale
+        lr = learning_rate(cfg.optim, state.global_step, ctx.steps_per_epoch, ctx.num_epochs, scale)
+        ctx.strategy.set_lr(lr)
         micro_batches = [next(batches) for _ in range(accum)]
         loss = train_step(ctx, micro_batches, capture_grads=state.step_in_epoch == capture_at)
-        loss_sum, loss_count = loss_sum + loss.detach().float(), loss_count + 1
-        state.step_in_epoch += 1
-        state.global_step += 1
+        state.step_in_epoch, state.global_step = state.step_in_epoch + 1, state.global_step + 1
         state.images_seen += global_batch
-        images_since += global_batch
-        if (
-            state.global_step % cfg.train.log_every_steps == 0
-            or state.step_in_epoch == ctx.steps_per_epoch
-        ):
-            elapsed = _elapsed(clock, ctx.fast_path)
-            state.train_seconds += elapsed
-            log_progress(ctx, epoch, lr, loss_sum / loss_count, images_since / max(elapsed, 1e-9))
-            loss_sum, loss_count, images_since = zero, 0, 0
-            clock = time.perf_counter()
+        meter.add(loss, global_batch)
+        epoch_done = state.step_in_epoch == ctx.steps_per_epoch
+        if epoch_done or state.global_step % cfg.train.log_every_steps == 0:
+            mean_loss, images_per_s, seconds = meter.read()
+            state.train_seconds += seconds
+            log_progress(ctx, epoch, lr, mean_loss, images_per_s)
         every = cfg.train.checkpoint_every_steps
-        if every and state.global_step % every == 0 and state.step_in_epoch < ctx.steps_per_epoch:
-            state.train_seconds += _elapsed(clock, ctx.fast_path)
-            ctx.session.report(_progress_metrics(ctx, epoch), save(ctx))
-            clock = time.perf_counter()
+        if every and not epoch_done and state.global_step % every == 0:
+            with meter.excluded():
+                ctx.session.report(_progress_metrics(ctx, epoch), save(ctx))
     batches.close()  # stop the loader's worker processes now, not at garbage collection
+
+
+class Meter:
+    """Mean training loss and images/s since the last read, not counting excluded time
+    (checkpoints); the loss stays on the device until read, so steps never sync for it."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self._reset()
+
+    def _reset(self) -> None:
+        self.loss_sum = torch.zeros((), device=self.device)
+        self.steps, self.images, self.skipped = 0, 0, 0.0
+        self.start = time.perf_counter()
+
+    def add(self, loss: torch.Tensor, images: int) -> None:
+        self.loss_sum += loss.detach().float()
+        self.steps, self.images = self.steps + 1, self.images + images
+
+    @contextlib.contextmanager
+    def excluded(self) -> Iterator[None]:
+        start = time.perf_counter()
+        yield
+        self.skipped += time.perf_counter() - start
+
+    def read(self) -> tuple[torch.Tensor, float, float]:
+        """(mean loss, images/s, training seconds) since the last read; then reset."""
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        seconds = max(time.perf_counter() - self.start - self.skipped, 1e-9)
+        values = (self.loss_sum / max(self.steps, 1), self.images / seconds, seconds)
+        self._reset()
+        return values
 
 
 def train_step(ctx: Context, micro_batches: list, capture_grads: bool) -> torch.Tensor:
@@ -300,9 +321,3 @@ def _explores_with_gradient(cfg: RunConfig, plan: EpochPlan | None) -> bool:
         and edst is not None
         and edst.explore_growth == "gradient"
     )
-
-
-def _elapsed(since: float, synchronize: bool) -> float:
-    if synchronize:
-        torch.cuda.synchronize()
-    return time.perf_counter() - since

@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import hashlib
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -85,6 +86,12 @@ def build_context(cfg: RunConfig, session: Session, tracker: Any) -> Context:
     run = run_dir(cfg.train)
     if rank == 0:
         save_config(cfg, run / CONFIG_FILE)
+        if session.device.type != "cuda" and (cfg.train.bf16 or cfg.train.channels_last):
+            warnings.warn(
+                "train.bf16 / train.channels_last apply on CUDA only: training in fp32 on "
+                f"{session.device}",
+                stacklevel=2,
+            )
     # 2. Identical model and masks on every rank; per-rank randomness only afterwards.
     strategy = build_member(cfg, session)
     torch.manual_seed(derive_seed("rank", cfg.train.seed, cfg.train.member, rank))

@@ -257,26 +257,13 @@ class DeepSpeedStrategy(Strategy):
 
     @contextlib.contextmanager
     def _resets_followed(self, update: bool) -> Iterator[None]:
-        """Carry a prune/grow made on the model weights over to the masters and their state.
-
-        DynamicSparsity zeroes dropped and grown weights (re-grown just-dropped ones too) in
-        the model weights only. Dropped and newly grown positions follow from the masks; a
-        re-grown one is an active weight the update turned from non-zero to exactly zero.
-        """
-        if not update:
-            yield
-            return
-        sparsity = self.sparsity
-        before = {n: sparsity.params[n].detach().reshape(-1) != 0 for n in sparsity.sparse_names}
-        num_updates = sparsity.num_updates
+        """Carry a prune/grow made on the model weights over to the masters and their state:
+        DynamicSparsity zeroes the dropped and grown positions (``last_reset``) in the model
+        weights only."""
+        num_updates = self.sparsity.num_updates
         yield
-        if sparsity.num_updates == num_updates:
-            return
-        regrown = {
-            n: was_nonzero & (sparsity.params[n].detach().reshape(-1) == 0)
-            for n, was_nonzero in before.items()
-        }
-        self.mask_masters_(regrown)
+        if update and self.sparsity.num_updates != num_updates:
+            self.mask_masters_({n: r.reshape(-1) for n, r in self.sparsity.last_reset.items()})
 
     def full_gradients(self) -> dict[str, torch.Tensor]:
         """The all-reduced gradient of every sparse layer, reassembled from the ZeRO partitions
@@ -304,7 +291,7 @@ class DeepSpeedStrategy(Strategy):
                 inactive = inactive | also_reset[name]
             if not hasattr(param, "_hp_mapping"):  # the model weight is its own master
                 param.data.view(-1).masked_fill_(inactive, 0.0)
-                _mask_state_(base.state.get(param, {}), param.view(-1), inactive, 0)
+                _mask_state_(base.state.get(param, {}), param, inactive, 0)
                 continue
             fragment = param._hp_mapping
             if fragment is None:  # no part of this weight lives in this rank's partition
@@ -343,8 +330,9 @@ class DeepSpeedStrategy(Strategy):
         self.mask_masters_()
 
 
-def _mask_state_(state: dict, flat: torch.Tensor, inactive: torch.Tensor, start: int) -> None:
-    """Zero ``inactive`` positions (starting at ``start``) of every per-weight state tensor."""
+def _mask_state_(state: dict, owner: torch.Tensor, inactive: torch.Tensor, start: int) -> None:
+    """Zero ``inactive`` flat positions (from ``start``) of every state tensor shaped like
+    ``owner`` (momentum buffer, Adam moments; not the scalar step count)."""
     for value in state.values():
-        if torch.is_tensor(value) and value.shape == flat.shape:
+        if torch.is_tensor(value) and value.shape == owner.shape:
             value.view(-1).narrow(0, start, inactive.numel()).masked_fill_(inactive, 0.0)

@@ -5,8 +5,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import pytest
-
 from ft_dist.cli import main
 
 TINY = ["--rounds", "1", "--epochs", "1", "--image-size", "16", "--batch-size", "4"]
@@ -25,7 +23,7 @@ def test_existing_shards_table(mnist_root: Path, capsys) -> None:
     args = ["bench", "data", "--shards", str(mnist_root), "--split", "val", "--workers", "1"]
     assert main([*args, *TINY]) == 0
     out = capsys.readouterr().out
-    assert "500 images" in out and "imagefolder" in out and "goals met:" in out
+    assert "500 images" in out and "imagefolder" in out and "goals met" in out
 
 
 def test_bad_arguments(capsys) -> None:
@@ -33,7 +31,6 @@ def test_bad_arguments(capsys) -> None:
     assert "--rounds" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("missing", ["nowhere"])
-def test_missing_shards_dir(tmp_path: Path, missing: str, capsys) -> None:
-    assert main(["bench", "data", "--shards", str(tmp_path / missing), *TINY]) == 2
+def test_missing_shards_dir(tmp_path: Path, capsys) -> None:
+    assert main(["bench", "data", "--shards", str(tmp_path / "nowhere"), *TINY]) == 2
     assert "no manifest for split 'train'" in capsys.readouterr().err

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from ft_dist.data import DataConfig
+from ft_dist.data import DataConfig, DataError
 from ft_dist.data.evaluation import EvalStream, _EvalSource, gather_by_index
 from ft_dist.data.pipeline import TrainStream, check_dataset
 from tests.data.helpers import make_split
@@ -69,3 +69,10 @@ def test_sources_pickle_for_spawned_workers(tmp_path: Path) -> None:
     assert all(torch.equal(a[0], b[0]) for a, b in zip(iter(source), iter(copy), strict=True))
     eval_source = pickle.loads(pickle.dumps(_EvalSource(EvalStream(cfg, split="train"))))
     assert sum(len(batch[2]) for batch in eval_source) == 12
+
+
+def test_evaluation_never_skips_corrupt_samples(tmp_path: Path) -> None:
+    make_split(tmp_path, "train", [4, 4], corrupt=frozenset({5}))
+    cfg = DataConfig(root=str(tmp_path), loader_workers=0, skip_corrupt=True)
+    with pytest.raises(DataError, match="shard-000001.tar sample 000000005: cannot decode"):
+        collect(EvalStream(cfg, split="train"))

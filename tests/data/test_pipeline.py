@@ -189,3 +189,10 @@ def test_mnist_stream(mnist_root: Path) -> None:
     images, labels = next(iter(stream.epoch(0)))
     assert images.shape == (64, 1, 28, 28)
     assert abs(float(images.mean())) < 0.5 and len(labels.unique()) > 5
+
+
+def test_failing_download_command_is_an_error(uneven: Path) -> None:
+    # The command streams every byte, then exits 1 for one shard (a failed download).
+    root = f"pipe:cat {uneven}/{{path}} && test {{path}} != train/shard-000001.tar"
+    with pytest.raises(DataError, match="shard-000001.tar"):
+        epoch_batches(config(root))

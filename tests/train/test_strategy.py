@@ -45,16 +45,19 @@ def train_steps(train: TrainConfig, optim: OptimConfig, check=None):
         train=train,
         optim=optim,
         sparsity=SPARSITY,
-        micro_batch_size=8,
+        micro_batch_size=8 // train.grad_accum_steps,
         device=torch.device("cpu"),
         world_size=world_size,
     )
     initial = {n: m.clone() for n, m in strategy.sparsity.masks.items()}
+    accum = train.grad_accum_steps
     for step in range(NUM_STEPS):
         images, labels = rank_batch(rank, step)
-        with strategy.micro_batch(True):
-            loss = nn.functional.cross_entropy(strategy.model(images), labels)
-            strategy.backward(loss, True)
+        for index, (x, y) in enumerate(zip(images.chunk(accum), labels.chunk(accum), strict=True)):
+            last = index == accum - 1
+            with strategy.micro_batch(last):
+                loss = nn.functional.cross_entropy(strategy.model(x), y)
+                strategy.backward(loss, last)
         strategy.step()
         if check is not None:
             check(strategy)
@@ -79,11 +82,14 @@ def check_deepspeed_invariants(strategy) -> None:
         param, inactive = sparsity.params[name], ~sparsity.masks[name]
         assert int(sparsity.masks[name].sum()) == sparsity.num_active[name]
         assert torch.count_nonzero(param.detach()[inactive]) == 0, name
-        master = safe_get_full_fp32_param(param)
+        master = safe_get_full_fp32_param(param)  # None: ZeRO-0 fp32, the weight is the master
+        master = param.detach() if master is None else master
         assert torch.count_nonzero(master[inactive]) == 0, f"fp32 master of {name}"
         assert torch.count_nonzero(master[~inactive]) > 0
         for key in keys:
             state = safe_get_full_optimizer_state(param, key)
+            if state is None:
+                state = strategy.base_optimizer.state[param][key]
             assert torch.count_nonzero(state[inactive]) == 0, f"{key} of {name}"
     flat = torch.cat([m.reshape(-1) for m in sparsity.masks.values()]).to(torch.uint8)
     gathered = [torch.empty_like(flat) for _ in range(dist.get_world_size())]
@@ -93,9 +99,15 @@ def check_deepspeed_invariants(strategy) -> None:
 
 def _deepspeed_worker(rank: int, world_size: int) -> None:
     dist.init_process_group("gloo", rank=rank, world_size=world_size)
-    for stage, optim in ((1, OptimConfig(name="adamw", lr=1e-2)), (2, OptimConfig(lr=0.1))):
+    cases = (
+        (0, 1, OptimConfig(name="sgd-nesterov", lr=0.1)),
+        (1, 1, OptimConfig(name="adamw", lr=1e-2)),
+        (2, 2, OptimConfig(lr=0.1)),
+    )
+    for stage, accum, optim in cases:
         ddp_weights, ddp_masks = train_steps(TrainConfig(), optim)
-        ds_train = TrainConfig(strategy="deepspeed", zero_stage=stage)
+        # ZeRO-2 accumulates 2 half-batches: the same step as DDP's full batch.
+        ds_train = TrainConfig(strategy="deepspeed", zero_stage=stage, grad_accum_steps=accum)
         ds_weights, ds_masks = train_steps(ds_train, optim, check=check_deepspeed_invariants)
         # Growth read the same (full, averaged) gradient as DDP: same masks, same weights.
         for name, mask in ddp_masks.items():
@@ -104,11 +116,13 @@ def _deepspeed_worker(rank: int, world_size: int) -> None:
             )
         for name, weight in ddp_weights.items():
             torch.testing.assert_close(ds_weights[name], weight, rtol=1e-4, atol=1e-5)
+    if dist.get_rank() == 0:
+        print("deepspeed == ddp: ZeRO-0 nesterov, ZeRO-1 adamw, ZeRO-2 sgd + grad accumulation")
 
 
 @pytest.mark.dist
 @pytest.mark.slow
-def test_deepspeed_zero1_zero2_keep_masks_on_masters_and_partitions() -> None:
+def test_deepspeed_zero0_1_2_keep_masks_on_masters_and_partitions() -> None:
     run_workers(_deepspeed_worker, 2)
 
 
@@ -122,7 +136,14 @@ def _ddp_worker(rank: int, world_size: int) -> None:
             momentum = strategy.optimizer.state[strategy.sparsity.params[name]]["momentum_buffer"]
             assert torch.count_nonzero(momentum[inactive]) == 0
 
-    train_steps(TrainConfig(grad_accum_steps=1), OptimConfig(lr=0.1), check=check)
+    weights, masks = train_steps(TrainConfig(), OptimConfig(lr=0.1), check=check)
+    # Two accumulated half-batches (no_sync on the first) make the same steps.
+    accumulated, accumulated_masks = train_steps(
+        TrainConfig(grad_accum_steps=2), OptimConfig(lr=0.1)
+    )
+    assert all(torch.equal(masks[n], accumulated_masks[n]) for n in masks)
+    for name, weight in weights.items():
+        torch.testing.assert_close(accumulated[name], weight, rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.dist

@@ -22,7 +22,7 @@ import torch
 from ft_dist.tracking import read_offline_run
 from ft_dist.train.checkpoint import SHARED_FILE
 from ft_dist.train.loop import train
-from ft_dist.train.paths import SUMMARY_FILE, ticket_path
+from ft_dist.train.paths import SUMMARY_FILE, run_dir, ticket_path
 from ft_dist.train.worker import RAY_CHECKPOINTS, fit
 from tests.train.conftest import tiny_config
 from tests.train.test_loop import assert_same_training_state
@@ -84,7 +84,10 @@ class Victim:
         self.local_rank, self.device = session.local_rank, session.device
 
     def latest_checkpoint_dir(self):
-        return self.session.latest_checkpoint_dir()
+        resume = self.session.latest_checkpoint_dir()
+        with open(self.flag_dir / f"resume_rank{self.rank}.txt", "a") as record:
+            record.write(f"{resume}\n")
+        return resume
 
     def report(self, metrics: dict, checkpoint_dir: str | None = None) -> None:
         self.session.report(metrics, checkpoint_dir)
@@ -106,10 +109,14 @@ def killable_loop(flag_dir: Path):
     return loop
 
 
-def kill_when_ready(flag_dir: Path, killed: list[int]) -> None:
-    pid_file = flag_dir / "victim.pid"
+def kill_when_ready(flag_dir: Path, run: Path, killed: list[int]) -> None:
+    """SIGKILL the victim once Ray has registered its first checkpoint (so the restart has
+    something to resume from)."""
+    pid_file, snapshot = flag_dir / "victim.pid", run / "checkpoint_manager_snapshot.json"
     deadline = time.monotonic() + 300
-    while not pid_file.exists() and time.monotonic() < deadline:
+    while time.monotonic() < deadline:
+        if pid_file.exists() and snapshot.exists() and RAY_CHECKPOINTS in snapshot.read_text():
+            break
         time.sleep(0.1)
     pid = int(pid_file.read_text())
     os.kill(pid, signal.SIGKILL)
@@ -135,7 +142,9 @@ def killed(ray_cluster, tiny_mnist: Path, tmp_path_factory):
     flags = tmp_path_factory.mktemp("flags")
     cfg = ray_config(tiny_mnist, out, "killed")
     pids: list[int] = []
-    killer = threading.Thread(target=kill_when_ready, args=(flags, pids), daemon=True)
+    killer = threading.Thread(
+        target=kill_when_ready, args=(flags, run_dir(cfg.train), pids), daemon=True
+    )
     killer.start()
     run = fit(cfg, killable_loop(flags))
     killer.join(timeout=5)
@@ -147,6 +156,10 @@ def test_killed_worker_restarts_from_checkpoint_and_matches_uninterrupted_run(re
     assert len(pids) == 1, "the worker was never killed"
     starts = (flags / "starts.txt").read_text().split()
     assert starts.count(str(VICTIM_RANK)) == 2, f"worker group did not restart: {starts}"
+    for rank in (0, 1):  # first attempt: fresh start; second: Ray's registered checkpoint
+        resumes = (flags / f"resume_rank{rank}.txt").read_text().split()
+        assert resumes[0] == "None"
+        assert resumes[1] == str(run / RAY_CHECKPOINTS / "000000004"), resumes
     for path in (ticket_path(reference, 1), ticket_path(run, 1)):
         assert path.is_file()
     expected = torch.load(ticket_path(reference, 1), weights_only=True)

@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# Submit `ft-dist train CONFIG [key=value ...]` to a Ray cluster as a Ray job:
+#
+#   RAY_ADDRESS=http://HEAD:8265 launch/submit.sh configs/demo_dst.yaml train.run_name=x
+#   source /tmp/ft_dist_cluster_$(id -u)/cluster.env && launch/submit.sh configs/demo_dst.yaml
+#
+# Runs `ray job submit --working-dir . -- ft-dist train ...` from the repository root (so the
+# configs travel with the job) and waits, streaming the job's output: rank-0 progress, then
+# the run directory as the job's last line. Exit status = the job's.
+#
+# Token auth (Ray 2.60): a cluster started with RAY_AUTH_MODE=token rejects clients without
+# its token. `ray job submit` only sends one when RAY_AUTH_MODE=token is set in *its*
+# environment, and then reads it from RAY_AUTH_TOKEN, else the file named by
+# RAY_AUTH_TOKEN_PATH, else ~/.ray/auth_token. This script sets RAY_AUTH_MODE=token unless
+# you set RAY_AUTH_MODE yourself (e.g. "disabled" for a cluster without auth), and fails
+# early when no token can be found. Get a cluster's token on its head with
+# `ray get-auth-token`; never put it in a config file or on the command line.
+#
+# Relative paths inside the config (data.root, train.output_dir, ...) are resolved against
+# the directory you submit from (FT_DIST_BASE_DIR, passed to the job), not against the
+# job's unpacked copy of the working dir; on a remote cluster use absolute shared paths or
+# URLs. WANDB_API_KEY is *not* forwarded: set it in the nodes' environment (see
+# launch/cluster.yaml), so it never appears in the job's runtime_env.
+#
+# Extra `ray job submit` options go in FT_DIST_SUBMIT_OPTS, e.g. FT_DIST_SUBMIT_OPTS=--no-wait.
+set -euo pipefail
+
+usage() { echo "usage: RAY_ADDRESS=http://HEAD:8265 $0 CONFIG [key=value ...]" >&2; exit 2; }
+[[ $# -ge 1 && $1 != -h && $1 != --help ]] || usage
+
+if [[ -z ${RAY_ADDRESS:-} ]]; then
+  echo "error: RAY_ADDRESS is not set: export RAY_ADDRESS=http://HEAD:8265 (the dashboard" \
+       "address), or 'source <dir>/cluster.env' for launch/local_cluster.py" >&2
+  exit 2
+fi
+
+export RAY_AUTH_MODE="${RAY_AUTH_MODE:-token}"
+if [[ $RAY_AUTH_MODE == token && -z ${RAY_AUTH_TOKEN:-} ]]; then
+  token_file="${RAY_AUTH_TOKEN_PATH:-$HOME/.ray/auth_token}"
+  if [[ ! -s $token_file ]]; then
+    echo "error: token auth is on but no token was found (RAY_AUTH_TOKEN unset, $token_file" \
+         "missing or empty). Copy the output of 'ray get-auth-token' on the head into" \
+         "~/.ray/auth_token, or set RAY_AUTH_TOKEN_PATH; RAY_AUTH_MODE=disabled for a" \
+         "cluster without auth" >&2
+    exit 2
+  fi
+fi
+
+repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+base="${FT_DIST_BASE_DIR:-$PWD}"
+runtime_env="{\"env_vars\": {\"FT_DIST_BASE_DIR\": \"${base}\"}}"
+ray_bin="ray"
+[[ -x $repo/.venv/bin/ray ]] && ray_bin="$repo/.venv/bin/ray"
+
+cd "$repo"
+# shellcheck disable=SC2086  # FT_DIST_SUBMIT_OPTS is a list of options
+exec "$ray_bin" job submit --address "$RAY_ADDRESS" --working-dir . \
+  --runtime-env-json "$runtime_env" ${FT_DIST_SUBMIT_OPTS:-} -- ft-dist train "$@"

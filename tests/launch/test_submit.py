@@ -1,0 +1,130 @@
+"""`ray job submit` end to end against the local multi-node cluster from launch/.
+
+One cluster for the module: a head and one worker node of 1 CPU each, token auth on. The
+demo config's 2 training workers need 1 CPU each, so they run on two different nodes.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from ft_dist.train.paths import SUMMARY_FILE, ticket_path
+
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
+
+REPO = Path(__file__).resolve().parents[2]
+CLUSTER = [sys.executable, str(REPO / "launch" / "local_cluster.py")]
+RAY = str(Path(sys.executable).parent / "ray")
+
+
+def cluster_env(cluster_dir: Path) -> dict[str, str]:
+    """The client environment `cluster.env` describes (what `source cluster.env` gives)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "WANDB_"))}
+    for line in (cluster_dir / "cluster.env").read_text().splitlines():
+        match = re.match(r"export (\w+)=(\S+)", line)
+        if match:
+            env[match[1]] = match[2]
+    env["OMP_NUM_THREADS"] = "1"
+    return env
+
+
+def processes_mentioning(text: str) -> list[int]:
+    pids = []
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and text.encode() in (proc / "cmdline").read_bytes():
+                pids.append(int(proc.name))
+        except OSError:
+            continue
+    return pids
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    # A short path: Ray's unix sockets live below it (107-byte limit).
+    cluster_dir = Path(tempfile.mkdtemp(prefix="ftc", dir="/tmp"))
+    args = ["--dir", str(cluster_dir)]
+    up = [*CLUSTER, "up", *args, "--worker-nodes", "1", "--head-cpus", "1", "--worker-cpus", "1"]
+    try:
+        subprocess.run(up, check=True, timeout=240)
+        yield cluster_dir
+    finally:
+        subprocess.run([*CLUSTER, "down", *args], check=True, timeout=120)
+        assert processes_mentioning(str(cluster_dir)) == [], "cluster processes left behind"
+
+
+def test_cluster_rejects_clients_without_its_token(cluster: Path, tmp_path: Path):
+    env = cluster_env(cluster)
+    env["RAY_AUTH_MODE"] = "disabled"
+    result = subprocess.run(
+        [RAY, "job", "submit", "--address", env["RAY_ADDRESS"], "--", "true"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+    )
+    assert result.returncode != 0
+    assert "Unauthorized" in result.stdout + result.stderr
+
+
+def test_submitted_job_trains_across_nodes_and_prints_the_run_dir_last(
+    cluster: Path, tiny_mnist: Path, tmp_path: Path
+):
+    env = cluster_env(cluster)
+    out = tmp_path / "runs"
+    overrides = [
+        f"data.root={tiny_mnist}",
+        "data.batch_size_per_worker=32",
+        "data.shuffle_buffer=64",
+        "data.verify=size",
+        "sparsity.update_every_steps=3",
+        "train.epochs=1",
+        "train.run_name=job",
+        f"train.output_dir={out}",
+        "tracking.wandb=disabled",
+    ]
+    submit = subprocess.run(
+        [str(REPO / "launch" / "submit.sh"), "configs/demo_dst.yaml", *overrides],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=REPO,
+    )
+    output = submit.stdout + submit.stderr
+    assert submit.returncode == 0, output[-4000:]
+    assert "[job] epoch" in output  # rank-0 progress reached the submitting terminal
+    run = out / "job"
+    assert (run / SUMMARY_FILE).is_file() and ticket_path(run, 1).is_file()
+    job_id = re.search(r"raysubmit_\w+", output)[0]
+    logs = subprocess.run(
+        [RAY, "job", "logs", "--address", env["RAY_ADDRESS"], job_id],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    ).stdout
+    assert logs.strip().splitlines()[-1] == str(run)
+
+
+def test_submit_script_explains_a_missing_address_or_token(tmp_path: Path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    script = str(REPO / "launch" / "submit.sh")
+    no_address = subprocess.run(
+        [script, "configs/demo_dst.yaml"], env=env, capture_output=True, text=True
+    )
+    assert no_address.returncode == 2 and "RAY_ADDRESS is not set" in no_address.stderr
+    env.update(RAY_ADDRESS="http://127.0.0.1:1", RAY_AUTH_TOKEN_PATH=str(tmp_path / "none"))
+    no_token = subprocess.run(
+        [script, "configs/demo_dst.yaml"], env=env, capture_output=True, text=True
+    )
+    assert no_token.returncode == 2 and "no token was found" in no_token.stderr
