@@ -139,6 +139,7 @@ class ConsoleProgress:
     clock: Any = time.monotonic
     _first: tuple[int, float] | None = None
     _last_print: float = -math.inf
+    _last_step: int | None = None
 
     def update(self, metrics: Mapping[str, Any], step: int) -> None:
         now = self.clock()
@@ -146,8 +147,9 @@ class ConsoleProgress:
             self._first = (step, now)
         evals = {k: v for k, v in metrics.items() if k.startswith(EVAL_PREFIXES)}
         finished = self.total_steps is not None and step >= self.total_steps
-        if evals or finished or now - self._last_print >= self.every_s:
-            self._last_print = now
+        due = evals or finished or now - self._last_print >= self.every_s
+        if due and step != self._last_step:  # one progress line per step at most
+            self._last_print, self._last_step = now, step
             self._print(self.progress_line(metrics, step, now))
         if evals:
             self._print(f"[{self.run_name}] step {step} " + _format_metrics(evals))

@@ -66,6 +66,13 @@ def test_progress_is_throttled_but_eval_and_last_step_always_print():
     assert "step 100/100 (100%)" in lines[-1]
 
 
+def test_a_step_logged_twice_prints_one_progress_line():
+    progress, stream, _ = make_progress()
+    progress.update({"train/loss": 0.5}, step=100)
+    progress.update({"epoch": 4.0}, step=100)  # end-of-epoch metrics at the same step
+    assert len(stream.getvalue().splitlines()) == 1
+
+
 def test_eta_counts_from_the_first_step_this_process_saw():
     """After a resume at step 50 the rate must not be computed as if it started at 0."""
     progress, _, clock = make_progress()

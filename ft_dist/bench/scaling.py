@@ -53,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(prefix="ft_dist_scaling_") as scratch:
         out = Path(args.out or scratch).resolve()
         data = Path(args.data).resolve() if args.data else write_bundled_data(out / "data")
-        connect(None)
+        connect(None, log_to_driver=not args.json)
         try:
             result = {
                 "throughput": [throughput(args, data, out, n) for n in (1, 2)],

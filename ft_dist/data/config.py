@@ -62,9 +62,12 @@ class DataConfig(Section):
     )
     verify: Literal["checksum", "size"] = Field(
         "checksum",
-        description="before training: sha256 of every local shard (checksum) or sizes only",
+        description="before training: sha256 of every local shard (checksum) or sizes only; "
+        "remote shards are hashed while they stream",
     )
-    seed: int = Field(0, description="data order and augmentation seed (run seed when unset)")
+    seed: int = Field(
+        0, description="data order and augmentation seed; TrainStream(seed=...) overrides it"
+    )
 
     @field_validator("root")
     @classmethod

@@ -90,6 +90,12 @@ class BatchDecoder:
     def create(
         cls, cfg: DataConfig, info: DataInfo, manifest: Manifest, *, train: bool
     ) -> BatchDecoder:
+        # Load PIL's image plugins (and webdataset's gopen) here, once: forked loader
+        # workers inherit them instead of importing them again every epoch.
+        import webdataset  # noqa: F401
+        from PIL import Image
+
+        Image.preinit()
         transform = build_transform(
             info.recipe, train=train, size=info.image_size, native_size=manifest.image_size
         )

@@ -212,7 +212,10 @@ def _checked_images(items: list, job: ImageFolderJob, stats: SplitStats) -> Iter
     if job.workers > 1:
         import multiprocessing
 
-        with multiprocessing.get_context("spawn").Pool(job.workers) as pool:
+        # fork: children need only PIL; spawn would re-import the CLI (and torch) in each.
+        methods = multiprocessing.get_all_start_methods()
+        context = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
+        with context.Pool(job.workers) as pool:
             yield from _collect(pool.imap(load_image, items, chunksize=32), job, stats, bar)
     else:
         yield from _collect(map(load_image, items), job, stats, bar)

@@ -1,11 +1,11 @@
 """Read samples out of one tar shard, and decode them, with errors that name shard and key.
 
 Shards are opened with webdataset's ``gopen`` (local paths, ``file://``, ``http(s)://``
-via curl, ``pipe:`` commands, ...) and walked with its tar iterator. While a shard is
-read to the end its bytes are hashed, so a remote shard that does not match its manifest
-is caught even though it could not be checked before training; the sample count is
-compared with the manifest too, which catches a tar cut at a member boundary (tarfile
-reads those silently as a shorter archive).
+via curl, ``pipe:`` commands, ...) and walked with ``tarstream.iter_members``. While a
+remote shard is read to the end its bytes are hashed, so one that does not match its
+manifest is caught even though it could not be checked before training; the sample count
+is compared with the manifest too, which catches a tar cut at a member boundary (that
+reads like a complete, shorter archive).
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from ft_dist.data.manifest import ShardInfo
+from ft_dist.data.tarstream import iter_members
 
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "bmp", "ppm")
 Sample = dict[str, bytes]
@@ -39,7 +40,7 @@ class _HashingReader:
         return data
 
     def drain(self) -> None:
-        # tarfile stops at the end-of-archive marker; the padding after it is hashed too.
+        # Parsing stops at the end-of-archive marker; the padding after it is hashed too.
         while self.read(1 << 20):
             pass
 
@@ -54,7 +55,6 @@ def iter_shard(
     ``verify_shards`` checks before training (it costs ~2% of decode time).
     """
     from webdataset import gopen
-    from webdataset.tariterators import tar_file_iterator
 
     try:
         stream = gopen(url, "rb")
@@ -67,7 +67,7 @@ def iter_shard(
     reader = _HashingReader(stream) if verify_digest else stream
     position, last_member, completed = 0, [""], False
     try:
-        for key, sample in _group(tar_file_iterator(reader), last_member):
+        for key, sample in _group(iter_members(reader), last_member):
             yield position, key, sample
             position += 1
         if verify_digest:
@@ -107,20 +107,22 @@ def _close(stream: Any, url: str, check: bool) -> None:
 
 
 def _first_line(error: BaseException) -> str:
-    # webdataset appends " @ <stream object>" to messages; keep only the cause.
+    # webdataset's pipes append " @ <stream object>" to messages; keep only the cause.
     return str(error.args[0] if error.args else error).split(" @ ")[0]
 
 
-def _group(files: Iterator[dict[str, Any]], last_member: list[str]) -> Iterator[tuple[str, Sample]]:
+def _group(
+    members: Iterator[tuple[str, bytes]], last_member: list[str]
+) -> Iterator[tuple[str, Sample]]:
     """Consecutive tar members ``<key>.<ext>`` -> one sample per key (webdataset convention).
 
     ``last_member[0]`` tracks the last member read completely, for error messages.
     """
     current_key: str | None = None
     current: Sample = {}
-    for member in files:
-        last_member[0] = member["fname"]
-        folder, _, base = member["fname"].rpartition("/")
+    for name, data in members:
+        last_member[0] = name
+        folder, _, base = name.rpartition("/")
         stem, dot, ext = base.partition(".")
         if not dot:
             continue
@@ -129,7 +131,7 @@ def _group(files: Iterator[dict[str, Any]], last_member: list[str]) -> Iterator[
             if current_key is not None:
                 yield current_key, current
             current_key, current = key, {}
-        current[ext.lower()] = member["data"]
+        current[ext.lower()] = data
     if current_key is not None:
         yield current_key, current
 

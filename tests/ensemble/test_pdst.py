@@ -1,67 +1,25 @@
 """DST Ensemble on the local multi-node Ray cluster from launch/ (a head and a worker node
 of 1 CPU each): members run concurrently on different nodes as Ray Tune trials; a failing
-member costs the others nothing; re-running trains only what is missing; `evaluate`
-ensembles the members' tickets.
+member costs the others nothing; re-running with `ft-dist train` trains only what is
+missing; `evaluate` ensembles the members' tickets.
 """
 
 from __future__ import annotations
 
 import json
-import os
+import subprocess
 import sys
-import time
 from pathlib import Path
 
-import cloudpickle
 import pytest
-import ray
 
-from ft_dist.ensemble.pdst import fit_pdst, member_config
+from ft_dist.config import save_config
+from ft_dist.ensemble.pdst import member_config
 from ft_dist.ensemble.run_eval import EvalOptions, evaluate_run
-from ft_dist.train.loop import train
 from tests.launch.test_submit import cluster, cluster_env  # noqa: F401 (fixture)
 from tests.train.conftest import tiny_config, tiny_mnist  # noqa: F401 (fixture)
 
-pytestmark = [pytest.mark.ray, pytest.mark.slow]
-cloudpickle.register_pickle_by_value(sys.modules[__name__])
-BARRIER_TIMEOUT_S = 240.0
-
-
-def loop_meeting_the_others(cfg, session, tracker):
-    """The real loop, entered only once every member's loop is running: proves that the
-    members run at the same time. Records the node each member ran on."""
-    exp_dir = Path(cfg.train.output_dir).parent
-    barrier = exp_dir / "barrier"
-    barrier.mkdir(exist_ok=True)
-    node = ray.get_runtime_context().get_node_id()
-    (barrier / f"member_{cfg.train.member}.json").write_text(json.dumps({"node": node}))
-    deadline = time.monotonic() + BARRIER_TIMEOUT_S
-    while len(list(barrier.glob("member_*.json"))) < cfg.ensemble.num_members:
-        if time.monotonic() > deadline:
-            raise TimeoutError("the other members never started: members did not run concurrently")
-        time.sleep(0.5)
-    return train(cfg, session, tracker)
-
-
-def loop_failing_member_2(cfg, session, tracker):
-    """The real loop, except that member 2 dies before training."""
-    if cfg.train.member == 2:
-        raise RuntimeError("member 2 crashed on purpose")
-    return train(cfg, session, tracker)
-
-
-@pytest.fixture(scope="module")
-def ray_client(cluster: Path):  # noqa: F811
-    """This process as a client of the multi-node cluster (token auth from cluster.env)."""
-    env = cluster_env(cluster)
-    saved = dict(os.environ)
-    for key in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN_PATH", "OMP_NUM_THREADS"):
-        os.environ[key] = env[key]
-    ray.init(address=env["RAY_GCS_ADDRESS"])
-    yield
-    ray.shutdown()
-    os.environ.clear()
-    os.environ.update(saved)
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _pdst_config(root: Path, out: Path, name: str):
@@ -74,6 +32,21 @@ def _pdst_config(root: Path, out: Path, name: str):
     )
 
 
+def _drive(cluster_dir: Path, config: Path, loop: str) -> list[dict]:
+    """fit_pdst with a test loop, from a client process of the cluster."""
+    result = subprocess.run(
+        [sys.executable, "-m", "tests.ensemble.pdst_driver", str(config), loop],
+        env=cluster_env(cluster_dir),
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-4000:]
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
 def test_member_config_changes_member_and_paths(tiny_mnist: Path, tmp_path: Path) -> None:  # noqa: F811
     cfg = _pdst_config(tiny_mnist, tmp_path, "pdst")
     member = member_config(cfg, 2)
@@ -84,14 +57,17 @@ def test_member_config_changes_member_and_paths(tiny_mnist: Path, tmp_path: Path
         member_config(cfg, 3)
 
 
+@pytest.mark.ray
+@pytest.mark.slow
 def test_members_run_concurrently_on_different_nodes(
-    ray_client,
+    cluster: Path,  # noqa: F811
     tiny_mnist: Path,  # noqa: F811
     tmp_path: Path,
 ) -> None:
     cfg = _pdst_config(tiny_mnist, tmp_path, "together")
-    exp_dir, outcomes = fit_pdst(cfg, loop_meeting_the_others)
-    assert [o.error for o in outcomes] == [None, None], outcomes
+    outcomes = _drive(cluster, save_config(cfg, tmp_path / "together.yaml"), "meet")
+    assert [o["error"] for o in outcomes] == [None, None], outcomes
+    exp_dir = tmp_path / "together"
     nodes = {json.loads(p.read_text())["node"] for p in (exp_dir / "barrier").glob("*.json")}
     assert len(nodes) == 2  # one member per 1-CPU node
     written = evaluate_run(exp_dir, EvalOptions(track=False, batch_size=64))
@@ -100,21 +76,35 @@ def test_members_run_concurrently_on_different_nodes(
     assert report["members"][0]["ticket"] == "members/member_1/tickets/ticket_01.pt"
 
 
+@pytest.mark.ray
+@pytest.mark.slow
 def test_failed_member_loses_nothing_and_resumes(
-    ray_client,
+    cluster: Path,  # noqa: F811
     tiny_mnist: Path,  # noqa: F811
     tmp_path: Path,
 ) -> None:
     cfg = _pdst_config(tiny_mnist, tmp_path, "failing")
-    exp_dir, outcomes = fit_pdst(cfg, loop_failing_member_2)
-    assert [o.member for o in outcomes] == [1, 2]
-    assert outcomes[0].error is None and "crashed on purpose" in (outcomes[1].error or "")
+    config = save_config(cfg, tmp_path / "failing.yaml")
+    outcomes = _drive(cluster, config, "fail2")
+    assert outcomes[0]["error"] is None and "crashed on purpose" in (outcomes[1]["error"] or "")
+    exp_dir = tmp_path / "failing"
     ticket_1 = exp_dir / "members" / "member_1" / "tickets" / "ticket_01.pt"
     assert ticket_1.is_file()
     assert not (exp_dir / "members" / "member_2" / "tickets").exists()
     before = ticket_1.read_bytes(), ticket_1.stat().st_mtime_ns
 
-    exp_dir, outcomes = fit_pdst(cfg)  # member 1 is finished: only member 2 trains
-    assert all(o.error is None for o in outcomes)
+    # The real CLI against the same cluster: member 1 is finished, only member 2 trains.
+    env = cluster_env(cluster)
+    rerun = subprocess.run(
+        [str(Path(sys.executable).parent / "ft-dist"), "train", str(config)]
+        + [f"ray.address={env['RAY_GCS_ADDRESS']}"],
+        env=env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert rerun.returncode == 0, (rerun.stdout + rerun.stderr)[-4000:]
+    assert rerun.stdout.strip().splitlines()[-1] == str(exp_dir)
     assert (ticket_1.read_bytes(), ticket_1.stat().st_mtime_ns) == before
     assert (exp_dir / "members" / "member_2" / "tickets" / "ticket_01.pt").is_file()

@@ -1,0 +1,165 @@
+"""The paper's comparison in miniature: dense, single DST, static sparse ensemble, EDST and
+DST Ensemble trained with matched budgets from one EDST config, evaluated the same way.
+
+Budgets follow FreeTickets' CIFAR setting, where one model trains t_ex + t_re epochs
+(150 + 100 = 250) and EDST t_ex + M·t_re (450):
+
+    dense            1 model,  density 1,         E = t_ex + t_re epochs
+    DST              1 model,  density d,         E epochs
+    static ensemble  M models, fixed masks (d),   E epochs each
+    EDST             1 run -> M tickets,          t_ex + M·t_re epochs
+    DST Ensemble     M models, density d,         E epochs each
+
+Every variant is an ordinary run directory under OUT/<variant>/ (ensembles of several runs
+use the DST Ensemble layout), trained on the Ray cluster and evaluated by
+`ft_dist.ensemble.run_eval`; a variant that already finished is not trained again.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ft_dist.config import RunConfig, config_from_dict, config_to_dict
+from ft_dist.ensemble.pdst import fit_pdst, is_finished
+from ft_dist.ensemble.run_eval import EvalOptions, evaluate_run
+from ft_dist.train.paths import SUMMARY_FILE, run_dir
+
+
+@dataclass(frozen=True)
+class Variant:
+    key: str  # directory name under OUT
+    label: str  # table row
+    cfg: RunConfig
+
+
+def plan_variants(base: RunConfig, out_dir: Path) -> list[Variant]:
+    """The five runs of the comparison, derived from an EDST config."""
+    edst = base.ensemble.edst
+    if base.ensemble.method != "edst" or edst is None:
+        raise ValueError(
+            "ft-dist compare needs an EDST config (ensemble.method: edst with an ensemble.edst "
+            "section, e.g. configs/demo_edst.yaml): its M, t_ex and t_re set every budget"
+        )
+    members = base.ensemble.num_members
+    epochs = edst.exploration_epochs + edst.refinement_epochs
+    dense = {"density": 1.0}
+    static = {"update": "none"}
+    rows = [
+        ("dense", "dense", dense, "single", epochs),
+        ("dst", "DST (single)", {}, "single", epochs),
+        ("static_ensemble", f"static sparse ensemble (M={members})", static, "pdst", epochs),
+        ("edst", f"EDST (M={members})", {}, "edst", None),
+        ("dst_ensemble", f"DST Ensemble (M={members})", {}, "pdst", epochs),
+    ]
+    return [
+        Variant(key, label, _variant_config(base, out_dir, key, sparsity, method, n_epochs))
+        for key, label, sparsity, method, n_epochs in rows
+    ]
+
+
+def _variant_config(
+    base: RunConfig,
+    out_dir: Path,
+    key: str,
+    sparsity: dict[str, Any],
+    method: str,
+    epochs: int | None,
+) -> RunConfig:
+    data = config_to_dict(base)
+    data["sparsity"].update(sparsity)
+    data["train"].update(run_name=key, output_dir=str(out_dir))
+    ensemble = data["ensemble"]
+    data["ensemble"] = {"method": method, "num_members": 1, "pdst": ensemble["pdst"]}
+    if method == "edst":
+        data["ensemble"].update(num_members=ensemble["num_members"], edst=ensemble["edst"])
+        data["train"].pop("epochs", None)  # EDST derives its epochs from the phase plan
+    else:
+        data["train"]["epochs"] = epochs
+        if method == "pdst":
+            data["ensemble"]["num_members"] = ensemble["num_members"]
+    return config_from_dict(data, source=f"compare variant {key}")
+
+
+def train_variant(variant: Variant) -> float:
+    """Train one variant unless it already finished; returns the wall seconds spent."""
+    from ft_dist.train.worker import fit
+
+    cfg = variant.cfg
+    start = time.perf_counter()
+    if cfg.ensemble.method == "pdst":
+        _, outcomes = fit_pdst(cfg)
+        failed = [o for o in outcomes if o.error is not None]
+        if failed:
+            raise RuntimeError(
+                f"{variant.label}: members {[o.member for o in failed]} failed "
+                f"({failed[0].error}); re-run the same command to resume them"
+            )
+    elif not is_finished(cfg):
+        fit(cfg, group="compare")
+    return time.perf_counter() - start
+
+
+def _summaries(path: Path) -> list[dict[str, Any]]:
+    files = [path / SUMMARY_FILE, *sorted(path.glob(f"members/member_*/{SUMMARY_FILE}"))]
+    return [json.loads(f.read_text()) for f in files if f.is_file()]
+
+
+def table_row(variant: Variant, report: dict[str, Any], wall_s: float) -> dict[str, Any]:
+    """One line of the comparison from a variant's evaluation report."""
+    ensemble, flops = report["ensemble"], report["flops"]
+    ood = ensemble.get("ood", {})
+    summaries = _summaries(run_dir(variant.cfg.train))
+    return {
+        "variant": variant.key,
+        "method": variant.label,
+        "members": report["num_members"],
+        "accuracy": ensemble["test"]["accuracy"],
+        "nll": ensemble["test"]["nll"],
+        "ece": ensemble["test"]["ece"],
+        "ood_auroc_entropy": ood.get("auroc_entropy"),
+        "ood_auroc_max_prob": ood.get("auroc_max_prob"),
+        "train_flops": flops["train_flops"],
+        "inference_flops": flops["inference_flops"],
+        "dense_forward_flops": flops["dense_forward_flops"],
+        "train_seconds": sum(float(s.get("train_seconds", 0.0)) for s in summaries),
+        "wall_seconds": wall_s,
+        "report": str(run_dir(variant.cfg.train) / "eval" / "report.json"),
+    }
+
+
+def add_relative_costs(rows: list[dict[str, Any]]) -> None:
+    """Training FLOPs relative to the dense run; inference FLOPs relative to one dense model."""
+    dense = next((row for row in rows if row["variant"] == "dense"), None)
+    for row in rows:
+        train_ref = dense["train_flops"] if dense else None
+        row["train_flops_vs_dense"] = (
+            row["train_flops"] / train_ref if train_ref and row["train_flops"] else None
+        )
+        row["inference_flops_vs_dense"] = row["inference_flops"] / row["dense_forward_flops"]
+
+
+def run_comparison(
+    base: RunConfig, out_dir: Path, *, ood: str | None, track: bool
+) -> tuple[list[dict[str, Any]], dict[str, Path]]:
+    """Train (or resume) and evaluate every variant; write OUT/compare.json and .md."""
+    from ft_dist.ensemble.compare_table import render_table
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for variant in plan_variants(base, out_dir):
+        print(f"== compare: {variant.label} -> {run_dir(variant.cfg.train)}", flush=True)
+        wall = train_variant(variant)
+        written = evaluate_run(
+            run_dir(variant.cfg.train), EvalOptions(ood=ood, track=track, batch_size=500)
+        )
+        rows.append(table_row(variant, json.loads(written["json"].read_text()), wall))
+    add_relative_costs(rows)
+    json_path = out_dir / "compare.json"
+    json_path.write_text(json.dumps({"rows": rows}, indent=2) + "\n")
+    md_path = out_dir / "compare.md"
+    md_path.write_text(render_table(rows) + "\n")
+    return rows, {"json": json_path, "markdown": md_path}

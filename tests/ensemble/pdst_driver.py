@@ -1,0 +1,69 @@
+"""Run `fit_pdst` with a test loop as a client process of a (token-auth) Ray cluster.
+
+Ray reads its auth settings when a process first loads them, so each test drives the
+cluster from a fresh process started with the cluster's environment:
+
+    python -m tests.ensemble.pdst_driver CONFIG.yaml LOOP
+
+LOOP is `meet` (members wait for each other before training: proves they run at the same
+time, and record their node) or `fail2` (member 2 crashes). The last line printed is a
+JSON list of the members' outcomes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import cloudpickle
+import ray
+
+from ft_dist.config import load_config
+from ft_dist.ensemble.pdst import fit_pdst
+from ft_dist.train.loop import train
+
+# Ray workers get the loops below by value: they need not import the tests package.
+cloudpickle.register_pickle_by_value(sys.modules[__name__])
+BARRIER_TIMEOUT_S = 240.0
+
+
+def loop_meeting_the_others(cfg, session, tracker):
+    """The real loop, entered only once every member's loop is running."""
+    barrier = Path(cfg.train.output_dir).parent / "barrier"
+    barrier.mkdir(exist_ok=True)
+    node = ray.get_runtime_context().get_node_id()
+    (barrier / f"member_{cfg.train.member}.json").write_text(json.dumps({"node": node}))
+    deadline = time.monotonic() + BARRIER_TIMEOUT_S
+    while len(list(barrier.glob("member_*.json"))) < cfg.ensemble.num_members:
+        if time.monotonic() > deadline:
+            raise TimeoutError("the other members never started: they did not run concurrently")
+        time.sleep(0.5)
+    return train(cfg, session, tracker)
+
+
+def loop_failing_member_2(cfg, session, tracker):
+    """The real loop, except that member 2 dies before training."""
+    if cfg.train.member == 2:
+        raise RuntimeError("member 2 crashed on purpose")
+    return train(cfg, session, tracker)
+
+
+LOOPS = {"meet": loop_meeting_the_others, "fail2": loop_failing_member_2}
+
+
+def main(config_path: str, loop_name: str) -> int:
+    cfg = load_config(config_path)
+    ray.init(address=os.environ["RAY_GCS_ADDRESS"])
+    try:
+        _, outcomes = fit_pdst(cfg, LOOPS[loop_name])
+    finally:
+        ray.shutdown()
+    print(json.dumps([{"member": o.member, "error": o.error} for o in outcomes]))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1], sys.argv[2]))

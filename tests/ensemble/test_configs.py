@@ -1,0 +1,42 @@
+"""The shipped ensemble configs load, and their budgets are the published ones (SPEC §5, §6)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from ft_dist.config import load_config
+
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+
+
+@pytest.mark.parametrize(
+    ("name", "method", "members", "epochs", "model"),
+    [
+        ("demo_edst.yaml", "edst", 3, 9, "small-cnn"),
+        ("cifar100_edst.yaml", "edst", 3, 450, "wrn-28-10"),
+        ("cifar100_pdst.yaml", "pdst", 3, 250, "wrn-28-10"),
+        ("imagenet_edst.yaml", "edst", 4, 310, "resnet50"),
+        ("imagenet_pdst.yaml", "pdst", 4, 100, "resnet50"),
+    ],
+)
+def test_config_budgets(name: str, method: str, members: int, epochs: int, model: str) -> None:
+    cfg = load_config(CONFIGS / name)
+    assert cfg.ensemble.method == method and cfg.ensemble.num_members == members
+    assert cfg.num_epochs == epochs and cfg.model.name == model
+    assert cfg.sparsity.density == 0.2 and cfg.sparsity.sparse_init == "erk"
+    if method == "edst":
+        assert cfg.ensemble.edst.explore_drop_fraction == 0.8
+
+
+def test_published_cifar_and_imagenet_settings() -> None:
+    cifar = load_config(CONFIGS / "cifar100_edst.yaml")
+    global_batch = cifar.data.batch_size_per_worker * cifar.train.num_workers
+    assert global_batch == 128 and cifar.sparsity.update_every_steps == 1000
+    assert (cifar.optim.lr, cifar.optim.momentum, cifar.optim.weight_decay) == (0.1, 0.9, 5e-4)
+    imagenet = load_config(CONFIGS / "imagenet_edst.yaml")
+    assert imagenet.sparsity.update_every_samples == 4000 * 128  # ΔT = 4000 at batch 128
+    assert imagenet.train.label_smoothing == 0.1 and imagenet.optim.warmup_epochs == 5
+    pdst = load_config(CONFIGS / "cifar100_pdst.yaml")
+    assert pdst.optim.milestones == (0.5, 0.75) and pdst.optim.gamma == 0.1
