@@ -353,6 +353,8 @@ def _leveldb_records(data: bytes) -> list[bytes]:
             pos += left
             continue
         _, length, kind = struct.unpack("<IHB", data[pos : pos + 7])
+        if pos + 7 + length > len(data):  # a chunk still being written
+            break
         payload, pos = data[pos + 7 : pos + 7 + length], pos + 7 + length
         if kind == 0:  # zero padding up to the end of the block
             pos += left - 7 - length
@@ -378,15 +380,28 @@ def _items(items: Any) -> dict[str, Any]:
     return out
 
 
-def read_offline_run(run_dir: str | Path) -> OfflineRun:
-    """Decode an `offline-run-*` directory (or a `wandb/` dir holding exactly one)."""
-    from wandb.proto import wandb_internal_pb2 as pb
+def read_offline_run(run_dir: str | Path, wait_s: float = 10.0) -> OfflineRun:
+    """Decode an `offline-run-*` directory (or a `wandb/` dir holding exactly one).
 
+    wandb's writer process may still be flushing the log for a moment after `finish()`
+    returns, so this re-reads for up to `wait_s` seconds until the run's exit record is in.
+    """
     files = sorted(Path(run_dir).glob("**/run-*.wandb"))
     if len(files) != 1:
         raise FileNotFoundError(f"{run_dir}: expected one run-*.wandb file, found {len(files)}")
-    out = OfflineRun()
-    for payload in _leveldb_records(files[0].read_bytes()):
+    deadline = time.monotonic() + wait_s
+    while True:
+        run, finished = _decode_run(files[0].read_bytes())
+        if finished or time.monotonic() >= deadline:
+            return run
+        time.sleep(0.1)
+
+
+def _decode_run(data: bytes) -> tuple[OfflineRun, bool]:
+    from wandb.proto import wandb_internal_pb2 as pb
+
+    out, finished = OfflineRun(), False
+    for payload in _leveldb_records(data):
         record = pb.Record()
         record.ParseFromString(payload)
         kind = record.WhichOneof("record_type")
@@ -403,5 +418,6 @@ def read_offline_run(run_dir: str | Path) -> OfflineRun:
             out.summary.update(_items(record.summary.update))
         elif kind == "files":
             out.files.extend(item.path for item in record.files.files)
+        finished = finished or kind == "exit"
     out.config.pop("_wandb", None)
-    return out
+    return out, finished

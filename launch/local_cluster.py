@@ -93,6 +93,37 @@ def wait_for_nodes(dashboard: str, token: str, expected: int, timeout_s: float) 
     )
 
 
+def http_json(url: str, token: str, payload: dict | None = None) -> dict:
+    data = None if payload is None else json.dumps(payload).encode()
+    headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+    request = urllib.request.Request(url, data=data, headers=headers)
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return json.load(response)
+
+
+def wait_for_job_api(dashboard: str, token: str, timeout_s: float) -> None:
+    """Submit a no-op job until one succeeds: nodes can be ALIVE while the head's job agent
+    is still starting ("No available agent to submit job"), which a user's first
+    `ray job submit` would otherwise hit."""
+    deadline = time.monotonic() + timeout_s
+    job_id = None
+    while time.monotonic() < deadline:
+        try:
+            if job_id is None:
+                job_id = http_json(f"{dashboard}/api/jobs/", token, {"entrypoint": "true"})[
+                    "job_id"
+                ]
+            status = http_json(f"{dashboard}/api/jobs/{job_id}", token)["status"]
+        except (OSError, ValueError, KeyError):
+            status = None  # not ready yet: retry
+        if status == "SUCCEEDED":
+            return
+        if status in ("FAILED", "STOPPED"):
+            job_id = None
+        time.sleep(1.0)
+    raise RuntimeError(f"the job API at {dashboard} did not run a job within {timeout_s}s")
+
+
 def write_env_file(root: Path, state: dict) -> Path:
     lines = [
         "# source this file: clients of the local ft_dist Ray cluster",
@@ -144,9 +175,9 @@ def up(args: argparse.Namespace) -> int:
             log = root / f"worker_{index + 1}.log"
             state["pids"].append(start_node(worker + common, env, log))
             save_state(root, state)
-        wait_for_nodes(
-            state["dashboard"], token_path.read_text(), 1 + args.worker_nodes, args.timeout
-        )
+        token = token_path.read_text()
+        wait_for_nodes(state["dashboard"], token, 1 + args.worker_nodes, args.timeout)
+        wait_for_job_api(state["dashboard"], token, args.timeout)
     except (RuntimeError, KeyboardInterrupt):
         stop(root, state)
         raise

@@ -5,9 +5,9 @@ cluster from a fresh process started with the cluster's environment:
 
     python -m tests.ensemble.pdst_driver CONFIG.yaml LOOP
 
-LOOP is `meet` (members wait for each other before training: proves they run at the same
-time, and record their node) or `fail2` (member 2 crashes). The last line printed is a
-JSON list of the members' outcomes.
+LOOP is `meet_fail2`: members wait for each other before training (proves they run at the
+same time) and record their node, then member 2 crashes. The last line printed is a JSON
+list of the members' outcomes.
 """
 
 from __future__ import annotations
@@ -30,8 +30,9 @@ cloudpickle.register_pickle_by_value(sys.modules[__name__])
 BARRIER_TIMEOUT_S = 240.0
 
 
-def loop_meeting_the_others(cfg, session, tracker):
-    """The real loop, entered only once every member's loop is running."""
+def loop_meet_then_fail_member_2(cfg, session, tracker):
+    """The real loop, entered only once every member's loop is running (which proves that
+    the members run at the same time); records each member's node; member 2 then crashes."""
     barrier = Path(cfg.train.output_dir).parent / "barrier"
     barrier.mkdir(exist_ok=True)
     node = ray.get_runtime_context().get_node_id()
@@ -41,17 +42,12 @@ def loop_meeting_the_others(cfg, session, tracker):
         if time.monotonic() > deadline:
             raise TimeoutError("the other members never started: they did not run concurrently")
         time.sleep(0.5)
-    return train(cfg, session, tracker)
-
-
-def loop_failing_member_2(cfg, session, tracker):
-    """The real loop, except that member 2 dies before training."""
     if cfg.train.member == 2:
         raise RuntimeError("member 2 crashed on purpose")
     return train(cfg, session, tracker)
 
 
-LOOPS = {"meet": loop_meeting_the_others, "fail2": loop_failing_member_2}
+LOOPS = {"meet_fail2": loop_meet_then_fail_member_2}
 
 
 def main(config_path: str, loop_name: str) -> int:
