@@ -200,8 +200,14 @@ def _model_type(annotation: Any) -> type[BaseModel] | None:
 
 # --------------------------------------------------------------------------- saving
 def config_to_dict(cfg: RunConfig) -> dict[str, Any]:
-    """Plain YAML/JSON-able dict of every resolved value (defaults included)."""
-    return cfg.model_dump(mode="json")
+    """Plain YAML/JSON-able dict of every resolved value (defaults included).
+
+    ``train.epochs`` is written as the epochs the run really trains (for EDST, t_ex + M·t_re),
+    so the saved file reloads through `load_config` and says what happened.
+    """
+    values = cfg.model_dump(mode="json")
+    values["train"]["epochs"] = cfg.num_epochs
+    return values
 
 
 def save_config(cfg: RunConfig, path: str | os.PathLike[str]) -> Path:

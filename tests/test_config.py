@@ -72,6 +72,11 @@ def test_cross_section_rules(tmp_path: Path) -> None:
         load_config(write(tmp_path, BASE + edst))
     cfg = load_config(write(tmp_path, BASE.replace("epochs: 3, ", "") + edst))
     assert cfg.num_epochs == 14
+    # The saved EDST config records the epochs it trains and loads back unchanged.
+    saved = save_config(cfg, tmp_path / "saved" / "config.yaml")
+    reloaded = load_config(saved)
+    assert reloaded.train.epochs == 14 and reloaded.num_epochs == 14
+    assert reloaded.ensemble == cfg.ensemble and reloaded.sparsity == cfg.sparsity
     with pytest.raises(ValueError, match="needs dynamic sparse training"):
         load_config(write(tmp_path, BASE.replace("epochs: 3, ", "") + edst), ["sparsity.density=1"])
     with pytest.raises(ValueError, match="momentum is not supported with train.strategy=deepspeed"):
