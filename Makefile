@@ -37,3 +37,15 @@ imagenet-edst imagenet-pdst: | $(STAMP)
 	@if [ -z "$(RAY_ADDRESS)" ]; then echo "error: set RAY_ADDRESS=http://HEAD:8265, the dashboard address of the Ray cluster (see launch/README.md)" >&2; exit 2; fi
 	@if [ -z "$(DATA)" ]; then echo "error: set DATA=/path/to/imagenet-shards (from ft-dist shards imagefolder, on storage every node can read)" >&2; exit 2; fi
 	launch/submit.sh configs/$(subst -,_,$@).yaml data.root=$(DATA) $(ARGS)
+
+# The main job: EDST (M=3, density 0.2) on bundled MNIST through a local Ray cluster,
+# evaluated, with a report; prints the path of report.json last. RUN_NAME=x for a new run.
+.PHONY: demo compare
+demo: $(STAMP)
+	bash launch/demo.sh
+
+# The miniature paper table: dense, DST, static ensemble, EDST and DST Ensemble on the
+# bundled data with matched budgets.
+compare: $(STAMP)
+	@test -f data/mnist/train/manifest.json || $(BIN)/ft-dist shards mnist --out data/mnist
+	$(BIN)/ft-dist compare configs/demo_edst.yaml
