@@ -51,6 +51,9 @@ def node_env(token_path: Path) -> dict[str, str]:
     """Environment of every node (and so of every Ray worker and job driver on it)."""
     env = dict(os.environ)
     env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(token_path))
+    # On SIGTERM a node drains before stopping, by default for up to 30 s while any actor
+    # (e.g. Ray Train's detached state actor) lives; nothing here needs that long.
+    env.setdefault("RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S", "3")
     env.pop("RAY_ADDRESS", None)  # `ray start --head` must not join another cluster
     venv_bin = str(Path(sys.executable).parent)  # so job entrypoints find `ft-dist`
     env["PATH"] = venv_bin + os.pathsep + env.get("PATH", "")
@@ -137,6 +140,23 @@ def write_env_file(root: Path, state: dict) -> Path:
     return path
 
 
+def node_args(args: argparse.Namespace, root: Path, state: dict, index: int) -> list[str]:
+    """`ray start` arguments of node `index` (0 = head). Port 0 = any free port: Ray's
+    fixed defaults (agent 52365, metrics, client 10001) would collide with any other Ray
+    cluster on this machine. Each node gets its own temp dir: nodes started together would
+    otherwise pick the same socket names in a shared session dir ("address in use")."""
+    common = ["--node-ip-address", "127.0.0.1", "--temp-dir", str(root / f"node{index}")]
+    common += ["--object-store-memory", str(args.object_store_mb * 1024 * 1024)]
+    common += ["--dashboard-agent-listen-port", "0", "--metrics-export-port", "0"]
+    if index > 0:
+        return ["--address", state["gcs"], "--num-cpus", str(args.worker_cpus), *common]
+    gcs_port, dashboard_port = state["gcs"].rsplit(":", 1)[1], state["dashboard"].rsplit(":", 1)[1]
+    head = ["--head", "--port", gcs_port, "--num-cpus", str(args.head_cpus)]
+    head += ["--dashboard-host", "127.0.0.1", "--dashboard-port", dashboard_port]
+    head += ["--ray-client-server-port", str(free_port())]
+    return head + common
+
+
 def up(args: argparse.Namespace) -> int:
     root = Path(args.dir).resolve()
     if load_state(root) is not None:
@@ -144,38 +164,22 @@ def up(args: argparse.Namespace) -> int:
         return 1
     root.mkdir(parents=True, exist_ok=True)
     token_path = root / TOKEN_FILE
-    token_path.write_text(secrets.token_hex(32))
+    token = secrets.token_hex(32)
+    token_path.write_text(token)
     token_path.chmod(0o600)
     env = node_env(token_path)
-    gcs_port, dashboard_port = free_port(), free_port()
-    common = ["--object-store-memory", str(args.object_store_mb * 1024 * 1024)]
     state = {
-        "gcs": f"127.0.0.1:{gcs_port}",
-        "dashboard": f"http://127.0.0.1:{dashboard_port}",
+        "gcs": f"127.0.0.1:{free_port()}",
+        "dashboard": f"http://127.0.0.1:{free_port()}",
         "pids": [],
     }
-    head = ["--head", "--node-ip-address", "127.0.0.1", "--port", str(gcs_port)]
-    head += ["--dashboard-host", "127.0.0.1", "--dashboard-port", str(dashboard_port)]
-    head += ["--num-cpus", str(args.head_cpus), "--temp-dir", str(root / "ray")]
-    state["pids"].append(start_node(head + common, env, root / "head.log"))
-    save_state(root, state)  # from here on, `down` can clean up whatever was started
     try:
-        wait_for_nodes(state["dashboard"], token_path.read_text(), 1, args.timeout)
-        for index in range(args.worker_nodes):
-            worker = ["--address", state["gcs"], "--node-ip-address", "127.0.0.1"]
-            # Own temp dir per node: nodes started together would otherwise pick the same
-            # socket file names in a shared session dir (plasma store "address in use").
-            worker += [
-                "--num-cpus",
-                str(args.worker_cpus),
-                "--temp-dir",
-                str(root / f"w{index + 1}"),
-            ]
-            worker += ["--dashboard-agent-listen-port", "0", "--metrics-export-port", "0"]
-            log = root / f"worker_{index + 1}.log"
-            state["pids"].append(start_node(worker + common, env, log))
-            save_state(root, state)
-        token = token_path.read_text()
+        for index in range(1 + args.worker_nodes):
+            log = root / ("head.log" if index == 0 else f"worker_{index}.log")
+            state["pids"].append(start_node(node_args(args, root, state, index), env, log))
+            save_state(root, state)  # from here on, `down` can clean up what was started
+            if index == 0:  # workers join a running head
+                wait_for_nodes(state["dashboard"], token, 1, args.timeout)
         wait_for_nodes(state["dashboard"], token, 1 + args.worker_nodes, args.timeout)
         wait_for_job_api(state["dashboard"], token, args.timeout)
     except (RuntimeError, KeyboardInterrupt):

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import argparse
 
-from ft_dist.ensemble.corruptions import CORRUPTIONS, SEVERITIES
+# ft_dist.ensemble.corruptions imports torch; `ft-dist --help` must not. These mirror its
+# CORRUPTIONS keys and SEVERITIES (tests/cli/test_help.py keeps them in step).
+CORRUPTION_NAMES = ("gaussian_noise", "gaussian_blur", "contrast", "jpeg", "pixelate", "rotate")
+SEVERITIES = (1, 2, 3, 4, 5)
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -31,7 +34,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "--corruptions",
         nargs="*",
         metavar="NAME",
-        help=f"corruptions to test ({', '.join(CORRUPTIONS)}); the flag alone or 'all' = all",
+        help=f"corruptions to test ({', '.join(CORRUPTION_NAMES)}); the flag alone or 'all' = all",
     )
     parser.add_argument(
         "--severities",
@@ -56,6 +59,8 @@ def _corruption_names(values: list[str] | None) -> tuple[str, ...]:
     if values is None:
         return ()
     if not values or values == ["all"]:
+        from ft_dist.ensemble.corruptions import CORRUPTIONS
+
         return tuple(CORRUPTIONS)
     return tuple(values)
 

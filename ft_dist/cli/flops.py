@@ -1,5 +1,9 @@
 """`ft-dist flops`: forward FLOPs per layer of a sparse model, and what whole runs cost.
 
+Two modes. With flags (`--model`, `--density`, ...) it prices the paper's comparison (dense,
+static, DST, EDST, DST Ensemble) for one model. With `--config CONFIG [key=value ...]` it
+prices exactly the run that `ft-dist train CONFIG` would train: same model shape, layer
+densities, ΔT, epochs and ensemble plan, so the figure is known before any GPU is booked.
 The model is built on the meta device (no weights are allocated), so even ResNet-50 at
 224x224 is counted in about a second.
 """
@@ -8,9 +12,13 @@ from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from ft_dist.config import RunConfig
+    from ft_dist.data.config import DataConfig
+    from ft_dist.data.decoding import DataInfo
     from ft_dist.sparse.flops import FlopsReport, RunCost
 
 # Defaults per model family: (num_classes, in_channels, image_size) of its usual dataset.
@@ -26,6 +34,23 @@ RUN_LABELS = {
     "edst": "EDST",
     "pdst": "DST Ensemble",
 }
+# Flag-mode options; with --config the run's own values are used instead.
+FLAG_DESTS = (
+    "model", "density", "sparse_init", "dense_layers", "num_classes", "in_channels",
+    "image_size", "epochs", "update_every", "growth", "members", "t_ex", "t_re",
+)  # fmt: skip
+SHAPE_KEYS = ("num_classes", "in_channels", "image_size")
+SHAPE_HINTS = {
+    "num_classes": "e.g. model.num_classes=100 for CIFAR-100, 1000 for ImageNet",
+    "in_channels": "model.in_channels=3 for RGB, 1 for grayscale",
+    "image_size": "e.g. model.image_size=32 for CIFAR, 224 for ImageNet, 28 for MNIST",
+}
+EXAMPLES = """\
+examples:
+  ft-dist flops --model resnet50 --density 0.1            # the paper's comparison table
+  ft-dist flops --config configs/cifar100_edst.yaml model.num_classes=100
+  ft-dist flops --config configs/demo_edst.yaml sparsity.density=0.1 --json
+"""
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -33,16 +58,36 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "flops",
         help="forward FLOPs per layer of a sparse model and training FLOPs of whole runs",
         description=(
-            "Count dense forward FLOPs per Conv/Linear layer with torch.utils.flop_counter, "
-            "scale each by its density (SPEC §8, RigL convention) and price dense, static, "
-            "DST, EDST and DST Ensemble runs relative to one dense run. Run defaults are the "
-            "FreeTickets CIFAR setting (250 epochs, ΔT=1000, t_ex=150, t_re=100, M=3)."
+            "Count dense forward FLOPs per Conv/Linear layer with torch.utils.flop_counter,\n"
+            "scale each by its density (SPEC §8, RigL convention) and price dense, static,\n"
+            "DST, EDST and DST Ensemble runs relative to one dense run. Run defaults are the\n"
+            "FreeTickets CIFAR setting (250 epochs, ΔT=1000, t_ex=150, t_re=100, M=3).\n\n"
+            "With --config CONFIG [key=value ...], price the one run that\n"
+            "`ft-dist train CONFIG [key=value ...]` would train instead: its model, layer\n"
+            "densities, ΔT, epochs and ensemble plan, plus its absolute training FLOPs when\n"
+            "the training split's manifest is on this machine."
         ),
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--config",
+        metavar="CONFIG",
+        help="price the run of this training config (model shape from model.* or, when "
+        "unset, from the local data manifest); replaces the model and run flags",
+    )
+    parser.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="key=value",
+        help="with --config: dotted overrides, e.g. sparsity.density=0.1 model.num_classes=100",
     )
     _add_model_arguments(parser)
     _add_run_arguments(parser)
     parser.add_argument("--json", action="store_true", help="print one JSON object")
-    parser.set_defaults(func=handle)
+    parser.set_defaults(
+        func=handle, flag_defaults={dest: parser.get_default(dest) for dest in FLAG_DESTS}
+    )
 
 
 def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
@@ -135,6 +180,28 @@ def model_flops_report(
 
 
 def handle(args: argparse.Namespace) -> int:
+    if args.config is not None:
+        changed = [
+            "--" + dest.replace("_", "-")
+            for dest, default in args.flag_defaults.items()
+            if getattr(args, dest) != default
+        ]
+        if changed:
+            raise ValueError(
+                f"--config takes the model and run settings from {args.config}: drop "
+                f"{', '.join(changed)} and use overrides such as sparsity.density=0.1"
+            )
+        return handle_config(args.config, args.overrides, as_json=args.json)
+    if args.overrides:
+        raise ValueError(
+            f"key=value overrides ({' '.join(args.overrides)}) need --config CONFIG; "
+            "without it use the flags (see ft-dist flops --help)"
+        )
+    return handle_flags(args)
+
+
+def handle_flags(args: argparse.Namespace) -> int:
+    """The paper's comparison (dense ... DST Ensemble) for the model given by flags."""
     from ft_dist.models.names import check_model_name
     from ft_dist.sparse.flops import price_standard_runs
 
@@ -177,9 +244,204 @@ def handle(args: argparse.Namespace) -> int:
     return 0
 
 
+# --------------------------------------------------------------------------- --config mode
+@dataclass(frozen=True)
+class ConfigRun:
+    """What a run config's cost depends on (SPEC §8), resolved as `ft-dist train` would.
+
+    `update_every_steps` is ΔT in optimizer steps (update_every_samples / global batch,
+    rounded as the DST engine rounds it); `examples_per_epoch` is what the trainer sees,
+    full global batches only; both sample counts are None without a local manifest.
+    """
+
+    model: str
+    num_classes: int
+    in_channels: int
+    image_size: int
+    density: float
+    sparse_init: str
+    dense_layers: tuple[str, ...]
+    dynamic: bool
+    growth: str
+    update_every_steps: int | None
+    global_batch: int
+    method: str
+    num_members: int
+    epochs: int
+    exploration_epochs: int
+    refinement_epochs: int
+    train_samples: int | None = None
+    examples_per_epoch: int | None = None
+    shape_source: dict[str, str] = field(default_factory=dict)
+
+
+def handle_config(path: str, overrides: list[str], *, as_json: bool = False) -> int:
+    """Price the run that `ft-dist train path overrides...` would train."""
+    from ft_dist.config import load_config
+    from ft_dist.sparse.flops import price_run
+
+    run = run_from_config(load_config(path, overrides), source=path)
+    report = model_flops_report(
+        run.model, run.num_classes, run.in_channels, run.image_size,
+        run.density, run.sparse_init, run.dense_layers,
+    )  # fmt: skip
+    cost = price_run(
+        report.dense_forward_flops,
+        report.sparse_forward_flops,
+        method=run.method,
+        epochs=run.epochs,
+        num_members=run.num_members,
+        exploration_epochs=run.exploration_epochs,
+        refinement_epochs=run.refinement_epochs,
+        dynamic=run.dynamic,
+        growth=run.growth,
+        update_every_steps=run.update_every_steps,
+    )
+    train_flops = None
+    if run.examples_per_epoch is not None:
+        train_flops = cost.train_flops_per_example * run.examples_per_epoch
+    if as_json:
+        result = {"config": path, "overrides": list(overrides), "settings": asdict(run)}
+        result |= report.to_dict() | {"run": cost.to_dict(), "train_flops": train_flops}
+        print(json.dumps(result, indent=2))
+    else:
+        print(format_layers(report))
+        print()
+        print(format_config_run(path, run, cost, train_flops))
+    return 0
+
+
+def run_from_config(cfg: RunConfig, source: str = "config") -> ConfigRun:
+    """The pricing inputs of a validated run config; model shape from config or data."""
+    from ft_dist.data.plan import steps_per_epoch
+    from ft_dist.sparse.schedule import UpdateSchedule
+
+    shape, shape_source, train_samples = model_shape(cfg, source)
+    workers, accum = cfg.train.num_workers, cfg.train.grad_accum_steps
+    global_batch = cfg.data.batch_size_per_worker * workers * accum
+    examples_per_epoch = None
+    if train_samples is not None:
+        steps = steps_per_epoch(train_samples, workers, cfg.data.batch_size_per_worker)
+        examples_per_epoch = steps // accum * global_batch
+    edst = cfg.ensemble.edst if cfg.ensemble.method == "edst" else None
+    return ConfigRun(
+        model=cfg.model.name,
+        **shape,
+        density=cfg.sparsity.density,
+        sparse_init=cfg.sparsity.sparse_init,
+        dense_layers=tuple(cfg.sparsity.dense_layers),
+        dynamic=cfg.sparsity.is_dynamic,
+        growth=cfg.sparsity.growth,
+        update_every_steps=UpdateSchedule.from_config(cfg.sparsity, global_batch).every_steps,
+        global_batch=global_batch,
+        method=cfg.ensemble.method,
+        num_members=cfg.ensemble.num_members,
+        epochs=cfg.num_epochs,
+        exploration_epochs=edst.exploration_epochs if edst else 0,
+        refinement_epochs=edst.refinement_epochs if edst else 0,
+        train_samples=train_samples,
+        examples_per_epoch=examples_per_epoch,
+        shape_source=shape_source,
+    )
+
+
+def model_shape(cfg: RunConfig, source: str) -> tuple[dict[str, int], dict[str, str], int | None]:
+    """(num_classes/in_channels/image_size, where each came from, train split size or None).
+
+    Values set in `model:` win; the rest come from the local training manifest exactly as
+    `ft-dist train` fills them (`ft_dist.data.describe`); without one, channels and size
+    follow an explicit `data.recipe`, and anything still missing is a user error.
+    """
+    from ft_dist.data.transforms import RECIPES
+
+    shape = {key: getattr(cfg.model, key) for key in SHAPE_KEYS}
+    origin = {key: "config" for key, value in shape.items() if value is not None}
+    info, why_not = _local_data_info(cfg.data)
+    if info is not None:
+        found = {key: getattr(info, key) for key in SHAPE_KEYS}
+        origin |= {key: "manifest" for key in SHAPE_KEYS if shape[key] is None}
+        shape = {key: found[key] if value is None else value for key, value in shape.items()}
+    elif cfg.data.recipe is not None:
+        spec = RECIPES[cfg.data.recipe]
+        found = {"in_channels": spec.channels, "image_size": cfg.data.image_size}
+        found["image_size"] = found["image_size"] or spec.default_size
+        for key, value in found.items():
+            if shape[key] is None and value is not None:
+                shape[key], origin[key] = value, "data.recipe"
+    missing = [key for key in SHAPE_KEYS if shape[key] is None]
+    if missing:
+        hints = "; ".join(f"model.{key} ({SHAPE_HINTS[key]})" for key in missing)
+        raise ValueError(
+            f"{source}: model.{missing[0]} is not set and there is no local training manifest "
+            f"to take it from ({why_not}): set {hints} in the config or as a key=value "
+            "override, or write the shards to data.root first"
+        )
+    return shape, origin, info.num_train_samples if info is not None else None
+
+
+def _local_data_info(data: DataConfig) -> tuple[DataInfo | None, str]:
+    """(`describe(data)`, "") when the training manifest is a local file, else (None, why)."""
+    from ft_dist.data import describe
+    from ft_dist.data.manifest import MANIFEST_NAME, local_path
+
+    relpath = f"{data.train_split}/{MANIFEST_NAME}"
+    path = local_path(data.root, relpath)
+    if path is None:
+        return None, f"data.root {data.root} is remote and is not read here"
+    if not path.is_file():
+        return None, f"{path} not found"
+    return describe(data), ""
+
+
+def run_label(run: ConfigRun) -> str:
+    """'EDST of DST members', 'DST Ensemble of 4 static sparse members', 'dense', ..."""
+    kind = "dense" if run.density >= 1.0 else "DST" if run.dynamic else "static sparse"
+    if run.method == "edst":
+        return f"EDST, M={run.num_members} {kind} tickets"
+    if run.method == "pdst":
+        return f"{RUN_LABELS['pdst']} of {run.num_members} {kind} members"
+    return f"single {kind} model"
+
+
+def format_config_run(path: str, run: ConfigRun, cost: RunCost, train_flops: float | None) -> str:
+    if run.method == "edst":
+        epochs = (
+            f"t_ex={run.exploration_epochs} + {run.num_members} x t_re={run.refinement_epochs} "
+            f"= {cost.total_epochs} epochs in one run"
+        )
+    else:
+        epochs = f"{run.num_members} x {run.epochs} epochs" if run.method == "pdst" else ""
+        epochs = epochs or f"{run.epochs} epochs"
+    origin = ", ".join(f"{key} from {where}" for key, where in run.shape_source.items())
+    update = f"ΔT = {run.update_every_steps} steps" if run.dynamic else "masks fixed"
+    lines = [
+        f"config          {path}",
+        f"model           {run.model}: {run.num_classes} classes, "
+        f"{run.in_channels}x{run.image_size}x{run.image_size} input ({origin})",
+        f"sparsity        density {run.density:g} ({run.sparse_init}), {update}, "
+        f"{run.growth} growth, global batch {run.global_batch}",
+        f"run             {run_label(run)}: {epochs}",
+        f"train FLOPs     {cost.train_relative:.3f}x one dense run of {cost.reference_epochs} "
+        f"epochs ({human(cost.train_flops_per_example)} per training example)",
+        f"inference       {human(cost.inference_flops)} per example = "
+        f"{cost.inference_relative:.3f}x one dense forward",
+    ]
+    if train_flops is None:
+        lines.append(
+            "training FLOPs  unknown: no local training manifest (train FLOPs per example x "
+            "examples per epoch)"
+        )
+    else:
+        lines.append(
+            f"training FLOPs  {train_flops:.3e} ({run.train_samples} training samples, "
+            f"{run.examples_per_epoch} per epoch in full global batches)"
+        )
+    return "\n".join(lines)
+
+
 def human(flops: float) -> str:
     """1234567 -> '1.23M' (FLOPs, 1 multiply-add = 2 FLOPs)."""
-    for unit, scale in (("G", 1e9), ("M", 1e6), ("K", 1e3)):
+    for unit, scale in (("P", 1e15), ("T", 1e12), ("G", 1e9), ("M", 1e6), ("K", 1e3)):
         if abs(flops) >= scale:
             return f"{flops / scale:.2f}{unit}"
     return f"{flops:.0f}"

@@ -1,0 +1,31 @@
+"""`ft-dist --help` must stay fast: building the parser imports no torch, torchvision or ray."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from ft_dist.cli import evaluate
+
+HEAVY = ("torch", "torchvision", "ray")
+
+
+def test_building_the_parser_imports_nothing_heavy():
+    code = (
+        "import json, sys\n"
+        "from ft_dist.cli import build_parser\n"
+        "parser = build_parser()\n"
+        "parser.format_help()\n"
+        "print(json.dumps(sorted({name.split('.')[0] for name in sys.modules})))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    loaded = set(json.loads(done.stdout.splitlines()[-1]))
+    assert not loaded & set(HEAVY), f"`ft-dist --help` imports {sorted(loaded & set(HEAVY))}"
+
+
+def test_evaluate_help_lists_the_real_corruptions():
+    from ft_dist.ensemble.corruptions import CORRUPTIONS, SEVERITIES
+
+    assert tuple(CORRUPTIONS) == evaluate.CORRUPTION_NAMES
+    assert evaluate.SEVERITIES == SEVERITIES
