@@ -90,7 +90,8 @@ def test_user_errors_name_the_fix(capsys, tmp_path):
     assert main(["flops", "--config", str(missing)]) == 2
     assert f"config file {missing} not found" in capsys.readouterr().err
     config = str(CONFIGS / "cifar100_edst.yaml")
-    assert main(["flops", "--config", config, f"data.root={tmp_path}"]) == 2
+    no_classes = [f"data.root={tmp_path}", "model.num_classes=null"]
+    assert main(["flops", "--config", config, *no_classes]) == 2
     err = capsys.readouterr().err
     assert "model.num_classes=100" in err and "model.in_channels" not in err
     assert main(["flops", "--config", config, "--density", "0.1"]) == 2
