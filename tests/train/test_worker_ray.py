@@ -8,6 +8,7 @@ worker SIGKILLed after its first checkpoint, and a re-run of the killed run's na
 from __future__ import annotations
 
 import os
+import re
 import signal
 import sys
 import threading
@@ -195,9 +196,12 @@ def test_wandb_offline_run_logged_training_metrics_and_config(reference):
     keys = set().union(*logged.history)
     for key in ("train/loss", "train/lr", "train/images_per_s", "train/flops", "val/accuracy"):
         assert key in keys, key
-    assert "sparse/density" in keys and any(
-        k.startswith("sparse/") and k != "sparse/density" for k in keys
-    )
+    for key in ("sparse/density", "sparse/dropped", "sparse/grown", "sparse/turnover"):
+        assert key in keys, key
+    assert "sparse/ever_active" in keys
+    assert any(re.fullmatch(r"sparse/layer/.+/density", key) for key in keys)
+    updates = [row["sparse/num_updates"] for row in logged.history if "sparse/num_updates" in row]
+    assert updates and max(updates) > 0  # masks really moved during the logged run
     losses = [row["train/loss"] for row in logged.history if "train/loss" in row]
     assert len(losses) >= 2 and all(loss > 0 for loss in losses)
     assert logged.config["sparsity"]["density"] == 0.2
