@@ -39,6 +39,7 @@ DEFAULT_DIR = Path("/tmp") / f"ft_dist_cluster_{os.getuid()}"  # short: Ray sock
 STATE_FILE = "cluster.json"
 ENV_FILE = "cluster.env"
 TOKEN_FILE = "auth_token"
+CLUSTER_ENV_VAR = "FT_DIST_LOCAL_CLUSTER"  # set in every node's environment: tells our processes
 
 
 def free_port() -> int:
@@ -47,9 +48,10 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def node_env(token_path: Path) -> dict[str, str]:
+def node_env(root: Path, token_path: Path) -> dict[str, str]:
     """Environment of every node (and so of every Ray worker and job driver on it)."""
     env = dict(os.environ)
+    env[CLUSTER_ENV_VAR] = str(root)
     env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(token_path))
     # On SIGTERM a node drains before stopping, by default for up to 30 s while any actor
     # (e.g. Ray Train's detached state actor) lives; nothing here needs that long.
@@ -167,7 +169,7 @@ def up(args: argparse.Namespace) -> int:
     token = secrets.token_hex(32)
     token_path.write_text(token)
     token_path.chmod(0o600)
-    env = node_env(token_path)
+    env = node_env(root, token_path)
     state = {
         "gcs": f"127.0.0.1:{free_port()}",
         "dashboard": f"http://127.0.0.1:{free_port()}",
@@ -211,9 +213,26 @@ def is_alive(pid: int) -> bool:
     return True
 
 
+def processes_of(root: Path) -> list[int]:
+    """Pids of this cluster's processes: every node process, Ray worker and job driver
+    inherits CLUSTER_ENV_VAR=root from `ray start` (Ray renames its workers `ray::...`, so
+    their command lines cannot tell). Client shells never get it: cluster.env omits it."""
+    marker, pids = f"{CLUSTER_ENV_VAR}={root}\0".encode(), []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit() or int(proc.name) == os.getpid():
+            continue
+        try:
+            if marker in (proc / "environ").read_bytes():
+                pids.append(int(proc.name))
+        except OSError:
+            continue
+    return pids
+
+
 def stop(root: Path, state: dict, grace_s: float = 30.0) -> None:
     """SIGTERM every node's `ray start --block` at once (each then drains and stops its
-    gcs/raylet/dashboard/workers), wait, then SIGKILL what is left of their process groups."""
+    gcs/raylet/dashboard/workers), wait, then SIGKILL what is left: their process groups,
+    and any straggler whose command line still points into this cluster's directory."""
     pids = [pid for pid in state["pids"] if is_alive(pid)]
     for pid in pids:
         os.kill(pid, signal.SIGTERM)
@@ -223,6 +242,12 @@ def stop(root: Path, state: dict, grace_s: float = 30.0) -> None:
     for pid in state["pids"]:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(pid, signal.SIGKILL)  # leftovers of that node's process group
+    deadline = time.monotonic() + 10.0
+    while processes_of(root) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    for pid in processes_of(root):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
     (root / STATE_FILE).unlink(missing_ok=True)
     (root / ENV_FILE).unlink(missing_ok=True)
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -35,11 +36,13 @@ def cluster_env(cluster_dir: Path) -> dict[str, str]:
     return env
 
 
-def processes_mentioning(text: str) -> list[int]:
-    pids = []
+def cluster_processes(cluster_dir: Path) -> list[int]:
+    """Pids that inherited the cluster's marker variable (Ray renames its workers, so their
+    command lines cannot be matched)."""
+    marker, pids = f"FT_DIST_LOCAL_CLUSTER={cluster_dir}\0".encode(), []
     for proc in Path("/proc").iterdir():
         try:
-            if proc.name.isdigit() and text.encode() in (proc / "cmdline").read_bytes():
+            if proc.name.isdigit() and marker in (proc / "environ").read_bytes():
                 pids.append(int(proc.name))
         except OSError:
             continue
@@ -54,10 +57,13 @@ def cluster():
     up = [*CLUSTER, "up", *args, "--worker-nodes", "1", "--head-cpus", "1", "--worker-cpus", "1"]
     try:
         subprocess.run(up, check=True, timeout=240)
+        assert len(cluster_processes(cluster_dir)) > 5  # the check below can see them
         yield cluster_dir
     finally:
         subprocess.run([*CLUSTER, "down", *args], check=True, timeout=120)
-        assert processes_mentioning(str(cluster_dir)) == [], "cluster processes left behind"
+        left = cluster_processes(cluster_dir)
+        assert left == [], f"cluster processes left behind: {left}"
+        shutil.rmtree(cluster_dir, ignore_errors=True)  # only once nothing runs in it
 
 
 def test_cluster_rejects_clients_without_its_token(cluster: Path, tmp_path: Path):

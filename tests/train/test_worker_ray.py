@@ -37,12 +37,16 @@ cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
 
 @pytest.fixture(scope="module")
-def ray_cluster():
-    """A local 2-CPU Ray cluster whose processes inherit a W&B key that must never leak."""
-    saved = {key: os.environ.get(key) for key in ("WANDB_API_KEY", "OMP_NUM_THREADS")}
+def ray_cluster(tmp_path_factory):
+    """A local 2-CPU Ray cluster whose processes inherit a W&B key that must never leak,
+    and a marker variable that tells this cluster's processes from any other's."""
+    marker = f"FT_DIST_TEST_CLUSTER={tmp_path_factory.mktemp('cluster')}"
+    keys = ("WANDB_API_KEY", "OMP_NUM_THREADS", "FT_DIST_TEST_CLUSTER")
+    saved = {key: os.environ.get(key) for key in keys}
     os.environ.update(WANDB_API_KEY=CANARY_KEY, OMP_NUM_THREADS="1")
+    os.environ["FT_DIST_TEST_CLUSTER"] = marker.split("=", 1)[1]
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=True)
-    session_dir = ray._private.worker.global_worker.node.get_session_dir_path()
+    assert len(processes_with(marker)) > 2  # the check below can see them
     yield
     ray.shutdown()
     for key, value in saved.items():
@@ -50,15 +54,21 @@ def ray_cluster():
             os.environ.pop(key, None)
         else:
             os.environ[key] = value
-    assert not processes_using(session_dir), "Ray left processes behind"
+    deadline = time.monotonic() + 15  # workers exit once their raylet is gone
+    while processes_with(marker) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert processes_with(marker) == [], "Ray left processes behind"
 
 
-def processes_using(session_dir: str) -> list[int]:
-    """Pids whose command line names this cluster's session dir (ours only, not others')."""
-    pids = []
+def processes_with(marker: str) -> list[int]:
+    """Pids (other than this one) that inherited `marker` (NAME=value) in their environment;
+    Ray renames its workers `ray::...`, so command lines cannot tell them apart."""
+    needle, pids = f"{marker}\0".encode(), []
     for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit() or int(proc.name) == os.getpid():
+            continue
         try:
-            if proc.name.isdigit() and session_dir.encode() in (proc / "cmdline").read_bytes():
+            if needle in (proc / "environ").read_bytes():
                 pids.append(int(proc.name))
         except OSError:
             continue
