@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
-from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+from torch.utils.data import IterableDataset, get_worker_info
 
 from ft_dist.data.config import DataConfig
 from ft_dist.data.decoding import (
@@ -32,6 +32,7 @@ from ft_dist.data.decoding import (
     describe,
 )
 from ft_dist.data.manifest import read_manifest
+from ft_dist.data.pipeline import batch_loader
 from ft_dist.data.plan import eval_parts
 from ft_dist.data.reader import iter_shard
 
@@ -69,19 +70,7 @@ class EvalStream:
         return self.manifest.num_samples
 
     def __iter__(self) -> Iterator[tuple[Any, Any, Any]]:
-        workers = self.cfg.loader_workers
-        loader = DataLoader(
-            _EvalSource(self),
-            batch_size=None,
-            num_workers=workers,
-            prefetch_factor=self.cfg.prefetch_factor if workers else None,
-            pin_memory=self.cfg.pin_memory and torch.cuda.is_available(),
-            # Own generator: the loader would otherwise draw its base seed from (and so
-            # advance) the training process's global torch RNG. Batches seed themselves.
-            generator=torch.Generator().manual_seed(0),
-            multiprocessing_context=self.cfg.loader_start_method if workers else None,
-        )
-        yield from loader
+        yield from batch_loader(_EvalSource(self), self.cfg)
 
 
 class _EvalSource(IterableDataset):

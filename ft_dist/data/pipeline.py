@@ -140,19 +140,7 @@ class EpochLoader:
         return {"epoch": self.epoch, "step": self.step}
 
     def __iter__(self) -> Iterator[tuple[Any, Any]]:
-        workers = self.cfg.loader_workers
-        loader = DataLoader(
-            self.source,
-            batch_size=None,
-            num_workers=workers,
-            prefetch_factor=self.cfg.prefetch_factor if workers else None,
-            pin_memory=self.cfg.pin_memory and torch.cuda.is_available(),
-            # Own generator: the loader would otherwise draw its base seed from (and so
-            # advance) the training process's global torch RNG. Batches seed themselves.
-            generator=torch.Generator().manual_seed(0),
-            multiprocessing_context=self.cfg.loader_start_method if workers else None,
-            persistent_workers=False,
-        )
+        loader = batch_loader(self.source, self.cfg)
         self.step = self.start_step
         for batch in loader:
             self.step += 1
@@ -221,3 +209,20 @@ class _EpochSource(IterableDataset):
                     yield url, key, sample
             if count == 0:
                 raise DataError(f"shards {order} of {self.manifest.split!r} yielded no samples")
+
+
+def batch_loader(source: IterableDataset, cfg: DataConfig) -> DataLoader:
+    """The DataLoader both streams run their already-batched ``source`` through."""
+    workers = cfg.loader_workers
+    return DataLoader(
+        source,
+        batch_size=None,
+        num_workers=workers,
+        prefetch_factor=cfg.prefetch_factor if workers else None,
+        pin_memory=cfg.pin_memory and torch.cuda.is_available(),
+        # Own generator: the loader would otherwise draw its base seed from (and so
+        # advance) the training process's global torch RNG. Batches seed themselves.
+        generator=torch.Generator().manual_seed(0),
+        multiprocessing_context=cfg.loader_start_method if workers else None,
+        persistent_workers=False,
+    )
