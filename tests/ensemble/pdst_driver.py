@@ -6,8 +6,10 @@ cluster from a fresh process started with the cluster's environment:
     python -m tests.ensemble.pdst_driver CONFIG.yaml LOOP
 
 LOOP is `meet_fail2`: members wait for each other before training (proves they run at the
-same time) and record their node, then member 2 crashes. The last line printed is a JSON
-list of the members' outcomes.
+same time) and record their node, then member 2 crashes. LOOP is `timeline`: each member
+records the wall time its loop started and ended (the loop runs while the member's workers
+hold their CPUs), and the first two members wait for each other, so that they overlap. The
+last line printed is a JSON list of the members' outcomes.
 """
 
 from __future__ import annotations
@@ -47,7 +49,27 @@ def loop_meet_then_fail_member_2(cfg, session, tracker):
     return train(cfg, session, tracker)
 
 
-LOOPS = {"meet_fail2": loop_meet_then_fail_member_2}
+def loop_timeline(cfg, session, tracker):
+    """The real loop, bracketed by wall-time records in EXP_DIR/timeline/member_<i>.json.
+    Before training, a member waits until two members have started (itself included): the
+    first two then surely overlap, and a queued member, started after one of them ended,
+    passes at once. All members run on one machine, so their wall clocks agree."""
+    timeline = Path(cfg.train.output_dir).parent / "timeline"
+    timeline.mkdir(exist_ok=True)
+    record = timeline / f"member_{cfg.train.member}.json"
+    (timeline / f"started_{cfg.train.member}").touch()
+    start = time.time()
+    deadline = time.monotonic() + BARRIER_TIMEOUT_S
+    while len(list(timeline.glob("started_*"))) < min(2, cfg.ensemble.num_members):
+        if time.monotonic() > deadline:
+            raise TimeoutError("no second member started: members did not run concurrently")
+        time.sleep(0.2)
+    result = train(cfg, session, tracker)
+    record.write_text(json.dumps({"start": start, "end": time.time()}))
+    return result
+
+
+LOOPS = {"meet_fail2": loop_meet_then_fail_member_2, "timeline": loop_timeline}
 
 
 def main(config_path: str, loop_name: str) -> int:

@@ -100,3 +100,41 @@ def test_members_run_concurrently_fail_alone_and_resume(
     assert report["layout"] == "experiment" and report["num_members"] == 2
     assert report["members"][1]["ticket"] == "members/member_2/tickets/ticket_01.pt"
     assert 0.0 < report["diversity"]["mean_mask_jaccard"] < 1.0  # different seeds, masks
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_members_queue_when_the_cluster_is_full(
+    cluster: Path,  # noqa: F811
+    tiny_mnist: Path,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    # 3 members of one 1-CPU worker each on the 2-CPU cluster: Tune starts all 3 trials, but
+    # only two members' workers fit; the third must wait for one of them to finish.
+    cfg = tiny_config(
+        tiny_mnist,
+        tmp_path,
+        data={"batch_size_per_worker": 128},  # 2 steps per epoch: the runs stay short
+        train={"epochs": 1, "run_name": "queue", "num_workers": 1},
+        ray={"max_failures": 0},
+        ensemble={"method": "pdst", "num_members": 3},
+    )
+    exp_dir = tmp_path / "queue"
+    outcomes = _drive(cluster, save_config(cfg, tmp_path / "queue.yaml"), "timeline")
+    assert [(o["member"], o["error"]) for o in outcomes] == [(1, None), (2, None), (3, None)]
+    for member in (1, 2, 3):
+        ticket = exp_dir / "members" / f"member_{member}" / "tickets" / "ticket_01.pt"
+        assert ticket.is_file()
+    spans = sorted(
+        (record["start"], record["end"])
+        for record in (
+            json.loads(p.read_text()) for p in (exp_dir / "timeline").glob("member_*.json")
+        )
+    )
+    assert len(spans) == 3
+    # Sweep the starts and ends in time order (an end before a start at the same instant).
+    events = sorted([(start, 1) for start, _ in spans] + [(end, -1) for _, end in spans])
+    running = [sum(step for _, step in events[: i + 1]) for i in range(len(events))]
+    assert max(running) == 2, spans  # two at once (the cluster's CPUs), never three
+    (first, second, (last_start, _)) = spans
+    assert last_start >= min(first[1], second[1]), spans  # the last one queued
