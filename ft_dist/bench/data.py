@@ -36,11 +36,15 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--shards", type=Path, help="dataset dir (default: generate JPEGs)")
     parser.add_argument("--split", default="train", help="split of --shards to read")
     parser.add_argument("--workers", type=int, default=2, help="loader workers (default: 2)")
-    parser.add_argument("--num-images", type=int, default=384, help="JPEGs to generate")
+    parser.add_argument(
+        "--num-images", type=int, default=768, help="JPEGs to generate (default: 768)"
+    )
     parser.add_argument("--batch-size", type=int, default=32, help="batch size (default: 32)")
     parser.add_argument("--image-size", type=int, default=224, help="crop side (default: 224)")
     parser.add_argument("--epochs", type=int, default=2, help="epochs per timed round")
-    parser.add_argument("--rounds", type=int, default=3, help="interleaved timed rounds")
+    parser.add_argument(
+        "--rounds", type=int, default=5, help="interleaved timed rounds, median kept (default: 5)"
+    )
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     parser.set_defaults(func=run)
 
