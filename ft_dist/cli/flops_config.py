@@ -1,0 +1,221 @@
+"""`ft-dist flops --config CONFIG [key=value ...]`: price exactly the run a config trains.
+
+Same model shape (from the config, the data recipe or the local manifest), layer densities,
+ΔT, epochs and ensemble plan as `ft-dist train CONFIG`, so the cost is known before any GPU
+is booked. The flag mode and the shared table formatting live in `ft_dist.cli.flops`.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING
+
+from ft_dist.cli.flops import (
+    RUN_LABELS,
+    SHAPE_HINTS,
+    SHAPE_KEYS,
+    format_layers,
+    human,
+    model_flops_report,
+)
+
+if TYPE_CHECKING:
+    from ft_dist.config import RunConfig
+    from ft_dist.data.config import DataConfig
+    from ft_dist.data.decoding import DataInfo
+    from ft_dist.sparse.flops import RunCost
+
+
+@dataclass(frozen=True)
+class ConfigRun:
+    """What a run config's cost depends on (SPEC §8), resolved as `ft-dist train` would.
+
+    `update_every_steps` is ΔT in optimizer steps (update_every_samples / global batch,
+    rounded as the DST engine rounds it); `examples_per_epoch` is what the trainer sees,
+    full global batches only; both sample counts are None without a local manifest.
+    """
+
+    model: str
+    num_classes: int
+    in_channels: int
+    image_size: int
+    density: float
+    sparse_init: str
+    dense_layers: tuple[str, ...]
+    dynamic: bool
+    growth: str
+    update_every_steps: int | None
+    global_batch: int
+    method: str
+    num_members: int
+    epochs: int
+    exploration_epochs: int
+    refinement_epochs: int
+    train_samples: int | None = None
+    examples_per_epoch: int | None = None
+    shape_source: dict[str, str] = field(default_factory=dict)
+
+
+def handle_config(path: str, overrides: list[str], *, as_json: bool = False) -> int:
+    """Price the run that `ft-dist train path overrides...` would train."""
+    from ft_dist.config import load_config
+    from ft_dist.sparse.flops import price_run
+
+    run = run_from_config(load_config(path, overrides), source=path)
+    report = model_flops_report(
+        run.model, run.num_classes, run.in_channels, run.image_size,
+        run.density, run.sparse_init, run.dense_layers,
+    )  # fmt: skip
+    cost = price_run(
+        report.dense_forward_flops,
+        report.sparse_forward_flops,
+        method=run.method,
+        epochs=run.epochs,
+        num_members=run.num_members,
+        exploration_epochs=run.exploration_epochs,
+        refinement_epochs=run.refinement_epochs,
+        dynamic=run.dynamic,
+        growth=run.growth,
+        update_every_steps=run.update_every_steps,
+    )
+    train_flops = None
+    if run.examples_per_epoch is not None:
+        train_flops = cost.train_flops_per_example * run.examples_per_epoch
+    if as_json:
+        result = {"config": path, "overrides": list(overrides), "settings": asdict(run)}
+        result |= report.to_dict() | {"run": cost.to_dict(), "train_flops": train_flops}
+        print(json.dumps(result, indent=2))
+    else:
+        print(format_layers(report))
+        print()
+        print(format_config_run(path, run, cost, train_flops))
+    return 0
+
+
+def run_from_config(cfg: RunConfig, source: str = "config") -> ConfigRun:
+    """The pricing inputs of a validated run config; model shape from config or data."""
+    from ft_dist.data.plan import steps_per_epoch
+    from ft_dist.sparse.schedule import UpdateSchedule
+
+    shape, shape_source, train_samples = model_shape(cfg, source)
+    workers, accum = cfg.train.num_workers, cfg.train.grad_accum_steps
+    global_batch = cfg.data.batch_size_per_worker * workers * accum
+    examples_per_epoch = None
+    if train_samples is not None:
+        steps = steps_per_epoch(train_samples, workers, cfg.data.batch_size_per_worker)
+        examples_per_epoch = steps // accum * global_batch
+    edst = cfg.ensemble.edst if cfg.ensemble.method == "edst" else None
+    return ConfigRun(
+        model=cfg.model.name,
+        **shape,
+        density=cfg.sparsity.density,
+        sparse_init=cfg.sparsity.sparse_init,
+        dense_layers=tuple(cfg.sparsity.dense_layers),
+        dynamic=cfg.sparsity.is_dynamic,
+        growth=cfg.sparsity.growth,
+        update_every_steps=UpdateSchedule.from_config(cfg.sparsity, global_batch).every_steps,
+        global_batch=global_batch,
+        method=cfg.ensemble.method,
+        num_members=cfg.ensemble.num_members,
+        epochs=cfg.num_epochs,
+        exploration_epochs=edst.exploration_epochs if edst else 0,
+        refinement_epochs=edst.refinement_epochs if edst else 0,
+        train_samples=train_samples,
+        examples_per_epoch=examples_per_epoch,
+        shape_source=shape_source,
+    )
+
+
+def model_shape(cfg: RunConfig, source: str) -> tuple[dict[str, int], dict[str, str], int | None]:
+    """(num_classes/in_channels/image_size, where each came from, train split size or None).
+
+    Values set in `model:` win; the rest come from the local training manifest exactly as
+    `ft-dist train` fills them (`ft_dist.data.describe`); without one, channels and size
+    follow an explicit `data.recipe`, and anything still missing is a user error.
+    """
+    from ft_dist.data.transforms import RECIPES
+
+    shape = {key: getattr(cfg.model, key) for key in SHAPE_KEYS}
+    origin = {key: "config" for key, value in shape.items() if value is not None}
+    info, why_not = _local_data_info(cfg.data)
+    if info is not None:
+        found = {key: getattr(info, key) for key in SHAPE_KEYS}
+        origin |= {key: "manifest" for key in SHAPE_KEYS if shape[key] is None}
+        shape = {key: found[key] if value is None else value for key, value in shape.items()}
+    elif cfg.data.recipe is not None:
+        spec = RECIPES[cfg.data.recipe]
+        found = {"in_channels": spec.channels, "image_size": cfg.data.image_size}
+        found["image_size"] = found["image_size"] or spec.default_size
+        for key, value in found.items():
+            if shape[key] is None and value is not None:
+                shape[key], origin[key] = value, "data.recipe"
+    missing = [key for key in SHAPE_KEYS if shape[key] is None]
+    if missing:
+        hints = "; ".join(f"model.{key} ({SHAPE_HINTS[key]})" for key in missing)
+        raise ValueError(
+            f"{source}: model.{missing[0]} is not set and there is no local training manifest "
+            f"to take it from ({why_not}): set {hints} in the config or as a key=value "
+            "override, or write the shards to data.root first"
+        )
+    return shape, origin, info.num_train_samples if info is not None else None
+
+
+def _local_data_info(data: DataConfig) -> tuple[DataInfo | None, str]:
+    """(`describe(data)`, "") when the training manifest is a local file, else (None, why)."""
+    from ft_dist.data import describe
+    from ft_dist.data.manifest import MANIFEST_NAME, local_path
+
+    relpath = f"{data.train_split}/{MANIFEST_NAME}"
+    path = local_path(data.root, relpath)
+    if path is None:
+        return None, f"data.root {data.root} is remote and is not read here"
+    if not path.is_file():
+        return None, f"{path} not found"
+    return describe(data), ""
+
+
+def run_label(run: ConfigRun) -> str:
+    """'EDST of DST members', 'DST Ensemble of 4 static sparse members', 'dense', ..."""
+    kind = "dense" if run.density >= 1.0 else "DST" if run.dynamic else "static sparse"
+    if run.method == "edst":
+        return f"EDST, M={run.num_members} {kind} tickets"
+    if run.method == "pdst":
+        return f"{RUN_LABELS['pdst']} of {run.num_members} {kind} members"
+    return f"single {kind} model"
+
+
+def format_config_run(path: str, run: ConfigRun, cost: RunCost, train_flops: float | None) -> str:
+    if run.method == "edst":
+        epochs = (
+            f"t_ex={run.exploration_epochs} + {run.num_members} x t_re={run.refinement_epochs} "
+            f"= {cost.total_epochs} epochs in one run"
+        )
+    else:
+        epochs = f"{run.num_members} x {run.epochs} epochs" if run.method == "pdst" else ""
+        epochs = epochs or f"{run.epochs} epochs"
+    origin = ", ".join(f"{key} from {where}" for key, where in run.shape_source.items())
+    update = f"ΔT = {run.update_every_steps} steps" if run.dynamic else "masks fixed"
+    lines = [
+        f"config          {path}",
+        f"model           {run.model}: {run.num_classes} classes, "
+        f"{run.in_channels}x{run.image_size}x{run.image_size} input ({origin})",
+        f"sparsity        density {run.density:g} ({run.sparse_init}), {update}, "
+        f"{run.growth} growth, global batch {run.global_batch}",
+        f"run             {run_label(run)}: {epochs}",
+        f"train FLOPs     {cost.train_relative:.3f}x one dense run of {cost.reference_epochs} "
+        f"epochs ({human(cost.train_flops_per_example)} per training example)",
+        f"inference       {human(cost.inference_flops)} per example = "
+        f"{cost.inference_relative:.3f}x one dense forward",
+    ]
+    if train_flops is None:
+        lines.append(
+            "training FLOPs  unknown: no local training manifest (train FLOPs per example x "
+            "examples per epoch)"
+        )
+    else:
+        lines.append(
+            f"training FLOPs  {train_flops:.3e} ({run.train_samples} training samples, "
+            f"{run.examples_per_epoch} per epoch in full global batches)"
+        )
+    return "\n".join(lines)
