@@ -171,9 +171,21 @@ def _plain(value: Any) -> Any:
     return value
 
 
+def _quiet_report_logs() -> None:
+    """Ray Train V2 logs every `report` call with its full metrics dict at INFO, from a logger
+    named after its source file (so `LoggingConfig` does not reach it); our own progress line
+    already says the same, once and readably."""
+    import logging
+
+    from ray.train.v2._internal.execution import context
+
+    logging.getLogger(context.__file__).setLevel(logging.WARNING)
+
+
 def _train_per_worker(payload: dict) -> None:
     """The function every Ray Train worker runs: session + tracker + the loop."""
     cfg, loop = payload["cfg"], payload["loop"]
+    _quiet_report_logs()
     if loop is None:
         from ft_dist.train.loop import train as loop
     run = run_dir(cfg.train)
@@ -185,7 +197,7 @@ def _train_per_worker(payload: dict) -> None:
         config=cfg.model_dump(mode="json"),
         rank=session.rank,
         run_dir=run if session.rank == 0 else None,
-        num_epochs=cfg.train.epochs,
+        num_epochs=cfg.num_epochs,
     )
     exit_code = 1
     try:
