@@ -290,7 +290,7 @@ class DeepSpeedStrategy(Strategy):
             if also_reset is not None:
                 inactive = inactive | also_reset[name]
             if not hasattr(param, "_hp_mapping"):  # the model weight is its own master
-                param.data.view(-1).masked_fill_(inactive, 0.0)
+                param.data.masked_fill_(inactive.view(param.shape), 0.0)  # any memory format
                 _mask_state_(base.state.get(param, {}), param, inactive, 0)
                 continue
             fragment = param._hp_mapping
@@ -334,5 +334,9 @@ def _mask_state_(state: dict, owner: torch.Tensor, inactive: torch.Tensor, start
     """Zero ``inactive`` flat positions (from ``start``) of every state tensor shaped like
     ``owner`` (momentum buffer, Adam moments; not the scalar step count)."""
     for value in state.values():
-        if torch.is_tensor(value) and value.shape == owner.shape:
-            value.view(-1).narrow(0, start, inactive.numel()).masked_fill_(inactive, 0.0)
+        if not (torch.is_tensor(value) and value.shape == owner.shape):
+            continue
+        if value.dim() > 1:  # weight-shaped (ZeRO 0): logical positions, channels_last too
+            value.masked_fill_(inactive.view(value.shape), 0.0)
+        else:  # a flat ZeRO partition
+            value.narrow(0, start, inactive.numel()).masked_fill_(inactive, 0.0)

@@ -150,3 +150,18 @@ def test_gradient_explore_without_gradients_is_a_clear_error():
     sparsity = DynamicSparsity(model, None, SparsityConfig(density=0.3))
     with pytest.raises(ValueError, match="loss.backward"):
         sparsity.explore(0.5, growth="gradient")
+
+
+def test_channels_last_weights_keep_every_invariant():
+    # GPU runs use channels_last; masks are in logical positions whatever the memory format.
+    model = tiny_cnn().to(memory_format=torch.channels_last)
+    optimizer = make_optimizer(model, "sgd")
+    sparsity = DynamicSparsity(model, optimizer, SparsityConfig(density=0.3, update_every_steps=2))
+    before = {n: m.clone() for n, m in sparsity.masks.items()}
+    for step in range(4):
+        train_step(model, optimizer, sparsity, step)
+        check_invariants(sparsity, optimizer)
+    sparsity.explore(0.8, growth="random")
+    check_invariants(sparsity, optimizer)
+    assert sparsity.params["0.weight"].is_contiguous(memory_format=torch.channels_last)
+    assert any(not torch.equal(before[n], sparsity.masks[n]) for n in sparsity.sparse_names)
