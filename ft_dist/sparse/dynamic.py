@@ -115,7 +115,7 @@ class DynamicSparsity:
                 self.params[name].mul_(self._float_masks[name])
 
     def apply_masks_(self) -> None:
-        """Zero inactive weights and their optimizer state (after init, load or an update)."""
+        """Zero inactive weights and their optimizer state (after init or load)."""
         self.mask_weights_()
         for name in self.sparse_names:
             for state in self._optimizer_state(name):

@@ -26,13 +26,14 @@ import torch.distributed as dist
 
 from ft_dist.config import RunConfig
 from ft_dist.ensemble.edst import EpochPlan, epoch_plan
+from ft_dist.sparse.consistency import is_distributed
 from ft_dist.train import checkpoint as ckpt
 from ft_dist.train.optim import learning_rate
 from ft_dist.train.paths import SUMMARY_FILE, checkpoints_dir
 from ft_dist.train.session import Session
 from ft_dist.train.setup import Context, LoopState, build_context
 from ft_dist.train.strategy import Strategy
-from ft_dist.train.validate import evaluate_split, is_distributed, prepare_images, sync_buffers_
+from ft_dist.train.validate import evaluate_split, prepare_images, sync_buffers_
 
 
 def train(cfg: RunConfig, session: Session, tracker: Any) -> dict[str, Any]:

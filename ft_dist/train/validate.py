@@ -15,10 +15,7 @@ from torch.nn import functional
 
 from ft_dist.data import DataConfig, DataInfo
 from ft_dist.data.evaluation import EvalStream
-
-
-def is_distributed() -> bool:
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+from ft_dist.sparse.consistency import is_distributed
 
 
 def sync_buffers_(module: nn.Module) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 from datetime import timedelta
 from pathlib import Path
 
@@ -16,18 +15,13 @@ from ft_dist.data import DataConfig
 from ft_dist.data.evaluation import EvalStream, gather_by_index
 from ft_dist.data.pipeline import TrainStream
 from tests.data.helpers import make_split
+from tests.gloo_workers import free_port
 
 pytestmark = pytest.mark.dist
 WORLD_SIZE = 2
 # 33 samples over 5 uneven shards (>= 4 slots: whole shards), and 21 samples over 2 shards
 # (< 4 slots: shards shared inside); both odd, so no even split hides a drop or duplicate.
 SPLITS = {"odd": [13, 4, 9, 1, 6], "few": [17, 4]}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def make_config(root: Path, world_size: int = WORLD_SIZE) -> DataConfig:

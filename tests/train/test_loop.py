@@ -15,8 +15,8 @@ from ft_dist.train.checkpoint import SHARED_FILE
 from ft_dist.train.loop import train
 from ft_dist.train.paths import checkpoint_name, checkpoints_dir, run_dir, ticket_path
 from ft_dist.train.session import LocalSession
+from tests.gloo_workers import run_workers
 from tests.train.conftest import NullTracker, tiny_config
-from tests.train.gloo_workers import run_workers
 
 
 def run_loop(cfg) -> tuple[dict, NullTracker, LocalSession]:
