@@ -8,7 +8,7 @@ its owner defines (unknown keys, wrong types and out-of-range values are errors)
     model     ft_dist.models.ModelConfig        data      ft_dist.data.DataConfig
     sparsity  ft_dist.sparse.SparsityConfig     optim     ft_dist.train.config.OptimConfig
     train     ft_dist.train.config.TrainConfig  ray       ft_dist.train.config.RayConfig
-    tracking  ft_dist.tracking.TrackingConfig   ensemble  ft_dist.ensemble.EnsembleConfig
+    tracking  ft_dist.tracking.TrackingConfig   ensemble  ft_dist.train.ensemble_config.EnsembleConfig
 
 Every error is a ValueError naming the file, the dotted key and what is allowed, e.g.
 ``configs/x.yaml: optim.name: Input should be 'sgd', 'sgd-nesterov' or 'adamw' (got 'adam')``.
@@ -28,12 +28,12 @@ from pydantic import BaseModel, Field, ValidationError, model_validator
 
 from ft_dist.configbase import Section
 from ft_dist.data.config import DataConfig
-from ft_dist.ensemble.config import EnsembleConfig
-from ft_dist.ensemble.edst import total_epochs
 from ft_dist.models.config import ModelConfig
 from ft_dist.sparse.config import SparsityConfig
 from ft_dist.tracking import TrackingConfig
 from ft_dist.train.config import OptimConfig, RayConfig, TrainConfig
+from ft_dist.train.edst import total_epochs
+from ft_dist.train.ensemble_config import EnsembleConfig
 
 
 class RunConfig(Section):

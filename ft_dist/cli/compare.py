@@ -60,8 +60,8 @@ def handler(args: argparse.Namespace) -> int:
 
     import ray
 
-    from ft_dist.ensemble.compare import run_comparison
-    from ft_dist.ensemble.compare_table import render_table
+    from ft_dist.orchestrate.compare import run_comparison
+    from ft_dist.orchestrate.compare_table import render_table
     from ft_dist.train.worker import absolute_paths, connect
 
     cfg = absolute_paths(cfg)

@@ -90,8 +90,8 @@ def train_member(cfg, group: str | None) -> int:
 
 
 def train_ensemble(cfg) -> int:
-    """DST Ensemble: all members concurrently (ft_dist.ensemble.pdst); prints EXP_DIR last."""
-    from ft_dist.ensemble.pdst import fit_pdst
+    """DST Ensemble: all members concurrently (ft_dist.orchestrate.pdst); prints EXP_DIR last."""
+    from ft_dist.orchestrate.pdst import fit_pdst
 
     exp_dir, outcomes = fit_pdst(cfg)
     for outcome in outcomes:

@@ -25,9 +25,9 @@ import torch
 import torch.distributed as dist
 
 from ft_dist.config import RunConfig
-from ft_dist.ensemble.edst import EpochPlan, epoch_plan
 from ft_dist.sparse.consistency import is_distributed
 from ft_dist.train import checkpoint as ckpt
+from ft_dist.train.edst import EpochPlan, epoch_plan
 from ft_dist.train.optim import learning_rate
 from ft_dist.train.paths import SUMMARY_FILE, checkpoints_dir
 from ft_dist.train.session import Session

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ft_dist.ensemble.config import EDSTConfig
+from ft_dist.train.ensemble_config import EDSTConfig
 
 EXPLORATION_LR_SCALE = 1.0
 REFINEMENT_LR_SCALES = (0.1, 0.01)

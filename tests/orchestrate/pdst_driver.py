@@ -3,7 +3,7 @@
 Ray reads its auth settings when a process first loads them, so each test drives the
 cluster from a fresh process started with the cluster's environment:
 
-    python -m tests.ensemble.pdst_driver CONFIG.yaml LOOP
+    python -m tests.orchestrate.pdst_driver CONFIG.yaml LOOP
 
 LOOP is `meet_fail2`: members wait for each other before training (proves they run at the
 same time) and record their node, then member 2 crashes. LOOP is `timeline`: each member
@@ -24,7 +24,7 @@ import cloudpickle
 import ray
 
 from ft_dist.config import load_config
-from ft_dist.ensemble.pdst import fit_pdst
+from ft_dist.orchestrate.pdst import fit_pdst
 from ft_dist.train.loop import train
 
 # Ray workers get the loops below by value: they need not import the tests package.

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from ft_dist.config import load_config
-from ft_dist.ensemble.compare import add_relative_costs, plan_variants
-from ft_dist.ensemble.compare_table import render_table
+from ft_dist.orchestrate.compare import add_relative_costs, plan_variants
+from ft_dist.orchestrate.compare_table import render_table
 
 REPO = Path(__file__).resolve().parents[2]
 

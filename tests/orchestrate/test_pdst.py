@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 
 from ft_dist.config import save_config
-from ft_dist.ensemble.pdst import member_config
 from ft_dist.ensemble.run_eval import EvalOptions, evaluate_run
+from ft_dist.orchestrate.pdst import member_config
 from tests.launch.test_submit import cluster, cluster_env  # noqa: F401 (fixture)
 from tests.train.conftest import tiny_config, tiny_mnist  # noqa: F401 (fixture)
 
@@ -36,7 +36,7 @@ def _pdst_config(root: Path, out: Path, name: str):
 def _drive(cluster_dir: Path, config: Path, loop: str) -> list[dict]:
     """fit_pdst with a test loop, from a client process of the cluster."""
     result = subprocess.run(
-        [sys.executable, "-m", "tests.ensemble.pdst_driver", str(config), loop],
+        [sys.executable, "-m", "tests.orchestrate.pdst_driver", str(config), loop],
         env=cluster_env(cluster_dir),
         cwd=REPO,
         capture_output=True,

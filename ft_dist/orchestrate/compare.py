@@ -24,8 +24,8 @@ from pathlib import Path
 from typing import Any
 
 from ft_dist.config import RunConfig, config_from_dict, config_to_dict
-from ft_dist.ensemble.pdst import fit_pdst, is_finished
 from ft_dist.ensemble.run_eval import EvalOptions, evaluate_run
+from ft_dist.orchestrate.pdst import fit_pdst, is_finished
 from ft_dist.train.paths import SUMMARY_FILE, run_dir
 
 
@@ -146,7 +146,7 @@ def run_comparison(
     base: RunConfig, out_dir: Path, *, ood: str | None, track: bool
 ) -> tuple[list[dict[str, Any]], dict[str, Path]]:
     """Train (or resume) and evaluate every variant; write OUT/compare.json and .md."""
-    from ft_dist.ensemble.compare_table import render_table
+    from ft_dist.orchestrate.compare_table import render_table
 
     out_dir.mkdir(parents=True, exist_ok=True)
     rows = []

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from ft_dist.ensemble.config import EDSTConfig, EnsembleConfig
-from ft_dist.ensemble.edst import epoch_plan, phase_epochs, total_epochs
+from ft_dist.train.edst import epoch_plan, phase_epochs, total_epochs
+from ft_dist.train.ensemble_config import EDSTConfig, EnsembleConfig
 
 CFG = EDSTConfig(exploration_epochs=150, refinement_epochs=100)
 M = 3

@@ -1,0 +1,1 @@
+"""Above training: run the M members of a DST Ensemble on a Ray cluster, compare methods."""
