@@ -5,29 +5,48 @@ A checkpoint is a directory ``checkpoints/<step>/`` holding
     state.pt        rank 0: model, optimizer, masks and DST schedule, LR/EDST/loop state
     rank_<r>.pt     every rank: its RNG states and, under ZeRO, its optimizer partition
     meta.json       what wrote it (model, density, world size) for humans and for checks
+    index.json      written last: byte size and sha256 of every other file
 
 All ranks write into ``.tmp-<step>/``; rank 0 renames it to ``<step>`` only after every
 rank has finished, so a crash mid-write never leaves a directory that looks complete.
 Everything is saved with ``torch.save`` as plain tensors/numbers/strings and read back with
 ``torch.load(weights_only=True)``: loading a checkpoint cannot execute code.
+
+Loading checks each file it reads against index.json (flipped bytes never load silently).
+A checkpoint that fails -- damaged, missing a file, or holding a pickle that is not plain
+data -- is skipped with a warning naming it, and the next older complete checkpoint in
+the same directory (``train.keep_checkpoints`` keeps them) is tried; all ranks agree on
+which one. With none usable, `CheckpointError` says so in one line.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
+import pickle
 import random
 import shutil
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 import torch.distributed as dist
 
+from ft_dist.data.manifest import file_sha256
 from ft_dist.train.paths import checkpoint_name
 
 SHARED_FILE = "state.pt"
 META_FILE = "meta.json"
+INDEX_FILE = "index.json"
+INDEX_FORMAT = "ft_dist.checkpoint/1"
+
+log = logging.getLogger(__name__)
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be resumed from; the message names the file and the fix."""
 
 
 def rank_file(rank: int) -> str:
@@ -69,6 +88,7 @@ def save_checkpoint(
         (tmp / META_FILE).write_text(json.dumps({**meta, "step": step}, indent=2) + "\n")
     barrier()
     if rank == 0:
+        _write_index(tmp)  # last: it vouches for every file already there
         _replace_dir(tmp, final)
         _prune(root, keep)
     barrier()
@@ -76,22 +96,120 @@ def save_checkpoint(
 
 
 def load_checkpoint(path: str | Path, rank: int) -> tuple[dict, dict | None]:
-    """(shared state, this rank's state or None when the checkpoint has no file for it)."""
+    """(shared state, this rank's state or None when the checkpoint has no file for it).
+
+    Collective when a process group is up (every rank calls it). Falls back from a damaged
+    ``path`` to the next older complete sibling ``<step>`` dir, warning with the reason.
+    """
     path = Path(path)
-    shared_path = path / SHARED_FILE
-    if not shared_path.is_file():
-        raise FileNotFoundError(
-            f"{shared_path} not found: {path} is not a complete ft_dist checkpoint "
-            "(delete it to resume from an older one)"
-        )
-    shared = torch.load(shared_path, map_location="cpu", weights_only=True)
-    local_path = path / rank_file(rank)
-    local = (
-        torch.load(local_path, map_location="cpu", weights_only=True)
-        if local_path.is_file()
-        else None
+    problems: list[str] = []
+    for candidate in _candidates(path):
+        try:
+            loaded, problem = _load_verified(candidate, rank), None
+        except CheckpointError as error:
+            loaded, problem = None, str(error)
+        problem = _first_problem_on_any_rank(problem)
+        if problem is None:
+            return loaded
+        problems.append(problem)
+        if rank == 0:
+            log.warning("skipping checkpoint: %s; trying the previous complete one", problem)
+    older = f" (and the {len(problems) - 1} older one(s) beside it)" if len(problems) > 1 else ""
+    run = path.parent.parent if path.name.isdigit() else path
+    raise CheckpointError(
+        f"no usable checkpoint to resume from: {problems[0]}{older}; start afresh with a new "
+        f"train.run_name, or move {run} away to reuse its name"
     )
+
+
+def _candidates(path: Path) -> list[Path]:
+    """``path``, then the older ``<step>`` dirs beside it, newest first."""
+    if not path.name.isdigit() or not path.parent.is_dir():
+        return [path]
+    older = [
+        p
+        for p in path.parent.iterdir()
+        if p.is_dir() and p.name.isdigit() and int(p.name) < int(path.name)
+    ]
+    return [path, *sorted(older, key=lambda p: int(p.name), reverse=True)]
+
+
+def _load_verified(path: Path, rank: int) -> tuple[dict, dict | None]:
+    """Load state.pt and this rank's file, each checked against index.json when present
+    (checkpoints written before index.json existed load unchecked)."""
+    if not (path / SHARED_FILE).is_file():
+        raise CheckpointError(
+            f"{path} is not a complete ft_dist checkpoint ({SHARED_FILE} missing)"
+        )
+    index = _read_index(path)
+    local_path = path / rank_file(rank)
+    shared = _load_file(path / SHARED_FILE, index)
+    local = _load_file(local_path, index) if local_path.is_file() else None
     return shared, local
+
+
+def _load_file(path: Path, index: dict[str, dict] | None) -> Any:
+    if index is not None:
+        expected = index.get(path.name)
+        if expected is None:
+            raise CheckpointError(f"{path} is not listed in {INDEX_FILE} (added after the save)")
+        size = path.stat().st_size
+        if size != expected["bytes"] or file_sha256(path) != expected["sha256"]:
+            raise CheckpointError(
+                f"{path} does not match its sha256 in {INDEX_FILE} (damaged or changed after "
+                "it was written)"
+            )
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        if "Unsupported global" not in str(error):  # torch's words for a pickled object
+            raise CheckpointError(f"{path} cannot be read (not a torch.save file)") from None
+        raise CheckpointError(
+            f"{path} is not a trusted ft_dist checkpoint: it holds objects other than "
+            "tensors, numbers and strings, so it was not loaded (loading could run code)"
+        ) from None
+    except Exception as error:  # torch raises RuntimeError, UnicodeDecodeError, EOFError...
+        raise CheckpointError(
+            f"{path} cannot be read ({type(error).__name__}: {_first_line(error)})"
+        ) from None
+
+
+def _read_index(path: Path) -> dict[str, dict] | None:
+    index_path = path / INDEX_FILE
+    if not index_path.is_file():
+        return None
+    try:
+        raw = json.loads(index_path.read_text())
+        files = raw["files"] if raw.get("format") == INDEX_FORMAT else None
+    except (ValueError, KeyError, TypeError, AttributeError):
+        files = None
+    if not isinstance(files, dict):
+        raise CheckpointError(f"{index_path} is damaged (not an ft_dist checkpoint index)")
+    return files
+
+
+def _write_index(directory: Path) -> None:
+    files = {
+        p.name: {"bytes": p.stat().st_size, "sha256": file_sha256(p)}
+        for p in sorted(directory.iterdir())
+        if p.is_file() and p.name != INDEX_FILE
+    }
+    content = json.dumps({"format": INDEX_FORMAT, "files": files}, indent=1) + "\n"
+    (directory / INDEX_FILE).write_text(content)
+
+
+def _first_problem_on_any_rank(problem: str | None) -> str | None:
+    """Every rank must resume from the same checkpoint: one rank's problem is everyone's."""
+    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+        return problem
+    problems: list[str | None] = [None] * dist.get_world_size()
+    dist.all_gather_object(problems, problem)
+    return next((p for p in problems if p is not None), None)
+
+
+def _first_line(error: BaseException) -> str:
+    lines = str(error).strip().splitlines()
+    return lines[0][:200] if lines else "no details"
 
 
 def check_compatible(saved: dict, current: dict, path: str | Path) -> None:

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import pickle
+import os
 import random
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +12,8 @@ import pytest
 import torch
 
 from ft_dist.train import checkpoint as ckpt
-from ft_dist.train.session import latest_complete_checkpoint
+from ft_dist.train.session import LocalSession, latest_complete_checkpoint
+from tests.gloo_workers import run_workers
 
 META = {
     "model": "small-cnn",
@@ -36,7 +38,12 @@ def test_checkpoints_are_complete_directories_and_only_the_newest_are_kept(tmp_p
     for step in (5, 10, 15):
         path = save(root, step)
     assert sorted(p.name for p in root.iterdir()) == ["000000010", "000000015"]
-    assert {p.name for p in path.iterdir()} == {"state.pt", "rank_00000.pt", "meta.json"}
+    assert {p.name for p in path.iterdir()} == {
+        "state.pt",
+        "rank_00000.pt",
+        "meta.json",
+        "index.json",
+    }
     shared, local = ckpt.load_checkpoint(path, rank=0)
     assert shared["loop"]["global_step"] == 15 and torch.equal(
         shared["model"]["w"], torch.full((3,), 15.0)
@@ -53,10 +60,82 @@ def test_loading_never_unpickles_objects(tmp_path: Path) -> None:
     path = tmp_path / "evil"
     path.mkdir()
     torch.save({"payload": Path("/etc/passwd")}, path / ckpt.SHARED_FILE)  # an arbitrary object
-    with pytest.raises(pickle.UnpicklingError):
+    with pytest.raises(ckpt.CheckpointError) as refused:
         ckpt.load_checkpoint(path, rank=0)
-    with pytest.raises(FileNotFoundError, match="not a complete ft_dist checkpoint"):
+    message = str(refused.value)
+    assert f"{path / ckpt.SHARED_FILE} is not a trusted ft_dist checkpoint" in message
+    assert "\n" not in message and "weights_only" not in message
+    with pytest.raises(ckpt.CheckpointError, match="not a complete ft_dist checkpoint"):
         ckpt.load_checkpoint(tmp_path, rank=0)
+
+
+def flip_tensor_byte(path: Path) -> None:
+    """Change one byte inside the stored values of ``save``'s weight tensor (same size)."""
+    data = bytearray(path.read_bytes())
+    start = data.find(np.full(3, 15.0, dtype=np.float32).tobytes())
+    assert start >= 0, "tensor bytes not found"
+    data[start + 1] ^= 0x01
+    path.write_bytes(bytes(data))
+
+
+def test_flipped_tensor_byte_is_caught_and_the_previous_checkpoint_is_used(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    root = tmp_path / "run" / "checkpoints"
+    save(root, 10)
+    newest = save(root, 15)
+    flip_tensor_byte(newest / ckpt.SHARED_FILE)
+    # Without the index the flip would load silently, as a wrong weight.
+    silent = torch.load(newest / ckpt.SHARED_FILE, weights_only=True)
+    assert not torch.equal(silent["model"]["w"], torch.full((3,), 15.0))
+    with caplog.at_level("WARNING"):
+        shared, local = ckpt.load_checkpoint(newest, rank=0)
+    assert shared["loop"]["global_step"] == 10 and local is not None
+    assert f"{newest / ckpt.SHARED_FILE} does not match its sha256 in index.json" in caplog.text
+
+
+def test_no_usable_checkpoint_is_one_line_naming_the_file(tmp_path: Path) -> None:
+    root = tmp_path / "run" / "checkpoints"
+    newest = save(root, 15, keep=1)
+    (newest / ckpt.INDEX_FILE).unlink()  # as written before checksums: loads unchecked
+    assert ckpt.load_checkpoint(newest, rank=0)[0]["loop"]["global_step"] == 15
+    (newest / ckpt.SHARED_FILE).write_bytes(bytes(range(256)) * 8)  # garbage, no index
+    with pytest.raises(ckpt.CheckpointError) as failed:
+        ckpt.load_checkpoint(newest, rank=0)
+    message = str(failed.value)
+    assert message.startswith(f"no usable checkpoint to resume from: {newest / 'state.pt'}")
+    assert "cannot be read" in message and "new train.run_name" in message
+    assert "\n" not in message
+
+
+def test_a_deleted_newest_checkpoint_falls_back_to_the_older_one(tmp_path: Path) -> None:
+    root = tmp_path / "run" / "checkpoints"
+    save(root, 10)
+    newest = save(root, 15)
+    shutil.rmtree(newest)  # what Ray's snapshot may still point to
+    assert ckpt.load_checkpoint(newest, rank=0)[0]["loop"]["global_step"] == 10
+
+
+def _resume_after_rank1_file_damaged(rank: int, world_size: int, root: Path) -> None:
+    with LocalSession(root.parent):
+        shared = {"model": {"w": torch.zeros(3)}, "loop": {"global_step": 0}}
+        for step in (10, 15):
+            shared["loop"]["global_step"] = step
+            path = ckpt.save_checkpoint(root, step, shared, {"rank": rank}, META, rank=rank, keep=2)
+        ckpt.barrier()
+        if rank == 1:
+            with open(path / ckpt.rank_file(1), "r+b") as damaged:  # same size, new bytes
+                damaged.seek(-30, os.SEEK_END)
+                damaged.write(b"\xff\xfe")
+        ckpt.barrier()
+        shared, local = ckpt.load_checkpoint(path, rank)
+        assert shared["loop"]["global_step"] == 10, f"rank {rank} resumed from {shared['loop']}"
+        assert local == {"rank": rank}
+
+
+@pytest.mark.dist
+def test_all_ranks_fall_back_together_when_one_rank_file_is_damaged(tmp_path: Path) -> None:
+    run_workers(_resume_after_rank1_file_damaged, 2, tmp_path / "run" / "checkpoints")
 
 
 def test_checkpoint_of_another_model_or_density_is_refused() -> None:
