@@ -97,6 +97,14 @@ class RunConfig(Section):
 def load_config(path: str | os.PathLike[str], overrides: Sequence[str] = ()) -> RunConfig:
     """Read a YAML config, apply ``key.sub=value`` overrides, validate everything."""
     path = Path(path)
+    if path.is_dir():
+        found = sorted(path.glob("*.yaml"))
+        hint = (
+            f"pass one of its {len(found)} YAML files, e.g. {found[0]}"
+            if found
+            else ("it holds no .yaml file; pass a YAML config file")
+        )
+        raise ValueError(f"config {path} is a directory, not a file: {hint}")
     if not path.is_file():
         raise FileNotFoundError(f"config file {path} not found (see configs/ for examples)")
     try:

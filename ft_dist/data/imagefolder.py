@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import csv
 import io
+import logging
 import random
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -35,6 +36,7 @@ from ft_dist.data.shards import (
 )
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".ppm"}
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -62,14 +64,21 @@ def write_imagefolder(job: ImageFolderJob) -> dict[str, Any]:
         raise FileNotFoundError(f"--src {job.src} is not a directory")
     known = _known_classes(job)
     if job.labels is not None:
-        classes, items = _scan_flat(job, job.labels, known)
+        classes, items, others = _scan_flat(job, job.labels, known)
     else:
-        classes, items = _scan_tree(job.src, known)
+        classes, items, others = _scan_tree(job.src, known)
+    _report_non_images(job.src, others)
     random.Random(job.seed).shuffle(items)  # so that no shard holds a single class
     split_dir = prepare_split_dir(job.out, job.split, job.overwrite)
     stats = SplitStats()
     encoded = _checked_images(items, job, stats)
-    info = {"source": str(job.src), "seed": job.seed, "recipe": job.recipe}
+    info = {
+        "source": str(job.src),
+        "seed": job.seed,
+        "recipe": job.recipe,
+        "skipped_non_images": len(others),
+        "non_image_files": [str(path) for path in others[:100]],
+    }
     content = write_split(
         split_dir,
         encoded,
@@ -95,7 +104,24 @@ def _known_classes(job: ImageFolderJob) -> list[str] | None:
     return None
 
 
-def _scan_tree(src: Path, known: list[str] | None) -> tuple[list[str], list[tuple[Path, int]]]:
+def _report_non_images(src: Path, others: list[Path]) -> None:
+    """Files skipped for their suffix are counted (manifest: skipped_non_images) and named."""
+    if others:
+        names = ", ".join(str(path.relative_to(src)) for path in others[:5])
+        more = f" and {len(others) - 5} more" if len(others) > 5 else ""
+        log.warning(
+            "skipped %d file(s) under %s that are not images (%s): %s%s",
+            len(others),
+            src,
+            " ".join(sorted(IMAGE_SUFFIXES)),
+            names,
+            more,
+        )
+
+
+def _scan_tree(
+    src: Path, known: list[str] | None
+) -> tuple[list[str], list[tuple[Path, int]], list[Path]]:
     folders = sorted(p.name for p in src.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not folders:
         raise ValueError(
@@ -110,20 +136,22 @@ def _scan_tree(src: Path, known: list[str] | None) -> tuple[list[str], list[tupl
             f"--src {src} has class folders {unknown[:5]} that are not in the training "
             "class list; write this split with the same classes as train (or --classes-from)"
         )
-    items = [
+    files = [
         (path, index[folder])
         for folder in folders
         for path in sorted((src / folder).rglob("*"))
-        if path.suffix.lower() in IMAGE_SUFFIXES and path.is_file()
+        if path.is_file()
     ]
+    items = [(path, label) for path, label in files if path.suffix.lower() in IMAGE_SUFFIXES]
+    others = [path for path, _ in files if path.suffix.lower() not in IMAGE_SUFFIXES]
     if not items:
         raise ValueError(f"--src {src} holds no images ({sorted(IMAGE_SUFFIXES)})")
-    return classes, items
+    return classes, items, others
 
 
 def _scan_flat(
     job: ImageFolderJob, labels: Path, known: list[str] | None
-) -> tuple[list[str], list[tuple[Path, int]]]:
+) -> tuple[list[str], list[tuple[Path, int]], list[Path]]:
     if known is None:
         raise ValueError(
             "a flat val folder needs the training class list: write the train split into "
@@ -131,9 +159,11 @@ def _scan_flat(
         )
     synsets = read_label_file(labels, job.devkit_meta)
     index = {name: i for i, name in enumerate(known)}
-    items = []
+    items, others = [], []
     for path in sorted(job.src.iterdir()):
         if path.suffix.lower() not in IMAGE_SUFFIXES:
+            if path.is_file():
+                others.append(path)
             continue
         synset = synsets.get(path.stem)
         if synset is None:
@@ -146,7 +176,7 @@ def _scan_flat(
         items.append((path, index[synset]))
     if not items:
         raise ValueError(f"--src {job.src} holds no images ({sorted(IMAGE_SUFFIXES)})")
-    return known, items
+    return known, items, others
 
 
 def read_label_file(labels: Path, devkit_meta: Path | None) -> dict[str, str]:

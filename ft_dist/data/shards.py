@@ -10,6 +10,7 @@ interrupted run never leaves a split that looks finished.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import statistics
@@ -81,11 +82,15 @@ def write_split(
         raise ValueError(f"--shard-size must be >= 1, got {shard_size}")
     stats = stats or SplitStats()
     sink = _ShardSink(split_dir, shard_size, labeled)
-    for sample in samples:
-        stats.sizes.append((sample.width, sample.height))
-        stats.modes[sample.mode] += 1
-        sink.add(sample)
-    shards = sink.close()
+    try:
+        for sample in samples:
+            stats.sizes.append((sample.width, sample.height))
+            stats.modes[sample.mode] += 1
+            sink.add(sample)
+        shards = sink.close()
+    except BaseException:  # a corrupt image, Ctrl-C: leave no partial split behind
+        sink.abort()
+        raise
     if not shards:
         raise ValueError(f"no images to write into {split_dir}: the source has no usable image")
     content = {
@@ -137,6 +142,18 @@ class _ShardSink:
         if self.tar is not None:
             self._finish_shard()
         return self.shards
+
+    def abort(self) -> None:
+        """Delete the shard being written and the finished ones: without a manifest they
+        are no split at all, and the next run would delete them anyway."""
+        if self.tar is not None:
+            with contextlib.suppress(OSError):  # the error may have come from this tar
+                self.tar.close()
+            (self.split_dir / f".{self._name()}.tmp").unlink(missing_ok=True)
+            self.tar = None
+        for shard in self.shards:
+            (self.split_dir / shard["name"]).unlink(missing_ok=True)
+        self.shards = []
 
     def _name(self) -> str:
         return SHARD_PATTERN.format(index=len(self.shards))
