@@ -207,31 +207,15 @@ def check_manifest(manifest: Manifest, where: str) -> None:
 
 
 def verify_shards(manifest: Manifest, level: str = "checksum") -> None:
-    """Check that every local shard exists with the recorded size (and sha256).
+    """Check that every local shard exists with the recorded size and (``checksum``, ``full``)
+    sha256; ``checksum`` re-hashes only shards changed since their last match (integrity.py).
 
     Remote shards cannot be checked without downloading them; the reader verifies their
     digest while streaming instead.
     """
-    for shard in manifest.shards:
-        path = local_path(manifest.root, f"{manifest.split}/{shard.name}")
-        if path is None:
-            continue
-        if not path.is_file():
-            raise FileNotFoundError(
-                f"shard {path} listed in the {manifest.split!r} manifest is missing; "
-                "copy it back or rewrite the split with `ft-dist shards`"
-            )
-        size = path.stat().st_size
-        if size != shard.num_bytes:
-            raise ValueError(
-                f"shard {path} has {size} bytes, the manifest says {shard.num_bytes} "
-                "(truncated or replaced); rewrite the split with `ft-dist shards`"
-            )
-        if level == "checksum" and file_sha256(path) != shard.sha256:
-            raise ValueError(
-                f"shard {path} does not match the sha256 in its manifest (corrupted or "
-                "replaced); rewrite the split with `ft-dist shards`"
-            )
+    from ft_dist.data.integrity import verify_local_shards  # it imports this module
+
+    verify_local_shards(manifest, level)
 
 
 def file_sha256(path: Path) -> str:
