@@ -60,10 +60,13 @@ class DataConfig(Section):
         description="training only: count, log and replace undecodable samples (by another "
         "sample of the same batch) instead of stopping; evaluation always stops",
     )
-    verify: Literal["checksum", "size"] = Field(
+    verify: Literal["checksum", "full", "size"] = Field(
         "checksum",
-        description="before training: sha256 of every local shard (checksum) or sizes only; "
-        "remote shards are hashed while they stream",
+        description="before training, on the driver: checksum = sha256 of each local shard "
+        "once, then again only if its size/mtime/ctime or manifest digest changed (stamp "
+        "file next to the manifest; catches in-place edits, not silent bit rot); full = "
+        "sha256 of every shard on every start; size = sizes only. Remote shards are hashed "
+        "while they stream",
     )
     seed: int = Field(
         0, description="data order and augmentation seed; TrainStream(seed=...) overrides it"
