@@ -19,22 +19,51 @@ _RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 class OptimConfig(Section):
     """Optimizer and learning-rate schedule.
 
-    The LR at a step is ``lr × warmup × schedule``: a linear warm-up over ``warmup_epochs``,
-    then ``step`` (× ``gamma`` at each milestone), ``cosine`` (to 0 at the last step) or
-    ``constant``. Milestones are fractions of the training epochs, so one config serves any
-    run length (SPEC §6: ×0.1 at 50% and 75%). An EDST run ignores ``schedule``: its phase
-    plan sets the LR factor per epoch (SPEC §5); the warm-up still applies.
+    The LR at a step is ``lr × batch scaling × warmup × schedule``. With ``base_batch_size``
+    set, ``lr`` is the LR at that global batch and scales linearly with the real one
+    (official ImageNet: 0.1 at 2 × 64 = 128, so 0.8 at 1024). The warm-up is linear over
+    ``warmup_epochs`` (per step, or per epoch as the official ImageNet code), then ``step``
+    (× ``gamma`` at each milestone), ``cosine`` (to 0 at the last step) or ``constant``.
+    Milestones are fractions of the training epochs, rounded down to an epoch as the
+    official ``MultiStepLR(milestones=[int(T/2), int(T*3/4)])`` (main_DST.py), so one config
+    serves any run length; ``milestone_epochs`` gives them as epochs instead. An EDST run
+    ignores ``schedule``: its phase plan sets the LR factor per epoch (SPEC §5); the
+    warm-up still applies.
     """
 
     name: Literal["sgd", "sgd-nesterov", "adamw"] = "sgd"
-    lr: float = Field(0.1, gt=0.0, description="base learning rate")
+    lr: float = Field(
+        0.1, gt=0.0, description="base learning rate (at base_batch_size, when that is set)"
+    )
+    base_batch_size: int | None = Field(
+        None,
+        ge=1,
+        description="global batch at which lr is given; the LR scales linearly with the real "
+        "global batch (lr x global / base). None = lr is used as is",
+    )
     momentum: float = Field(0.9, ge=0.0, lt=1.0, description="SGD momentum")
     weight_decay: float = Field(5e-4, ge=0.0)
+    no_decay: Literal["none", "norm", "norm_and_bias"] = Field(
+        "none",
+        description="parameters without weight decay: none (official CIFAR code), norm = "
+        "normalisation-layer weights and biases (official ImageNet code excludes BatchNorm), "
+        "norm_and_bias = also every bias",
+    )
     betas: tuple[float, float] = Field((0.9, 0.999), description="AdamW betas")
     warmup_epochs: float = Field(0.0, ge=0.0)
+    warmup_style: Literal["per_step", "per_epoch"] = Field(
+        "per_step",
+        description="per_step: factor (step + 1) / warm-up steps; per_epoch: epoch e < W "
+        "trains at (e + 1) / (W + 1) of the LR (official ImageNet/main.py)",
+    )
     schedule: Literal["step", "cosine", "constant"] = "step"
     milestones: tuple[float, ...] = Field(
         (0.5, 0.75), description="step schedule: fractions of the training epochs, increasing"
+    )
+    milestone_epochs: tuple[int, ...] | None = Field(
+        None,
+        description="step schedule: 0-based epochs that start decayed, increasing (e.g. "
+        "[125, 187]); replaces milestones",
     )
     gamma: float = Field(0.1, gt=0.0, le=1.0, description="step schedule: LR factor per milestone")
 
@@ -55,10 +84,31 @@ class OptimConfig(Section):
             )
         return milestones
 
+    @field_validator("milestone_epochs")
+    @classmethod
+    def _check_milestone_epochs(cls, epochs: tuple[int, ...] | None) -> tuple[int, ...] | None:
+        if epochs is not None and (
+            any(e < 1 for e in epochs) or list(epochs) != sorted(set(epochs))
+        ):
+            raise ValueError(
+                f"milestone_epochs must be strictly increasing epochs >= 1, e.g. [125, 187]; "
+                f"got {list(epochs)}"
+            )
+        return epochs
+
     @model_validator(mode="after")
-    def _check_nesterov(self) -> OptimConfig:
+    def _check_combinations(self) -> OptimConfig:
         if self.name == "sgd-nesterov" and self.momentum == 0.0:
             raise ValueError("optim.name=sgd-nesterov needs optim.momentum > 0 (e.g. 0.9)")
+        if self.milestone_epochs is not None and "milestones" in self.model_fields_set:
+            raise ValueError(
+                "set only one of optim.milestones (fractions) and optim.milestone_epochs (epochs)"
+            )
+        if self.warmup_style == "per_epoch" and self.warmup_epochs != int(self.warmup_epochs):
+            raise ValueError(
+                f"optim.warmup_style=per_epoch needs whole optim.warmup_epochs, got "
+                f"{self.warmup_epochs} (or use warmup_style=per_step)"
+            )
         return self
 
 
@@ -88,6 +138,11 @@ class TrainConfig(Section):
     output_dir: str = "runs"
     seed: int = Field(0, ge=0)
     member: int = Field(1, ge=1, description="member index (DST Ensemble); changes every seed")
+    ticket: Literal["best", "last"] = Field(
+        "best",
+        description="ticket of a single run or DST Ensemble member: the best-validation epoch "
+        "(official main_DST.py) or the last epoch; EDST uses ensemble.edst.ticket",
+    )
 
     @field_validator("run_name")
     @classmethod

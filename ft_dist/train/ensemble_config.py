@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from ft_dist.configbase import Section
 
@@ -17,16 +17,57 @@ from ft_dist.configbase import Section
 class EDSTConfig(Section):
     """EDST schedule (SPEC §5): T = exploration_epochs + M * refinement_epochs epochs.
 
-    Published CIFAR WRN-28-10 setting: exploration_epochs=150, refinement_epochs=100, M=3.
+    Published CIFAR WRN-28-10 setting: exploration_epochs=150, refinement_epochs=100, M=3,
+    refinement LR x0.1 then x0.01 for 50 + 50 epochs (the defaults: equal parts).
+    ImageNet ResNet-50: 30, 70, M=4, refinement LR x0.1 / x0.01 / x0.001 for 30 / 30 / 10.
     """
 
     exploration_epochs: int = Field(ge=0, description="t_ex: DST epochs at the base LR")
     refinement_epochs: int = Field(ge=1, description="t_re: epochs per refinement phase")
+    refinement_lr_scales: tuple[float, ...] = Field(
+        (0.1, 0.01),
+        min_length=1,
+        description="LR factors of the consecutive parts of every refinement phase",
+    )
+    refinement_lr_epochs: tuple[int, ...] | None = Field(
+        None,
+        description="epochs of each part (one per scale, summing to refinement_epochs); "
+        "None = equal parts, earlier parts taking the remainder (odd t_re: ceil, floor)",
+    )
     explore_drop_fraction: float = Field(
         default=0.8, gt=0.0, le=1.0, description="q: drop fraction of the global exploration"
     )
-    explore_growth: Literal["random", "gradient", "momentum"] = "random"
+    explore_growth: Literal["random", "gradient", "momentum"] = Field(
+        "gradient",
+        description="regrowth of the global exploration; the official code uses the run's "
+        "growth mode (gradient in every published run: main_EDST.py, ImageNet/main.py)",
+    )
     ticket: Literal["best", "last"] = "best"
+
+    @field_validator("refinement_lr_scales")
+    @classmethod
+    def _check_scales(cls, scales: tuple[float, ...]) -> tuple[float, ...]:
+        if any(not scale > 0.0 for scale in scales):
+            raise ValueError(f"every LR factor must be > 0, e.g. [0.1, 0.01]; got {list(scales)}")
+        return scales
+
+    @model_validator(mode="after")
+    def _check_lr_epochs(self) -> EDSTConfig:
+        epochs = self.refinement_lr_epochs
+        if epochs is None:
+            return self
+        if len(epochs) != len(self.refinement_lr_scales) or any(e < 1 for e in epochs):
+            raise ValueError(
+                f"ensemble.edst.refinement_lr_epochs={list(epochs)} needs one positive epoch "
+                f"count per refinement_lr_scales entry ({list(self.refinement_lr_scales)})"
+            )
+        if sum(epochs) != self.refinement_epochs:
+            raise ValueError(
+                f"ensemble.edst.refinement_lr_epochs={list(epochs)} sums to {sum(epochs)}, "
+                f"not refinement_epochs={self.refinement_epochs}: make them agree, or remove "
+                "refinement_lr_epochs for equal parts"
+            )
+        return self
 
 
 class PDSTConfig(Section):

@@ -35,8 +35,24 @@ def test_published_cifar_and_imagenet_settings() -> None:
     global_batch = cifar.data.batch_size_per_worker * cifar.train.num_workers
     assert global_batch == 128 and cifar.sparsity.update_every_steps == 1000
     assert (cifar.optim.lr, cifar.optim.momentum, cifar.optim.weight_decay) == (0.1, 0.9, 5e-4)
+    assert cifar.data.recipe == "cifar100"  # CIFAR-100's own normalisation statistics
     imagenet = load_config(CONFIGS / "imagenet_edst.yaml")
     assert imagenet.sparsity.update_every_samples == 4000 * 128  # ΔT = 4000 at batch 128
     assert imagenet.train.label_smoothing == 0.1 and imagenet.optim.warmup_epochs == 5
+    # LR 0.1 at global batch 128 (README: -b 64 on 2 processes, --lr 0.1), linearly scaled.
+    assert (imagenet.optim.lr, imagenet.optim.base_batch_size) == (0.1, 128)
+    assert imagenet.optim.no_decay == "norm" and imagenet.optim.warmup_style == "per_epoch"
+    assert (imagenet.sparsity.drop_schedule, imagenet.sparsity.drop_fraction_min) == (
+        "cosine",
+        0.005,
+    )
+    assert imagenet.sparsity.stop_step is None  # updates (and the decay) run to the end
     pdst = load_config(CONFIGS / "cifar100_pdst.yaml")
     assert pdst.optim.milestones == (0.5, 0.75) and pdst.optim.gamma == 0.1
+    assert pdst.data.recipe == "cifar100"
+
+
+@pytest.mark.parametrize("name", ["demo_dst.yaml", "demo_edst.yaml"])
+def test_demos_set_their_own_update_interval(name: str) -> None:
+    # The library default ΔT (1000, the paper's) must not change the small demos.
+    assert load_config(CONFIGS / name).sparsity.update_every_steps == 25

@@ -5,7 +5,14 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from ft_dist.train.edst import epoch_plan, phase_epochs, total_epochs
+from ft_dist.train.edst import (
+    DecayPeriod,
+    drop_decay_period,
+    epoch_plan,
+    phase_epochs,
+    refinement_lr_parts,
+    total_epochs,
+)
 from ft_dist.train.ensemble_config import EDSTConfig, EnsembleConfig
 
 CFG = EDSTConfig(exploration_epochs=150, refinement_epochs=100)
@@ -86,3 +93,66 @@ def test_config_validation_names_the_field() -> None:
         EnsembleConfig(method="single", num_members=2)
     ok = EnsembleConfig(method="edst", num_members=3, edst=CFG)
     assert ok.edst is not None and ok.edst.ticket == "best"
+    assert ok.edst.explore_growth == "gradient"  # the official runs' growth mode
+
+
+IMAGENET = EDSTConfig(
+    exploration_epochs=30,
+    refinement_epochs=70,
+    refinement_lr_scales=(0.1, 0.01, 0.001),
+    refinement_lr_epochs=(30, 30, 10),
+)
+
+
+def test_refinement_lr_parts_default_to_halves_and_take_explicit_epochs() -> None:
+    assert refinement_lr_parts(CFG) == ((0.1, 50), (0.01, 50))
+    three = EDSTConfig(exploration_epochs=0, refinement_epochs=7, refinement_lr_scales=(1, 2, 3))
+    assert refinement_lr_parts(three) == ((1, 3), (2, 2), (3, 2))
+    assert refinement_lr_parts(IMAGENET) == ((0.1, 30), (0.01, 30), (0.001, 10))
+
+
+@pytest.mark.parametrize("phase", [1, 2, 3, 4])
+def test_thirty_thirty_ten_refinement(phase: int) -> None:
+    start = 30 + (phase - 1) * 70
+    scales = [epoch_plan(e, 4, IMAGENET).lr_scale for e in range(start, start + 70)]
+    assert scales == [0.1] * 30 + [0.01] * 30 + [0.001] * 10
+    assert epoch_plan(start + 69, 4, IMAGENET).explore_after == (phase < 4)
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        (
+            {"refinement_lr_scales": (0.1, 0.01), "refinement_lr_epochs": (30, 30)},
+            "sums to 60, not refinement_epochs=70",
+        ),
+        ({"refinement_lr_epochs": (60, 10)}, "one positive epoch count per"),
+        ({"refinement_lr_epochs": (70, 0, 0)}, "one positive epoch count per"),
+        ({"refinement_lr_scales": (0.1, 0.0, 0.001)}, "refinement_lr_scales"),
+        ({"refinement_lr_scales": ()}, "refinement_lr_scales"),
+        ({"explore_growth": "magnitude"}, "explore_growth"),
+    ],
+)
+def test_refinement_lr_validation_names_the_key(fields: dict, message: str) -> None:
+    values = {**IMAGENET.model_dump(), **fields}
+    with pytest.raises(ValidationError, match=message):
+        EDSTConfig(**values)
+
+
+def test_drop_decay_periods_restart_after_each_exploration() -> None:
+    steps = 10
+    first, later = DecayPeriod(0, 100 * steps), 70 * steps
+    # Exploration and phase 1 share the first period (ImageNet/main.py:230: 100 epochs).
+    assert drop_decay_period(0, steps, 4, IMAGENET) == first
+    assert drop_decay_period(1, steps, 4, IMAGENET) == first
+    assert drop_decay_period(30 * steps + 1, steps, 4, IMAGENET) == first
+    assert drop_decay_period(100 * steps, steps, 4, IMAGENET) == first  # its last step
+    # After each exploration a new 70-epoch period (main.py:374) starts with the next step.
+    for start in (100, 170, 240):
+        expected = DecayPeriod(start * steps, later)
+        assert drop_decay_period(start * steps + 1, steps, 4, IMAGENET) == expected
+        assert drop_decay_period((start + 70) * steps, steps, 4, IMAGENET) == expected
+    # One member: no exploration, one period over the whole run.
+    assert drop_decay_period(55, steps, 1, IMAGENET) == DecayPeriod(0, 100 * steps)
+    with pytest.raises(ValueError, match="steps_per_epoch"):
+        drop_decay_period(5, 0, 4, IMAGENET)
