@@ -1,9 +1,10 @@
 """`ft-dist train CONFIG [key=value ...]`: train one member on a Ray Train worker group.
 
-Joins the Ray cluster named by `ray.address` or RAY_ADDRESS (inside `ray job submit` that is
-the job's own cluster), or starts a local one. Progress lines from rank 0 stream to this
-terminal while it runs; the run directory is printed as the very last line of output, so
-scripts can do `RUN=$(ft-dist train cfg.yaml | tail -n 1)`.
+Checks the data, splits, shards, model shape and the cluster's room for the workers first
+(ft_dist.preflight), then joins the Ray cluster named by `ray.address` or RAY_ADDRESS
+(inside `ray job submit` that is the job's own cluster), or starts a local one. Progress
+lines from rank 0 stream to this terminal while it runs; the run directory is printed as
+the very last line of output, so scripts can do `RUN=$(ft-dist train cfg.yaml | tail -n 1)`.
 
 With `ensemble.method: pdst` it trains all M members of a DST Ensemble concurrently
 (one worker group each, scheduled by Ray Tune) and prints the experiment directory last.
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 EXAMPLES = """\
@@ -67,13 +69,21 @@ def handle(args: argparse.Namespace) -> int:
 
     import ray
 
-    from ft_dist.train.worker import absolute_paths
+    from ft_dist.preflight import check_cluster, check_inputs
+    from ft_dist.train.worker import ClusterBusyError, absolute_paths, connect
 
     cfg = absolute_paths(cfg)  # before anything is written: workers run in other dirs
+    # Mistakes that fail every try are found here, before Ray starts any worker.
+    check_inputs(cfg)
     try:
+        connect(cfg.ray.address)
+        check_cluster(cfg)
         if cfg.ensemble.method == "pdst":
             return train_ensemble(cfg)
         return train_member(cfg, args.group)
+    except ClusterBusyError as error:
+        print(f"ft-dist train: error: {error}", file=sys.stderr)
+        return 1
     finally:
         if ray.is_initialized():
             ray.shutdown()

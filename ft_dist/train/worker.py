@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -38,12 +39,22 @@ import torch
 from ray.train import Checkpoint, CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchConfig, TorchTrainer
 
+from ft_dist.preflight import format_resources, worker_resources
 from ft_dist.tracking import make_tracker
 from ft_dist.train.paths import run_dir
 from ft_dist.train.session import latest_complete_checkpoint
 
 # Where Ray's registered copies of checkpoints live, relative to the run directory.
 RAY_CHECKPOINTS = "ray_checkpoints"
+# Raised by our own config, data and checkpoint checks: the same on every try, never retried.
+USER_ERRORS = (ValueError, FileNotFoundError)
+# Tries Ray gets to place a single run's worker group (about a minute each) before fit() fails.
+START_UP_ATTEMPTS = 10
+
+
+class ClusterBusyError(RuntimeError):
+    """The cluster could hold the worker group but never had room free for it."""
+
 
 LoopFn = Callable[[Any, Any, Any], Any]  # (cfg, session, tracker) -> anything
 
@@ -210,9 +221,7 @@ def _train_per_worker(payload: dict) -> None:
 def build_trainer(cfg: Any, loop: LoopFn | None = None, group: str | None = None) -> TorchTrainer:
     """The TorchTrainer for one member; `loop` defaults to `ft_dist.train.loop.train`."""
     storage = storage_root(cfg)
-    resources = {"CPU": cfg.ray.cpus_per_worker}
-    if cfg.ray.use_gpu:
-        resources["GPU"] = cfg.ray.gpus_per_worker
+    resources = worker_resources(cfg.ray)
     payload = {
         "cfg": cfg,
         "loop": loop,
@@ -232,7 +241,11 @@ def build_trainer(cfg: Any, loop: LoopFn | None = None, group: str | None = None
             name=cfg.train.run_name,
             storage_path=storage,
             checkpoint_config=CheckpointConfig(num_to_keep=cfg.train.keep_checkpoints),
-            failure_config=FailureConfig(max_failures=cfg.ray.max_failures),
+            # Restarts after worker failures are fit()'s (it never retries a user error);
+            # a busy cluster is waited for START_UP_ATTEMPTS x Ray's start-up timeout.
+            failure_config=FailureConfig(
+                max_failures=0, controller_failure_limit=start_up_limit(cfg)
+            ),
             logging_config=ray.train.LoggingConfig(log_level="WARNING"),
         ),
     )
@@ -259,17 +272,71 @@ def connect(address: str | None, log_to_driver: bool = True) -> None:
 def fit(cfg: Any, loop: LoopFn | None = None, *, group: str | None = None) -> Path:
     """Train one member on the Ray cluster (joined or started) and return its run directory.
 
-    A user error raised by the workers (ValueError / FileNotFoundError, e.g. a checkpoint
-    of another model) is re-raised as itself, so the CLI prints its message; other failures
-    left after `ray.max_failures` restarts raise `ray.train.TrainingFailedError`.
+    A worker group that fails is started again from the newest checkpoint, up to
+    `ray.max_failures` times, unless a worker raised a user error (ValueError /
+    FileNotFoundError: our config, data and checkpoint checks), which fails the same way on
+    every try: it is re-raised at once, as itself, so the CLI prints its message. Other
+    failures left after the restarts raise `ray.train.WorkerGroupError`; workers that the
+    cluster never finds room for raise `ClusterBusyError`.
     """
     cfg = absolute_paths(cfg)
     connect(cfg.ray.address)
-    try:
-        build_trainer(cfg, loop, group).fit()
-    except ray.train.WorkerGroupError as error:
-        for failure in error.worker_failures.values():
-            if isinstance(failure, ValueError | FileNotFoundError):
-                raise failure from error
-        raise
-    return run_dir(cfg.train)
+    restarts = 0
+    while True:
+        try:
+            build_trainer(cfg, loop, group).fit()
+            return run_dir(cfg.train)
+        except ray.train.WorkerGroupError as error:
+            for failure in error.worker_failures.values():
+                if isinstance(failure, USER_ERRORS):
+                    raise failure from error
+            limit = cfg.ray.max_failures
+            if 0 <= limit <= restarts:
+                raise
+            restarts += 1
+            print(
+                f"ft-dist: the worker group failed ({_first_failure(error)}); restart "
+                f"{restarts} of {'unlimited' if limit < 0 else limit} from the newest checkpoint",
+                file=sys.stderr,
+                flush=True,
+            )
+        except ray.train.ControllerError as error:
+            if is_start_up_timeout(error.controller_failure):
+                raise ClusterBusyError(busy_message(cfg)) from error
+            raise
+
+
+def _first_failure(error: ray.train.WorkerGroupError) -> str:
+    rank, failure = min(error.worker_failures.items())
+    first_line = (str(failure).strip().splitlines() or [""])[0]
+    return f"rank {rank}: {type(failure).__name__}: {first_line[:200]}"
+
+
+def start_up_limit(cfg: Any) -> int:
+    """Ray's start-up retries (each waits RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S, 60 s).
+
+    DST Ensemble members queue for each other by design (ensemble.pdst), so they wait as
+    long as it takes; a single run gives up after START_UP_ATTEMPTS tries.
+    """
+    return -1 if cfg.ensemble.method == "pdst" else START_UP_ATTEMPTS - 1
+
+
+def is_start_up_timeout(failure: BaseException) -> bool:
+    """Ray Train's worker group never got its resources (a private Ray class; the Ray test
+    in tests/train/test_failures_ray.py fails if it moves)."""
+    from ray.train.v2._internal.exceptions import WorkerGroupStartupTimeoutError
+
+    return isinstance(failure, WorkerGroupStartupTimeoutError)
+
+
+def busy_message(cfg: Any) -> str:
+    need = worker_resources(cfg.ray)
+    free = {name: ray.available_resources().get(name, 0.0) for name in need}
+    timeout = os.environ.get("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "60")
+    return (
+        f"Ray found no room for train.num_workers={cfg.train.num_workers} workers x "
+        f"{format_resources(need)} in {START_UP_ATTEMPTS} tries of {timeout} s (free now: "
+        f"{format_resources(free)}): the cluster "
+        "is busy with other work; retry later, lower train.num_workers, or raise "
+        "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S"
+    )

@@ -1,0 +1,180 @@
+"""Driver-side checks before any Ray Train worker starts.
+
+A mistake that is the same on every try -- a missing split, a shard that no longer matches
+its manifest, more workers than the cluster can ever hold -- is found here in seconds with
+a message naming the key and the fix, instead of inside the workers after Ray's start-up
+(30-60 s per try), after an epoch (a missing val split) or after all training (a missing
+test split). `ft-dist train` runs, in order:
+
+    check_inputs(cfg)     # no Ray needed: data, splits, shard integrity, model shape, dirs
+    connect(...)          # join or start the cluster
+    check_cluster(cfg)    # CPUs/GPUs per worker x train.num_workers vs the cluster
+
+Every check raises ValueError / FileNotFoundError, which the CLI prints as one line.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+from ft_dist.config import RunConfig
+from ft_dist.train.config import RayConfig
+from ft_dist.train.paths import run_dir
+
+
+def check_inputs(cfg: RunConfig) -> Any:
+    """Data, splits, shards (per data.verify), model shape and writable output dirs.
+
+    Returns the dataset's DataInfo. `cfg` must already have absolute paths
+    (worker.absolute_paths), as the workers will see them.
+    """
+    info = check_data(cfg)
+    check_model(cfg, info)
+    check_writable(cfg)
+    return info
+
+
+def check_data(cfg: RunConfig) -> Any:
+    """Every split the run names (train, val, test) exists, is labelled and indexes the
+    training classes; local shards match their manifest; one epoch has enough shards and
+    samples for train.num_workers ranks and train.grad_accum_steps."""
+    from ft_dist.data.manifest import read_manifest
+    from ft_dist.data.pipeline import check_dataset  # imports torch: only when checking
+    from ft_dist.data.plan import steps_per_epoch
+
+    data = cfg.data
+    info = check_dataset(data, world_size=cfg.train.num_workers)
+    for key, split in (("val_split", data.val_split), ("test_split", data.test_split)):
+        if split is not None and not read_manifest(data.root, split).labeled:
+            raise ValueError(
+                f"data.{key}={split!r} names a split without labels (an OoD set?) under "
+                f"{data.root}; set data.{key} to a labelled split, or null"
+            )
+    batches = steps_per_epoch(
+        info.num_train_samples, cfg.train.num_workers, data.batch_size_per_worker
+    )
+    if batches < cfg.train.grad_accum_steps:  # the loop's optimizer steps per epoch
+        raise ValueError(
+            f"train.grad_accum_steps={cfg.train.grad_accum_steps} exceeds the {batches} "
+            f"batches per epoch of split {data.train_split!r}; lower train.grad_accum_steps "
+            "or data.batch_size_per_worker"
+        )
+    return info
+
+
+def check_model(cfg: RunConfig, info: Any) -> None:
+    """The model builds for the data's shape (on the meta device: no memory, no time)."""
+    import torch
+
+    from ft_dist.models import build_model_from_config
+
+    model = cfg.model
+    if model.num_classes is not None and model.num_classes < info.num_classes:
+        raise ValueError(
+            f"model.num_classes={model.num_classes} is fewer than the {info.num_classes} "
+            f"classes of {cfg.data.root}; remove model.num_classes (it then comes from the data)"
+        )
+    if model.in_channels is not None and model.in_channels != info.in_channels:
+        raise ValueError(
+            f"model.in_channels={model.in_channels} but recipe {info.recipe!r} feeds "
+            f"{info.in_channels}-channel images; remove model.in_channels or change data.recipe"
+        )
+    resolved = model.resolved(
+        num_classes=info.num_classes, in_channels=info.in_channels, image_size=info.image_size
+    )
+    with torch.device("meta"):
+        build_model_from_config(resolved)
+
+
+def check_writable(cfg: RunConfig) -> None:
+    """The run directory (and a local ray.storage_path) can be created and written."""
+    places = [("train.output_dir", run_dir(cfg.train))]
+    storage = cfg.ray.storage_path
+    if storage and ("://" not in storage or storage.startswith("file://")):
+        places.append(("ray.storage_path", Path(storage.removeprefix("file://"))))
+    for key, path in places:
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise ValueError(
+                f"{key}: cannot create {path} ({error}); choose a writable dir"
+            ) from None
+        if not os.access(path, os.W_OK):
+            raise ValueError(f"{key}: {path} is not writable; choose a writable dir")
+
+
+# --------------------------------------------------------------------------- cluster
+def worker_resources(ray_cfg: RayConfig) -> dict[str, float]:
+    """What one Ray Train worker reserves (the ScalingConfig of worker.build_trainer)."""
+    resources = {"CPU": ray_cfg.cpus_per_worker}
+    if ray_cfg.use_gpu:
+        resources["GPU"] = ray_cfg.gpus_per_worker
+    return resources
+
+
+def check_cluster(cfg: RunConfig) -> None:
+    """train.num_workers workers fit the connected Ray cluster (its autoscaler's maximum
+    when it has one), else fail now: Ray would wait for them forever."""
+    import ray
+
+    need, num_workers = worker_resources(cfg.ray), cfg.train.num_workers
+    nodes = [node["Resources"] for node in ray.nodes() if node.get("Alive")]
+    ceiling = autoscaler_max_resources()
+    if ceiling is not None:  # nodes may still be added: only totals are known
+        nodes = [ceiling]
+    room = room_for_workers(nodes, need)
+    if room < num_workers:
+        raise ValueError(cluster_message(num_workers, need, nodes, room, ceiling is not None))
+
+
+def room_for_workers(nodes: list[dict[str, float]], need: dict[str, float]) -> int:
+    """How many workers needing `need` each fit on `nodes` (a worker lies on one node)."""
+    total = 0
+    for resources in nodes:
+        fits = [
+            math.floor(resources.get(name, 0.0) / amount + 1e-9)
+            for name, amount in need.items()
+            if amount > 0
+        ]
+        total += min(fits, default=0)
+    return total
+
+
+def cluster_message(
+    num_workers: int,
+    need: dict[str, float],
+    nodes: list[dict[str, float]],
+    room: int,
+    autoscaling: bool,
+) -> str:
+    have = {name: sum(node.get(name, 0.0) for node in nodes) for name in need}
+    where = "can grow to" if autoscaling else f"has {len(nodes)} node(s) with"
+    fix = (
+        f"set train.num_workers={room} (or fewer)"
+        if room
+        else "lower ray.cpus_per_worker / ray.gpus_per_worker (or set ray.use_gpu=false)"
+    )
+    return (
+        f"train.num_workers={num_workers} workers x {format_resources(need)} each do not fit the Ray "
+        f"cluster, which {where} {format_resources(have)} in all (room for {room}); {fix}, or add nodes"
+    )
+
+
+def format_resources(resources: dict[str, float]) -> str:
+    """{"CPU": 2.0, "GPU": 1.0} -> "2 CPU, 1 GPU"."""
+    return ", ".join(f"{value:g} {name}" for name, value in resources.items())
+
+
+def autoscaler_max_resources() -> dict[str, float] | None:
+    """The most resources the cluster's autoscaler may bring up, or None without one.
+
+    Ray has no public API for this; Ray Train's own start-up check reads the same value
+    (`ray._private.state`, worker_group.py). tests/test_preflight.py fails if it moves.
+    """
+    from ray._private.state import state
+
+    limits = state.get_max_resources_from_cluster_config()
+    return {name: float(value) for name, value in limits.items()} if limits else None
