@@ -12,8 +12,11 @@ import pytest
 import torch
 
 from ft_dist.train import checkpoint as ckpt
+from ft_dist.train.paths import checkpoints_dir, run_dir
 from ft_dist.train.session import LocalSession, latest_complete_checkpoint
 from tests.gloo_workers import run_workers
+from tests.train.conftest import tiny_config
+from tests.train.test_loop import assert_same_training_state, final_state, run_loop
 
 META = {
     "model": "small-cnn",
@@ -163,3 +166,26 @@ def test_tickets_are_never_overwritten(tmp_path: Path) -> None:
     assert ckpt.write_ticket(path, {"meta": {"epoch": 3}})
     assert not ckpt.write_ticket(path, {"meta": {"epoch": 9}})
     assert torch.load(path, weights_only=True)["meta"]["epoch"] == 3
+
+
+@pytest.mark.slow
+def test_a_run_whose_newest_checkpoint_is_damaged_resumes_from_the_previous_one(
+    tiny_mnist: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Nothing is lost: the resumed run ends bit-identical to the uninterrupted one."""
+    train = {"checkpoint_every_steps": 4, "keep_checkpoints": 2}
+    reference = tiny_config(tiny_mnist, tmp_path / "a", train=train)
+    run_loop(reference)
+    damaged = tiny_config(tiny_mnist, tmp_path / "b", train=train)
+    shutil.copytree(run_dir(reference.train), run_dir(damaged.train))
+    root = checkpoints_dir(run_dir(damaged.train))
+    assert sorted(p.name for p in root.iterdir()) == ["000000012", "000000016"]
+    state = root / "000000016" / ckpt.SHARED_FILE
+    data = bytearray(state.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    state.write_bytes(bytes(data))
+    with caplog.at_level("WARNING"):
+        summary, _, _ = run_loop(damaged)
+    assert f"skipping checkpoint: {state} does not match its sha256" in caplog.text
+    assert summary["steps"] == 16
+    assert_same_training_state(final_state(reference), final_state(damaged))
