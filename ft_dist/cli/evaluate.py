@@ -18,7 +18,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
             "Evaluate every ticket of RUN_DIR (RUN_DIR/tickets/ticket_*.pt) or of a DST "
             "Ensemble EXP_DIR (EXP_DIR/members/member_*/tickets) and their ensemble (mean of "
             "softmax probabilities) on the run's test split: accuracy, NLL, ECE (15 bins), "
-            "Brier, optional OoD AUROC and corruptions, diversity. Writes report.json, "
+            "Brier, optional OoD AUROC and corruptions (built-in, or CIFAR-10-C / CIFAR-100-C "
+            "/ ImageNet-C files with the paper's pooled figures), diversity. Writes report.json, "
             "report.md and plots/ under OUT (default RUN_DIR/eval), logs them to W&B "
             "(offline without WANDB_API_KEY), and prints the path of report.json last."
         ),
@@ -27,23 +28,39 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--ood",
         metavar="SHARDS",
-        help="OoD set: a split dir with manifest.json, a dataset root with an 'ood' split, "
-        "or a split name under data.root (e.g. 'ood' after `ft-dist shards mnist`)",
+        action="append",
+        help="OoD set (repeatable): a split dir with manifest.json (any shard set, e.g. "
+        "`ft-dist shards svhn` output), a dataset root with an 'ood' split, a split name under "
+        "data.root (e.g. 'ood' after `ft-dist shards mnist`), or 'gaussian' (the paper's "
+        "Gaussian-noise images, as many as the test split)",
     )
     parser.add_argument(
         "--corruptions",
         nargs="*",
         metavar="NAME",
-        help=f"corruptions to test ({', '.join(CORRUPTION_NAMES)}); the flag alone or 'all' = all",
+        help=f"built-in corruptions to test ({', '.join(CORRUPTION_NAMES)}); the flag alone "
+        "or 'all' = all. With --corruptions-from: which of the directory's corruptions",
+    )
+    parser.add_argument(
+        "--corruptions-from",
+        metavar="DIR",
+        help="CIFAR-10-C / CIFAR-100-C (<corruption>.npy + labels.npy) or ImageNet-C "
+        "(<corruption>/<severity>/<wnid>/*.JPEG) directory: every corruption x severity, "
+        "reported per cell and pooled into one set as in the paper",
+    )
+    parser.add_argument(
+        "--corruption-limit",
+        type=int,
+        metavar="N",
+        help="with --corruptions-from: N evenly spaced images per corruption x severity",
     )
     parser.add_argument(
         "--severities",
         nargs="+",
         type=int,
-        default=[1, 3, 5],
         choices=SEVERITIES,
         metavar="S",
-        help="corruption severities 1..5 (default: 1 3 5)",
+        help="corruption severities 1..5 (default: 1 3 5 built-in, all five from files)",
     )
     parser.add_argument("--split", help="labelled split to evaluate (default: data.test_split)")
     parser.add_argument("--data", metavar="ROOT", help="dataset root (default: data.root)")
@@ -55,9 +72,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=handler)
 
 
-def _corruption_names(values: list[str] | None) -> tuple[str, ...]:
-    if values is None:
-        return ()
+def _corruption_names(values: list[str] | None, from_files: bool) -> tuple[str, ...]:
+    if values is None or (from_files and values in ([], ["all"])):
+        return ()  # from files: every corruption the directory holds
     if not values or values == ["all"]:
         from ft_dist.ensemble.corruptions import CORRUPTIONS
 
@@ -70,10 +87,14 @@ def handler(args: argparse.Namespace) -> int:
 
     if args.batch_size < 1 or args.workers < 0:
         raise ValueError("--batch-size must be >= 1 and --workers >= 0")
+    if args.corruption_limit is not None and not args.corruptions_from:
+        raise ValueError("--corruption-limit applies to --corruptions-from DIR only")
     options = EvalOptions(
-        ood=args.ood,
-        corruptions=_corruption_names(args.corruptions),
-        severities=tuple(args.severities),
+        ood=tuple(args.ood or ()),
+        corruptions=_corruption_names(args.corruptions, bool(args.corruptions_from)),
+        severities=tuple(args.severities) if args.severities else None,
+        corruptions_from=args.corruptions_from,
+        corruption_limit=args.corruption_limit,
         split=args.split,
         data_root=args.data,
         out_dir=args.out,

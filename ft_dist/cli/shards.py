@@ -1,4 +1,4 @@
-"""`ft-dist shards imagefolder|mnist`: write WebDataset tar shards with manifests."""
+"""`ft-dist shards imagefolder|mnist|cifar|svhn`: write WebDataset tar shards with manifests."""
 
 from __future__ import annotations
 
@@ -33,16 +33,39 @@ Example:
   ft-dist shards mnist --out data/mnist
 """
 
+_CIFAR_HELP = """\
+Write CIFAR-10 or CIFAR-100 from the official python tarball (read without extracting)
+as train/val/test shards, as the FreeTickets code splits it: train = the first 45,000
+training images, val = the last 5,000 (--val-size), test = the 10,000 test images.
+The manifests name the recipe with that dataset's own normalisation: cifar (CIFAR-10)
+or cifar100.
+
+Example:
+  ft-dist shards cifar --src cifar-100-python.tar.gz --out data/cifar100
+  ft-dist shards cifar --src cifar-10-python.tar.gz --out data/cifar10
+"""
+
+_SVHN_HELP = """\
+Write an SVHN .mat file (X: 32x32x3xN uint8, y: Nx1, 10 = digit 0) as one split. Split
+'ood' (the default) is written without labels: FreeTickets' out-of-distribution set for
+CIFAR runs (`ft-dist evaluate RUN --ood DIR/ood`).
+
+Example:
+  ft-dist shards svhn --src test_32x32.mat --out data/svhn --split ood
+"""
+
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "shards",
-        help="write WebDataset tar shards (imagefolder, mnist)",
+        help="write WebDataset tar shards (imagefolder, mnist, cifar, svhn)",
         description="Write datasets as WebDataset tar shards with manifests.",
     )
     sources = parser.add_subparsers(dest="source", metavar="SOURCE", required=True)
     _add_imagefolder(sources)
     _add_mnist(sources)
+    _add_cifar(sources)
+    _add_svhn(sources)
 
 
 def _add_imagefolder(sources: argparse._SubParsersAction) -> None:
@@ -71,8 +94,9 @@ def _add_imagefolder(sources: argparse._SubParsersAction) -> None:
     )
     parser.add_argument(
         "--recipe",
-        choices=["imagenet", "cifar", "mnist"],
-        help="transform recipe hint stored in the manifest (default: imagenet at train time)",
+        choices=["imagenet", "cifar", "cifar100", "mnist"],
+        help="recipe hint stored in the manifest (default: none; training then derives one "
+        "from the images: mode, native size, this split's mean/std)",
     )
     parser.add_argument("--workers", type=int, default=1, help="processes decoding images")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing split")
@@ -95,6 +119,68 @@ def _add_mnist(sources: argparse._SubParsersAction) -> None:
     parser.add_argument("--no-ood", action="store_true", help="skip the 'ood' split")
     parser.add_argument("--overwrite", action="store_true", help="replace existing splits")
     parser.set_defaults(func=_run_mnist)
+
+
+def _add_cifar(sources: argparse._SubParsersAction) -> None:
+    parser = sources.add_parser(
+        "cifar",
+        help="CIFAR-10/100 from the official python tarball (train/val/test)",
+        description=_CIFAR_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--src", type=Path, required=True, help="cifar-10-python.tar.gz or cifar-100-python.tar.gz"
+    )
+    parser.add_argument("--out", type=Path, required=True, help="dataset dir (data.root)")
+    parser.add_argument(
+        "--val-size", type=int, default=5000, help="last training images kept for val (5000)"
+    )
+    parser.add_argument(
+        "--shard-size", type=int, default=1000, help="samples per shard (default: 1000)"
+    )
+    parser.add_argument("--overwrite", action="store_true", help="replace existing splits")
+    parser.set_defaults(func=_run_cifar)
+
+
+def _add_svhn(sources: argparse._SubParsersAction) -> None:
+    parser = sources.add_parser(
+        "svhn",
+        help="SVHN from its .mat file (e.g. test_32x32.mat as an OoD set)",
+        description=_SVHN_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--src", type=Path, required=True, help="e.g. test_32x32.mat")
+    parser.add_argument("--out", type=Path, required=True, help="dataset dir")
+    parser.add_argument("--split", default="ood", help="split name; 'ood' = unlabelled (default)")
+    parser.add_argument(
+        "--shard-size", type=int, default=1000, help="samples per shard (default: 1000)"
+    )
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing split")
+    parser.set_defaults(func=_run_svhn)
+
+
+def _run_cifar(args: argparse.Namespace) -> int:
+    from ft_dist.data.cifar import write_cifar
+
+    written = write_cifar(
+        args.src,
+        args.out,
+        val_size=args.val_size,
+        shard_size=args.shard_size,
+        overwrite=args.overwrite,
+    )
+    _print_summary(args.out, written)
+    return 0
+
+
+def _run_svhn(args: argparse.Namespace) -> int:
+    from ft_dist.data.svhn import write_svhn
+
+    content = write_svhn(
+        args.src, args.out, split=args.split, shard_size=args.shard_size, overwrite=args.overwrite
+    )
+    _print_summary(args.out, {args.split: content})
+    return 0
 
 
 def _run_imagefolder(args: argparse.Namespace) -> int:

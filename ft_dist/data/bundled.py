@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from ft_dist.data.pixelstats import PixelMoments
 from ft_dist.data.shards import EncodedImage, prepare_split_dir, write_split
 
 MNIST_CLASSES = [str(digit) for digit in range(10)]
@@ -94,7 +95,8 @@ def encode_png(images: np.ndarray, labels: np.ndarray | None) -> list[EncodedIma
         buffer = io.BytesIO()
         Image.fromarray(pixels, mode="L").save(buffer, format="PNG")
         label = None if labels is None else int(labels[i])
-        encoded.append(EncodedImage("png", buffer.getvalue(), label, 28, 28, "L"))
+        moments = PixelMoments.of_array(pixels, rgb=False)
+        encoded.append(EncodedImage("png", buffer.getvalue(), label, 28, 28, "L", moments))
     return encoded
 
 

@@ -13,7 +13,7 @@ from pydantic import Field, field_validator
 
 from ft_dist.configbase import Section
 
-Recipe = Literal["mnist", "cifar", "imagenet"]
+Recipe = Literal["mnist", "cifar", "cifar100", "imagenet"]  # transforms.RECIPES
 
 
 class DataConfig(Section):
@@ -35,10 +35,15 @@ class DataConfig(Section):
     val_split: str | None = Field("val", description="model selection split; None = none")
     test_split: str | None = Field("test", description="final evaluation split; None = none")
     recipe: Recipe | None = Field(
-        None, description="transforms.v2 recipe; None = the manifest's hint, else imagenet"
+        None,
+        description="named recipe (cifar = CIFAR-10); None = the manifest's hint, else one "
+        "derived from the manifest (mode, native size, train-split mean/std)",
     )
     image_size: int | None = Field(
-        None, ge=4, description="side of the tensors fed to the model; None = recipe default"
+        None,
+        ge=4,
+        description="side of the tensors fed to the model; None = recipe default "
+        "(the images' native side for derived recipes)",
     )
     batch_size_per_worker: int = Field(
         128, ge=1, description="examples per step on each rank; global batch = this × ranks"

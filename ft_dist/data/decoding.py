@@ -17,7 +17,8 @@ from typing import Any
 from ft_dist.data.config import DataConfig
 from ft_dist.data.manifest import Manifest, read_manifest
 from ft_dist.data.reader import DataError, Sample, decode_image, read_label
-from ft_dist.data.transforms import RECIPES, build_transform, output_size
+from ft_dist.data.recipes import recipe_for_split, resolve_recipe
+from ft_dist.data.transforms import Recipe, recipe_transform
 
 log = logging.getLogger(__name__)
 # (shard url, sample key, sample) as read from a tar shard.
@@ -32,22 +33,14 @@ class DataInfo:
     classes: tuple[str, ...]
     in_channels: int
     image_size: int
-    recipe: str
+    recipe: str  # a named recipe, or "derived" (ft_dist.data.recipes)
     num_train_samples: int
-
-
-def resolve_recipe(cfg: DataConfig, manifest: Manifest) -> str:
-    recipe = cfg.recipe or manifest.recipe or "imagenet"
-    if recipe not in RECIPES:
-        raise ValueError(
-            f"the {manifest.split!r} manifest suggests recipe {recipe!r}, which is not one of "
-            f"{sorted(RECIPES)}; set data.recipe explicitly"
-        )
-    return recipe
+    resolved_recipe: Recipe  # mode, size, augmentation, normalisation
 
 
 def describe(cfg: DataConfig) -> DataInfo:
-    """Dataset facts from the training split's manifest plus the config's recipe/size."""
+    """Dataset facts from the training split's manifest plus the config's recipe/size;
+    the recipe is named by the config or manifest, or derived (ft_dist.data.recipes)."""
     manifest = read_manifest(cfg.root, cfg.train_split)
     if not manifest.labeled:
         raise ValueError(
@@ -58,10 +51,11 @@ def describe(cfg: DataConfig) -> DataInfo:
     return DataInfo(
         num_classes=manifest.num_classes,
         classes=manifest.classes,
-        in_channels=RECIPES[recipe].channels,
-        image_size=output_size(recipe, cfg.image_size, manifest.image_size),
-        recipe=recipe,
+        in_channels=recipe.channels,
+        image_size=recipe.size,
+        recipe=recipe.name,
         num_train_samples=manifest.num_samples,
+        resolved_recipe=recipe,
     )
 
 
@@ -88,22 +82,30 @@ class BatchDecoder:
 
     @classmethod
     def create(
-        cls, cfg: DataConfig, info: DataInfo, manifest: Manifest, *, train: bool
+        cls,
+        cfg: DataConfig,
+        info: DataInfo,
+        manifest: Manifest,
+        *,
+        train: bool,
+        normalize: bool = True,
+        labeled: bool = True,
     ) -> BatchDecoder:
+        """Decoder for ``manifest``'s samples with the run's recipe. ``normalize=False``
+        leaves pixels in [0, 1] (corruptions act on those); ``labeled=False`` ignores the
+        split's labels (-1), e.g. an OoD set with classes of its own."""
         # Load PIL's image plugins (and webdataset's gopen) here, once: forked loader
         # workers inherit them instead of importing them again every epoch.
         import webdataset  # noqa: F401
         from PIL import Image
 
         Image.preinit()
-        transform = build_transform(
-            info.recipe, train=train, size=info.image_size, native_size=manifest.image_size
-        )
+        recipe = recipe_for_split(info.resolved_recipe, manifest)
         return cls(
-            mode=RECIPES[info.recipe].mode,
-            transform=transform,
+            mode=recipe.mode,
+            transform=recipe_transform(recipe, train=train, normalize=normalize),
             num_classes=info.num_classes,
-            labeled=manifest.labeled,
+            labeled=manifest.labeled and labeled,
             # Evaluation stays strict: a replaced sample would be scored under another's
             # index, and exact metrics are the point of the eval stream.
             skip_corrupt=cfg.skip_corrupt and train,

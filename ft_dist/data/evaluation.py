@@ -41,7 +41,10 @@ class EvalStream:
     """A rank's share of one split for evaluation, with the eval transform (no augmentation).
 
     ``root`` overrides ``cfg.root`` to read another dataset (an OoD set) through the
-    training run's recipe, image size and normalisation.
+    training run's recipe, image size and normalisation. ``normalize=False`` yields raw
+    [0, 1] pixels (ensemble evaluation corrupts those, then normalises with ``mean`` /
+    ``std``); ``labels=False`` yields labels -1 and accepts a split with any class list
+    (any shard set can serve as an OoD set).
     """
 
     def __init__(
@@ -53,14 +56,19 @@ class EvalStream:
         world_size: int = 1,
         root: str | None = None,
         info: DataInfo | None = None,
+        normalize: bool = True,
+        labels: bool = True,
     ) -> None:
         if world_size < 1 or not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} is not in 0..world_size-1 (world_size {world_size})")
         self.cfg, self.rank, self.world_size = cfg, rank, world_size
         self.info = info or describe(cfg)
         self.manifest = read_manifest(root or cfg.root, split)
-        check_same_classes(self.manifest, self.info)
-        self.decoder = BatchDecoder.create(cfg, self.info, self.manifest, train=False)
+        if labels:
+            check_same_classes(self.manifest, self.info)
+        self.decoder = BatchDecoder.create(
+            cfg, self.info, self.manifest, train=False, normalize=normalize, labeled=labels
+        )
         self.num_roles = max(1, cfg.loader_workers)
         sizes = [shard.num_samples for shard in self.manifest.shards]
         self.parts = eval_parts(sizes, world_size * self.num_roles)
@@ -68,6 +76,21 @@ class EvalStream:
     @property
     def num_samples(self) -> int:
         return self.manifest.num_samples
+
+    @property
+    def mean(self) -> tuple[float, ...]:
+        """Per-channel normalisation mean of the run's recipe (applied unless normalize=False)."""
+        return self.info.resolved_recipe.mean
+
+    @property
+    def std(self) -> tuple[float, ...]:
+        return self.info.resolved_recipe.std
+
+    @property
+    def sample_shape(self) -> tuple[int, int, int]:
+        """(C, H, W) of one yielded image."""
+        recipe = self.info.resolved_recipe
+        return recipe.channels, recipe.size, recipe.size
 
     def __iter__(self) -> Iterator[tuple[Any, Any, Any]]:
         yield from batch_loader(_EvalSource(self), self.cfg)

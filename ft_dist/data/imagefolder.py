@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from ft_dist.data.manifest import MANIFEST_NAME, read_manifest
+from ft_dist.data.pixelstats import PixelMoments
 from ft_dist.data.shards import (
     FORMAT_EXTENSIONS,
     EncodedImage,
@@ -277,6 +278,8 @@ def load_image(item: tuple[Path, int]) -> EncodedImage | str:
             ext = FORMAT_EXTENSIONS.get(image.format or "")
             if ext is None:
                 return f"{path} (unsupported format {image.format})"
-            return EncodedImage(ext, data, label, image.width, image.height, image.mode)
+            # The split's mean/std are measured here, on pixels decoded anyway.
+            moments = PixelMoments.of_image(image)
+            return EncodedImage(ext, data, label, image.width, image.height, image.mode, moments)
     except Exception as error:  # PIL raises OSError, SyntaxError, ValueError, ...
         return f"{path} ({type(error).__name__}: {error})"

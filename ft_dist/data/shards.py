@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from ft_dist.data.manifest import MANIFEST_NAME, file_sha256, write_manifest
+from ft_dist.data.pixelstats import PixelMoments, model_mode
 
 SHARD_PATTERN = "shard-{index:06d}.tar"
 # PIL format name -> file extension stored in the tar (what the reader dispatches on).
@@ -39,6 +40,7 @@ class EncodedImage:
     width: int
     height: int
     mode: str
+    moments: PixelMoments | None = None  # its pixels' sums, for the split's mean/std
 
 
 @dataclass
@@ -48,6 +50,7 @@ class SplitStats:
     sizes: list[tuple[int, int]] = field(default_factory=list)
     modes: Counter[str] = field(default_factory=Counter)
     skipped: list[str] = field(default_factory=list)
+    pixels: PixelMoments = field(default_factory=PixelMoments)
 
 
 def prepare_split_dir(out: Path, split: str, overwrite: bool) -> Path:
@@ -86,6 +89,8 @@ def write_split(
         for sample in samples:
             stats.sizes.append((sample.width, sample.height))
             stats.modes[sample.mode] += 1
+            if sample.moments is not None:
+                stats.pixels.add_(sample.moments)
             sink.add(sample)
         shards = sink.close()
     except BaseException:  # a corrupt image, Ctrl-C: leave no partial split behind
@@ -190,6 +195,9 @@ def _image_hints(stats: SplitStats) -> dict[str, Any]:
     median short side is the hint, and the min/median/max sizes are kept for reference.
     """
     mode = stats.modes.most_common(1)[0][0]
+    channels = _CHANNELS.get(mode, 3)
+    # Mean/std in the mode a derived recipe feeds the model (ft_dist.data.recipes).
+    pixels = stats.pixels.stats(model_mode(channels)) if stats.pixels.count else None
     widths = [w for w, _ in stats.sizes]
     heights = [h for _, h in stats.sizes]
     if len(set(stats.sizes)) == 1 and widths[0] == heights[0]:
@@ -198,7 +206,8 @@ def _image_hints(stats: SplitStats) -> dict[str, Any]:
         side = int(statistics.median(min(w, h) for w, h in stats.sizes))
     return {
         "image_mode": mode,
-        "channels": _CHANNELS.get(mode, 3),
+        "channels": channels,
+        "pixel_stats": pixels,
         "image_size": side,
         "image_size_hint": {
             "min": [min(widths), min(heights)],

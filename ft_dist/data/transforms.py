@@ -1,74 +1,176 @@
-"""torchvision ``transforms.v2`` recipes per dataset family.
+"""torchvision ``transforms.v2`` pipelines from a resolved recipe.
 
-A recipe fixes the image mode the model sees (grayscale for MNIST, RGB otherwise), the
-augmentation for training, the deterministic resize/crop for evaluation, and the
-normalisation statistics. Evaluation and OoD inputs use the same normalisation as
-training (SPEC §7).
+A ``Recipe`` fixes everything the model sees: the image mode (L or RGB), the output side,
+the training augmentation, the deterministic evaluation geometry and the normalisation.
+It is either one of the named ``PRESETS`` (the published settings for MNIST, CIFAR-10,
+CIFAR-100, ImageNet) or derived from a split's manifest (``ft_dist.data.recipes``).
+Evaluation and OoD inputs use the same normalisation as training (SPEC §7);
+``normalize=False`` stops before it, for corruptions that act on raw [0, 1] pixels.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Literal
+
+TrainCrop = Literal["random_resized", "pad_random", "none"]
+EvalCrop = Literal["resize_center", "fit"]
 
 
 @dataclass(frozen=True)
 class RecipeSpec:
-    """Static facts of a recipe: PIL mode, default output side, normalisation."""
+    """Static facts of a named recipe: PIL mode, default output side, normalisation, augmentation."""
 
     mode: str
     default_size: int | None  # None: the dataset's own side (manifest image_size)
     mean: tuple[float, ...]
     std: tuple[float, ...]
+    train_crop: TrainCrop = "none"
+    padding: int = 0
+    flip: bool = False
+    eval_crop: EvalCrop = "fit"
+    label: str = ""  # whose statistics, for explanations
 
     @property
     def channels(self) -> int:
         return len(self.mean)
 
 
+_CIFAR_AUGMENT = {"train_crop": "pad_random", "padding": 4, "flip": True}
 RECIPES: dict[str, RecipeSpec] = {
-    "mnist": RecipeSpec("L", None, (0.1307,), (0.3081,)),
-    "cifar": RecipeSpec("RGB", 32, (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
-    "imagenet": RecipeSpec("RGB", 224, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+    "mnist": RecipeSpec("L", None, (0.1307,), (0.3081,), label="MNIST"),
+    # The official FreeTickets code normalises each CIFAR with its own statistics.
+    "cifar": RecipeSpec(
+        "RGB",
+        32,
+        (0.4914, 0.4822, 0.4465),
+        (0.2470, 0.2435, 0.2616),
+        **_CIFAR_AUGMENT,
+        label="CIFAR-10",
+    ),  # fmt: skip
+    "cifar100": RecipeSpec(
+        "RGB",
+        32,
+        (0.5071, 0.4865, 0.4409),
+        (0.2673, 0.2564, 0.2762),
+        **_CIFAR_AUGMENT,
+        label="CIFAR-100",
+    ),  # fmt: skip
+    "imagenet": RecipeSpec(
+        "RGB",
+        224,
+        (0.485, 0.456, 0.406),
+        (0.229, 0.224, 0.225),
+        train_crop="random_resized",
+        flip=True,
+        eval_crop="resize_center",
+        label="ImageNet",
+    ),  # fmt: skip
 }
 
 
+@dataclass(frozen=True)
+class Recipe:
+    """A recipe resolved for one dataset: every fact ``recipe_transform`` needs."""
+
+    name: str  # a RECIPES key, or "derived"
+    mode: str  # PIL mode the model sees: "L" or "RGB"
+    size: int  # side of the square output tensors
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    train_crop: TrainCrop
+    padding: int
+    flip: bool
+    eval_crop: EvalCrop
+    resize_first: bool  # images differ from `size` (or vary): resize + centre-crop first
+    stats_source: str  # where mean/std come from, for the explanation line
+
+    @property
+    def channels(self) -> int:
+        return len(self.mean)
+
+    def summary(self) -> str:
+        """``"L 28x28, normalisation ... (mean 0.13, std 0.31), augmentation: ..."``."""
+        mean = " ".join(f"{value:.2f}" for value in self.mean)
+        std = " ".join(f"{value:.2f}" for value in self.std)
+        return (
+            f"{self.mode} {self.size}x{self.size}, normalisation {self.stats_source} "
+            f"(mean {mean}, std {std}), augmentation: {self._augmentation()}"
+        )
+
+    def _augmentation(self) -> str:
+        flip = "horizontal flip" if self.flip else "no flip"
+        if self.train_crop == "random_resized":
+            return f"random resized crop {self.size}, {flip}"
+        if self.train_crop == "pad_random":
+            return f"random crop {self.size} pad {self.padding}, {flip}"
+        return "none" if not self.flip else flip
+
+
+def preset_recipe(name: str, size: int, native_size: int, *, varying: bool = False) -> Recipe:
+    """A named recipe at output side ``size`` for images of side ``native_size``."""
+    spec = RECIPES[name]
+    return Recipe(
+        name=name,
+        mode=spec.mode,
+        size=size,
+        mean=spec.mean,
+        std=spec.std,
+        train_crop=spec.train_crop,
+        padding=spec.padding,
+        flip=spec.flip,
+        eval_crop=spec.eval_crop,
+        resize_first=varying or native_size != size,
+        stats_source=f"{spec.label}'s",
+    )
+
+
 def output_size(recipe: str, image_size: int | None, native_size: int) -> int:
-    """Side of the square tensors a recipe yields: config value, recipe default, or native."""
+    """Side of the square tensors a named recipe yields: config value, default, or native."""
     if image_size is not None:
         return image_size
     return RECIPES[recipe].default_size or native_size
 
 
 def build_transform(
-    recipe: str, *, train: bool, size: int, native_size: int
+    recipe: str, *, train: bool, size: int, native_size: int, normalize: bool = True
 ) -> Callable[[object], object]:
-    """PIL image (already in the recipe's mode) -> normalised float32 tensor [C, size, size].
+    """The transform of the named ``recipe`` (see ``recipe_transform``)."""
+    return recipe_transform(
+        preset_recipe(recipe, size, native_size), train=train, normalize=normalize
+    )
 
-    * imagenet: train RandomResizedCrop(size) + horizontal flip; eval Resize(size/0.875)
-      + CenterCrop(size) (256 -> 224 at the default size);
-    * cifar: train RandomCrop(size, padding=4) + flip; eval no augmentation;
-    * mnist: no augmentation.
-    Sources whose native side differs from ``size`` (cifar/mnist) are resized first.
+
+def recipe_transform(
+    recipe: Recipe, *, train: bool, normalize: bool = True
+) -> Callable[[object], object]:
+    """PIL image (already in the recipe's mode) -> float32 tensor [C, size, size].
+
+    * ``random_resized`` (ImageNet): train RandomResizedCrop(size) (+ flip); eval
+      ``resize_center``: Resize(size / 0.875) + CenterCrop(size) (256 -> 224).
+    * ``pad_random`` (CIFAR, small images): train RandomCrop(size, padding) (+ flip).
+    * ``none``: no augmentation.
+    Images whose side differs from ``size`` (or varies) are resized + centre-cropped to
+    ``size`` first, except under ImageNet's geometry, which crops from the full image.
+    Output is normalised with the recipe's mean/std, or left in [0, 1] with
+    ``normalize=False``.
     """
     import torch
     from torchvision.transforms import v2
 
-    spec = RECIPES[recipe]
-    steps: list = []
-    if recipe == "imagenet":
-        if train:
-            steps += [v2.RandomResizedCrop(size, antialias=True), v2.RandomHorizontalFlip()]
-        else:
-            steps += [v2.Resize(round(size / 0.875), antialias=True), v2.CenterCrop(size)]
-    else:
-        if native_size != size:
-            steps += [v2.Resize(size, antialias=True), v2.CenterCrop(size)]
-        if recipe == "cifar" and train:
-            steps += [v2.RandomCrop(size, padding=4), v2.RandomHorizontalFlip()]
-    steps += [
-        v2.ToImage(),
-        v2.ToDtype(torch.float32, scale=True),
-        v2.Normalize(list(spec.mean), list(spec.std)),
-    ]
+    size, steps = recipe.size, []
+    if recipe.train_crop == "random_resized" and train:
+        steps.append(v2.RandomResizedCrop(size, antialias=True))
+    elif recipe.eval_crop == "resize_center" and not train:
+        steps += [v2.Resize(round(size / 0.875), antialias=True), v2.CenterCrop(size)]
+    elif recipe.resize_first:
+        steps += [v2.Resize(size, antialias=True), v2.CenterCrop(size)]
+    if recipe.train_crop == "pad_random" and train:
+        steps.append(v2.RandomCrop(size, padding=recipe.padding))
+    if recipe.flip and train:
+        steps.append(v2.RandomHorizontalFlip())
+    steps += [v2.ToImage(), v2.ToDtype(torch.float32, scale=True)]
+    if normalize:
+        steps.append(v2.Normalize(list(recipe.mean), list(recipe.std)))
     return v2.Compose(steps)

@@ -1,28 +1,26 @@
-"""Evaluation data for ensembles: raw [0, 1] image batches from `ft-dist shards` splits.
+"""Evaluation data for ensembles: raw [0, 1] image batches, and the normalisation after.
 
-The models were trained on normalised tensors. Evaluation decodes and resizes exactly as
-the training recipe's *evaluation* transform does, but stops before the normalisation,
-so a corruption can act on the image itself; `Normalization` is applied afterwards to
-in-distribution, corrupted and OoD inputs alike (SPEC §7: OoD inputs use the training
-normalisation). Shards are split over DataLoader workers by index, so every sample is
-evaluated exactly once.
+Splits are read with the one evaluation reader, ``ft_dist.data.evaluation.EvalStream``,
+with ``normalize=False``: images are decoded and resized exactly as the training recipe's
+evaluation transform does, but stop before the normalisation, so a corruption can act on
+the image itself; ``Normalization`` is applied afterwards to in-distribution, corrupted
+and OoD inputs alike (SPEC §7: OoD inputs use the training normalisation).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
-from typing import Any
+from pathlib import Path
 
 import torch
-from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from ft_dist.data.config import DataConfig
-from ft_dist.data.decoding import BatchDecoder, RawItem, resolve_recipe
+from ft_dist.data.evaluation import EvalStream
 from ft_dist.data.manifest import Manifest, read_manifest
-from ft_dist.data.reader import iter_shard
-from ft_dist.data.transforms import RECIPES, build_transform, output_size
 from ft_dist.ensemble.evaluate import Batches, BatchSource, Normalization
+
+GAUSSIAN_OOD = "gaussian"  # --ood gaussian: the paper's Gaussian-noise OoD set
 
 
 @dataclass(frozen=True)
@@ -31,52 +29,18 @@ class EvalData:
 
     source: BatchSource
     normalization: Normalization
-    manifest: Manifest
+    manifest: Manifest | None  # None for generated data (Gaussian noise)
     sample_shape: tuple[int, int, int]  # (C, H, W) of one decoded image
+    num_samples: int
 
     def cached(self, max_bytes: int = 512 * 2**20) -> EvalData:
         """Decode once and keep the batches in memory when the split fits in `max_bytes`
         (MNIST/CIFAR test sets): corruption passes then skip the decoding."""
         channels, height, width = self.sample_shape
-        if self.manifest.num_samples * channels * height * width * 4 > max_bytes:
+        if self.num_samples * channels * height * width * 4 > max_bytes:
             return self
         batches = list(self.source())
         return replace(self, source=lambda: batches)
-
-
-def raw_eval_transform(recipe: str, size: int, native_size: int) -> Any:
-    """The recipe's evaluation transform without its final Normalize: output in [0, 1]."""
-    from torchvision.transforms import v2
-
-    transform = build_transform(recipe, train=False, size=size, native_size=native_size)
-    steps = list(getattr(transform, "transforms", []))
-    if not steps or not isinstance(steps[-1], v2.Normalize):
-        raise RuntimeError(
-            f"recipe {recipe!r}: expected its eval transform to end with Normalize, "
-            f"got {steps[-1:]}; ft_dist.data.transforms changed, update ft_dist.ensemble.data"
-        )
-    return v2.Compose(steps[:-1])
-
-
-class _ShardBatches(IterableDataset):
-    """Batches of one split; DataLoader worker k reads shards k, k + W, k + 2W, ..."""
-
-    def __init__(self, manifest: Manifest, decoder: BatchDecoder, batch_size: int) -> None:
-        self.manifest, self.decoder, self.batch_size = manifest, decoder, batch_size
-
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        worker = get_worker_info()
-        index, count = (0, 1) if worker is None else (worker.id, worker.num_workers)
-        items: list[RawItem] = []
-        for shard_index in range(index, self.manifest.num_shards, count):
-            url = self.manifest.shard_url(shard_index)
-            for _, key, sample in iter_shard(url, self.manifest.shards[shard_index]):
-                items.append((url, key, sample))
-                if len(items) == self.batch_size:
-                    yield self.decoder.decode(items)
-                    items = []
-        if items:
-            yield self.decoder.decode(items)
 
 
 def split_data(
@@ -92,40 +56,60 @@ def split_data(
 
     The recipe and output size come from the *training* split, so OoD shards of another
     size or mode are converted to what the models were trained on. With `labeled=False`
-    (OoD sets) labels are not read and come back as -1.
+    (OoD sets) labels are not read, come back as -1, and the split may have any classes.
     """
-    train_manifest = read_manifest(cfg.root, cfg.train_split)
-    recipe = resolve_recipe(cfg, train_manifest)
-    size = output_size(recipe, cfg.image_size, train_manifest.image_size)
-    manifest = read_manifest(root or cfg.root, split)
-    if labeled and not manifest.labeled:
+    # Never more loader processes than shards: the extra ones would only re-read shards.
+    num_shards = read_manifest(root or cfg.root, split).num_shards
+    update = {"eval_batch_size": batch_size, "loader_workers": min(num_workers, num_shards)}
+    stream = EvalStream(
+        cfg.model_copy(update=update), split=split, root=root, normalize=False, labels=labeled
+    )
+    if labeled and not stream.manifest.labeled:
         raise ValueError(
             f"split {split!r} under {root or cfg.root} has no labels; evaluate on a labelled "
             "split (data.test_split) and pass unlabelled sets with --ood"
         )
-    decoder = BatchDecoder(
-        mode=RECIPES[recipe].mode,
-        transform=raw_eval_transform(recipe, size, manifest.image_size),
-        num_classes=train_manifest.num_classes,
-        labeled=labeled,
-        skip_corrupt=cfg.skip_corrupt,
+
+    def source() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        return ((images, labels) for images, labels, _ in stream)
+
+    return EvalData(
+        source,
+        Normalization(stream.mean, stream.std),
+        stream.manifest,
+        stream.sample_shape,
+        stream.num_samples,
     )
-    dataset = _ShardBatches(manifest, decoder, batch_size)
-    workers = min(num_workers, manifest.num_shards)
+
+
+def gaussian_noise_data(
+    num_samples: int,
+    sample_shape: tuple[int, int, int],
+    normalization: Normalization,
+    *,
+    batch_size: int = 256,
+    seed: int = 0,
+) -> EvalData:
+    """The paper's Gaussian-noise OoD set: clip(N(0, 0.5^2), -1, 1) / 2 + 1/2 per pixel.
+
+    The same images as FreeTickets' ``ood_gaussion`` (datasets.py), in [0, 1] with mean
+    0.5, then the run's normalisation like any input; seeded, so reports reproduce.
+    """
+    if num_samples < 1:
+        raise ValueError(f"the Gaussian-noise OoD set needs >= 1 sample, got {num_samples}")
 
     def source() -> Batches:
-        return DataLoader(dataset, batch_size=None, num_workers=workers)
+        generator = torch.Generator().manual_seed(seed)
+        for start in range(0, num_samples, batch_size):
+            count = min(batch_size, num_samples - start)
+            noise = torch.randn(count, *sample_shape, generator=generator) * 0.5
+            yield noise.clamp(-1.0, 1.0) * 0.5 + 0.5, torch.full((count,), -1)
 
-    spec = RECIPES[recipe]
-    return EvalData(
-        source, Normalization(spec.mean, spec.std), manifest, (spec.channels, size, size)
-    )
+    return EvalData(source, normalization, None, sample_shape, num_samples)
 
 
 def locate_split(spec: str, default_root: str, default_split: str = "ood") -> tuple[str, str]:
     """(root, split) from an --ood argument: a split dir, a dataset root, or a split name."""
-    from pathlib import Path
-
     path = Path(spec)
     if (path / "manifest.json").is_file():
         return str(path.parent), path.name
@@ -135,6 +119,7 @@ def locate_split(spec: str, default_root: str, default_split: str = "ood") -> tu
         return default_root, spec
     raise FileNotFoundError(
         f"--ood {spec}: neither a split directory with manifest.json, nor a dataset root with "
-        f"a {default_split!r} split, nor a split name under {default_root}; write one with "
-        "`ft-dist shards` (e.g. `ft-dist shards mnist` writes an 'ood' split)"
+        f"a {default_split!r} split, nor a split name under {default_root}, nor "
+        f"{GAUSSIAN_OOD!r}; write one with `ft-dist shards` (e.g. `ft-dist shards mnist` "
+        "writes an 'ood' split, `ft-dist shards svhn --split ood` SVHN's test set)"
     )

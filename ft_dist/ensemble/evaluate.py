@@ -9,7 +9,7 @@ members' softmax probabilities, never of their logits.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,24 +18,15 @@ import torch
 from torch import nn
 
 from ft_dist.ensemble import metrics
-from ft_dist.ensemble.corruptions import check_corruptions, corrupt
+from ft_dist.ensemble.inputs import Batches, BatchSource, Normalization
+from ft_dist.ensemble.robustness import (
+    CorruptionBenchmark,
+    corruption_metrics,
+    synthetic_benchmark,
+)
 from ft_dist.ensemble.tickets import Layout, Ticket, build_member, check_compatible
 
-Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]
-BatchSource = Callable[[], Batches]  # a fresh pass over the data each call
-
-
-@dataclass(frozen=True)
-class Normalization:
-    """Per-channel mean and std the models were trained with."""
-
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
-
-    def __call__(self, images: torch.Tensor) -> torch.Tensor:
-        mean = torch.tensor(self.mean, dtype=images.dtype, device=images.device)
-        std = torch.tensor(self.std, dtype=images.dtype, device=images.device)
-        return (images - mean.view(-1, 1, 1)) / std.view(-1, 1, 1)
+__all__ = ["Batches", "BatchSource", "Normalization", "evaluate_tickets", "predict"]
 
 
 @dataclass(frozen=True)
@@ -51,17 +42,13 @@ def predict(
     models: Sequence[nn.Module],
     batches: Batches,
     normalize: Callable[[torch.Tensor], torch.Tensor],
-    corruption: tuple[str, int] | None = None,
     device: torch.device | str = "cpu",
 ) -> Predictions:
-    """Run every member on every batch, optionally corrupting the raw images first."""
+    """Run every member on every batch of raw images, normalised first."""
     probs: list[torch.Tensor] = []
     targets: list[torch.Tensor] = []
-    for index, (images, labels) in enumerate(batches):
-        images = images.to(device, torch.float32)
-        if corruption is not None:
-            images = corrupt(images, corruption[0], corruption[1], seed=index)
-        inputs = normalize(images)
+    for images, labels in batches:
+        inputs = normalize(images.to(device, torch.float32))
         probs.append(torch.stack([model(inputs).float().softmax(dim=1).cpu() for model in models]))
         targets.append(labels.cpu().long())
     if not probs:
@@ -69,27 +56,32 @@ def predict(
     return Predictions(torch.cat(probs, dim=1), torch.cat(targets))
 
 
-def _model_metrics(probs: torch.Tensor, targets: torch.Tensor, ood: torch.Tensor | None) -> dict:
-    out: dict[str, Any] = {"test": metrics.classification_metrics(probs, targets)}
-    if ood is not None:
-        out["ood"] = {
-            "auroc_max_prob": metrics.ood_auroc(probs, ood, "max_prob"),
-            "auroc_entropy": metrics.ood_auroc(probs, ood, "entropy"),
-        }
-    return out
+def _ood_metrics(probs: torch.Tensor, ood: torch.Tensor) -> dict[str, float]:
+    return {
+        "auroc_max_prob": metrics.ood_auroc(probs, ood, "max_prob"),
+        "auroc_entropy": metrics.ood_auroc(probs, ood, "entropy"),
+    }
 
 
-def score_predictions(test: Predictions, ood: Predictions | None = None) -> dict[str, Any]:
-    """Metrics for each member and for the ensemble, plus prediction diversity."""
-    num_members = test.member_probs.shape[0]
-    members = [
-        _model_metrics(
-            test.member_probs[m], test.targets, None if ood is None else ood.member_probs[m]
-        )
-        for m in range(num_members)
-    ]
-    ensemble_ood = None if ood is None else metrics.ensemble_probs(ood.member_probs)
-    ensemble = _model_metrics(metrics.ensemble_probs(test.member_probs), test.targets, ensemble_ood)
+def score_predictions(
+    test: Predictions, ood_sets: Mapping[str, Predictions] | None = None
+) -> dict[str, Any]:
+    """Metrics for each member and for the ensemble, plus prediction diversity.
+
+    Each row's ``ood`` holds the first OoD set's AUROCs; ``ood_sets`` holds every set's.
+    """
+    ood_sets = dict(ood_sets or {})
+    rows: list[dict[str, Any]] = []
+    all_probs = [*test.member_probs, metrics.ensemble_probs(test.member_probs)]
+    for index, probs in enumerate(all_probs):
+        row: dict[str, Any] = {"test": metrics.classification_metrics(probs, test.targets)}
+        for name, ood in ood_sets.items():
+            members = ood.member_probs
+            other = members[index] if index < len(members) else metrics.ensemble_probs(members)
+            row.setdefault("ood_sets", {})[name] = _ood_metrics(probs, other)
+        if ood_sets:
+            row["ood"] = next(iter(row["ood_sets"].values()))
+        rows.append(row)
     disagreement = metrics.pairwise_disagreement(test.member_probs)
     kl = metrics.pairwise_kl(test.member_probs)
     diversity = {
@@ -98,7 +90,7 @@ def score_predictions(test: Predictions, ood: Predictions | None = None) -> dict
         "mean_disagreement": metrics.off_diagonal_mean(disagreement),
         "mean_kl": metrics.off_diagonal_mean(kl),
     }
-    return {"members": members, "ensemble": ensemble, "diversity": diversity}
+    return {"members": rows[:-1], "ensemble": rows[-1], "diversity": diversity}
 
 
 def reliability(probs: torch.Tensor, targets: torch.Tensor) -> dict[str, list[float]]:
@@ -110,43 +102,6 @@ def reliability(probs: torch.Tensor, targets: torch.Tensor) -> dict[str, list[fl
         "confidence": bins.confidence.tolist(),
         "accuracy": bins.accuracy.tolist(),
     }
-
-
-def corruption_metrics(
-    models: Sequence[nn.Module],
-    source: BatchSource,
-    normalize: Callable[[torch.Tensor], torch.Tensor],
-    names: Sequence[str],
-    severities: Sequence[int],
-    device: torch.device | str = "cpu",
-) -> dict[str, Any]:
-    """{"members": [{name: {severity: metrics}}], "ensemble": {...}, "mean": {...}}."""
-    check_corruptions(names, severities)
-    members: list[dict[str, dict[str, dict]]] = [{} for _ in models]
-    ensemble: dict[str, dict[str, dict]] = {}
-    for name in names:
-        for severity in severities:
-            preds = predict(models, source(), normalize, (name, severity), device)
-            for m, table in enumerate(members):
-                row = metrics.classification_metrics(preds.member_probs[m], preds.targets)
-                table.setdefault(name, {})[str(severity)] = row
-            row = metrics.classification_metrics(
-                metrics.ensemble_probs(preds.member_probs), preds.targets
-            )
-            ensemble.setdefault(name, {})[str(severity)] = row
-    return {
-        "members": members,
-        "ensemble": ensemble,
-        "mean": {
-            "members": [_mean_over_corruptions(table) for table in members],
-            "ensemble": _mean_over_corruptions(ensemble),
-        },
-    }
-
-
-def _mean_over_corruptions(table: dict[str, dict[str, dict[str, float]]]) -> dict[str, float]:
-    rows = [row for by_severity in table.values() for row in by_severity.values()]
-    return {key: sum(row[key] for row in rows) / len(rows) for key in rows[0]} if rows else {}
 
 
 def member_names(count: int) -> list[str]:
@@ -210,23 +165,34 @@ def evaluate_tickets(
     test_source: BatchSource,
     normalize: Callable[[torch.Tensor], torch.Tensor],
     *,
-    ood_source: BatchSource | None = None,
+    ood_sources: Mapping[str, BatchSource] | None = None,
     corruptions: Sequence[str] = (),
     severities: Sequence[int] = (),
+    benchmark: CorruptionBenchmark | None = None,
     device: torch.device | str = "cpu",
 ) -> dict[str, Any]:
-    """The full report dict (see ft_dist.ensemble.report) for one ensemble of tickets."""
+    """The full report dict (see ft_dist.ensemble.report) for one ensemble of tickets.
+
+    ``corruptions`` x ``severities`` of the built-in corruptions are applied to the test
+    data; ``benchmark`` evaluates prepared cells instead (CIFAR-C / ImageNet-C files).
+    """
+    if corruptions and benchmark is not None:
+        raise ValueError("give built-in corruption names or a benchmark of files, not both")
     tickets = list(tickets)
     check_compatible(tickets)
     models = [build_member(ticket, device) for ticket in tickets]
     test = predict(models, test_source(), normalize, device=device)
-    ood = None if ood_source is None else predict(models, ood_source(), normalize, device=device)
+    ood = {
+        name: predict(models, src(), normalize, device) for name, src in (ood_sources or {}).items()
+    }
+    counts = {name: int(preds.targets.numel()) for name, preds in ood.items()}
     report: dict[str, Any] = {
         "run_dir": str(run_root),
         "layout": layout,
         "num_members": len(tickets),
         "num_test_samples": int(test.targets.numel()),
-        "num_ood_samples": None if ood is None else int(ood.targets.numel()),
+        "num_ood_samples": next(iter(counts.values()), None),
+        "ood_samples": counts,
     }
     report.update(score_predictions(test, ood))
     names = member_names(len(tickets))
@@ -244,7 +210,7 @@ def evaluate_tickets(
     )
     report["flops"] = _flops(tickets, layout)
     if corruptions:
-        report["corruptions"] = corruption_metrics(
-            models, test_source, normalize, corruptions, severities, device
-        )
+        benchmark = synthetic_benchmark(test_source, corruptions, severities, device)
+    if benchmark is not None:
+        report["corruptions"] = corruption_metrics(models, benchmark, normalize, device)
     return report

@@ -75,8 +75,7 @@ def reliability_bins(
     confidence, predicted = probs.max(dim=1)
     correct = (predicted == targets).to(probs.dtype)
     edges = torch.linspace(0.0, 1.0, num_bins + 1, dtype=probs.dtype)
-    # bucketize(right=False) gives i with edges[i-1] < c <= edges[i]; c == 0 would be bin -1.
-    index = (torch.bucketize(confidence, edges, right=False) - 1).clamp(0, num_bins - 1)
+    index = _bin_index(confidence, num_bins)
     counts = torch.zeros(num_bins, dtype=probs.dtype).scatter_add_(
         0, index, torch.ones_like(confidence)
     )
@@ -84,6 +83,13 @@ def reliability_bins(
     correct_sum = torch.zeros(num_bins, dtype=probs.dtype).scatter_add_(0, index, correct)
     safe = counts.clamp_min(1.0)
     return ReliabilityBins(edges, counts, conf_sum / safe, correct_sum / safe)
+
+
+def _bin_index(confidence: torch.Tensor, num_bins: int) -> torch.Tensor:
+    """Bin b of each confidence c with b/B < c <= (b+1)/B (c == 0 goes to bin 0)."""
+    edges = torch.linspace(0.0, 1.0, num_bins + 1, dtype=confidence.dtype)
+    # bucketize(right=False) gives i with edges[i-1] < c <= edges[i]; c == 0 would be bin -1.
+    return (torch.bucketize(confidence, edges, right=False) - 1).clamp(0, num_bins - 1)
 
 
 def ece(probs: torch.Tensor, targets: torch.Tensor, num_bins: int = NUM_ECE_BINS) -> float:
@@ -129,6 +135,75 @@ def classification_metrics(probs: torch.Tensor, targets: torch.Tensor) -> dict[s
         "ece": ece(probs, targets),
         "brier": brier(probs, targets),
     }
+
+
+@dataclass
+class MetricSums:
+    """Streaming `classification_metrics`: add batches, read the same four figures.
+
+    Keeps only sums (correct, -log p[y], Brier terms, per-bin confidence/correct counts),
+    so pooled figures over millions of corrupted inputs (all corruptions x severities,
+    as FreeTickets reports them) need no stored probabilities.
+    """
+
+    num_bins: int = NUM_ECE_BINS
+    count: int = 0
+    correct: float = 0.0
+    nll_sum: float = 0.0
+    brier_sum: float = 0.0
+    bin_counts: torch.Tensor | None = None  # [B] inputs per confidence bin
+    bin_confidence: torch.Tensor | None = None  # [B] summed top-1 confidence
+    bin_correct: torch.Tensor | None = None  # [B] summed correctness
+
+    def add_(self, probs: torch.Tensor, targets: torch.Tensor) -> MetricSums:
+        probs = _check_probs(probs, targets)
+        targets = targets.long()
+        confidence, predicted = probs.max(dim=1)
+        hits = (predicted == targets).to(probs.dtype)
+        picked = probs.gather(1, targets.unsqueeze(1)).squeeze(1)
+        onehot = torch.nn.functional.one_hot(targets, probs.shape[1]).to(probs.dtype)
+        index = _bin_index(confidence, self.num_bins)
+        zeros = torch.zeros(self.num_bins, dtype=torch.float64)
+        batch = MetricSums(
+            num_bins=self.num_bins,
+            count=len(targets),
+            correct=float(hits.sum()),
+            nll_sum=float(-picked.clamp_min(_EPS).log().sum()),
+            brier_sum=float((probs - onehot).pow(2).sum()),
+            bin_counts=zeros.scatter_add(0, index, torch.ones_like(confidence)),
+            bin_confidence=zeros.scatter_add(0, index, confidence),
+            bin_correct=zeros.scatter_add(0, index, hits),
+        )
+        return self.merge_(batch)
+
+    def merge_(self, other: MetricSums) -> MetricSums:
+        """Add another accumulator's sums (pooling several sets into one)."""
+        if other.bin_counts is None:
+            return self
+        if self.bin_counts is None:
+            self.bin_counts = torch.zeros_like(other.bin_counts)
+            self.bin_confidence = torch.zeros_like(other.bin_counts)
+            self.bin_correct = torch.zeros_like(other.bin_counts)
+        self.count += other.count
+        self.correct += other.correct
+        self.nll_sum += other.nll_sum
+        self.brier_sum += other.brier_sum
+        self.bin_counts += other.bin_counts
+        self.bin_confidence += other.bin_confidence
+        self.bin_correct += other.bin_correct
+        return self
+
+    def result(self) -> dict[str, float]:
+        """accuracy, nll, ece, brier over everything added (as `classification_metrics`)."""
+        if self.count == 0 or self.bin_counts is None:
+            raise ValueError("no predictions were added")
+        gap = (self.bin_correct - self.bin_confidence).abs().sum()  # sum_b n_b |acc_b - conf_b|
+        return {
+            "accuracy": self.correct / self.count,
+            "nll": self.nll_sum / self.count,
+            "ece": float(gap) / self.count,
+            "brier": self.brier_sum / self.count,
+        }
 
 
 def _check_members(member_probs: torch.Tensor) -> torch.Tensor:

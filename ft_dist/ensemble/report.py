@@ -182,9 +182,14 @@ def summary_metrics(report: dict[str, Any]) -> dict[str, float]:
         flat[f"diversity/{key}"] = diversity.get(key)
     for key, value in report["flops"].items():
         flat[f"flops/{key}"] = value
+    for set_name, row in report["ensemble"].get("ood_sets", {}).items():
+        for key, value in row.items():
+            flat[f"ensemble/ood/{set_name}/{key}"] = value
     if "corruptions" in report:
         for key, value in report["corruptions"]["mean"]["ensemble"].items():
             flat[f"ensemble/corrupted_{key}"] = value
+        for key, value in report["corruptions"]["pooled"]["ensemble"].items():
+            flat[f"ensemble/corrupted_pooled_{key}"] = value
     return {
         key: float(v) for key, v in flat.items() if isinstance(v, int | float) and math.isfinite(v)
     }

@@ -68,19 +68,56 @@ def _diversity(report: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _ood_sets(report: dict[str, Any]) -> list[str]:
+    sets = list(report["ensemble"].get("ood_sets", {}))
+    if not sets:
+        return []
+    counts = report.get("ood_samples", {})
+    header = ["model"]
+    for name in sets:
+        header += [f"{name} AUROC (max-prob)", f"{name} AUROC (entropy)"]
+    rows = []
+    for model, row in _model_rows(report):
+        cells: list[Any] = [model]
+        for name in sets:
+            cells += [
+                row["ood_sets"][name]["auroc_max_prob"],
+                row["ood_sets"][name]["auroc_entropy"],
+            ]
+        rows.append(cells)
+    sizes = ", ".join(f"{name}: {counts.get(name, '?')} inputs" for name in sets)
+    return [
+        "## Out-of-distribution detection",
+        "",
+        f"In-distribution = test split; {sizes}.",
+        "",
+    ] + _table(header, rows)
+
+
+def _corruption_table(report: dict[str, Any], figures: dict[str, Any]) -> list[str]:
+    rows = [
+        [m["name"], row.get("accuracy"), row.get("nll"), row.get("ece")]
+        for m, row in zip(report["members"], figures["members"], strict=True)
+    ]
+    rows.append(["**ensemble**", *(figures["ensemble"].get(k) for k in ("accuracy", "nll", "ece"))])
+    return _table(["model", "accuracy", "NLL", "ECE"], rows)
+
+
 def _corruptions(report: dict[str, Any]) -> list[str]:
     corruptions = report.get("corruptions")
     if not corruptions:
         return []
-    lines = ["## Corruptions", "", "Mean over all corruptions and severities:", ""]
-    means = corruptions["mean"]
-    rows = [
-        [m["name"], row.get("accuracy"), row.get("nll"), row.get("ece")]
-        for m, row in zip(report["members"], means["members"], strict=True)
+    pooled = corruptions["pooled"]
+    lines = ["## Corruptions", "", f"Source: {corruptions['source']}.", ""]
+    lines += [
+        f"Pooled: the predictions of every corruption x severity as one set of "
+        f"{pooled['num_samples']} inputs (the paper's figures):",
+        "",
     ]
-    rows.append(["**ensemble**", *(means["ensemble"].get(k) for k in ("accuracy", "nll", "ece"))])
-    lines += _table(["model", "accuracy", "NLL", "ECE"], rows)
-    lines += ["Ensemble per corruption:", ""]
+    lines += _corruption_table(report, pooled)
+    lines += ["Mean over corruptions x severities:", ""]
+    lines += _corruption_table(report, corruptions["mean"])
+    lines += ["Ensemble per corruption and severity:", ""]
     detail = [
         [name, severity, row["accuracy"], row["nll"], row["ece"]]
         for name, by_severity in corruptions["ensemble"].items()
@@ -121,6 +158,7 @@ def render_markdown(report: dict[str, Any]) -> str:
                 ]
             ],
         ),
+        *_ood_sets(report),
         *_diversity(report),
         *_corruptions(report),
     ]

@@ -15,19 +15,31 @@ import yaml
 
 from ft_dist.data.config import DataConfig
 from ft_dist.ensemble.corruptions import check_corruptions
-from ft_dist.ensemble.data import locate_split, split_data
+from ft_dist.ensemble.data import (
+    GAUSSIAN_OOD,
+    EvalData,
+    gaussian_noise_data,
+    locate_split,
+    split_data,
+)
 from ft_dist.ensemble.evaluate import evaluate_tickets
+from ft_dist.ensemble.inputs import BatchSource
 from ft_dist.ensemble.report import summary_metrics, write_report
+from ft_dist.ensemble.robustness import CorruptionBenchmark, CorruptionCell
 from ft_dist.ensemble.tickets import find_tickets, load_ticket
+
+ALL_SEVERITIES = (1, 2, 3, 4, 5)
 
 
 @dataclass(frozen=True)
 class EvalOptions:
     """What to evaluate on, besides the run's own test split."""
 
-    ood: str | None = None
+    ood: str | Sequence[str] | None = None  # split specs, or "gaussian"
     corruptions: Sequence[str] = ()
-    severities: Sequence[int] = (1, 3, 5)
+    severities: Sequence[int] | None = None  # None: 1 3 5 built-in, all five from files
+    corruptions_from: str | None = None  # CIFAR-10-C / CIFAR-100-C / ImageNet-C directory
+    corruption_limit: int | None = None  # samples per corruption x severity (quick runs)
     split: str | None = None  # None: the config's data.test_split
     data_root: str | None = None  # None: the config's data.root
     out_dir: str | None = None  # None: RUN_DIR/eval
@@ -35,6 +47,12 @@ class EvalOptions:
     num_workers: int = 0
     device: str = "cpu"
     track: bool = True
+
+    @property
+    def ood_specs(self) -> tuple[str, ...]:
+        if self.ood is None:
+            return ()
+        return (self.ood,) if isinstance(self.ood, str) else tuple(self.ood)
 
 
 def read_run_config(path: Path) -> dict[str, Any]:
@@ -61,7 +79,8 @@ def _data_config(raw: dict[str, Any], data_root: str | None) -> DataConfig:
 def evaluate_run(path: str | Path, options: EvalOptions) -> dict[str, Path]:
     """Evaluate the ensemble in `path` and write its report; returns the written paths."""
     root = Path(path)
-    check_corruptions(options.corruptions, options.severities)
+    if not options.corruptions_from:
+        check_corruptions(options.corruptions, options.severities or (1, 3, 5))
     ticket_paths, layout = find_tickets(root)
     raw = read_run_config(root)
     data_cfg = _data_config(raw, options.data_root)
@@ -71,20 +90,12 @@ def evaluate_run(path: str | Path, options: EvalOptions) -> dict[str, Path]:
     test = split_data(
         data_cfg, split, batch_size=options.batch_size, num_workers=options.num_workers
     )
-    if options.corruptions:  # several passes over the same images: decode them once
+    benchmark = _benchmark(data_cfg, options)  # checks the files before any model runs
+    if options.corruptions and benchmark is None:  # several passes: decode once
         test = test.cached()
-    ood_source = None
-    if options.ood is not None:
-        ood_root, ood_split = locate_split(options.ood, data_cfg.root)
-        ood = split_data(
-            data_cfg,
-            ood_split,
-            root=ood_root,
-            labeled=False,
-            batch_size=options.batch_size,
-            num_workers=options.num_workers,
-        )
-        ood_source = ood.source
+    ood_sources = {
+        spec: _ood_data(spec, data_cfg, test, options).source for spec in options.ood_specs
+    }
     tickets = [load_ticket(p) for p in ticket_paths]
     report = evaluate_tickets(
         tickets,
@@ -92,17 +103,65 @@ def evaluate_run(path: str | Path, options: EvalOptions) -> dict[str, Path]:
         root,
         test.source,
         test.normalization,
-        ood_source=ood_source,
-        corruptions=options.corruptions,
-        severities=options.severities if options.corruptions else (),
+        ood_sources=ood_sources,
+        corruptions=() if benchmark else options.corruptions,
+        severities=options.severities or (1, 3, 5),
+        benchmark=benchmark,
         device=options.device,
     )
-    report["data"] = {"root": data_cfg.root, "split": split, "ood": options.ood}
+    report["data"] = {
+        "root": data_cfg.root,
+        "split": split,
+        "ood": list(options.ood_specs) or None,
+        "corruptions_from": options.corruptions_from,
+    }
     out_dir = Path(options.out_dir) if options.out_dir else root / "eval"
     written = write_report(report, out_dir)
     if options.track:
         _log_to_tracker(raw, root, report, written)
     return written
+
+
+def _ood_data(spec: str, cfg: DataConfig, test: EvalData, options: EvalOptions) -> EvalData:
+    """An --ood set: the paper's Gaussian noise (as many images as the test split), or shards."""
+    if spec == GAUSSIAN_OOD:
+        return gaussian_noise_data(
+            test.num_samples, test.sample_shape, test.normalization, batch_size=options.batch_size
+        )
+    ood_root, ood_split = locate_split(spec, cfg.root)
+    return split_data(
+        cfg,
+        ood_split,
+        root=ood_root,
+        labeled=False,
+        batch_size=options.batch_size,
+        num_workers=options.num_workers,
+    )
+
+
+def _benchmark(cfg: DataConfig, options: EvalOptions) -> CorruptionBenchmark | None:
+    """CIFAR-C / ImageNet-C cells from --corruptions-from, read like the run's test data."""
+    if not options.corruptions_from:
+        return None
+    from ft_dist.data import describe
+    from ft_dist.data.corrupted import cell_batches, open_corruptions
+
+    info = describe(cfg)
+    found = open_corruptions(
+        Path(options.corruptions_from),
+        info.resolved_recipe,
+        info.classes,
+        names=options.corruptions,
+        severities=options.severities or ALL_SEVERITIES,
+        limit=options.corruption_limit,
+    )
+
+    def source(dataset: Any) -> BatchSource:
+        return lambda: cell_batches(dataset, options.batch_size, options.num_workers)
+
+    cells = tuple(CorruptionCell(name, sev, source(data)) for name, sev, data in found.cells)
+    notes = {**found.notes, "limit": options.corruption_limit}
+    return CorruptionBenchmark(f"{found.kind} {found.root}", cells, notes)
 
 
 def _log_to_tracker(

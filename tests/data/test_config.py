@@ -45,9 +45,10 @@ def test_recipe_and_size_overrides(mnist_root) -> None:
     assert info.image_size == 64
 
 
-def test_manifest_without_recipe_defaults_to_imagenet(tmp_path) -> None:
-    make_split(tmp_path, "train", [4], recipe=None)
-    assert describe(DataConfig(root=str(tmp_path))).recipe == "imagenet"
+def test_manifest_without_recipe_derives_one_at_native_size(tmp_path) -> None:
+    make_split(tmp_path, "train", [4], recipe=None)  # 12 px grayscale, no hint
+    info = describe(DataConfig(root=str(tmp_path)))
+    assert (info.recipe, info.in_channels, info.image_size) == ("derived", 1, 12)
 
 
 def test_unknown_recipe_hint_is_an_error(tmp_path) -> None:

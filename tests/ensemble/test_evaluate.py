@@ -74,7 +74,7 @@ def test_evaluate_and_report(run_dir: Path, tmp_path: Path) -> None:
         run_dir,
         lambda: image_batches(30, 8, seed=1),
         NORM,
-        ood_source=lambda: image_batches(12, 8, seed=2),
+        ood_sources={"ood": lambda: image_batches(12, 8, seed=2)},
         corruptions=["gaussian_noise", "contrast"],
         severities=[1, 5],
     )
