@@ -1,0 +1,61 @@
+"""Driver-side checks without Ray: how many workers fit which nodes, and the messages."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ft_dist.config import config_from_dict
+from ft_dist.preflight import check_inputs, cluster_message, room_for_workers, worker_resources
+from ft_dist.train.worker import start_up_limit
+from tests.data.helpers import make_split
+
+
+def test_a_worker_lies_on_one_node() -> None:
+    nodes = [{"CPU": 8.0, "GPU": 1.0}, {"CPU": 8.0, "GPU": 2.0}, {"CPU": 2.0}]
+    assert room_for_workers(nodes, {"CPU": 1.0}) == 18
+    assert room_for_workers(nodes, {"CPU": 4.0, "GPU": 1.0}) == 3  # GPUs and CPUs both bind
+    assert room_for_workers(nodes, {"CPU": 1.0, "GPU": 2.0}) == 1  # only one node has 2 GPUs
+    assert room_for_workers(nodes, {"CPU": 0.5}) == 36
+    assert room_for_workers([{"CPU": 0.9999999999}], {"CPU": 1.0}) == 1  # float sums
+
+
+def test_messages_name_the_keys_the_numbers_and_the_fix() -> None:
+    need = {"CPU": 2.0, "GPU": 1.0}
+    fixed = cluster_message(8, need, [{"CPU": 16.0, "GPU": 4.0}], 4, autoscaling=False)
+    assert fixed == (
+        "train.num_workers=8 workers x 2 CPU, 1 GPU each do not fit the Ray cluster, which "
+        "has 1 node(s) with 16 CPU, 4 GPU in all (room for 4); set train.num_workers=4 "
+        "(or fewer), or add nodes"
+    )
+    grows = cluster_message(8, need, [{"CPU": 64.0}], 0, autoscaling=True)
+    assert "which can grow to 64 CPU, 0 GPU in all (room for 0); lower ray.cpus_per_worker" in grows
+
+
+def test_worker_resources_follow_the_ray_section(tmp_path: Path) -> None:
+    cfg = config_from_dict({"data": {"root": str(tmp_path)}, "ray": {"cpus_per_worker": 3}})
+    assert worker_resources(cfg.ray) == {"CPU": 3.0}
+    gpu = cfg.ray.model_copy(update={"use_gpu": True, "gpus_per_worker": 0.5})
+    assert worker_resources(gpu) == {"CPU": 3.0, "GPU": 0.5}
+
+
+def test_only_dst_ensemble_members_wait_for_room_without_limit(tmp_path: Path) -> None:
+    single = config_from_dict({"data": {"root": str(tmp_path)}})
+    pdst = config_from_dict(
+        {"data": {"root": str(tmp_path)}, "ensemble": {"method": "pdst", "num_members": 2}}
+    )
+    assert start_up_limit(single) >= 1 and start_up_limit(pdst) == -1
+
+
+def test_good_inputs_pass_and_create_the_run_dir(tmp_path: Path) -> None:
+    for split, sizes in (("train", [16, 16]), ("val", [8]), ("test", [8])):
+        make_split(tmp_path / "data", split, sizes)
+    cfg = config_from_dict(
+        {
+            "model": {"name": "small-cnn"},
+            "data": {"root": str(tmp_path / "data"), "batch_size_per_worker": 8},
+            "train": {"output_dir": str(tmp_path / "runs"), "num_workers": 1},
+        }
+    )
+    info = check_inputs(cfg)
+    assert (info.num_classes, info.in_channels) == (3, 1)
+    assert (tmp_path / "runs" / "run").is_dir()
