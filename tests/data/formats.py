@@ -119,3 +119,20 @@ def write_imagenet_c(
                     value = (30 * severity + 7 * index + k) % 256
                     pixels = np.full((size, size, 3), value, dtype=np.uint8)
                     Image.fromarray(pixels).save(folder / f"{wnid}_{k}.JPEG", format="JPEG")
+
+
+def write_digit_tree(root: Path, per_class: int | None = None) -> int:
+    """The bundled MNIST digits as ``root/<digit>/<k>.png`` (28x28 L PNGs), a user's own
+    class-per-folder tree of small grayscale images; ``per_class`` caps each class.
+    Returns the number of images written."""
+    from ft_dist.data.bundled import load_mnist_5k
+
+    images, labels = load_mnist_5k()
+    written = 0
+    for digit in range(10):
+        folder = root / str(digit)
+        folder.mkdir(parents=True, exist_ok=True)
+        for k, index in enumerate(np.flatnonzero(labels == digit)[:per_class]):
+            Image.fromarray(images[index], mode="L").save(folder / f"{k:04d}.png")
+            written += 1
+    return written

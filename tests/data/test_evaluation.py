@@ -76,3 +76,23 @@ def test_evaluation_never_skips_corrupt_samples(tmp_path: Path) -> None:
     cfg = DataConfig(root=str(tmp_path), loader_workers=0, skip_corrupt=True)
     with pytest.raises(DataError, match="shard-000001.tar sample 000000005: cannot decode"):
         collect(EvalStream(cfg, split="train"))
+
+
+def test_raw_stream_is_the_training_stream_before_normalisation(mnist_root: Path) -> None:
+    cfg = DataConfig(root=str(mnist_root), loader_workers=0, eval_batch_size=250)
+    normalised = collect(EvalStream(cfg, split="test"))["images"]
+    raw_stream = EvalStream(cfg, split="test", normalize=False)
+    raw = collect(raw_stream)["images"]
+    assert raw.min() >= 0.0 and raw.max() <= 1.0 and raw_stream.sample_shape == (1, 28, 28)
+    mean, std = torch.tensor(raw_stream.mean), torch.tensor(raw_stream.std)
+    assert torch.allclose((raw - mean.view(-1, 1, 1)) / std.view(-1, 1, 1), normalised, atol=1e-6)
+
+
+def test_any_shard_set_reads_as_unlabelled(tmp_path: Path) -> None:
+    make_split(tmp_path, "train", [4, 4], num_classes=3)
+    make_split(tmp_path, "other", [5], num_classes=7)  # labelled, with classes of its own
+    cfg = DataConfig(root=str(tmp_path), loader_workers=0)
+    with pytest.raises(ValueError, match="different class list"):
+        EvalStream(cfg, split="other")
+    out = collect(EvalStream(cfg, split="other", labels=False))
+    assert out["labels"].tolist() == [-1] * 5

@@ -195,3 +195,29 @@ def test_source_without_class_folders(tmp_path: Path) -> None:
     (tmp_path / "src" / "x.jpg").write_bytes(jpeg_bytes(1))
     with pytest.raises(ValueError, match="no class subfolders.*--labels"):
         write_imagefolder(ImageFolderJob(src=tmp_path / "src", out=tmp_path / "o"))
+
+
+def test_small_grayscale_tree_trains_at_native_size_in_grayscale(tmp_path: Path) -> None:
+    # The known issue: such a tree, sharded without --recipe, trained as ImageNet (RGB,
+    # RandomResizedCrop(224), flips on 28-px digits).
+    from torchvision.transforms import v2
+
+    from ft_dist.data import DataConfig, describe
+    from ft_dist.data.pipeline import TrainStream
+    from tests.data.formats import write_digit_tree
+
+    write_digit_tree(tmp_path / "digits", per_class=12)
+    out = tmp_path / "shards"
+    argv = ["shards", "imagefolder", "--src", str(tmp_path / "digits"), "--out", str(out)]
+    assert main([*argv, "--shard-size", "40", "--no-progress"]) == 0
+    cfg = DataConfig(root=str(out), batch_size_per_worker=8, loader_workers=0)
+    info = describe(cfg)
+    assert (info.recipe, info.in_channels, info.image_size) == ("derived", 1, 28)
+    mean, std = info.resolved_recipe.mean[0], info.resolved_recipe.std[0]
+    assert abs(mean - 0.13) < 0.02 and abs(std - 0.31) < 0.02  # measured on these digits
+    stream = TrainStream(cfg, rank=0, world_size=1)
+    steps = stream.decoder.transform.transforms
+    assert [type(step) for step in steps] == [v2.RandomCrop, v2.ToImage, v2.ToDtype, v2.Normalize]
+    assert steps[0].size == (28, 28) and steps[0].padding == [2, 2, 2, 2]
+    images, labels = next(iter(stream.epoch(0)))
+    assert images.shape == (8, 1, 28, 28) and labels.max() < 10

@@ -18,6 +18,7 @@ from ft_dist.ensemble.data import locate_split, split_data
 from ft_dist.models import build_model
 from ft_dist.sparse import DynamicSparsity, SparsityConfig
 from ft_dist.tracking import OfflineRun, read_offline_run
+from tests.data.formats import write_cifar_c
 
 
 @pytest.fixture(scope="module")
@@ -115,3 +116,48 @@ def test_cli_evaluate_user_errors(mnist_root: Path, tmp_path: Path, capsys) -> N
     _write_run(run_dir, mnist_root, num_members=1)
     assert main(["evaluate", str(run_dir), "--corruptions", "fog", "--no-wandb"]) == 2
     assert "choose from" in capsys.readouterr().err
+
+
+def test_cli_evaluate_corruption_files_and_several_ood_sets(
+    mnist_root: Path, tmp_path: Path, capsys
+) -> None:
+    run_dir = tmp_path / "run"
+    _write_run(run_dir, mnist_root, num_members=2)
+    cifar_c = tmp_path / "CIFAR-10-C"
+    write_cifar_c(cifar_c, ("fog", "snow"), per_severity=6)  # 32 px RGB, labels 0..4
+    argv = ["evaluate", str(run_dir), "--corruptions-from", str(cifar_c), "--no-wandb"]
+    argv += ["--corruption-limit", "4", "--ood", "ood", "--ood", "gaussian"]
+    assert main([*argv, "--batch-size", "300"]) == 0
+    report = json.loads(Path(capsys.readouterr().out.strip().splitlines()[-1]).read_text())
+    corruptions = report["corruptions"]
+    assert corruptions["source"] == f"cifar-c {cifar_c}" and corruptions["severities"] == [
+        1,
+        2,
+        3,
+        4,
+        5,
+    ]
+    assert corruptions["pooled"]["num_samples"] == 2 * 5 * 4  # pooled over every cell
+    assert set(corruptions["ensemble"]) == {"fog", "snow"} and len(corruptions["members"]) == 2
+    assert set(corruptions["ensemble"]["snow"]) == {"1", "2", "3", "4", "5"}
+    assert report["ood_samples"] == {"ood": 1000, "gaussian": 1000}
+    ensemble = report["ensemble"]
+    assert ensemble["ood"] == ensemble["ood_sets"]["ood"]  # the first set, as before
+    assert 0.0 <= ensemble["ood_sets"]["gaussian"]["auroc_entropy"] <= 1.0
+    markdown = (run_dir / "eval" / "report.md").read_text()
+    assert "Pooled: the predictions of every corruption x severity as one set of 40" in markdown
+    assert "| gaussian AUROC (max-prob) | gaussian AUROC (entropy) |" in markdown
+    assert "| snow | 5 |" in markdown and "ood: 1000 inputs, gaussian: 1000 inputs" in markdown
+
+
+def test_cli_evaluate_corruption_file_errors(mnist_root: Path, tmp_path: Path, capsys) -> None:
+    run_dir = tmp_path / "run"
+    _write_run(run_dir, mnist_root, num_members=1)
+    cifar_c = tmp_path / "c"
+    write_cifar_c(cifar_c, ("fog",), per_severity=2)
+    fog = cifar_c / "fog.npy"
+    fog.write_bytes(fog.read_bytes()[:500])
+    assert main(["evaluate", str(run_dir), "--corruptions-from", str(cifar_c), "--no-wandb"]) == 2
+    assert "fog.npy: cannot read it as .npy" in capsys.readouterr().err
+    assert main(["evaluate", str(run_dir), "--corruption-limit", "3", "--no-wandb"]) == 2
+    assert "--corruptions-from DIR only" in capsys.readouterr().err
