@@ -5,6 +5,10 @@ worker starts (nothing here starts Ray; tests/train/test_failures_ray.py covers 
 from __future__ import annotations
 
 import json
+import os
+import re
+import subprocess
+import sys
 import tarfile
 from pathlib import Path
 
@@ -122,3 +126,26 @@ def test_config_path_that_is_a_directory(tmp_path: Path, capsys) -> None:
     err = train_error(capsys, tmp_path / "configs")
     assert f"config {tmp_path}/configs is a directory, not a file" in err
     assert f"e.g. {tmp_path}/configs/a.yaml" in err
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_more_workers_than_the_machine_has_fail_at_once(tmp_path: Path) -> None:
+    """A fresh `ft-dist train` process starts a local Ray cluster (this machine's CPUs) and
+    stops before any worker, instead of waiting for 64 of them forever."""
+    for split, sizes in (("train", [8] * 64), ("val", [8]), ("test", [8])):
+        make_split(tmp_path / "data", split, sizes)  # enough shards for 64 ranks
+    config = write_config(tmp_path, tmp_path / "data", num_workers=64)
+    env = {key: value for key, value in os.environ.items() if key != "RAY_ADDRESS"}
+    ft_dist = Path(sys.executable).with_name("ft-dist")
+    done = subprocess.run(
+        [str(ft_dist), "train", str(config)], capture_output=True, text=True, timeout=180, env=env
+    )
+    assert done.returncode == 2, done.stderr[-2000:]
+    line = done.stderr.strip().splitlines()[-1]
+    assert re.fullmatch(
+        r"ft-dist train: error: train.num_workers=64 workers x 1 CPU each do not fit the Ray "
+        r"cluster, which has 1 node\(s\) with (\d+) CPU in all \(room for \1\); set "
+        r"train.num_workers=\1 \(or fewer\), or add nodes",
+        line,
+    ), line

@@ -15,9 +15,12 @@ from pathlib import Path
 import cloudpickle
 import pytest
 import ray
+import torch
 
 from ft_dist.preflight import autoscaler_max_resources, check_cluster
 from ft_dist.train import worker
+from ft_dist.train.checkpoint import SHARED_FILE, CheckpointError
+from ft_dist.train.paths import checkpoints_dir, run_dir
 from ft_dist.train.worker import ClusterBusyError, fit
 from tests.train.conftest import tiny_config
 
@@ -102,3 +105,20 @@ def test_a_worker_group_that_never_gets_room_gives_up(
         f"{START_TIMEOUT_S} s (free now: 0 CPU): the cluster is busy"
     )
     assert time.monotonic() - started < 120
+
+
+def test_an_untrusted_checkpoint_fails_at_once_in_one_line(
+    ray_cluster, tiny_mnist: Path, tmp_path: Path
+) -> None:
+    cfg = tiny_config(tiny_mnist, tmp_path, ray={"max_failures": 3})
+    planted = checkpoints_dir(run_dir(cfg.train)) / "000000004"
+    planted.mkdir(parents=True)
+    torch.save({"payload": Path("/etc/passwd")}, planted / SHARED_FILE)  # not plain data
+    with pytest.raises(CheckpointError) as refused:
+        fit(cfg)
+    message = str(refused.value)
+    assert message.startswith(
+        f"no usable checkpoint to resume from: {planted / SHARED_FILE} is not a trusted "
+        "ft_dist checkpoint"
+    )
+    assert "\n" not in message and "weights_only" not in message
