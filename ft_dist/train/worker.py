@@ -17,10 +17,13 @@ a checkpoint Ray has not registered does not exist for a resume.
   (`CheckpointConfig(num_to_keep)`), the loop prunes its own; neither deletes the other's.
 * Cloud storage (`s3://...`): Ray uploads the files; a resume downloads them again.
 
-A dead worker makes Ray restart the whole group (`FailureConfig(max_failures)`); the new
-workers ask `ray.train.get_checkpoint()` for the newest registered checkpoint. Re-running
-`ft-dist train` with the same run name and storage finds Ray's snapshot in RUN_DIR and
-resumes the same way; a finished run resumes at its end and does no more steps.
+A dead worker fails the worker group; `fit` starts a new one (up to `ray.max_failures`
+times) whose workers ask `ray.train.get_checkpoint()` for the newest registered checkpoint.
+`fit` does this rather than Ray's `FailureConfig(max_failures)` because Ray Train cannot
+tell a deterministic user error (ValueError / FileNotFoundError from our config, data and
+checkpoint checks) from a crash, and would retry it. Re-running `ft-dist train` with the
+same run name and storage finds Ray's snapshot in RUN_DIR and resumes the same way; a
+finished run resumes at its end and does no more steps.
 """
 
 from __future__ import annotations
