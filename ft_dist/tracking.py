@@ -18,9 +18,11 @@ W&B charts use `trainer/step` (the optimizer step) as their x-axis rather than w
 call counter, so a run resumed from an earlier checkpoint plots its repeated steps in the
 right place instead of being dropped for "non-monotonic step".
 
-`read_offline_run` decodes the records of an offline run directory (history, summary,
-config, saved files) without a W&B server: tests use it to check what was logged, and a
-user can inspect an offline run before `wandb sync`.
+W&B offers no public reader of a local run (`wandb.Api` needs a server; the `.wandb` log is
+a private format), so the tracker also writes each call it makes on its W&B run to a JSONL
+file beside W&B's run directories (`LoggedRunWriter`); `read_logged_run` reads it back
+(history, summary, config, saved files): tests check what was logged with it, and a user can
+inspect an offline run before `wandb sync`.
 """
 
 from __future__ import annotations
@@ -29,7 +31,6 @@ import hashlib
 import json
 import math
 import os
-import struct
 import sys
 import time
 from collections.abc import Mapping, Sequence
@@ -53,6 +54,9 @@ EVAL_PREFIXES = ("val/", "eval/", "test/")
 # Config keys whose values are never logged (matched as substrings, case-insensitive).
 SECRET_MARKERS = ("api_key", "apikey", "token", "secret", "password")
 REDACTED = "<redacted>"
+# W&B writes its runs under DIR/wandb (wandb.init(dir=DIR)); our record of each goes beside them.
+WANDB_SUBDIR = "wandb"
+LOGGED_RUN_PREFIX = "ft_dist-logged-"
 
 
 class TrackingConfig(Section):
@@ -233,11 +237,22 @@ def wandb_run_id(project: str, group: str, run_name: str) -> str:
 
 
 class RankZeroTracker:
-    """Console progress plus, unless disabled, one W&B run (created by `make_tracker`)."""
+    """Console progress plus, unless disabled, one W&B run (created by `make_tracker`) and
+    `record`, the plain copy of every call made on it."""
 
-    def __init__(self, progress: ConsoleProgress, wandb_run: Any | None) -> None:
+    def __init__(
+        self,
+        progress: ConsoleProgress,
+        wandb_run: Any | None,
+        record: LoggedRunWriter | None = None,
+    ) -> None:
         self.progress = progress
         self.wandb_run = wandb_run
+        self.record = record
+
+    def _record(self, kind: str, **fields: Any) -> None:
+        if self.record is not None:
+            self.record.write(kind, **fields)
 
     def set_total(self, total_steps: int, num_epochs: int | None = None) -> None:
         self.progress.total_steps = total_steps
@@ -246,12 +261,15 @@ class RankZeroTracker:
     def log(self, metrics: Mapping[str, Any], step: int) -> None:
         self.progress.update(metrics, step)
         if self.wandb_run is not None:
-            self.wandb_run.log({**metrics, STEP_METRIC: step})
+            row = {**metrics, STEP_METRIC: step}
+            self.wandb_run.log(row)
+            self._record("log", row=row)
 
     def summary(self, metrics: Mapping[str, Any]) -> None:
         self.progress._print(f"[{self.progress.run_name}] summary " + _format_metrics(metrics))
         if self.wandb_run is not None:
             self.wandb_run.summary.update(dict(metrics))
+            self._record("summary", values=dict(metrics))
 
     def log_images(self, images: Mapping[str, str | Path], step: int | None = None) -> None:
         if self.wandb_run is None or not images:
@@ -259,21 +277,32 @@ class RankZeroTracker:
         import wandb
 
         payload: dict[str, Any] = {key: wandb.Image(str(path)) for key, path in images.items()}
+        row: dict[str, Any] = {
+            key: {"_type": "image", "path": str(path)} for key, path in images.items()
+        }
         if step is not None:
-            payload[STEP_METRIC] = step
+            payload[STEP_METRIC] = row[STEP_METRIC] = step
         self.wandb_run.log(payload)
+        self._record("log", row=row)
 
     def log_files(self, paths: Sequence[str | Path], base_dir: str | Path | None = None) -> None:
         if self.wandb_run is None:
             return
+        names = []
         for path in map(Path, paths):
             base = Path(base_dir) if base_dir is not None else path.parent
             self.wandb_run.save(str(path.resolve()), base_path=str(base.resolve()), policy="now")
+            names.append(path.resolve().relative_to(base.resolve()).as_posix())  # W&B's name
+        self._record("files", names=names)
 
     def finish(self, exit_code: int = 0) -> None:
         if self.wandb_run is not None:
             self.wandb_run.finish(exit_code=exit_code)
             self.wandb_run = None
+            self._record("finish", exit_code=exit_code)
+        if self.record is not None:
+            self.record.close()
+            self.record = None
 
 
 def make_tracker(
@@ -305,6 +334,7 @@ def make_tracker(
 
     wandb_dir = Path(cfg.dir or run_dir or Path.cwd())
     wandb_dir.mkdir(parents=True, exist_ok=True)
+    logged_config = redact_secrets(dict(config))
     run = wandb.init(
         mode=mode,
         project=cfg.project,
@@ -316,108 +346,149 @@ def make_tracker(
         resume="allow",
         tags=list(cfg.tags),
         dir=str(wandb_dir),
-        config=redact_secrets(dict(config)),
+        config=logged_config,
         settings=wandb.Settings(console="off", x_disable_stats=not cfg.system_metrics),
     )
     run.define_metric(STEP_METRIC)
     run.define_metric("*", step_metric=STEP_METRIC)
-    return RankZeroTracker(progress, run)
+    record = LoggedRunWriter(logged_run_path(wandb_dir, run.id))
+    record.write(  # what W&B made of our arguments, through its public attributes
+        "init",
+        run_id=run.id,
+        name=run.name or "",
+        project=run.project,
+        group=run.group or "",
+        job_type=run.job_type or "",
+        mode=run.settings.mode,
+        config=logged_config,
+    )
+    return RankZeroTracker(progress, run, record)
 
 
 @dataclass
-class OfflineRun:
-    """What an offline W&B run recorded, decoded from its `run-<id>.wandb` file."""
+class LoggedRun:
+    """What a `RankZeroTracker` handed to one W&B run, read back from its `LoggedRunWriter` file.
+
+    A resumed run (same id) appends to the same file, so `history` holds every attempt's rows,
+    as W&B's own history does; `exit_code` is None until a `finish` was recorded.
+    """
 
     run_id: str = ""
     name: str = ""
     project: str = ""
     group: str = ""
+    job_type: str = ""
+    mode: str = ""
     config: dict[str, Any] = field(default_factory=dict)
     history: list[dict[str, Any]] = field(default_factory=list)
     summary: dict[str, Any] = field(default_factory=dict)
     files: list[str] = field(default_factory=list)
+    exit_code: int | None = None
 
 
-def _leveldb_records(data: bytes) -> list[bytes]:
-    """Payloads of W&B's transaction log: LevelDB log format after a 7-byte `:W&B` header.
+def logged_run_path(tracking_dir: str | Path, run_id: str) -> Path:
+    """Our record of W&B run `run_id`, beside W&B's own `offline-run-*-<id>` directories.
 
-    The file is 32 KiB blocks of chunks `crc32 (4) | length (2) | type (1) | payload`; a record
-    is one FULL chunk or FIRST, MIDDLE..., LAST chunks; block tails under 7 bytes are padding.
+    The name holds no `run-`, the mark of W&B's own run directories, which `wandb sync` reads.
     """
-    if data[:4] != b":W&B":
-        raise ValueError("not a W&B transaction log (missing ':W&B' header)")
-    block, pos, pending, records = 32768, 7, b"", []
-    while pos + 7 <= len(data):
-        left = block - pos % block
-        if left < 7:
-            pos += left
+    return Path(tracking_dir) / WANDB_SUBDIR / f"{LOGGED_RUN_PREFIX}{run_id}.jsonl"
+
+
+def _jsonable(value: Any) -> Any:
+    """Tensors and numpy values as numbers or lists; anything else W&B accepts, as its text."""
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    return str(value)
+
+
+def _ends_mid_line(path: Path) -> bool:
+    """Whether the last write to `path` was cut short (a killed process): no final newline."""
+    if not path.is_file() or path.stat().st_size == 0:
+        return False
+    with path.open("rb") as file:
+        file.seek(-1, os.SEEK_END)
+        return file.read(1) != b"\n"
+
+
+class LoggedRunWriter:
+    """Appends one JSON line per call the tracker makes on its W&B run (see the module doc).
+
+    Each line is flushed as written. A resumed run appends to the same file; a line cut short
+    by a killed process is ended before the next one is appended, and skipped on reading.
+    """
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        cut_short = _ends_mid_line(path)
+        self._file: TextIO | None = path.open("a", encoding="utf-8")
+        if cut_short:
+            self._file.write("\n")
+
+    def write(self, kind: str, **fields: Any) -> None:
+        if self._file is not None:
+            self._file.write(json.dumps({"kind": kind, **fields}, default=_jsonable) + "\n")
+            self._file.flush()
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+
+def _wandb_dir(tracking_dir: str | Path) -> Path:
+    """`DIR/wandb` when given the `DIR` W&B was given, else `tracking_dir` itself."""
+    path = Path(tracking_dir)
+    return path / WANDB_SUBDIR if (path / WANDB_SUBDIR).is_dir() else path
+
+
+def read_logged_run(tracking_dir: str | Path, run_id: str | None = None) -> LoggedRun:
+    """Read back what was logged to W&B run `run_id` under `tracking_dir` (the directory W&B
+    was given, or its `wandb/`); without `run_id` the directory must hold exactly one run."""
+    wandb_dir = _wandb_dir(tracking_dir)
+    pattern = f"{LOGGED_RUN_PREFIX}{run_id or '*'}.jsonl"
+    paths = sorted(wandb_dir.glob(pattern))
+    if len(paths) != 1:
+        raise FileNotFoundError(f"{wandb_dir}: expected one {pattern}, found {len(paths)}")
+    run = LoggedRun()
+    for line in paths[0].read_text(encoding="utf-8").splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:  # a write cut short by a killed process
             continue
-        _, length, kind = struct.unpack("<IHB", data[pos : pos + 7])
-        if pos + 7 + length > len(data):  # a chunk still being written
-            break
-        payload, pos = data[pos + 7 : pos + 7 + length], pos + 7 + length
-        if kind == 0:  # zero padding up to the end of the block
-            pos += left - 7 - length
-        elif kind == 1:
-            records.append(payload)
-        elif kind in (2, 3):
-            pending += payload
-        elif kind == 4:
-            records.append(pending + payload)
-            pending = b""
-    return records
+        _apply(run, record)
+    return run
 
 
-def _items(items: Any) -> dict[str, Any]:
-    """Record items as a dict; nested keys (e.g. an image's fields) become nested dicts."""
-    out: dict[str, Any] = {}
-    for item in items:
-        path = [item.key] if item.key else list(item.nested_key)
-        node = out
-        for part in path[:-1]:
-            node = node.setdefault(part, {})
-        node[path[-1]] = json.loads(item.value_json)
-    return out
+def _apply(run: LoggedRun, record: dict[str, Any]) -> None:
+    kind = record["kind"]
+    if kind == "init":
+        for name in ("run_id", "name", "project", "group", "job_type", "mode"):
+            setattr(run, name, record[name])
+        run.config.update(record["config"])
+        run.exit_code = None  # a resumed run is running again
+    elif kind == "log":
+        run.history.append(record["row"])
+    elif kind == "summary":
+        run.summary.update(record["values"])
+    elif kind == "files":
+        run.files.extend(record["names"])
+    elif kind == "finish":
+        run.exit_code = record["exit_code"]
 
 
-def read_offline_run(run_dir: str | Path, wait_s: float = 10.0) -> OfflineRun:
-    """Decode an `offline-run-*` directory (or a `wandb/` dir holding exactly one).
+def wandb_offline_log(tracking_dir: str | Path, run_id: str, wait_s: float = 30.0) -> Path:
+    """W&B's own log of offline run `run_id` (`offline-run-*-<id>/run-<id>.wandb`, the newest
+    if the run was resumed), once it is non-empty: the file `wandb sync` uploads.
 
-    wandb's writer process may still be flushing the log for a moment after `finish()`
-    returns, so this re-reads for up to `wait_s` seconds until the run's exit record is in.
+    Its content is W&B's private format and stays opaque to us; this only finds it. W&B's
+    writer may still be flushing for a moment after `finish()` returns, hence the wait.
     """
-    files = sorted(Path(run_dir).glob("**/run-*.wandb"))
-    if len(files) != 1:
-        raise FileNotFoundError(f"{run_dir}: expected one run-*.wandb file, found {len(files)}")
+    wandb_dir = _wandb_dir(tracking_dir)
     deadline = time.monotonic() + wait_s
     while True:
-        run, finished = _decode_run(files[0].read_bytes())
-        if finished or time.monotonic() >= deadline:
-            return run
+        logs = sorted(wandb_dir.glob(f"offline-run-*-{run_id}/run-{run_id}.wandb"))
+        if logs and logs[-1].stat().st_size > 0:
+            return logs[-1]
+        if time.monotonic() >= deadline:
+            raise FileNotFoundError(f"{wandb_dir}: no non-empty offline W&B log of run {run_id}")
         time.sleep(0.1)
-
-
-def _decode_run(data: bytes) -> tuple[OfflineRun, bool]:
-    from wandb.proto import wandb_internal_pb2 as pb
-
-    out, finished = OfflineRun(), False
-    for payload in _leveldb_records(data):
-        record = pb.Record()
-        record.ParseFromString(payload)
-        kind = record.WhichOneof("record_type")
-        if kind == "run":
-            run = record.run
-            out.run_id, out.name, out.project = run.run_id, run.display_name, run.project
-            out.group = run.run_group
-            out.config.update(_items(run.config.update))
-        elif kind == "config":
-            out.config.update(_items(record.config.update))
-        elif kind == "history":
-            out.history.append(_items(record.history.item))
-        elif kind == "summary":
-            out.summary.update(_items(record.summary.update))
-        elif kind == "files":
-            out.files.extend(item.path for item in record.files.files)
-        finished = finished or kind == "exit"
-    out.config.pop("_wandb", None)
-    return out, finished

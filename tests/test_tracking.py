@@ -1,24 +1,30 @@
-"""Tracking: console progress, W&B mode rules, and a real offline W&B run read back."""
+"""Tracking: console progress, W&B mode rules, and a real offline W&B run read back through
+the tracker's own record of what it logged."""
 
 from __future__ import annotations
 
 import io
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from ft_dist.tracking import (
     REDACTED,
     ConsoleProgress,
+    LoggedRunWriter,
     NullTracker,
     RankZeroTracker,
     TrackingConfig,
     format_duration,
+    logged_run_path,
     make_tracker,
-    read_offline_run,
+    read_logged_run,
     redact_secrets,
     resolve_wandb_mode,
+    wandb_offline_log,
     wandb_run_id,
 )
 
@@ -173,20 +179,65 @@ def offline_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
 
 
 def test_offline_run_records_what_was_logged(offline_run: Path):
-    run = read_offline_run(offline_run / "wandb")
+    run = read_logged_run(offline_run / "wandb")
     assert (run.name, run.group, run.project) == ("member_1", "exp", "ft-dist")
     assert run.run_id == wandb_run_id("ft-dist", "exp", "member_1")
+    assert (run.mode, run.job_type, run.exit_code) == ("offline", "train", 0)
     assert run.config["optim"] == {"lr": 0.1}
     assert run.config["extra"] == {"api_key": REDACTED}
     train = [row for row in run.history if "train/loss" in row]
     assert [(row["trainer/step"], row["train/loss"]) for row in train] == [(10, 0.1), (20, 0.05)]
     assert all(row["sparse/density"] == 0.2 for row in train)
     assert any(row.get("val/accuracy") == 0.75 for row in run.history)
-    images = [row["plots/reliability"] for row in run.history if "plots/reliability" in row]
-    assert [image["_type"] for image in images] == ["image-file"]
-    assert images[0]["path"] in run.files
+    images = [row for row in run.history if "plots/reliability" in row]
+    assert images == [
+        {
+            "plots/reliability": {"_type": "image", "path": str(offline_run / "plot.png")},
+            "trainer/step": 20,
+        }
+    ]
     assert run.summary["final/accuracy"] == 0.8
-    assert "report.md" in run.files
+    assert run.files == ["report.md"]
+
+
+def test_offline_run_is_a_real_wandb_run_beside_the_record(offline_run: Path):
+    """W&B's own files, found by name only: its log is a private format we never decode."""
+    run_id = wandb_run_id("ft-dist", "exp", "member_1")
+    log = wandb_offline_log(offline_run, run_id)
+    assert log.parent.name.startswith("offline-run-") and log.parent.parent == offline_run / "wandb"
+    assert log.stat().st_size > 0
+    assert logged_run_path(offline_run, run_id).parent == log.parent.parent
+    files = log.parent / "files"
+    assert (files / "report.md").resolve() == (offline_run / "report.md").resolve()
+    assert len(list((files / "media" / "images").rglob("*.png"))) == 1  # the logged plot
+    with pytest.raises(FileNotFoundError, match="no non-empty offline W&B log"):
+        wandb_offline_log(offline_run, "someotherrun", wait_s=0)
+
+
+def test_logged_run_survives_a_write_cut_short_and_a_resume(tmp_path: Path):
+    """A killed process can leave half a line; the resumed run appends after it."""
+    init = {"run_id": "abc", "name": "m", "project": "p", "group": "g", "job_type": "train"}
+    init.update(mode="offline", config={"lr": 0.1})
+    path = logged_run_path(tmp_path, "abc")
+    first = LoggedRunWriter(path)
+    first.write("init", **init)
+    first.write("log", row={"train/loss": torch.tensor(0.5), "trainer/step": 1})
+    first.close()
+    with path.open("a") as file:
+        file.write('{"kind": "log", "row": {"train/lo')  # the kill
+    second = LoggedRunWriter(path)
+    second.write("init", **init)
+    second.write("log", row={"train/loss": 0.25, "trainer/step": 2, "w": np.arange(2)})
+    second.write("finish", exit_code=0)
+    second.close()
+    run = read_logged_run(tmp_path)
+    assert run.history == [
+        {"train/loss": 0.5, "trainer/step": 1},
+        {"train/loss": 0.25, "trainer/step": 2, "w": [0, 1]},
+    ]
+    assert (run.run_id, run.exit_code, run.config) == ("abc", 0, {"lr": 0.1})
+    with pytest.raises(FileNotFoundError, match="expected one"):
+        read_logged_run(tmp_path / "elsewhere")
 
 
 def test_api_key_never_reaches_the_files(offline_run: Path):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 from collections import Counter
 from pathlib import Path
 
@@ -17,7 +16,7 @@ from ft_dist.data.config import DataConfig
 from ft_dist.ensemble.data import locate_split, split_data
 from ft_dist.models import build_model
 from ft_dist.sparse import DynamicSparsity, SparsityConfig
-from ft_dist.tracking import OfflineRun, read_offline_run
+from ft_dist.tracking import read_logged_run, wandb_offline_log
 from tests.data.formats import write_cifar_c
 
 
@@ -47,16 +46,6 @@ def _write_run(run_dir: Path, data_root: Path, num_members: int) -> None:
         "train": {"run_name": "cli-run"},
     }
     (run_dir / "config.yaml").write_text(yaml.safe_dump(config))
-
-
-def _read_offline_run_flushed(path: Path, timeout_s: float = 30.0) -> OfflineRun:
-    """wandb's finish() can return before the offline .wandb file is written: poll for it."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        logged = read_offline_run(path)
-        if logged.name or time.monotonic() > deadline:
-            return logged
-        time.sleep(0.5)
 
 
 def test_split_data_reads_every_sample_once_raw(mnist_root: Path) -> None:
@@ -104,7 +93,8 @@ def test_cli_evaluate_end_to_end(
     assert report["num_test_samples"] == 1000 and report["num_ood_samples"] == 1000
     assert set(report["corruptions"]["ensemble"]) == {"contrast", "jpeg"}
     assert (run_dir / "eval" / "plots" / "reliability.png").is_file()
-    logged = _read_offline_run_flushed(run_dir / "eval" / "wandb")
+    logged = read_logged_run(run_dir / "eval" / "wandb")
+    assert wandb_offline_log(run_dir / "eval", logged.run_id).stat().st_size > 0  # a real W&B run
     assert logged.name == "cli-run-eval" and logged.group == "cli-run"
     assert logged.summary["ensemble/nll"] == pytest.approx(report["ensemble"]["test"]["nll"])
 

@@ -20,7 +20,7 @@ import pytest
 import ray
 import torch
 
-from ft_dist.tracking import read_offline_run
+from ft_dist.tracking import read_logged_run, wandb_offline_log
 from ft_dist.train.checkpoint import SHARED_FILE
 from ft_dist.train.loop import train
 from ft_dist.train.paths import SUMMARY_FILE, run_dir, ticket_path
@@ -201,8 +201,10 @@ def test_rerunning_a_finished_run_resumes_at_its_end(killed):
 
 
 def test_wandb_offline_run_logged_training_metrics_and_config(reference):
-    logged = read_offline_run(reference / "wandb")
+    logged = read_logged_run(reference / "wandb")
     assert (logged.name, logged.group) == ("reference", "reference")
+    assert (logged.mode, logged.exit_code) == ("offline", 0)
+    assert wandb_offline_log(reference, logged.run_id).stat().st_size > 0  # a real W&B run
     keys = set().union(*logged.history)
     for key in ("train/loss", "train/lr", "train/images_per_s", "train/flops", "val/accuracy"):
         assert key in keys, key
