@@ -46,13 +46,11 @@ def check_data(cfg: RunConfig) -> Any:
     from ft_dist.data.plan import steps_per_epoch
 
     data = cfg.data
-    info = check_dataset(data, world_size=cfg.train.num_workers)
+    read_manifest(data.root, data.train_split)  # a wrong data.root is named as such first
     for key, split in (("val_split", data.val_split), ("test_split", data.test_split)):
-        if split is not None and not read_manifest(data.root, split).labeled:
-            raise ValueError(
-                f"data.{key}={split!r} names a split without labels (an OoD set?) under "
-                f"{data.root}; set data.{key} to a labelled split, or null"
-            )
+        if split is not None:
+            check_eval_split(data.root, key, split)
+    info = check_dataset(data, world_size=cfg.train.num_workers)
     batches = steps_per_epoch(
         info.num_train_samples, cfg.train.num_workers, data.batch_size_per_worker
     )
@@ -63,6 +61,29 @@ def check_data(cfg: RunConfig) -> Any:
             "or data.batch_size_per_worker"
         )
     return info
+
+
+def check_eval_split(root: str, key: str, split: str) -> None:
+    """data.val_split / data.test_split names a labelled split of the dataset."""
+    from ft_dist.data.manifest import MANIFEST_NAME, local_path, read_manifest
+
+    try:
+        labeled = read_manifest(root, split).labeled
+    except FileNotFoundError as error:
+        base = local_path(root, "")
+        if base is None:  # remote: the reader's message says what it tried
+            raise FileNotFoundError(f"data.{key}={split!r}: {error}") from None
+        found = sorted(p.parent.name for p in base.glob(f"*/{MANIFEST_NAME}"))
+        raise FileNotFoundError(
+            f"data.{key}={split!r}: no such split under {root} (splits there: {found}); set "
+            f"data.{key} to one of them or null, or write it with `ft-dist shards ... "
+            f"--split {split}`"
+        ) from None
+    if not labeled:
+        raise ValueError(
+            f"data.{key}={split!r} names a split without labels (an OoD set?) under "
+            f"{root}; set data.{key} to a labelled split, or null"
+        )
 
 
 def check_model(cfg: RunConfig, info: Any) -> None:

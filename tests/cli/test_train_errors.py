@@ -63,7 +63,12 @@ def test_missing_eval_split_is_found_before_training(
 ) -> None:
     (dataset / split / "manifest.json").unlink()
     err = train_error(capsys, write_config(tmp_path, dataset))
-    assert f"no manifest for split '{split}'" in err and "splits found there" in err
+    others = sorted({"train", "val", "test"} - {split})
+    assert err.endswith(
+        f"data.{split}_split='{split}': no such split under {dataset} (splits there: "
+        f"{others}); set data.{split}_split to one of them or null, or write it with "
+        f"`ft-dist shards ... --split {split}`"
+    )
 
 
 def test_eval_split_without_labels(tmp_path: Path, dataset: Path, capsys) -> None:
