@@ -108,6 +108,7 @@ def derive_recipe(manifest: Manifest, image_size: int | None = None) -> Recipe:
         std=std,
         train_crop=crop,
         padding=padding,
+        padding_mode="constant",
         flip=mode == "RGB",
         eval_crop=eval_crop,
         resize_first=size != native or _varying_sizes(manifest),

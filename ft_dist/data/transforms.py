@@ -2,7 +2,7 @@
 
 A ``Recipe`` fixes everything the model sees: the image mode (L or RGB), the output side,
 the training augmentation, the deterministic evaluation geometry and the normalisation.
-It is either one of the named ``PRESETS`` (the published settings for MNIST, CIFAR-10,
+It is either one of the named ``RECIPES`` (the published settings for MNIST, CIFAR-10,
 CIFAR-100, ImageNet) or derived from a split's manifest (``ft_dist.data.recipes``).
 Evaluation and OoD inputs use the same normalisation as training (SPEC §7);
 ``normalize=False`` stops before it, for corruptions that act on raw [0, 1] pixels.
@@ -28,6 +28,7 @@ class RecipeSpec:
     std: tuple[float, ...]
     train_crop: TrainCrop = "none"
     padding: int = 0
+    padding_mode: str = "constant"  # torchvision RandomCrop: constant (zeros) or reflect
     flip: bool = False
     eval_crop: EvalCrop = "fit"
     label: str = ""  # whose statistics, for explanations
@@ -37,36 +38,42 @@ class RecipeSpec:
         return len(self.mean)
 
 
-_CIFAR_AUGMENT = {"train_crop": "pad_random", "padding": 4, "flip": True}
+# As the official FreeTickets training code (sparselearning/utils.py) has them: CIFAR-10
+# with the widely copied std (0.2023, 0.1994, 0.2010) and reflect padding, CIFAR-100 with
+# its own statistics and zero padding; both random crop 32 pad 4 + horizontal flip.
 RECIPES: dict[str, RecipeSpec] = {
     "mnist": RecipeSpec("L", None, (0.1307,), (0.3081,), label="MNIST"),
-    # The official FreeTickets code normalises each CIFAR with its own statistics.
     "cifar": RecipeSpec(
-        "RGB",
-        32,
-        (0.4914, 0.4822, 0.4465),
-        (0.2470, 0.2435, 0.2616),
-        **_CIFAR_AUGMENT,
+        mode="RGB",
+        default_size=32,
+        mean=(0.4914, 0.4822, 0.4465),
+        std=(0.2023, 0.1994, 0.2010),
+        train_crop="pad_random",
+        padding=4,
+        padding_mode="reflect",
+        flip=True,
         label="CIFAR-10",
-    ),  # fmt: skip
+    ),
     "cifar100": RecipeSpec(
-        "RGB",
-        32,
-        (0.5071, 0.4865, 0.4409),
-        (0.2673, 0.2564, 0.2762),
-        **_CIFAR_AUGMENT,
+        mode="RGB",
+        default_size=32,
+        mean=(0.5071, 0.4865, 0.4409),
+        std=(0.2673, 0.2564, 0.2762),
+        train_crop="pad_random",
+        padding=4,
+        flip=True,
         label="CIFAR-100",
-    ),  # fmt: skip
+    ),
     "imagenet": RecipeSpec(
-        "RGB",
-        224,
-        (0.485, 0.456, 0.406),
-        (0.229, 0.224, 0.225),
+        mode="RGB",
+        default_size=224,
+        mean=(0.485, 0.456, 0.406),
+        std=(0.229, 0.224, 0.225),
         train_crop="random_resized",
         flip=True,
         eval_crop="resize_center",
         label="ImageNet",
-    ),  # fmt: skip
+    ),
 }
 
 
@@ -81,6 +88,7 @@ class Recipe:
     std: tuple[float, ...]
     train_crop: TrainCrop
     padding: int
+    padding_mode: str  # "constant" (zeros) or "reflect"
     flip: bool
     eval_crop: EvalCrop
     resize_first: bool  # images differ from `size` (or vary): resize + centre-crop first
@@ -104,7 +112,8 @@ class Recipe:
         if self.train_crop == "random_resized":
             return f"random resized crop {self.size}, {flip}"
         if self.train_crop == "pad_random":
-            return f"random crop {self.size} pad {self.padding}, {flip}"
+            mode = "" if self.padding_mode == "constant" else f" ({self.padding_mode})"
+            return f"random crop {self.size} pad {self.padding}{mode}, {flip}"
         return "none" if not self.flip else flip
 
 
@@ -119,6 +128,7 @@ def preset_recipe(name: str, size: int, native_size: int, *, varying: bool = Fal
         std=spec.std,
         train_crop=spec.train_crop,
         padding=spec.padding,
+        padding_mode=spec.padding_mode,
         flip=spec.flip,
         eval_crop=spec.eval_crop,
         resize_first=varying or native_size != size,
@@ -167,7 +177,7 @@ def recipe_transform(
     elif recipe.resize_first:
         steps += [v2.Resize(size, antialias=True), v2.CenterCrop(size)]
     if recipe.train_crop == "pad_random" and train:
-        steps.append(v2.RandomCrop(size, padding=recipe.padding))
+        steps.append(v2.RandomCrop(size, padding=recipe.padding, padding_mode=recipe.padding_mode))
     if recipe.flip and train:
         steps.append(v2.RandomHorizontalFlip())
     steps += [v2.ToImage(), v2.ToDtype(torch.float32, scale=True)]

@@ -9,6 +9,7 @@ import pytest
 from ft_dist.data import DataConfig
 from ft_dist.data.manifest import Manifest, ShardInfo
 from ft_dist.data.recipes import choose_recipe, derive_recipe, recipe_for_split
+from ft_dist.data.transforms import recipe_transform
 
 SHARD = (ShardInfo("shard-000000.tar", 10, 100, "0" * 64, 0, 1),)
 
@@ -81,6 +82,25 @@ def test_named_recipes_win_and_cifar100_has_its_own_statistics() -> None:
     assert hinted.explanation.startswith("recipe cifar100 (from the manifest's hint): RGB 32x32")
     named = choose_recipe(DataConfig(root="x", recipe="cifar"), manifest(32, "RGB"))
     assert named.recipe.mean == (0.4914, 0.4822, 0.4465) and named.origin == "data.recipe"
+
+
+def test_cifar_transforms_are_the_official_codes() -> None:
+    from torchvision.transforms import v2
+
+    # sparselearning/utils.py: CIFAR-10 reflect-pads 4 px and uses std (0.2023, 0.1994,
+    # 0.2010); CIFAR-100 zero-pads 4 px. Both crop 32 and flip; test images are untouched.
+    for name, padding_mode, std in [
+        ("cifar", "reflect", (0.2023, 0.1994, 0.2010)),
+        ("cifar100", "constant", (0.2673, 0.2564, 0.2762)),
+    ]:
+        recipe = choose_recipe(DataConfig(root="x", recipe=name), manifest(32, "RGB")).recipe
+        steps = recipe_transform(recipe, train=True).transforms
+        crop, flip, *_, normalize = steps
+        assert isinstance(crop, v2.RandomCrop) and isinstance(flip, v2.RandomHorizontalFlip)
+        assert (crop.size, crop.padding, crop.padding_mode) == ((32, 32), [4] * 4, padding_mode)
+        assert tuple(normalize.std) == std
+        evaluation = recipe_transform(recipe, train=False).transforms
+        assert [type(step) for step in evaluation] == [v2.ToImage, v2.ToDtype, v2.Normalize]
 
 
 @pytest.mark.parametrize(
