@@ -186,14 +186,24 @@ def _plain(value: Any) -> Any:
 
 
 def _quiet_report_logs() -> None:
-    """Ray Train V2 logs every `report` call with its full metrics dict at INFO, from a logger
-    named after its source file (so `LoggingConfig` does not reach it); our own progress line
-    already says the same, once and readably."""
+    """Drop Ray Train V2's "Reporting training result ..." lines: it logs every `report` call
+    with its full metrics dict at INFO, and our own progress line already says the same, once
+    and readably.
+
+    Ray offers no public switch for them: they come from a logger named after Ray's source
+    file, outside the `ray.train` tree that `ray.train.LoggingConfig` sets the level of. They
+    propagate to the root logger's handlers (console and log file, set up by Ray before the
+    train function runs), so a filter there drops them by their text. Only standard `logging`
+    is used, so a Ray upgrade cannot make this raise; at worst the lines come back.
+    """
     import logging
 
-    from ray.train.v2._internal.execution import context
+    def not_a_report(record: logging.LogRecord) -> bool:
+        text = record.msg
+        return not (isinstance(text, str) and text.startswith("Reporting training result"))
 
-    logging.getLogger(context.__file__).setLevel(logging.WARNING)
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(not_a_report)
 
 
 def _train_per_worker(payload: dict) -> None:
