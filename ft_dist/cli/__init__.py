@@ -11,10 +11,10 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ft_dist.cli import bench, compare, evaluate, flops, shards, train
+from ft_dist.cli import bench, compare, evaluate, export, flops, shards, train
 
 # Order here is the order `ft-dist --help` lists the commands in.
-COMMAND_MODULES = [shards, train, bench, flops, evaluate, compare]
+COMMAND_MODULES = [shards, train, bench, flops, evaluate, export, compare]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -16,7 +16,7 @@ from typing import Any
 
 from ft_dist.data.config import DataConfig
 from ft_dist.data.manifest import Manifest, read_manifest
-from ft_dist.data.reader import DataError, Sample, decode_image, read_label
+from ft_dist.data.reader import IMAGE_EXTENSIONS, DataError, Sample, decode_image, read_label
 from ft_dist.data.recipes import recipe_for_split, resolve_recipe
 from ft_dist.data.transforms import Recipe, recipe_transform
 
@@ -79,6 +79,9 @@ class BatchDecoder:
     labeled: bool
     skip_corrupt: bool
     skipped: int = field(default=0)
+    # "cpu": PIL in whichever process decodes; "cuda": torchvision batched decode (nvJPEG)
+    # and the transform on the current GPU, in the rank itself (data.decode_device).
+    device: str = "cpu"
 
     @classmethod
     def create(
@@ -100,6 +103,8 @@ class BatchDecoder:
         from PIL import Image
 
         Image.preinit()
+        if cfg.decode_device == "cuda":
+            _check_gpu_decode(cfg)
         recipe = recipe_for_split(info.resolved_recipe, manifest)
         return cls(
             mode=recipe.mode,
@@ -109,6 +114,7 @@ class BatchDecoder:
             # Evaluation stays strict: a replaced sample would be scored under another's
             # index, and exact metrics are the point of the eval stream.
             skip_corrupt=cfg.skip_corrupt and train,
+            device=cfg.decode_device,
         )
 
     def decode(self, items: list[RawItem], seed: int | None = None) -> tuple[Any, Any]:
@@ -121,7 +127,9 @@ class BatchDecoder:
 
         if seed is None:
             return self._decode(items)
-        with torch.random.fork_rng(devices=[]):
+        # manual_seed reseeds CUDA too: on a GPU decoder, restore its generator afterwards.
+        devices = [torch.cuda.current_device()] if self.device == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
             torch.manual_seed(seed)
             return self._decode(items)
 
@@ -129,6 +137,8 @@ class BatchDecoder:
         import torch
         from torch.utils.data import default_collate
 
+        if self.device != "cpu":
+            return self._decode_on_device(items)
         images: list[Any] = []
         labels: list[int] = []
         for url, key, sample in items:
@@ -143,6 +153,25 @@ class BatchDecoder:
         # default_collate stacks straight into shared memory inside a loader worker,
         # saving the copy torch.stack + queue transfer would make.
         return default_collate(images), torch.tensor(labels, dtype=torch.int64)
+
+    def _decode_on_device(self, items: list[RawItem]) -> tuple[Any, Any]:
+        """Decode the batch at once on the GPU, then transform the device tensors (the
+        random crop/flip parameters come from the same CPU RNG as on the PIL path)."""
+        import torch
+
+        labels = [self._label(url, key, sample) for url, key, sample in items]
+        decoded = decode_tensors([sample for _, _, sample in items], self.mode, self.device)
+        images: list[Any] = []
+        for (url, key, _), image in zip(items, decoded, strict=True):
+            try:
+                if isinstance(image, Exception):
+                    raise image
+                images.append(self.transform(image))
+            except Exception as error:  # torchvision: RuntimeError, ValueError, ...
+                images.append(self._corrupt(url, key, error))
+        _replace_corrupt(images, labels, items)
+        batch = torch.stack([image.as_subclass(torch.Tensor) for image in images])
+        return batch, torch.tensor(labels, dtype=torch.int64)
 
     def _label(self, url: str, key: str, sample: Sample) -> int:
         if not self.labeled:
@@ -179,3 +208,65 @@ def _replace_corrupt(images: list[Any], labels: list[int], items: list[RawItem])
         if image is None:
             source = min(good, key=lambda j: abs(j - i))
             images[i], labels[i] = images[source], labels[source]
+
+
+def _check_gpu_decode(cfg: DataConfig) -> None:
+    import torch
+
+    if not torch.cuda.is_available():
+        raise ValueError(
+            "data.decode_device=cuda, but this machine has no CUDA device; "
+            "use data.decode_device=cpu"
+        )
+    if cfg.loader_workers or cfg.pin_memory:
+        raise ValueError(
+            "data.decode_device=cuda decodes in the training process (CUDA cannot start in "
+            "forked loader workers, and GPU batches cannot be pinned): set "
+            "data.loader_workers=0 and data.pin_memory=false"
+        )
+
+
+def decode_tensors(samples: list[Sample], mode: str, device: Any) -> list[Any]:
+    """Each sample's image as a uint8 [C, H, W] tensor on ``device``, or the exception that
+    stopped it. JPEGs go through one batched ``decode_jpeg`` (nvJPEG on CUDA); other formats
+    are decoded on the CPU and moved."""
+    import torch
+    from torchvision.io import ImageReadMode, decode_image
+
+    read_mode = ImageReadMode.GRAY if mode == "L" else ImageReadMode.RGB
+    decoded: list[Any] = [None] * len(samples)
+    positions, jpegs = [], []
+    for index, sample in enumerate(samples):
+        data = next((sample[ext] for ext in IMAGE_EXTENSIONS if ext in sample), None)
+        if data is None:
+            decoded[index] = DataError(f"no image member (one of {IMAGE_EXTENSIONS})")
+            continue
+        encoded = torch.frombuffer(bytearray(data), dtype=torch.uint8)
+        if data[:3] == b"\xff\xd8\xff":
+            positions.append(index)
+            jpegs.append(encoded)
+            continue
+        try:
+            decoded[index] = decode_image(encoded, mode=read_mode).to(device)
+        except Exception as error:  # noqa: BLE001 - reported per sample by the caller
+            decoded[index] = error
+    for index, image in zip(positions, _decode_jpegs(jpegs, read_mode, device), strict=True):
+        decoded[index] = image
+    return decoded
+
+
+def _decode_jpegs(jpegs: list[Any], read_mode: Any, device: Any) -> list[Any]:
+    from torchvision.io import decode_jpeg
+
+    if not jpegs:
+        return []
+    try:
+        return list(decode_jpeg(jpegs, mode=read_mode, device=device))
+    except Exception:  # noqa: BLE001 - one bad image fails the batch: find it alone
+        results: list[Any] = []
+        for data in jpegs:
+            try:
+                results.append(decode_jpeg(data, mode=read_mode, device=device))
+            except Exception as error:  # noqa: BLE001
+                results.append(error)
+        return results

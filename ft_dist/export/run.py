@@ -1,0 +1,194 @@
+"""`ft-dist export`: the tickets of a run as a sparse artifact plus a plain-PyTorch program.
+
+Every ticket of an EDST / single run (RUN_DIR/tickets) or DST Ensemble experiment
+(EXP_DIR/members/*) is encoded sparsely with its BatchNorm statistics; the preprocessing
+facts (recipe, image size, channels, mean/std, eval resize) come from the run's
+config.yaml and training manifest, as `ft-dist evaluate` reads them. The program is built
+from the members *decoded back from the written bytes*, so it is what the artifact holds.
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ft_dist.ensemble.tickets import (
+    Ticket,
+    build_member,
+    check_compatible,
+    find_tickets,
+    load_ticket,
+)
+from ft_dist.export.artifact import (
+    FORMAT,
+    MANIFEST_FILE,
+    PROGRAM_FILE,
+    SUMS_FILE,
+    VERSION,
+    member_file,
+    read_artifact,
+    write_file,
+    write_manifest_and_sums,
+)
+from ft_dist.export.format import decode_member, encode_member, sha256_hex
+from ft_dist.export.program import EnsembleProgram, export_program
+
+PROGRAM_INPUT = "float32 images [N, C, H, W] in [0, 1], after eval_transform (not normalised)"
+PROGRAM_OUTPUT = "float32 [N, num_classes]: the mean of the members' softmax probabilities"
+
+
+def preprocessing_facts(run_root: Path, ticket: Ticket, data_root: str | None) -> dict[str, Any]:
+    """Recipe, image size, channels, mean/std and classes, resolved as training resolved them
+    (config.yaml's data section + the training split's manifest)."""
+    from ft_dist.data import describe
+    from ft_dist.data.config import DataConfig
+    from ft_dist.data.transforms import recipe_transform
+    from ft_dist.ensemble.run_eval import read_run_config
+
+    values = dict(read_run_config(run_root)["data"])
+    if data_root is not None:
+        values["root"] = data_root
+    try:
+        info = describe(DataConfig.model_validate(values))
+    except FileNotFoundError as error:
+        raise FileNotFoundError(
+            f"{error} (the export reads the training manifest for the recipe, image size and "
+            "classes: pass --data ROOT where the run's shards are now)"
+        ) from error
+    recipe = info.resolved_recipe
+    shape = (int(ticket.meta["in_channels"]), int(ticket.meta["image_size"]))
+    if shape != (recipe.channels, recipe.size):
+        raise ValueError(
+            f"{ticket.path}: trained on {shape[0]}-channel {shape[1]}px inputs, but the run's "
+            f"data section gives {recipe.channels}-channel {recipe.size}px ({recipe.name}); "
+            "pass --data ROOT with the shards the run was trained on"
+        )
+    return {
+        "recipe": recipe.name,
+        "image_mode": recipe.mode,
+        "image_size": recipe.size,
+        "in_channels": recipe.channels,
+        "mean": list(recipe.mean),
+        "std": list(recipe.std),
+        "eval_transform": str(recipe_transform(recipe, train=False, normalize=False)),
+        "summary": recipe.summary(),
+        "num_classes": info.num_classes,
+        "classes": list(info.classes),
+    }
+
+
+def prepare_out(out: Path, force: bool) -> Path:
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} is a file; give a directory")
+    if out.is_dir() and any(out.iterdir()):
+        if not force:
+            raise ValueError(
+                f"--out {out} is not empty; choose a new directory or pass --force to replace "
+                "an earlier export there"
+            )
+        for path in out.iterdir():  # only what an export writes
+            if path.name in (MANIFEST_FILE, PROGRAM_FILE, SUMS_FILE) or (
+                path.name.startswith("member_") and path.suffix == ".bin"
+            ):
+                path.unlink()
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def _relative(path: Path, root: Path) -> str:
+    try:
+        return str(path.relative_to(root))
+    except ValueError:
+        return str(path)
+
+
+def write_members(
+    tickets: list[Ticket], out: Path, root: Path
+) -> tuple[list[dict[str, Any]], list[Ticket]]:
+    """Member files, their manifest entries, and the members decoded back from the bytes."""
+    entries, decoded = [], []
+    for number, ticket in enumerate(tickets, start=1):
+        data, index = encode_member(ticket.model_state, ticket.masks)
+        name = member_file(number)
+        write_file(out / name, data)
+        state, masks = decode_member(data, index, str(out / name))
+        decoded.append(Ticket(out / name, state, masks, ticket.meta))
+        entries.append(
+            {
+                "file": name,
+                "nbytes": len(data),
+                "sha256": sha256_hex(data),
+                "source": _relative(ticket.path, root),
+                "meta": ticket.meta,
+                "tensors": index,
+            }
+        )
+    return entries, decoded
+
+
+def export_run(
+    run_dir: str | Path, out: str | Path, *, data_root: str | None = None, program: bool = True,
+    force: bool = False,
+) -> dict[str, Any]:  # fmt: skip
+    """Write the artifact of ``run_dir`` to ``out``, verify it, and return its sizes."""
+    root, out = Path(run_dir), Path(out)
+    paths, layout = find_tickets(root)
+    tickets = [load_ticket(path) for path in paths]
+    check_compatible(tickets)
+    facts = preprocessing_facts(root, tickets[0], data_root)
+    out = prepare_out(out, force)
+    entries, decoded = write_members(tickets, out, root)
+    manifest: dict[str, Any] = {
+        "format": FORMAT,
+        "version": VERSION,
+        "byteorder": "little",
+        "torch_version": torch.__version__,
+        "run_dir": str(root.resolve()),
+        "layout": layout,
+        "preprocessing": {k: v for k, v in facts.items() if k not in ("num_classes", "classes")},
+        "num_classes": facts["num_classes"],
+        "classes": facts["classes"],
+        "members": entries,
+        "program": None,
+    }
+    if program:
+        ensemble = EnsembleProgram([build_member(t) for t in decoded], facts["mean"], facts["std"])
+        shape = (facts["in_channels"], facts["image_size"], facts["image_size"])
+        export_program(ensemble, shape, out / PROGRAM_FILE)
+        manifest["program"] = {
+            "file": PROGRAM_FILE,
+            "nbytes": (out / PROGRAM_FILE).stat().st_size,
+            "input": PROGRAM_INPUT,
+            "output": PROGRAM_OUTPUT,
+            "load": "torch.export.load(path).module()",
+        }
+    write_manifest_and_sums(out, manifest)
+    read_artifact(out)  # what was written reads back and verifies, end to end
+    return sizes(out, manifest, tickets[0])
+
+
+def dense_state_bytes(ticket: Ticket) -> int:
+    """Bytes of one member's dense state_dict saved with torch.save (the reference size)."""
+    buffer = io.BytesIO()
+    torch.save(ticket.model_state, buffer)
+    return buffer.tell()
+
+
+def sizes(out: Path, manifest: dict[str, Any], ticket: Ticket) -> dict[str, Any]:
+    members = sum(int(m["nbytes"]) for m in manifest["members"])
+    metadata = (out / MANIFEST_FILE).stat().st_size + (out / SUMS_FILE).stat().st_size
+    dense = dense_state_bytes(ticket)
+    program = manifest["program"]
+    return {
+        "out": str(out),
+        "num_members": len(manifest["members"]),
+        "member_bytes": members,
+        "metadata_bytes": metadata,
+        "sparse_bytes": members + metadata,
+        "dense_state_dict_bytes": dense,
+        "sparse_vs_one_dense": (members + metadata) / dense,
+        "program_bytes": None if program is None else int(program["nbytes"]),
+    }
