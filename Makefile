@@ -49,3 +49,11 @@ demo: $(STAMP)
 compare: $(STAMP)
 	@test -f data/mnist/train/manifest.json || $(BIN)/ft-dist shards mnist --out data/mnist
 	$(BIN)/ft-dist compare configs/demo_edst.yaml
+
+# GPU readiness in one command (about 5 minutes on one GPU): sparse vs dense images/s
+# (eager and torch.compile), DDP/DeepSpeed invariants on the GPU, GPU JPEG decode, the demo
+# through Ray on the GPU. Table on stderr, JSON on stdout and in runs/gpu-check.json;
+# says so and exits 0 on a machine without a GPU. ARGS="--budget 540" for more time.
+.PHONY: gpu-check
+gpu-check: $(STAMP)
+	$(BIN)/ft-dist bench gpu --json --out runs/gpu-check.json $(ARGS)
