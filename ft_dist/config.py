@@ -80,10 +80,15 @@ class RunConfig(Section):
                     "ensemble.edst.explore_growth=momentum needs sparsity.growth=momentum "
                     "(use random or gradient)"
                 )
-        if self.train.strategy == "deepspeed" and self.sparsity.growth == "momentum":
+        if edst is None and self.train.ticket == "best" and not self.data.val_split:
             raise ValueError(
-                "sparsity.growth=momentum is not supported with train.strategy=deepspeed: "
-                "use sparsity.growth=gradient or random"
+                "train.ticket=best keeps the epoch with the best validation accuracy: set "
+                "data.val_split, or use train.ticket=last"
+            )
+        if self.train.strategy == "deepspeed" and self.sparsity.growth in ("momentum", "fisher"):
+            raise ValueError(
+                f"sparsity.growth={self.sparsity.growth} is not supported with "
+                "train.strategy=deepspeed: use sparsity.growth=gradient or random"
             )
         if self.ensemble.method == "pdst" and self.train.member > self.ensemble.num_members:
             raise ValueError(

@@ -92,6 +92,7 @@ def run_config(args: argparse.Namespace, data: Path, out: Path, num_workers: int
             },
             "sparsity": {"density": args.density, "update_every_steps": 25},
             "train": {
+                "ticket": "last",
                 "epochs": args.epochs,
                 "num_workers": num_workers,
                 "run_name": name,

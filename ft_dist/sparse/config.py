@@ -23,7 +23,11 @@ class SparsityConfig(Section):
     density: float = Field(0.2, gt=0.0, le=1.0, description="fraction of masked weights kept")
     sparse_init: Literal["erk", "er", "uniform"] = "erk"
     update: Literal["dynamic", "none"] = Field("dynamic", description="'none' = static mask")
-    growth: Literal["gradient", "random", "momentum"] = "gradient"
+    growth: Literal["gradient", "random", "momentum", "fisher"] = Field(
+        "gradient",
+        description="growth score (sparse/scores.py GROWTH_SCORES): gradient |g| (RigL), "
+        "random (SET), momentum |EMA g| (SNFS-style), fisher EMA g² (empirical Fisher)",
+    )
     update_every_steps: int | None = Field(
         1000, ge=1, description="ΔT in optimizer steps (paper: 1000 on CIFAR at batch 128)"
     )
@@ -44,7 +48,7 @@ class SparsityConfig(Section):
     )
     stop_step: int | None = Field(None, ge=0, description="no regular update after this step")
     momentum_beta: float = Field(
-        0.9, ge=0.0, lt=1.0, description="EMA of gradients for momentum growth"
+        0.9, ge=0.0, lt=1.0, description="EMA factor for momentum / fisher growth"
     )
     inactive_momentum: Literal["zero", "keep"] = Field(
         "zero",

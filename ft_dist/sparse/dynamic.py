@@ -4,6 +4,14 @@
     loss.backward()
     sparsity.step()   # optimizer step, masks held, scheduled prune/grow
 
+A strategy that owns its optimizer step (DeepSpeed, FSDP later) calls the two hooks that
+``step()`` is made of, around its own step, the same way every time:
+
+    resets_to_apply = None
+    sparsity.before_optimizer_step(full_grads)    # dense, all-reduced gradients (or .grad)
+    engine.step()
+    resets = sparsity.after_optimizer_step()      # {name: positions its weight copies must zero}
+
 Invariants, after construction and after every ``step()`` / ``explore()``:
 * inactive weights are exactly 0, and so is their optimizer state (momentum, Adam moments);
 * every sparse layer has exactly its allotted number of active weights;
@@ -16,6 +24,8 @@ on every rank, gradient growth reads the all-reduced gradient (DDP has averaged 
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
+
 import torch
 from torch import nn
 
@@ -23,7 +33,7 @@ from ft_dist.sparse.allocation import active_counts, layer_densities, maskable_p
 from ft_dist.sparse.config import SparsityConfig
 from ft_dist.sparse.consistency import verify_masks_identical
 from ft_dist.sparse.schedule import UpdateSchedule
-from ft_dist.sparse.scores import gradient_score, magnitude_score, momentum_score, random_score
+from ft_dist.sparse.scores import Growth, ScoreInputs, growth_criterion, magnitude_score
 from ft_dist.sparse.update import num_to_drop, prune_and_grow, random_mask
 
 
@@ -36,11 +46,15 @@ class DynamicSparsity:
         *,
         global_batch_size: int | None = None,
         process_group=None,
+        decay_period: Callable[[int], tuple[int, int] | None] | None = None,
     ) -> None:
         self.config = config
         self.optimizer = optimizer
         self.process_group = process_group
         self.schedule = UpdateSchedule.from_config(config, global_batch_size)
+        # step -> (start step, length) of the drop-fraction decay period it falls in (an EDST
+        # run restarts the cosine in every phase); None = the schedule's own [0, stop_step].
+        self.decay_period = decay_period
         self.params = maskable_parameters(model, config.dense_layers)
         shapes = {name: tuple(p.shape) for name, p in self.params.items()}
         self.layer_densities = layer_densities(shapes, config.density, config.sparse_init)
@@ -55,13 +69,16 @@ class DynamicSparsity:
             for name, p in self.params.items()
         }
         self.ever_active = {name: self.masks[name].clone() for name in self.sparse_names}
+        self.growth = growth_criterion(config.growth)
         self.grad_ema = (
             {name: torch.zeros_like(self.params[name]) for name in self.sparse_names}
-            if config.growth == "momentum" and self.schedule.every_steps
+            if self.growth.ema_of is not None and self.schedule.every_steps
             else {}
         )
         self.num_steps = 0
         self.num_updates = 0
+        self._capture_requested = False  # keep_dense_gradients() for the coming step
+        self._grow_grads: dict[str, torch.Tensor] = {}  # kept by hook 1 for growth
         # name -> (dropped, grown, newly active) of the latest update
         self.last_update: dict[str, tuple[int, int, int]] = {}
         # name -> positions the latest update zeroed (dropped and grown): wrappers holding
@@ -73,35 +90,111 @@ class DynamicSparsity:
 
     # ------------------------------------------------------------------ training-time API
     def step(self) -> None:
-        """Optimizer step with inactive gradients zeroed, then a prune/grow if one is due."""
-        due = self.schedule.is_update_step(self.num_steps + 1)
-        if self.grad_ema:
-            self._accumulate_grad_ema()
-        grow_scores = self._gradient_scores() if due and self.config.growth == "gradient" else None
-        self.mask_gradients_()
+        """A plain loop's step: the two hooks around the optimizer's own ``step()``."""
+        self.before_optimizer_step()
         if self.optimizer is not None:
             self.optimizer.step()
+        self.after_optimizer_step()
+
+    def update_due(self) -> bool:
+        """Whether the coming optimizer step ends with a scheduled prune/grow."""
+        return self.schedule.is_update_step(self.num_steps + 1)
+
+    def keep_dense_gradients(self, keep: bool = True) -> None:
+        """Ask that the coming step's dense gradients survive gradient masking (an EDST
+        exploration right after the step grows from them)."""
+        self._capture_requested = keep
+
+    def wants_dense_gradients(self) -> bool:
+        """Whether the coming step needs the dense gradient of inactive weights: a gradient-
+        growth update is due, the EMA of momentum growth reads every step, a capture was
+        asked for, or the official CIFAR behaviour feeds dense gradients to the optimizer."""
+        return (
+            self._capture_requested
+            or bool(self.grad_ema)
+            or self.config.inactive_momentum == "keep"
+            or (self.update_due() and self.growth.needs_gradient)
+        )
+
+    def before_optimizer_step(self, grads: Mapping[str, torch.Tensor] | None = None) -> None:
+        """Hook 1, after the last backward of a step: ``grads`` are the dense, all-reduced
+        gradients of the sparse layers (default: each weight's ``.grad``). Keeps what growth
+        will read, feeds the momentum EMA, then zeroes inactive ``.grad`` entries so the
+        optimizer cannot move inactive weights (unless ``inactive_momentum=keep``)."""
+        grads = self._gradients(grads)
+        if self.grad_ema:
+            self._accumulate_grad_ema(grads)
+        due = self.update_due()
+        self._grow_grads = self._kept_gradients(grads, self.growth) if due else {}
+        if self.config.inactive_momentum == "zero":
+            self.mask_gradients_()
+
+    def after_optimizer_step(self) -> dict[str, torch.Tensor]:
+        """Hook 2, after the optimizer moved the weights: re-zero inactive weights, count the
+        step, prune and grow when due. Returns, per layer, the bool positions that wrappers
+        holding their own copy of the weights (fp32 masters, sharded optimizer state) must
+        zero: after an update, every dropped, grown and inactive position; after a step that
+        let dense gradients through, every inactive position; otherwise nothing."""
+        dense_step = self.wants_dense_gradients()
+        due = self.update_due()
         self.mask_weights_()
         self.num_steps += 1
+        self._capture_requested = False
         if due:
-            fraction = self.schedule.drop_fraction_at(self.num_steps)
-            self._update(fraction, self.config.growth, grow_scores)
+            fraction = self.drop_fraction_now()
+            resets = self._update(fraction, self.growth, self._grow_grads)
+        elif dense_step:
+            resets = {name: ~self.masks[name] for name in self.sparse_names}
+        else:
+            resets = {}
+        self._grow_grads = {}
+        return resets
 
-    def explore(self, drop_fraction: float, growth: str | None = None) -> None:
+    def drop_fraction_now(self) -> float:
+        """The drop fraction of an update after ``num_steps`` steps (cosine restarts per
+        decay period when a ``decay_period`` is given)."""
+        period = self.decay_period(self.num_steps) if self.decay_period else None
+        if period is None:
+            return self.schedule.drop_fraction_at(self.num_steps)
+        return self.schedule.drop_fraction_at(self.num_steps, *period)
+
+    def explore(
+        self,
+        drop_fraction: float,
+        growth: str | None = None,
+        grads: Mapping[str, torch.Tensor] | None = None,
+    ) -> dict[str, torch.Tensor]:
         """One out-of-schedule update (EDST global exploration between refinement phases).
 
-        Gradient growth reads the current ``.grad``: call this after ``backward()`` and
-        before ``step()`` (which zeroes inactive gradients); random growth needs no gradient.
+        Gradient growth reads ``grads`` (default: the current ``.grad``: call this after
+        ``backward()`` and before ``step()``, which masks it); random growth needs none.
+        Returns the positions reset, as `after_optimizer_step` does.
         """
         if not 0.0 <= drop_fraction <= 1.0:
             raise ValueError(f"explore drop_fraction must be in [0, 1], got {drop_fraction}")
-        growth = growth or self.config.growth
-        if growth == "momentum" and not self.grad_ema:
+        criterion = growth_criterion(growth or self.config.growth)
+        if criterion.ema_of is not None and criterion is not self.growth:
             raise ValueError(
-                "momentum growth needs sparsity.growth=momentum (for the gradient EMA)"
+                f"{growth} growth keeps a gradient EMA from the start of training: set "
+                f"sparsity.growth={growth} to explore with it"
             )
-        scores = self._gradient_scores() if growth == "gradient" else None
-        self._update(drop_fraction, growth, scores)
+        return self._update(drop_fraction, criterion, self._kept_gradients(grads, criterion))
+
+    def register_gradient_masking(self) -> list:
+        """Zero inactive gradients as autograd produces them (tensor hooks, before any
+        wrapper accumulates or shards them), except on steps that `wants_dense_gradients`.
+        For strategies whose optimizer never shows us a full ``.grad`` (ZeRO 1/2). Returns
+        the hook handles."""
+
+        def hook(name: str) -> Callable[[torch.Tensor], torch.Tensor | None]:
+            def mask_grad(grad: torch.Tensor) -> torch.Tensor | None:
+                if self.wants_dense_gradients():
+                    return None
+                return grad * self._float_masks[name].to(grad.dtype)
+
+            return mask_grad
+
+        return [self.params[n].register_hook(hook(n)) for n in self.sparse_names]
 
     def mask_gradients_(self) -> None:
         for name in self.sparse_names:
@@ -117,6 +210,8 @@ class DynamicSparsity:
     def apply_masks_(self) -> None:
         """Zero inactive weights and their optimizer state (after init or load)."""
         self.mask_weights_()
+        if self.config.inactive_momentum == "keep":
+            return
         for name in self.sparse_names:
             for state in self._optimizer_state(name):
                 state.mul_(self._float_masks[name])
@@ -129,57 +224,70 @@ class DynamicSparsity:
         return verify_masks_identical(sparse_masks, self.process_group)
 
     # ------------------------------------------------------------------ the update
-    def _update(self, drop_fraction: float, growth: str, grow_scores: dict | None) -> None:
+    def _update(
+        self, drop_fraction: float, growth: Growth, grads: dict[str, torch.Tensor]
+    ) -> dict[str, torch.Tensor]:
+        """Prune and grow every sparse layer; returns the positions each layer reset."""
         self.last_update, self.last_reset = {}, {}
+        keep_state = self.config.inactive_momentum == "keep"
         with torch.no_grad():
             for name in self.sparse_names:
                 weight, mask = self.params[name], self.masks[name]
                 num_swap = num_to_drop(self.num_active[name], drop_fraction)
-                grow_score = self._grow_score(name, growth, grow_scores)
-                result = prune_and_grow(mask, magnitude_score(weight), grow_score, num_swap)
+                inputs = ScoreInputs(
+                    weight, grads.get(name), self.grad_ema.get(name), self.generator
+                )
+                result = prune_and_grow(
+                    mask, magnitude_score(weight), growth.score(inputs), num_swap
+                )
                 grown = torch.zeros_like(mask)
                 grown.view(-1)[result.grown] = True
                 num_new = int((result.mask & ~mask).sum())  # grown and not just re-grown
                 mask.copy_(result.mask)
                 # Dropped weights leave, grown ones (re-grown just-dropped ones too) start at 0,
-                # and neither keeps any optimizer state.
+                # and neither keeps any optimizer state (unless the official CIFAR behaviour
+                # is asked for: inactive_momentum=keep never resets momentum).
                 reset = grown | ~mask
                 self.last_reset[name] = reset
                 weight.masked_fill_(reset, 0.0)
-                for state in self._optimizer_state(name):
+                for state in [] if keep_state else self._optimizer_state(name):
                     state.masked_fill_(reset, 0.0)
                 self.ever_active[name] |= mask
                 self.last_update[name] = (result.dropped.numel(), result.grown.numel(), num_new)
         self.num_updates += 1
         self._refresh_float_masks()
         self.check_consistency()
+        return dict(self.last_reset)
 
-    def _grow_score(self, name: str, growth: str, grow_scores: dict | None) -> torch.Tensor:
-        param = self.params[name]
-        if growth == "gradient":
-            if grow_scores is None or grow_scores.get(name) is None:
-                raise ValueError(
-                    f"gradient growth needs the gradient of {name}: call after loss.backward()"
-                )
-            return grow_scores[name]
-        if growth == "momentum":
-            return momentum_score(self.grad_ema[name])
-        if growth == "random":
-            return random_score(param.shape, self.generator, param.device)
-        raise ValueError(f"growth must be gradient, random or momentum, got {growth!r}")
+    def current_gradients(self) -> dict[str, torch.Tensor]:
+        """Each sparse weight's ``.grad`` (those that have one)."""
+        return self._gradients(None)
 
-    def _gradient_scores(self) -> dict[str, torch.Tensor | None]:
+    def _gradients(self, grads: Mapping[str, torch.Tensor] | None) -> dict[str, torch.Tensor]:
+        """The given dense gradients, or each sparse weight's ``.grad`` (skipping None)."""
+        if grads is not None:
+            return dict(grads)
         return {
-            name: None if self.params[name].grad is None else gradient_score(self.params[name].grad)
+            name: self.params[name].grad
             for name in self.sparse_names
+            if self.params[name].grad is not None
         }
 
-    def _accumulate_grad_ema(self) -> None:
-        beta = self.config.momentum_beta
+    def _kept_gradients(
+        self, grads: Mapping[str, torch.Tensor] | None, growth: Growth
+    ) -> dict[str, torch.Tensor]:
+        """Copies of the dense gradients when ``growth`` reads them (masking happens in place
+        right after), else nothing."""
+        if not growth.needs_gradient:
+            return {}
+        return {name: g.detach().clone() for name, g in self._gradients(grads).items()}
+
+    def _accumulate_grad_ema(self, grads: Mapping[str, torch.Tensor]) -> None:
+        beta, ema_of = self.config.momentum_beta, self.growth.ema_of
         for name, ema in self.grad_ema.items():
-            grad = self.params[name].grad
+            grad = grads.get(name)
             if grad is not None:
-                ema.mul_(beta).add_(grad, alpha=1.0 - beta)
+                ema.mul_(beta).add_(ema_of(grad.detach()).to(ema.dtype), alpha=1.0 - beta)
 
     def _optimizer_state(self, name: str) -> list[torch.Tensor]:
         """Per-weight optimizer tensors (momentum buffer, Adam moments) of one parameter."""

@@ -6,10 +6,13 @@ Runs the same with no Ray (`LocalSession`: one process or torch.distributed env 
 inside Ray Train (`RaySession`). Read `train` top to bottom:
 
 1. setup (setup.py): data, then identically seeded model, masks and strategy on every rank;
-2. resume after everything exists, so a checkpoint restores into the same objects;
-3. each epoch: LR from the step (and EDST plan), micro-batches, one optimizer step, logs;
-   at its end validation, EDST tickets and exploration, then a checkpoint;
-4. finish: final metrics, the single-run ticket and summary.json.
+2. resume after everything exists, so a checkpoint restores into the same objects (all of
+   them listed once, in `checkpoint_states`); only then is config.yaml written, so a
+   refused resume leaves the run's record as it was;
+3. each epoch: the run plan (plan.py: single run or EDST) says the LR factor, the ticket
+   and an exploration; micro-batches, one optimizer step, logs; at its end validation,
+   ticket candidates and writes, exploration, then a checkpoint;
+4. finish: final metrics and summary.json.
 """
 
 from __future__ import annotations
@@ -18,20 +21,20 @@ import contextlib
 import json
 import time
 from collections.abc import Iterator
-from dataclasses import asdict
 from typing import Any
 
 import torch
 import torch.distributed as dist
 
-from ft_dist.config import RunConfig
+from ft_dist.config import RunConfig, save_config
 from ft_dist.sparse.consistency import is_distributed
-from ft_dist.train import checkpoint as ckpt
-from ft_dist.train.edst import EpochPlan, epoch_plan
+from ft_dist.sparse.scores import growth_criterion
 from ft_dist.train.optim import learning_rate
-from ft_dist.train.paths import SUMMARY_FILE, checkpoints_dir
+from ft_dist.train.paths import CONFIG_FILE, SUMMARY_FILE, checkpoints_dir
+from ft_dist.train.plan import EpochActions
 from ft_dist.train.session import Session
-from ft_dist.train.setup import Context, LoopState, build_context
+from ft_dist.train.setup import Context, build_context, model_facts
+from ft_dist.train.state import RNGState, TrainStates
 from ft_dist.train.strategy import Strategy
 from ft_dist.train.validate import evaluate_split, prepare_images, sync_buffers_
 
@@ -44,28 +47,39 @@ def train(cfg: RunConfig, session: Session, tracker: Any) -> dict[str, Any]:
     # Resume after everything exists, so the checkpoint restores into the same objects.
     resume_from = session.latest_checkpoint_dir()
     if resume_from is not None:
-        restore(ctx, resume_from)
+        checkpoint_states(ctx).load(resume_from, rank=session.rank, expected_meta=run_meta(ctx))
+    if session.rank == 0:
+        save_config(cfg, ctx.run / CONFIG_FILE)
     tracker.set_total(ctx.steps_per_epoch * ctx.num_epochs, ctx.num_epochs)
     for epoch in range(ctx.state.epoch, ctx.num_epochs):
-        plan = _edst_plan(cfg, epoch)
-        train_epoch(ctx, epoch, plan)
-        end_epoch(ctx, epoch, plan)
+        actions = ctx.plan.epoch(epoch)
+        train_epoch(ctx, epoch, actions)
+        end_epoch(ctx, epoch, actions)
     return finish(ctx)
 
 
 # --------------------------------------------------------------------------- one epoch
-def train_epoch(ctx: Context, epoch: int, plan: EpochPlan | None) -> None:
+def train_epoch(ctx: Context, epoch: int, actions: EpochActions) -> None:
     """The optimizer steps of one epoch, from the resume position: LR, step, logs, and
     mid-epoch checkpoints."""
     cfg, state = ctx.cfg, ctx.state
     accum = cfg.train.grad_accum_steps
     global_batch = cfg.data.batch_size_per_worker * accum * ctx.session.world_size
     batches = iter(ctx.stream.epoch(epoch, start_step=state.step_in_epoch * accum))
-    capture_at = ctx.steps_per_epoch - 1 if _explores_with_gradient(cfg, plan) else -1
+    # An exploration that grows by gradient reads the dense gradient of the epoch's last step.
+    explore_growth = actions.explore[1] if actions.explore else None
+    needs_gradient = explore_growth is not None and growth_criterion(explore_growth).needs_gradient
+    capture_at = ctx.steps_per_epoch - 1 if needs_gradient else -1
     meter = Meter(ctx.session.device)
     while state.step_in_epoch < ctx.steps_per_epoch:
-        scale = None if plan is None else plan.lr_scale
-        lr = learning_rate(cfg.optim, state.global_step, ctx.steps_per_epoch, ctx.num_epochs, scale)
+        lr = learning_rate(
+            cfg.optim,
+            state.global_step,
+            ctx.steps_per_epoch,
+            ctx.num_epochs,
+            actions.lr_scale,
+            global_batch_size=global_batch,
+        )
         ctx.strategy.set_lr(lr)
         micro_batches = [next(batches) for _ in range(accum)]
         loss = train_step(ctx, micro_batches, capture_grads=state.step_in_epoch == capture_at)
@@ -122,6 +136,7 @@ def train_step(ctx: Context, micro_batches: list, capture_grads: bool) -> torch.
     strategy, device = ctx.strategy, ctx.session.device
     channels_last = ctx.fast_path and ctx.cfg.train.channels_last
     total = torch.zeros((), device=device)
+    strategy.begin_step(capture_grads)
     for index, (images, labels) in enumerate(micro_batches):
         last = index == len(micro_batches) - 1
         images = prepare_images(images, device, strategy.input_dtype, channels_last)
@@ -129,30 +144,26 @@ def train_step(ctx: Context, micro_batches: list, capture_grads: bool) -> torch.
             loss = ctx.criterion(strategy.model(images).float(), labels.to(device))
             strategy.backward(loss, last)
         total += loss.detach()
-    strategy.step(capture_grads=capture_grads)
+    strategy.step()
     return total / len(micro_batches)
 
 
-def end_epoch(ctx: Context, epoch: int, plan: EpochPlan | None) -> None:
-    """Validate, keep/write EDST tickets, explore between phases, checkpoint, report."""
+def end_epoch(ctx: Context, epoch: int, actions: EpochActions) -> None:
+    """Validate, keep/write the plan's ticket, explore if planned, checkpoint, report."""
     cfg, state, strategy = ctx.cfg, ctx.state, ctx.strategy
     sync_buffers_(strategy.module)
     last_epoch = epoch == ctx.num_epochs - 1
-    refining = plan is not None and plan.phase >= 1
     metrics = _progress_metrics(ctx, epoch + 1)
-    if cfg.data.val_split and (
-        (epoch + 1) % cfg.train.eval_every_epochs == 0 or last_epoch or refining
-    ):
+    scheduled = (epoch + 1) % cfg.train.eval_every_epochs == 0 or last_epoch
+    if cfg.data.val_split and (scheduled or actions.validate):
         metrics.update(_evaluate(ctx, cfg.data.val_split))
     val_accuracy = metrics.get(f"{cfg.data.val_split}/accuracy")
-    masks = strategy.sparsity.masks
-    if refining:
-        ctx.tickets.observe(plan.phase, epoch, val_accuracy, strategy.module, masks)
-        if plan.phase_end:
-            _write_ticket(ctx, plan.phase, plan.phase, epoch, val_accuracy)
-    if plan is not None and plan.explore_after:
-        edst = cfg.ensemble.edst
-        strategy.explore(edst.explore_drop_fraction, edst.explore_growth)
+    if val_accuracy is not None:
+        ctx.tickets.observe(actions.ticket, epoch, val_accuracy, strategy.module, _masks(ctx))
+    if actions.write_ticket:
+        _write_ticket(ctx, actions, epoch, val_accuracy)
+    if actions.explore is not None:
+        strategy.explore(*actions.explore)
         metrics.update({f"explore/{k}": v for k, v in _sparse_totals(strategy).items()})
     state.epoch, state.step_in_epoch = epoch + 1, 0
     ctx.tracker.log(metrics, step=state.global_step)
@@ -162,15 +173,13 @@ def end_epoch(ctx: Context, epoch: int, plan: EpochPlan | None) -> None:
 
 
 def finish(ctx: Context) -> dict[str, Any]:
-    """Final metrics, the single-run ticket, and RUN_DIR/summary.json."""
+    """Final metrics and RUN_DIR/summary.json."""
     cfg, state, strategy = ctx.cfg, ctx.state, ctx.strategy
     sync_buffers_(strategy.module)
     metrics: dict[str, float] = {}
     for split in (cfg.data.val_split, cfg.data.test_split):
         if split:
             metrics.update(_evaluate(ctx, split))
-    if cfg.ensemble.method != "edst" and 1 not in ctx.tickets.written:
-        _write_ticket(ctx, 1, 0, ctx.num_epochs - 1, metrics.get(f"{cfg.data.val_split}/accuracy"))
     summary = {
         "run_name": cfg.train.run_name,
         "method": cfg.ensemble.method,
@@ -198,50 +207,35 @@ def finish(ctx: Context) -> dict[str, Any]:
 
 
 # --------------------------------------------------------------------------- checkpoints
+def checkpoint_states(ctx: Context) -> TrainStates:
+    """Every resumable object of the run, in restore order (SPEC §9)."""
+    replicated, per_rank = ctx.strategy.checkpoint_states()
+    return TrainStates(
+        replicated={**replicated, "loop": ctx.state, "tickets": ctx.tickets},
+        per_rank={**per_rank, "rng": RNGState()},
+    )
+
+
 def save(ctx: Context) -> str:
     """Write a checkpoint of everything that changes training (collective: every rank)."""
-    shared, local = ctx.strategy.state_dict()
-    payload = {
-        "meta": _checkpoint_meta(ctx),
-        "strategy": shared,
-        "loop": asdict(ctx.state),
-        "tickets": ctx.tickets.state_dict(),
-    }
-    local_payload = {"strategy": local, "rng": ckpt.capture_rng_state()}
-    path = ckpt.save_checkpoint(
+    path = checkpoint_states(ctx).save(
         checkpoints_dir(ctx.run),
         ctx.state.global_step,
-        payload if ctx.session.rank == 0 else None,
-        local_payload,
-        _checkpoint_meta(ctx),
+        run_meta(ctx),
         rank=ctx.session.rank,
         keep=ctx.cfg.train.keep_checkpoints,
     )
     return str(path)
 
 
-def restore(ctx: Context, path: str) -> None:
-    """Load a checkpoint written by `save` (refusing one from another model or density)."""
-    shared, local = ckpt.load_checkpoint(path, ctx.session.rank)
-    ckpt.check_compatible(shared["meta"], _checkpoint_meta(ctx), path)
-    ctx.strategy.load_state_dict(shared["strategy"], None if local is None else local["strategy"])
-    ctx.state = LoopState(**shared["loop"])
-    ctx.tickets.load_state_dict(shared["tickets"])
-    if local is not None:
-        ckpt.restore_rng_state(local["rng"])
-
-
-def _checkpoint_meta(ctx: Context) -> dict[str, Any]:
+def run_meta(ctx: Context) -> dict[str, Any]:
+    """What wrote a checkpoint; a resume must match it (checkpoint.check_compatible)."""
     cfg = ctx.cfg
     return {
-        "model": cfg.model.name,
-        "num_classes": cfg.model.num_classes,
-        "density": cfg.sparsity.density,
-        "sparse_init": cfg.sparsity.sparse_init,
+        **model_facts(cfg),
         "strategy": cfg.train.strategy,
         "zero_stage": cfg.train.zero_stage if cfg.train.strategy == "deepspeed" else 0,
         "world_size": ctx.session.world_size,
-        "run_name": cfg.train.run_name,
     }
 
 
@@ -260,18 +254,21 @@ def _evaluate(ctx: Context, split: str) -> dict[str, float]:
     )
 
 
+def _masks(ctx: Context) -> dict[str, torch.Tensor]:
+    return ctx.strategy.sparsity.masks
+
+
 def _write_ticket(
-    ctx: Context, number: int, phase: int, epoch: int, val_accuracy: float | None
+    ctx: Context, actions: EpochActions, epoch: int, val_accuracy: float | None
 ) -> None:
-    member = number if ctx.cfg.ensemble.method == "edst" else ctx.cfg.train.member
     ctx.tickets.finalise(
-        number,
-        phase=phase,
+        actions.ticket,
+        phase=actions.ticket,
         epoch=epoch,
         val_accuracy=val_accuracy,
         module=ctx.strategy.module,
-        masks=ctx.strategy.sparsity.masks,
-        member=member,
+        masks=_masks(ctx),
+        member=actions.member,
         train_flops=ctx.flops_per_example * ctx.state.images_seen,
         write=ctx.session.rank == 0,
     )
@@ -306,19 +303,3 @@ def _progress_metrics(ctx: Context, epoch: float) -> dict[str, float]:
 def _sparse_totals(strategy: Strategy) -> dict[str, float]:
     stats = strategy.sparsity.stats()
     return {k: v for k, v in stats.items() if k.startswith("sparse/") and "/layer/" not in k}
-
-
-def _edst_plan(cfg: RunConfig, epoch: int) -> EpochPlan | None:
-    if cfg.ensemble.method != "edst" or cfg.ensemble.edst is None:
-        return None
-    return epoch_plan(epoch, cfg.ensemble.num_members, cfg.ensemble.edst)
-
-
-def _explores_with_gradient(cfg: RunConfig, plan: EpochPlan | None) -> bool:
-    edst = cfg.ensemble.edst
-    return (
-        plan is not None
-        and plan.explore_after
-        and edst is not None
-        and edst.explore_growth == "gradient"
-    )

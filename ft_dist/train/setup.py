@@ -10,19 +10,20 @@ from __future__ import annotations
 
 import hashlib
 import warnings
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from ft_dist.config import RunConfig, save_config
+from ft_dist.config import RunConfig
 from ft_dist.data import DataInfo
 from ft_dist.data.pipeline import TrainStream
 from ft_dist.models import build_model_from_config
 from ft_dist.sparse.flops import forward_flops, training_flops_per_example
-from ft_dist.train.paths import CONFIG_FILE, run_dir
+from ft_dist.train.paths import run_dir
+from ft_dist.train.plan import RunPlan, build_plan
 from ft_dist.train.session import Session
 from ft_dist.train.strategy import Strategy, build_strategy
 from ft_dist.train.tickets import TicketKeeper
@@ -44,6 +45,13 @@ class LoopState:
     images_seen: int = 0  # training examples, summed over ranks
     train_seconds: float = 0.0  # wall time spent in training steps (not eval/checkpoints)
 
+    def state_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for key, value in state.items():
+            setattr(self, key, value)
+
 
 @dataclass
 class Context:
@@ -59,6 +67,7 @@ class Context:
     criterion: nn.Module
     tickets: TicketKeeper
     state: LoopState
+    plan: RunPlan
     steps_per_epoch: int
     num_epochs: int
     flops_per_example: float
@@ -84,16 +93,16 @@ def build_context(cfg: RunConfig, session: Session, tracker: Any) -> Context:
             f"{stream.steps_per_epoch} batches per epoch; lower it or data.batch_size_per_worker"
         )
     run = run_dir(cfg.train)
-    if rank == 0:
-        save_config(cfg, run / CONFIG_FILE)
-        if session.device.type != "cuda" and (cfg.train.bf16 or cfg.train.channels_last):
-            warnings.warn(
-                "train.bf16 / train.channels_last apply on CUDA only: training in fp32 on "
-                f"{session.device}",
-                stacklevel=2,
-            )
+    plan = build_plan(cfg, steps_per_epoch)
+    cuda_only = cfg.train.bf16 or cfg.train.channels_last
+    if rank == 0 and session.device.type != "cuda" and cuda_only:
+        warnings.warn(
+            "train.bf16 / train.channels_last apply on CUDA only: training in fp32 on "
+            f"{session.device}",
+            stacklevel=2,
+        )
     # 2. Identical model and masks on every rank; per-rank randomness only afterwards.
-    strategy = build_member(cfg, session)
+    strategy = build_member(cfg, session, plan)
     torch.manual_seed(derive_seed("rank", cfg.train.seed, cfg.train.member, rank))
     return Context(
         cfg=cfg,
@@ -104,8 +113,9 @@ def build_context(cfg: RunConfig, session: Session, tracker: Any) -> Context:
         info=stream.info,
         strategy=strategy,
         criterion=nn.CrossEntropyLoss(label_smoothing=cfg.train.label_smoothing),
-        tickets=TicketKeeper(run, _ticket_choice(cfg), _ticket_meta(cfg)),
+        tickets=TicketKeeper(run, plan.ticket_choice, model_facts(cfg)),
         state=LoopState(),
+        plan=plan,
         steps_per_epoch=steps_per_epoch,
         num_epochs=cfg.num_epochs,
         flops_per_example=training_flops(cfg, strategy),
@@ -113,7 +123,7 @@ def build_context(cfg: RunConfig, session: Session, tracker: Any) -> Context:
     )
 
 
-def build_member(cfg: RunConfig, session: Session) -> Strategy:
+def build_member(cfg: RunConfig, session: Session, plan: RunPlan) -> Strategy:
     """The model and its masks from seeds of (run seed, member): equal on every rank, and
     different for each member of a DST Ensemble (weights, masks and mask evolution)."""
     member, device = cfg.train.member, session.device
@@ -130,6 +140,7 @@ def build_member(cfg: RunConfig, session: Session) -> Strategy:
         micro_batch_size=cfg.data.batch_size_per_worker,
         device=device,
         world_size=session.world_size,
+        decay_period=plan.decay_period,
     )
 
 
@@ -148,18 +159,14 @@ def training_flops(cfg: RunConfig, strategy: Strategy) -> float:
     )
 
 
-def _ticket_choice(cfg: RunConfig) -> str:
-    if cfg.ensemble.method == "edst" and cfg.ensemble.edst is not None:
-        return cfg.ensemble.edst.ticket
-    return "last"
-
-
-def _ticket_meta(cfg: RunConfig) -> dict[str, Any]:
+def model_facts(cfg: RunConfig) -> dict[str, Any]:
+    """What a checkpoint or ticket must agree with to be loaded into this run's model."""
     return {
         "model": cfg.model.name,
         "num_classes": cfg.model.num_classes,
         "in_channels": cfg.model.in_channels,
         "image_size": cfg.model.image_size,
         "density": cfg.sparsity.density,
+        "sparse_init": cfg.sparsity.sparse_init,
         "run_name": cfg.train.run_name,
     }

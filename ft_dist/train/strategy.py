@@ -2,19 +2,20 @@
 
 The loop only ever does::
 
+    strategy.begin_step(capture_grads)        # keep this step's dense gradient for exploration?
     with strategy.micro_batch(last):          # no gradient sync until the last micro-batch
         loss = criterion(strategy.model(x), y)
         strategy.backward(loss, last)
     strategy.step()                           # optimizer step + masks + scheduled prune/grow
 
-DDP: `DynamicSparsity` owns the torch optimizer and does everything (DDP has averaged the
-gradient before `step()`).
-
-DeepSpeed (ZeRO 0/1/2): DeepSpeed owns the optimizer step, on fp32 *master* copies that it
-may partition across ranks, so `DynamicSparsity` runs without an optimizer and this module
-keeps the masters and the optimizer state of this rank's partition masked itself. The
-gradient that growth reads is reassembled from the partitions (all-reduced) only on the
-steps that need it.
+Every strategy steps the same way (`Strategy.step`): the DST engine's two hooks around the
+strategy's own optimizer step. A strategy only says how to read the full gradients, how to
+take its optimizer step, and how to zero positions in the weight copies it keeps
+(`apply_resets`). DDP: the torch optimizer's state is the engine's to mask, nothing more to
+do. DeepSpeed (ZeRO 0/1/2): gradients are masked by autograd hooks before ZeRO shards them,
+growth reads the full gradient through `deepspeed.utils.safe_get_full_grad`, and resets
+reach the fp32 masters and optimizer partitions through DeepSpeed's public
+`safe_{get,set}_full_{fp32_param,optimizer_state}`. A new strategy (FSDP) is one such class.
 """
 
 from __future__ import annotations
@@ -27,18 +28,62 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from ft_dist.sparse import DynamicSparsity, SparsityConfig
+from ft_dist.sparse.scores import growth_criterion
 from ft_dist.train.config import OptimConfig, TrainConfig
 from ft_dist.train.optim import build_optimizer, set_learning_rate_
 
+Grads = dict[str, torch.Tensor]
+
 
 class Strategy:
-    """What the loop needs; subclasses fill in how the step and the state are done."""
+    """What the loop needs; subclasses fill in their optimizer step and state."""
 
     model: nn.Module  # call this for the forward pass (possibly wrapped)
     module: nn.Module  # the bare model: parameter names without wrapper prefixes
     sparsity: DynamicSparsity
     input_dtype: torch.dtype = torch.float32
-    _captured_grads: dict[str, torch.Tensor]
+    _capture: bool = False  # this step's dense gradient is kept for an exploration
+    _captured_grads: Grads | None = None
+
+    # ---------------------------------------------------------------- the one DST hook point
+    def begin_step(self, capture_grads: bool = False) -> None:
+        """Before the step's first backward: ``capture_grads`` keeps its dense gradient for
+        a following `explore(..., growth="gradient")` (EDST global exploration)."""
+        self._capture = capture_grads
+        self.sparsity.keep_dense_gradients(capture_grads)
+
+    def step(self) -> None:
+        """One optimizer step with DST around it, identical for every strategy."""
+        sparsity = self.sparsity
+        grads = self.full_gradients() if sparsity.wants_dense_gradients() else None
+        if self._capture:
+            source = grads if grads is not None else sparsity.current_gradients()
+            self._captured_grads = {n: g.detach().clone() for n, g in source.items()}
+            self._capture = False
+        sparsity.before_optimizer_step(grads)
+        self.optimizer_step()
+        self.apply_resets(sparsity.after_optimizer_step())
+
+    def explore(self, drop_fraction: float, growth: str) -> None:
+        """One out-of-schedule DST update (EDST), gradient growth reading the gradient
+        captured at the last step."""
+        grads = self._captured_grads
+        if growth_criterion(growth).needs_gradient and not grads:
+            raise RuntimeError("gradient exploration needs begin_step(capture_grads=True) first")
+        self.apply_resets(self.sparsity.explore(drop_fraction, growth, grads=grads))
+        self._captured_grads = None
+
+    # ---------------------------------------------------------------- per strategy
+    def full_gradients(self) -> Grads | None:
+        """The dense, all-reduced gradients of the sparse layers (None: read ``.grad``)."""
+        return None
+
+    def optimizer_step(self) -> None:
+        raise NotImplementedError
+
+    def apply_resets(self, resets: dict[str, torch.Tensor]) -> None:
+        """Zero these positions in any weight copies or optimizer state the engine cannot
+        see (the engine has zeroed the model weights and a torch optimizer's state)."""
 
     def set_lr(self, lr: float) -> None:
         raise NotImplementedError
@@ -49,28 +94,8 @@ class Strategy:
     def backward(self, loss: torch.Tensor, last: bool) -> None:
         raise NotImplementedError
 
-    def step(self, capture_grads: bool = False) -> None:
-        """One optimizer step. ``capture_grads`` keeps this step's dense gradient for a
-        following `explore(..., growth="gradient")` (EDST global exploration)."""
-        raise NotImplementedError
-
-    def explore(self, drop_fraction: float, growth: str) -> None:
-        """One out-of-schedule DST update (EDST), with gradient growth reading the dense
-        gradient captured at the last step."""
-        if growth != "gradient":
-            self.sparsity.explore(drop_fraction, growth)
-            return
-        if not self._captured_grads:
-            raise RuntimeError("gradient exploration needs step(capture_grads=True) just before")
-        with _grads_set(self.sparsity, self._captured_grads):
-            self.sparsity.explore(drop_fraction, growth)
-        self._captured_grads = {}
-
-    def state_dict(self) -> tuple[dict, dict]:
-        """(state replicated on all ranks: saved by rank 0, this rank's own state)."""
-        raise NotImplementedError
-
-    def load_state_dict(self, shared: dict, local: dict | None) -> None:
+    def checkpoint_states(self) -> tuple[dict, dict]:
+        """(stateful objects replicated on all ranks, this rank's own), in restore order."""
         raise NotImplementedError
 
 
@@ -83,28 +108,25 @@ def build_strategy(
     micro_batch_size: int,
     device: torch.device,
     world_size: int,
+    decay_period=None,
 ) -> Strategy:
-    """Wrap ``module`` (already on ``device``) for data parallelism and attach DST to it."""
+    """Wrap ``module`` (already on ``device``) for data parallelism and attach DST to it.
+    ``decay_period``: step -> (start, length) of the drop-fraction cosine (a run plan's)."""
     global_batch_size = micro_batch_size * train.grad_accum_steps * world_size
     if train.strategy == "deepspeed":
         return DeepSpeedStrategy(
-            module, train, optim, sparsity, micro_batch_size, device, global_batch_size
+            module,
+            train,
+            optim,
+            sparsity,
+            micro_batch_size,
+            device,
+            global_batch_size,
+            decay_period,
         )
-    return DDPStrategy(module, train, optim, sparsity, device, world_size, global_batch_size)
-
-
-@contextlib.contextmanager
-def _grads_set(sparsity: DynamicSparsity, grads: dict[str, torch.Tensor]) -> Iterator[None]:
-    """Temporarily give the sparse layers the given gradients (growth scores read ``.grad``)."""
-    saved = {name: sparsity.params[name].grad for name in grads}
-    for name, grad in grads.items():
-        param = sparsity.params[name]
-        param.grad = grad.to(param.dtype)
-    try:
-        yield
-    finally:
-        for name, grad in saved.items():
-            sparsity.params[name].grad = grad
+    return DDPStrategy(
+        module, train, optim, sparsity, device, world_size, global_batch_size, decay_period
+    )
 
 
 # --------------------------------------------------------------------------- DDP
@@ -120,6 +142,7 @@ class DDPStrategy(Strategy):
         device: torch.device,
         world_size: int,
         global_batch_size: int,
+        decay_period=None,
     ) -> None:
         self.module = module
         self.grad_accum_steps = train.grad_accum_steps
@@ -129,11 +152,14 @@ class DDPStrategy(Strategy):
             self.model = DistributedDataParallel(module, device_ids=ids)
         else:
             self.model = module
-        self.optimizer = build_optimizer(optim, module.parameters())
+        self.optimizer = build_optimizer(optim, module)
         self.sparsity = DynamicSparsity(
-            module, self.optimizer, sparsity, global_batch_size=global_batch_size
+            module,
+            self.optimizer,
+            sparsity,
+            global_batch_size=global_batch_size,
+            decay_period=decay_period,
         )
-        self._captured_grads = {}
 
     def set_lr(self, lr: float) -> None:
         set_learning_rate_(self.optimizer, lr)
@@ -150,32 +176,13 @@ class DDPStrategy(Strategy):
     def backward(self, loss: torch.Tensor, last: bool) -> None:
         (loss / self.grad_accum_steps).backward()
 
-    def step(self, capture_grads: bool = False) -> None:
-        if capture_grads:
-            self._captured_grads = _dense_grads(self.sparsity)
-        self.sparsity.step()
+    def optimizer_step(self) -> None:  # DDP has all-reduced .grad: the engine reads it
+        self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
 
-    def state_dict(self) -> tuple[dict, dict]:
-        shared = {
-            "model": self.module.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "sparsity": self.sparsity.state_dict(),
-        }
-        return shared, {}
-
-    def load_state_dict(self, shared: dict, local: dict | None) -> None:
-        self.module.load_state_dict(shared["model"])
-        self.optimizer.load_state_dict(shared["optimizer"])
-        self.sparsity.load_state_dict(shared["sparsity"])
-
-
-def _dense_grads(sparsity: DynamicSparsity) -> dict[str, torch.Tensor]:
-    return {
-        name: sparsity.params[name].grad.detach().clone()
-        for name in sparsity.sparse_names
-        if sparsity.params[name].grad is not None
-    }
+    def checkpoint_states(self) -> tuple[dict, dict]:
+        # The sparsity engine last: loading it re-applies the masks to weights and state.
+        return {"model": self.module, "optimizer": self.optimizer, "sparsity": self.sparsity}, {}
 
 
 # --------------------------------------------------------------------------- DeepSpeed
@@ -191,20 +198,35 @@ class DeepSpeedStrategy(Strategy):
         micro_batch_size: int,
         device: torch.device,
         global_batch_size: int,
+        decay_period=None,
     ) -> None:
         import deepspeed  # heavy; only DeepSpeed runs pay for it
 
-        if sparsity.growth == "momentum" and sparsity.is_dynamic:
-            # Momentum growth keeps an EMA of the full gradient: it would need the partitioned
-            # gradient reassembled on every step, defeating ZeRO's memory savings.
+        if sparsity.is_dynamic and (
+            growth_criterion(sparsity.growth).ema_of is not None
+            or sparsity.inactive_momentum == "keep"
+        ):
+            # Both need the full gradient at every step: reassembling it from the ZeRO
+            # partitions each step would defeat ZeRO's memory savings.
             raise ValueError(
-                "sparsity.growth=momentum is not supported with train.strategy=deepspeed; "
-                "use sparsity.growth=gradient or random (or train.strategy=ddp)"
+                f"sparsity.growth={sparsity.growth} / sparsity.inactive_momentum="
+                f"{sparsity.inactive_momentum} read the full gradient at every step and are not "
+                "supported with train.strategy=deepspeed; use sparsity.growth=gradient or "
+                "random with inactive_momentum=zero (or train.strategy=ddp)"
             )
         bf16 = train.bf16 and device.type == "cuda"
         # Masks first, so that the fp32 masters DeepSpeed clones from the weights start masked.
-        self.sparsity = DynamicSparsity(module, None, sparsity, global_batch_size=global_batch_size)
-        optimizer = build_optimizer(optim, module.parameters())
+        self.sparsity = DynamicSparsity(
+            module,
+            None,
+            sparsity,
+            global_batch_size=global_batch_size,
+            decay_period=decay_period,
+        )
+        # Zero inactive gradients as autograd produces them, before ZeRO reduces and shards
+        # them: the partitioned optimizer then never moves an inactive master.
+        self._hooks = self.sparsity.register_gradient_masking()
+        self.state_keys = _optimizer_state_keys(optim)
         config = {
             "train_micro_batch_size_per_gpu": micro_batch_size,
             "gradient_accumulation_steps": train.grad_accum_steps,
@@ -214,12 +236,11 @@ class DeepSpeedStrategy(Strategy):
             "gradient_clipping": 0.0,
             "steps_per_print": 2**62,
         }
+        optimizer = build_optimizer(optim, module)
         self.engine, *_ = deepspeed.initialize(model=module, optimizer=optimizer, config=config)
         self.model = self.engine
         self.module = self.engine.module
         self.input_dtype = torch.bfloat16 if bf16 else torch.float32
-        self._captured_grads = {}
-        self.mask_masters_()
 
     @property
     def base_optimizer(self) -> torch.optim.Optimizer:
@@ -235,41 +256,13 @@ class DeepSpeedStrategy(Strategy):
         if not last:
             self.engine.step()  # only advances DeepSpeed's micro-step counter
 
-    def step(self, capture_grads: bool = False) -> None:
-        if not self.engine.is_gradient_accumulation_boundary():
-            raise RuntimeError("DeepSpeed step() called off a gradient-accumulation boundary")
-        sparsity = self.sparsity
-        update_due = sparsity.schedule.is_update_step(sparsity.num_steps + 1)
-        grads = {}
-        if capture_grads or (update_due and sparsity.config.growth == "gradient"):
-            grads = self.full_gradients()  # before the step frees the partitioned gradients
-        self.engine.step()
-        # The step moved inactive masters (dense gradient, weight decay): zero them and their
-        # state under the current masks *before* any regrowth, so grown weights start at 0.
-        self.mask_masters_()
-        with _grads_set(sparsity, grads), self._resets_followed(update_due):
-            sparsity.step()  # masks the (bit16) model weights, prune/grow when due
-        self._captured_grads = grads if capture_grads else {}
-
-    def explore(self, drop_fraction: float, growth: str) -> None:
-        with self._resets_followed(True):
-            super().explore(drop_fraction, growth)
-
-    @contextlib.contextmanager
-    def _resets_followed(self, update: bool) -> Iterator[None]:
-        """Carry a prune/grow made on the model weights over to the masters and their state:
-        DynamicSparsity zeroes the dropped and grown positions (``last_reset``) in the model
-        weights only."""
-        num_updates = self.sparsity.num_updates
-        yield
-        if update and self.sparsity.num_updates != num_updates:
-            self.mask_masters_({n: r.reshape(-1) for n, r in self.sparsity.last_reset.items()})
-
-    def full_gradients(self) -> dict[str, torch.Tensor]:
+    def full_gradients(self) -> Grads:
         """The all-reduced gradient of every sparse layer, reassembled from the ZeRO partitions
         (valid after the last backward of a step and before `engine.step()`)."""
         from deepspeed.utils import safe_get_full_grad
 
+        if not self.engine.is_gradient_accumulation_boundary():
+            raise RuntimeError("DeepSpeed step() called off a gradient-accumulation boundary")
         grads = {}
         for name in self.sparsity.sparse_names:
             grad = safe_get_full_grad(self.sparsity.params[name])
@@ -278,65 +271,70 @@ class DeepSpeedStrategy(Strategy):
             grads[name] = grad.detach().float().clone()
         return grads
 
+    def optimizer_step(self) -> None:
+        self.engine.step()
+
     @torch.no_grad()
-    def mask_masters_(self, also_reset: dict[str, torch.Tensor] | None = None) -> None:
-        """Zero the fp32 masters and optimizer state of inactive weights (and of the flat
-        positions in ``also_reset``) in this rank's partition (ZeRO 1/2, bf16) or, without
-        partitions (ZeRO 0 fp32), in the weights themselves."""
-        base = self.base_optimizer
-        for name in self.sparsity.sparse_names:
+    def apply_resets(self, resets: dict[str, torch.Tensor]) -> None:
+        """Zero ``resets`` in the fp32 masters and the optimizer state, through DeepSpeed's
+        public accessors (each get is an all-reduce: every rank calls this in the same
+        order). ZeRO-0 in fp32 keeps no masters: the weight is its own master, and the
+        torch optimizer's state is reached directly."""
+        from deepspeed.utils import (
+            safe_get_full_fp32_param,
+            safe_get_full_optimizer_state,
+            safe_set_full_fp32_param,
+            safe_set_full_optimizer_state,
+        )
+
+        for name, positions in resets.items():
             param = self.sparsity.params[name]
-            inactive = ~self.sparsity.masks[name].reshape(-1)
-            if also_reset is not None:
-                inactive = inactive | also_reset[name]
-            if not hasattr(param, "_hp_mapping"):  # the model weight is its own master
-                param.data.masked_fill_(inactive.view(param.shape), 0.0)  # any memory format
-                _mask_state_(base.state.get(param, {}), param, inactive, 0)
+            master = safe_get_full_fp32_param(param)
+            if master is None:  # ZeRO-0 fp32: weights already zeroed by the engine
+                state = self.engine.optimizer.state.get(param, {})
+                for value in state.values():
+                    if torch.is_tensor(value) and value.shape == param.shape:
+                        value.masked_fill_(positions, 0.0)
                 continue
-            fragment = param._hp_mapping
-            if fragment is None:  # no part of this weight lives in this rank's partition
-                continue
-            lp, hp = fragment.lp_fragment_address, fragment.hp_fragment_address
-            part = inactive.narrow(0, lp.start, lp.numel)
-            fragment.hp_fragment.masked_fill_(part, 0.0)
-            flat = base.param_groups[fragment.param_group_index]["params"][0]
-            _mask_state_(base.state.get(flat, {}), flat, part, hp.start)
+            safe_set_full_fp32_param(param, master.masked_fill_(positions, 0.0))
+            for key in self.state_keys:
+                try:
+                    value = safe_get_full_optimizer_state(param, key)
+                except ValueError:  # no optimizer step yet: no state to zero
+                    continue
+                safe_set_full_optimizer_state(param, value.masked_fill_(positions, 0.0), key)
 
-    def state_dict(self) -> tuple[dict, dict]:
-        shared = {"model": self.module.state_dict(), "sparsity": self.sparsity.state_dict()}
-        base = self.base_optimizer
-        local = {
-            "masters": [p.detach().clone() for g in base.param_groups for p in g["params"]],
-            "optimizer": base.state_dict(),
-        }
-        return shared, local
+    def checkpoint_states(self) -> tuple[dict, dict]:
+        return {"model": self.module, "sparsity": self.sparsity}, {"zero": _ZeroPartition(self)}
 
-    def load_state_dict(self, shared: dict, local: dict | None) -> None:
-        if local is None:
-            raise ValueError(
-                "this DeepSpeed checkpoint has no optimizer partition for this rank: resume "
-                "with the same train.num_workers it was written with"
-            )
-        self.module.load_state_dict(shared["model"])
-        base = self.base_optimizer
-        masters = [p for g in base.param_groups for p in g["params"]]
-        if len(masters) != len(local["masters"]):
+
+class _ZeroPartition:
+    """This rank's fp32 masters and optimizer state. DeepSpeed's own ``state_dict()`` holds
+    Python objects (its loss scaler) that a ``weights_only`` load refuses, so the plain
+    tensors are taken from the torch optimizer it wraps."""
+
+    def __init__(self, strategy: DeepSpeedStrategy) -> None:
+        self.strategy = strategy
+
+    def _masters(self) -> list[torch.Tensor]:
+        return [p for g in self.strategy.base_optimizer.param_groups for p in g["params"]]
+
+    def state_dict(self) -> dict:
+        masters = [p.detach().clone() for p in self._masters()]
+        return {"masters": masters, "optimizer": self.strategy.base_optimizer.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        masters = self._masters()
+        if len(masters) != len(state["masters"]):
             raise ValueError("DeepSpeed checkpoint has a different parameter-group layout")
         with torch.no_grad():
-            for master, saved in zip(masters, local["masters"], strict=True):
+            for master, saved in zip(masters, state["masters"], strict=True):
                 master.copy_(saved)
-        base.load_state_dict(local["optimizer"])
-        self.sparsity.load_state_dict(shared["sparsity"])
-        self.mask_masters_()
+        self.strategy.base_optimizer.load_state_dict(state["optimizer"])
 
 
-def _mask_state_(state: dict, owner: torch.Tensor, inactive: torch.Tensor, start: int) -> None:
-    """Zero ``inactive`` flat positions (from ``start``) of every state tensor shaped like
-    ``owner`` (momentum buffer, Adam moments; not the scalar step count)."""
-    for value in state.values():
-        if not (torch.is_tensor(value) and value.shape == owner.shape):
-            continue
-        if value.dim() > 1:  # weight-shaped (ZeRO 0): logical positions, channels_last too
-            value.masked_fill_(inactive.view(value.shape), 0.0)
-        else:  # a flat ZeRO partition
-            value.narrow(0, start, inactive.numel()).masked_fill_(inactive, 0.0)
+def _optimizer_state_keys(optim: OptimConfig) -> tuple[str, ...]:
+    """The per-weight state tensors of the torch optimizer `build_optimizer` makes."""
+    if optim.name == "adamw":
+        return ("exp_avg", "exp_avg_sq")
+    return ("momentum_buffer",) if optim.momentum > 0 else ()
