@@ -45,7 +45,8 @@ def demo_overrides(data: Path, runs: Path, use_gpu: bool) -> list[str]:
 
 def ft_dist_command(*args: str) -> list[str]:
     """`ft-dist ARGS` with this interpreter (works whether or not the script is on PATH)."""
-    return [sys.executable, "-m", "ft_dist.cli", *args]
+    entry = "import sys; from ft_dist.cli import main; sys.exit(main())"
+    return [sys.executable, "-c", entry, *args]
 
 
 def run_step(name: str, argv: list[str], log_dir: Path, steps: list[dict[str, Any]]) -> str:
