@@ -18,7 +18,7 @@ def check_invariants(sparsity: DynamicSparsity, optimizer) -> None:
 
 
 @pytest.mark.parametrize("optimizer_kind", ["sgd", "nesterov", "adamw"])
-@pytest.mark.parametrize("growth", ["gradient", "random", "momentum"])
+@pytest.mark.parametrize("growth", ["gradient", "random", "momentum", "fisher"])
 def test_invariants_hold_after_every_step_and_update(optimizer_kind, growth):
     model = tiny_cnn()
     optimizer = make_optimizer(model, optimizer_kind)

@@ -108,9 +108,12 @@ def test_resume_mid_epoch_equals_uninterrupted_run(tiny_mnist: Path, tmp_path: P
 def test_checkpoint_of_another_density_is_refused(tiny_mnist: Path, tmp_path: Path) -> None:
     cfg = tiny_config(tiny_mnist, tmp_path, train={"epochs": 1})
     run_loop(cfg)
+    record = (run_dir(cfg.train) / "config.yaml").read_text()
     denser = cfg.model_copy(update={"sparsity": cfg.sparsity.model_copy(update={"density": 0.5})})
     with pytest.raises(ValueError, match="density"):
         run_loop(denser)
+    # The refused resume leaves the run's record as it was (density 0.2, not 0.5).
+    assert (run_dir(cfg.train) / "config.yaml").read_text() == record
 
 
 EDST = {
