@@ -109,9 +109,10 @@ def train_and_check(strategy, device, sizes, num_classes: int = 10) -> dict[str,
     }
 
 
-def _check(device, sizes, kind: str) -> dict[str, Any]:
+def build(device, sizes, kind: str):
+    """The strategy as the training loop builds it: bf16 + channels_last on CUDA, SGD with
+    momentum (a state to keep masked), gradient growth every 2 steps."""
     import torch
-    import torch.distributed as dist
 
     from ft_dist.models import build_model
     from ft_dist.sparse import SparsityConfig
@@ -119,36 +120,41 @@ def _check(device, sizes, kind: str) -> dict[str, Any]:
     from ft_dist.train.strategy import build_strategy
 
     cuda = device.type == "cuda"
+    torch.manual_seed(0)
+    module = build_model(sizes.strategy_model, 10, sizes.in_channels, sizes.strategy_image_size)
+    module = module.to(device)
+    if cuda:
+        module = module.to(memory_format=torch.channels_last)
+    train = TrainConfig(bf16=cuda, channels_last=cuda)
+    if kind == "deepspeed":
+        train = TrainConfig(strategy="deepspeed", zero_stage=2, bf16=cuda, channels_last=cuda)
+    return build_strategy(
+        module,
+        train=train,
+        optim=OptimConfig(name="sgd", lr=0.1, momentum=0.9),
+        sparsity=SparsityConfig(density=0.2, growth="gradient", update_every_steps=2),
+        micro_batch_size=sizes.strategy_batch_size,
+        device=device,
+        world_size=1,
+    )
+
+
+def _check(device, sizes, kind: str) -> dict[str, Any]:
+    import torch
+    import torch.distributed as dist
+
     with one_rank_group(device) as backend:
-        torch.manual_seed(0)
-        module = build_model(sizes.strategy_model, 10, sizes.in_channels, sizes.strategy_image_size)
-        module = module.to(device)
-        if cuda:
-            module = module.to(memory_format=torch.channels_last)
-        train = TrainConfig(bf16=cuda, channels_last=cuda)
-        if kind == "deepspeed":
-            train = TrainConfig(strategy="deepspeed", zero_stage=2, bf16=cuda, channels_last=cuda)
-        strategy = build_strategy(
-            module,
-            train=train,
-            optim=OptimConfig(name="sgd", lr=0.1, momentum=0.9),
-            sparsity=SparsityConfig(density=0.2, growth="gradient", update_every_steps=2),
-            micro_batch_size=sizes.strategy_batch_size,
-            device=device,
-            world_size=1,
-        )
-        result = train_and_check(strategy, device, sizes)
+        result = train_and_check(build(device, sizes, kind), device, sizes)
         probe = torch.ones(4, device=device)
         dist.all_reduce(probe)
         result["all_reduce_ok"] = bool((probe == 1).all())
-    expected_updates = sizes.strategy_steps // 2
     passed = (
         result["num_violations"] == 0
-        and result["mask_updates"] == expected_updates
+        and result["mask_updates"] == sizes.strategy_steps // 2
         and result["mask_positions_changed"] > 0
         and result["all_reduce_ok"]
     )
-    precision = "bf16" if cuda else "fp32"
+    precision = "bf16" if device.type == "cuda" else "fp32"
     summary = (
         f"{backend}, {precision}, {result['steps']} steps, {result['mask_updates']} mask updates "
         f"({result['mask_positions_changed']} positions moved); violations "
