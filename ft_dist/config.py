@@ -34,6 +34,7 @@ from ft_dist.tracking import TrackingConfig
 from ft_dist.train.config import OptimConfig, RayConfig, TrainConfig
 from ft_dist.train.edst import total_epochs
 from ft_dist.train.ensemble_config import EnsembleConfig
+from ft_dist.utils import write_text_atomic
 
 
 class RunConfig(Section):
@@ -227,7 +228,4 @@ def save_config(cfg: RunConfig, path: str | os.PathLike[str]) -> Path:
     """Write the resolved config as YAML (atomically); `load_config` reads it back."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".partial")
-    partial.write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
-    os.replace(partial, path)
-    return path
+    return write_text_atomic(path, yaml.safe_dump(config_to_dict(cfg), sort_keys=False))

@@ -21,8 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from ft_dist.config import RunConfig
+from ft_dist.layout import run_dir
 from ft_dist.train.config import RayConfig
-from ft_dist.train.paths import run_dir
 
 
 def check_inputs(cfg: RunConfig) -> Any:

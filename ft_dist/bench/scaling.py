@@ -21,6 +21,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ft_dist.layout import SUMMARY_FILE
+
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
@@ -111,7 +113,7 @@ def throughput(args: argparse.Namespace, data: Path, out: Path, num_workers: int
 
     name = f"scaling-{num_workers}w-{time.strftime('%Y%m%d-%H%M%S')}"
     run = fit(run_config(args, data, out, num_workers, name))
-    summary = json.loads((run / "summary.json").read_text())
+    summary = json.loads((run / SUMMARY_FILE).read_text())
     return {
         "num_workers": num_workers,
         "global_batch": args.batch_size * num_workers,

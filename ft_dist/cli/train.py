@@ -17,6 +17,8 @@ import json
 import sys
 from pathlib import Path
 
+from ft_dist.layout import SUMMARY_FILE
+
 EXAMPLES = """\
 examples:
   ft-dist train configs/demo_dst.yaml
@@ -46,7 +48,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def summary_lines(run: Path) -> list[str]:
     """A few human lines from RUN_DIR/summary.json (nothing if the loop wrote none)."""
-    path = run / "summary.json"
+    path = run / SUMMARY_FILE
     if not path.is_file():
         return []
     summary = json.loads(path.read_text())

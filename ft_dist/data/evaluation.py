@@ -35,6 +35,7 @@ from ft_dist.data.manifest import read_manifest
 from ft_dist.data.pipeline import batch_loader
 from ft_dist.data.plan import eval_parts
 from ft_dist.data.reader import iter_shard
+from ft_dist.utils import is_distributed
 
 
 class EvalStream:
@@ -138,7 +139,7 @@ def gather_by_index(values: dict[str, Any], indices: Any, num_samples: int) -> d
     the result are exact.
     """
     local = (indices.detach().cpu(), {k: v.detach().cpu() for k, v in values.items()})
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+    if is_distributed():
         shards: list[Any] = [None] * dist.get_world_size()
         dist.all_gather_object(shards, local)
     else:

@@ -13,14 +13,14 @@ collects batches from its workers.
 
 from __future__ import annotations
 
-import hashlib
 import random
+
+from ft_dist.utils import derive_seed
 
 
 def mix_seed(*parts: int | str) -> int:
     """A 63-bit seed from any tuple of ints/strings, stable across processes and runs."""
-    digest = hashlib.sha256(repr(parts).encode()).digest()
-    return int.from_bytes(digest[:8], "little") >> 1
+    return derive_seed(repr(parts))
 
 
 def steps_per_epoch(num_samples: int, world_size: int, batch_size: int) -> int:

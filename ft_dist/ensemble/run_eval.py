@@ -27,6 +27,7 @@ from ft_dist.ensemble.inputs import BatchSource
 from ft_dist.ensemble.report import summary_metrics, write_report
 from ft_dist.ensemble.robustness import CorruptionBenchmark, CorruptionCell
 from ft_dist.ensemble.tickets import find_tickets, load_ticket
+from ft_dist.layout import CONFIG_FILE, MEMBER_PREFIX, members_dir
 
 ALL_SEVERITIES = (1, 2, 3, 4, 5)
 
@@ -57,7 +58,10 @@ class EvalOptions:
 
 def read_run_config(path: Path) -> dict[str, Any]:
     """The resolved config.yaml of a run, or of an experiment (or its first member)."""
-    candidates = [path / "config.yaml", *sorted(path.glob("members/member_*/config.yaml"))]
+    candidates = [
+        path / CONFIG_FILE,
+        *sorted(members_dir(path).glob(f"{MEMBER_PREFIX}*/{CONFIG_FILE}")),
+    ]
     for candidate in candidates:
         if candidate.is_file():
             raw = yaml.safe_load(candidate.read_text()) or {}

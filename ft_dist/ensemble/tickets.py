@@ -16,6 +16,8 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
+from ft_dist.layout import MEMBER_PREFIX, member_number, members_dir, run_tickets
+
 META_KEYS = ("model", "num_classes", "in_channels", "image_size", "member", "density")
 SHAPE_KEYS = ("num_classes", "in_channels", "image_size")
 
@@ -40,14 +42,10 @@ class Ticket:
         return (int(self.meta["in_channels"]), size, size)
 
 
-def _run_tickets(run_dir: Path) -> list[Path]:
-    return sorted((run_dir / "tickets").glob("ticket_*.pt"))
-
-
-def _member_number(path: Path) -> tuple[int, str]:
+def _member_order(path: Path) -> tuple[int, str]:
     """member_2 before member_10 (numeric order), unparsable names last."""
-    suffix = path.name.removeprefix("member_")
-    return (int(suffix), "") if suffix.isdigit() else (1 << 30, path.name)
+    number = member_number(path)
+    return (number, "") if number is not None else (1 << 30, path.name)
 
 
 def find_tickets(path: str | Path) -> tuple[list[Path], Layout]:
@@ -55,22 +53,22 @@ def find_tickets(path: str | Path) -> tuple[list[Path], Layout]:
     root = Path(path)
     if not root.is_dir():
         raise FileNotFoundError(f"{root}: no such run or experiment directory")
-    members_dir = root / "members"
-    if members_dir.is_dir():
+    members = members_dir(root)
+    if members.is_dir():
         member_dirs = sorted(
-            (p for p in members_dir.glob("member_*") if p.is_dir()), key=_member_number
+            (p for p in members.glob(f"{MEMBER_PREFIX}*") if p.is_dir()), key=_member_order
         )
-        chosen = [tickets[-1] for tickets in map(_run_tickets, member_dirs) if tickets]
-        missing = [d.name for d in member_dirs if not _run_tickets(d)]
+        chosen = [tickets[-1] for tickets in map(run_tickets, member_dirs) if tickets]
+        missing = [d.name for d in member_dirs if not run_tickets(d)]
         if missing:
             raise FileNotFoundError(
-                f"{members_dir}: members {missing} have no tickets/ticket_*.pt yet; "
+                f"{members}: members {missing} have no tickets/ticket_*.pt yet; "
                 "wait for them to finish (or resume them) before evaluating"
             )
         if not chosen:
-            raise FileNotFoundError(f"{members_dir}: no member_<i>/tickets/ticket_*.pt found")
+            raise FileNotFoundError(f"{members}: no member_<i>/tickets/ticket_*.pt found")
         return chosen, "experiment"
-    tickets = _run_tickets(root)
+    tickets = run_tickets(root)
     if not tickets:
         raise FileNotFoundError(
             f"{root}: no tickets/ticket_*.pt and no members/ directory; pass the RUN_DIR that "

@@ -25,8 +25,8 @@ from typing import Any
 
 from ft_dist.config import RunConfig, config_from_dict, config_to_dict
 from ft_dist.ensemble.run_eval import EvalOptions, evaluate_run
+from ft_dist.layout import SUMMARY_FILE, run_dir
 from ft_dist.orchestrate.pdst import fit_pdst, is_finished
-from ft_dist.train.paths import SUMMARY_FILE, run_dir
 
 
 @dataclass(frozen=True)

@@ -23,15 +23,18 @@ from pathlib import Path
 from typing import Any
 
 from ft_dist.config import RunConfig, config_from_dict, config_to_dict, save_config
-from ft_dist.train.paths import SUMMARY_FILE, run_dir
+from ft_dist.layout import (
+    CONFIG_FILE,
+    MEMBERS_DIR,
+    SUMMARY_FILE,
+    member_dir,
+    member_name,
+    members_dir,
+    run_dir,
+)
 
-MEMBERS_DIR = "members"
 TUNE_DIR = "tune"
 DRIVER_RESOURCES = {"CPU": 0, "memory": 2**20}
-
-
-def member_dir(exp_dir: Path, member: int) -> Path:
-    return Path(exp_dir) / MEMBERS_DIR / f"member_{member}"
 
 
 def member_config(cfg: RunConfig, member: int) -> RunConfig:
@@ -41,7 +44,7 @@ def member_config(cfg: RunConfig, member: int) -> RunConfig:
     exp_dir = run_dir(cfg.train)
     data = config_to_dict(cfg)
     data["train"].update(
-        member=member, run_name=f"member_{member}", output_dir=str(exp_dir / MEMBERS_DIR)
+        member=member, run_name=member_name(member), output_dir=str(members_dir(exp_dir))
     )
     if cfg.ray.storage_path:  # keep members of different experiments apart in shared storage
         storage = cfg.ray.storage_path.rstrip("/")
@@ -94,7 +97,7 @@ def fit_pdst(
     if cfg.ensemble.method != "pdst":
         raise ValueError(f"ensemble.method is {cfg.ensemble.method!r}; fit_pdst needs 'pdst'")
     exp_dir = run_dir(cfg.train)
-    save_config(cfg, exp_dir / "config.yaml")
+    save_config(cfg, exp_dir / CONFIG_FILE)
     num_members = cfg.ensemble.num_members
     members = {m: member_config(cfg, m) for m in range(1, num_members + 1)}
     pending = {m: c for m, c in members.items() if not is_finished(c)}

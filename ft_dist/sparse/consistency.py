@@ -12,6 +12,8 @@ from collections.abc import Mapping
 import torch
 import torch.distributed as dist
 
+from ft_dist.utils import is_distributed
+
 _HASH_MULTIPLIER = 2654435761  # Knuth's multiplicative hash constant
 _HASH_MODULUS = 4294967291  # largest prime below 2**32: keeps every term in int64 range
 
@@ -26,10 +28,6 @@ def mask_checksum(mask: torch.Tensor) -> tuple[int, int]:
     positions = mask.reshape(-1).nonzero().squeeze(1).to(torch.int64)
     hashed = (positions * _HASH_MULTIPLIER) % _HASH_MODULUS
     return int(positions.numel()), int(hashed.sum())
-
-
-def is_distributed(group: dist.ProcessGroup | None = None) -> bool:
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size(group) > 1
 
 
 def verify_masks_identical(

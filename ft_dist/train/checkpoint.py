@@ -35,7 +35,8 @@ import torch
 import torch.distributed as dist
 
 from ft_dist.data.manifest import file_sha256
-from ft_dist.train.paths import checkpoint_name
+from ft_dist.layout import checkpoint_name
+from ft_dist.utils import is_distributed, write_atomic
 
 SHARED_FILE = "state.pt"
 META_FILE = "meta.json"
@@ -54,7 +55,7 @@ def rank_file(rank: int) -> str:
 
 
 def barrier() -> None:
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+    if is_distributed():
         dist.barrier()
 
 
@@ -200,7 +201,7 @@ def _write_index(directory: Path) -> None:
 
 def _first_problem_on_any_rank(problem: str | None) -> str | None:
     """Every rank must resume from the same checkpoint: one rank's problem is everyone's."""
-    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+    if not is_distributed():
         return problem
     problems: list[str | None] = [None] * dist.get_world_size()
     dist.all_gather_object(problems, problem)
@@ -229,9 +230,7 @@ def check_compatible(saved: dict, current: dict, path: str | Path) -> None:
 
 
 def _save_file(obj: dict, path: Path) -> None:
-    partial = path.with_name(path.name + ".partial")
-    torch.save(obj, partial)
-    os.replace(partial, path)
+    write_atomic(path, lambda tmp: torch.save(obj, tmp))
 
 
 def _replace_dir(tmp: Path, final: Path) -> None:

@@ -27,16 +27,16 @@ import torch
 import torch.distributed as dist
 
 from ft_dist.config import RunConfig, save_config
-from ft_dist.sparse.consistency import is_distributed
+from ft_dist.layout import CONFIG_FILE, SUMMARY_FILE, checkpoints_dir
 from ft_dist.sparse.scores import growth_criterion
 from ft_dist.train.optim import learning_rate
-from ft_dist.train.paths import CONFIG_FILE, SUMMARY_FILE, checkpoints_dir
 from ft_dist.train.plan import EpochActions
 from ft_dist.train.session import Session
 from ft_dist.train.setup import Context, build_context, model_facts
 from ft_dist.train.state import RNGState, TrainStates
 from ft_dist.train.strategy import Strategy
 from ft_dist.train.validate import evaluate_split, prepare_images, sync_buffers_
+from ft_dist.utils import is_distributed, write_text_atomic
 
 
 def train(cfg: RunConfig, session: Session, tracker: Any) -> dict[str, Any]:
@@ -199,9 +199,7 @@ def finish(ctx: Context) -> dict[str, Any]:
         **_sparse_totals(strategy),
     }
     if ctx.session.rank == 0:
-        path = ctx.run / SUMMARY_FILE
-        path.with_name(path.name + ".partial").write_text(json.dumps(summary, indent=2) + "\n")
-        path.with_name(path.name + ".partial").replace(path)
+        write_text_atomic(ctx.run / SUMMARY_FILE, json.dumps(summary, indent=2) + "\n")
     ctx.tracker.summary({**metrics, "train/flops": summary["train_flops"]})
     return summary
 

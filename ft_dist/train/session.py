@@ -14,7 +14,7 @@ from typing import Protocol, runtime_checkable
 import torch
 import torch.distributed as dist
 
-from ft_dist.train.paths import checkpoints_dir
+from ft_dist.layout import checkpoints_dir
 
 
 @runtime_checkable

@@ -8,7 +8,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -20,19 +19,14 @@ from torch import nn
 from ft_dist.config import RunConfig
 from ft_dist.data import DataInfo
 from ft_dist.data.pipeline import TrainStream
+from ft_dist.layout import run_dir
 from ft_dist.models import build_model_from_config
 from ft_dist.sparse.flops import forward_flops, training_flops_per_example
-from ft_dist.train.paths import run_dir
 from ft_dist.train.plan import RunPlan, build_plan
 from ft_dist.train.session import Session
 from ft_dist.train.strategy import Strategy, build_strategy
 from ft_dist.train.tickets import TicketKeeper
-
-
-def derive_seed(*parts: object) -> int:
-    """A 63-bit seed from any parts, stable across processes and Python versions."""
-    digest = hashlib.sha256("/".join(map(str, parts)).encode()).digest()
-    return int.from_bytes(digest[:8], "little") >> 1
+from ft_dist.utils import derive_seed
 
 
 @dataclass

@@ -15,8 +15,8 @@ from typing import Literal
 import torch
 from torch import nn
 
+from ft_dist.layout import ticket_path
 from ft_dist.train.checkpoint import write_ticket
-from ft_dist.train.paths import ticket_path
 
 
 def snapshot(module: nn.Module, masks: dict[str, torch.Tensor]) -> dict:

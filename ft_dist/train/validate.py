@@ -15,7 +15,7 @@ from torch.nn import functional
 
 from ft_dist.data import DataConfig, DataInfo
 from ft_dist.data.evaluation import EvalStream
-from ft_dist.sparse.consistency import is_distributed
+from ft_dist.utils import is_distributed
 
 
 def sync_buffers_(module: nn.Module) -> None:

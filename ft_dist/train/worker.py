@@ -42,9 +42,9 @@ import torch
 from ray.train import Checkpoint, CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchConfig, TorchTrainer
 
+from ft_dist.layout import run_dir
 from ft_dist.preflight import format_resources, worker_resources
 from ft_dist.tracking import make_tracker
-from ft_dist.train.paths import run_dir
 from ft_dist.train.session import latest_complete_checkpoint
 
 # Where Ray's registered copies of checkpoints live, relative to the run directory.

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from ft_dist.train.paths import SUMMARY_FILE, ticket_path
+from ft_dist.layout import SUMMARY_FILE, ticket_path
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 

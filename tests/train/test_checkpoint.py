@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import torch
 
+from ft_dist.layout import checkpoints_dir, run_dir
 from ft_dist.train import checkpoint as ckpt
-from ft_dist.train.paths import checkpoints_dir, run_dir
 from ft_dist.train.session import LocalSession, latest_complete_checkpoint
 from tests.gloo_workers import run_workers
 from tests.train.conftest import tiny_config

@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 import torch
 
+from ft_dist.layout import checkpoint_name, checkpoints_dir, run_dir, ticket_path
 from ft_dist.models import build_model
 from ft_dist.sparse.flops import forward_flops
 from ft_dist.train.checkpoint import SHARED_FILE
 from ft_dist.train.loop import train
-from ft_dist.train.paths import checkpoint_name, checkpoints_dir, run_dir, ticket_path
 from ft_dist.train.session import LocalSession
 from tests.gloo_workers import run_workers
 from tests.train.conftest import NullTracker, tiny_config

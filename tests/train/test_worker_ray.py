@@ -20,10 +20,10 @@ import pytest
 import ray
 import torch
 
+from ft_dist.layout import SUMMARY_FILE, run_dir, ticket_path
 from ft_dist.tracking import read_logged_run, wandb_offline_log
 from ft_dist.train.checkpoint import SHARED_FILE
 from ft_dist.train.loop import train
-from ft_dist.train.paths import SUMMARY_FILE, run_dir, ticket_path
 from ft_dist.train.worker import RAY_CHECKPOINTS, fit
 from tests.train.conftest import tiny_config
 from tests.train.test_loop import assert_same_training_state

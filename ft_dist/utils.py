@@ -1,0 +1,40 @@
+"""Small helpers every layer shares (no torch.distributed logic beyond asking, no I/O
+beyond one file): one home so that no package carries its own copy."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import torch.distributed as dist
+
+
+def is_distributed(group: dist.ProcessGroup | None = None) -> bool:
+    """True inside an initialised process group of more than one rank."""
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size(group) > 1
+
+
+def derive_seed(*parts: object) -> int:
+    """A 63-bit seed from any parts, stable across processes, machines and Python versions
+    (``hash()`` is salted per process; sha256 is not)."""
+    digest = hashlib.sha256("/".join(map(str, parts)).encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1
+
+
+def write_atomic(path: str | os.PathLike[str], write: Callable[[Path], object]) -> Path:
+    """Call ``write(tmp)`` on a sibling temp file, then rename it over ``path``: readers see
+    the old file or the whole new one, never a torn write."""
+    path = Path(path)
+    partial = path.with_name(f"{path.name}.{os.getpid()}.partial")
+    try:
+        write(partial)
+        os.replace(partial, path)
+    finally:
+        partial.unlink(missing_ok=True)
+    return path
+
+
+def write_text_atomic(path: str | os.PathLike[str], text: str) -> Path:
+    return write_atomic(path, lambda tmp: tmp.write_text(text))
