@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import gc
 import os
 import socket
+import sys
 
 import torch
 import torch.distributed as dist
@@ -28,9 +30,29 @@ def _entry(rank: int, world_size: int, port: int, fn, args: tuple) -> None:
     torch.set_num_threads(1)
     try:
         fn(rank, world_size, *args)
-    finally:
-        if dist.is_initialized():
+    except BaseException:
+        if dist.is_initialized():  # no barrier: the other ranks may never reach it
             dist.destroy_process_group()
+        raise
+    leave_process_group()
+    # Success: end the process here. Letting the interpreter finalize would destroy
+    # whatever torch objects are still alive (gloo work objects holding tensors) while
+    # Python is half torn down, which aborts the process ("terminate called without an
+    # active exception") after the test already passed. Failures still go through
+    # mp.spawn's normal path above, so their traceback reaches the parent.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
+
+
+def leave_process_group() -> None:
+    """Free every object that still references the group (DDP reducers, pending work)
+    while it is alive, wait for all ranks, then destroy it: no rank tears down the
+    rendezvous store while another still talks to it."""
+    gc.collect()
+    if dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
 
 
 def run_workers(fn, world_size: int, *args) -> None:

@@ -6,6 +6,7 @@ torchrun-style env vars (`LocalSession`) and inside Ray Train (`RaySession`, wor
 
 from __future__ import annotations
 
+import gc
 import os
 from datetime import timedelta
 from pathlib import Path
@@ -73,14 +74,21 @@ class LocalSession:
     def latest_checkpoint_dir(self) -> str | None:
         return latest_complete_checkpoint(self.run)
 
-    def close(self) -> None:
-        """Leave the process group this session created (no-op otherwise)."""
+    def close(self, *, synchronize: bool = True) -> None:
+        """Leave the process group this session created (no-op otherwise): first free the
+        objects that still reference it (a DDP reducer in a reference cycle would otherwise
+        be destroyed during interpreter shutdown, with the group's threads still running,
+        and abort the process), then wait for every rank (``synchronize``: not after an
+        error, when other ranks may never arrive), then destroy it."""
         if self._owns_group and dist.is_initialized():
+            gc.collect()
+            if synchronize:
+                dist.barrier()
             dist.destroy_process_group()
         self._owns_group = False
 
     def __enter__(self) -> LocalSession:
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    def __exit__(self, exc_type: object, *exc: object) -> None:
+        self.close(synchronize=exc_type is None)

@@ -28,6 +28,7 @@ finished run resumes at its end and does no more steps.
 
 from __future__ import annotations
 
+import gc
 import os
 import shutil
 import sys
@@ -227,6 +228,9 @@ def _train_per_worker(payload: dict) -> None:
     try:
         loop(cfg, session, tracker)
         exit_code = 0
+        # Free the model, DDP reducer and strategy (reference cycles) now, while the
+        # process group Ray tears down after this function is still alive.
+        gc.collect()
     finally:
         tracker.finish(exit_code=exit_code)
 
