@@ -148,9 +148,15 @@ def run_comparison(
     """Train (or resume) and evaluate every variant; write OUT/compare.json and .md."""
     from ft_dist.orchestrate.compare_table import render_table
 
+    from ft_dist.preflight import check_cluster, check_inputs
+
     out_dir.mkdir(parents=True, exist_ok=True)
+    variants = plan_variants(base, out_dir)
+    for variant in variants:  # every variant's data, splits and room, before any trains
+        check_inputs(variant.cfg)
+        check_cluster(variant.cfg)
     rows = []
-    for variant in plan_variants(base, out_dir):
+    for variant in variants:
         print(f"== compare: {variant.label} -> {run_dir(variant.cfg.train)}", flush=True)
         wall = train_variant(variant)
         written = evaluate_run(
