@@ -2,9 +2,10 @@
 
 Masked dense: the tickets' weights as dense tensors with zeros (what `ft-dist evaluate` and
 the exported program run). Sparse: every masked Linear layer holds its weight as a torch
-CSR tensor and multiplies with ``torch.addmm(bias, W_csr, x^T)``; convolutions stay masked
-dense (torch has no sparse convolution on CPU), so a whole model gains only in its Linear
-layers. Both variants run interleaved in one process; medians over repeats are compared.
+CSR tensor and multiplies with ``torch.addmm(bias, W_csr, x^T)`` (x^T made contiguous);
+convolutions stay masked dense (torch has no sparse convolution on CPU), so a whole model
+gains only in its Linear layers. Both variants run interleaved in one process; medians
+over repeats are compared.
 
 1. Per layer: a square Linear (default 4096 x 4096, batch 256) at each density.
 2. Whole model: an ensemble of M members (ERK masks at the density), images/s.
