@@ -176,6 +176,7 @@ def finish(running: Running) -> dict[str, Any]:
             f"exited with code {running.process.returncode} without a result"
         )  # fmt: skip
         result = {"passed": False, "error": why, "summary": why, "goals": {}}
+    result.setdefault("passed", False)
     result.update(seconds=round(seconds, 1), log=str(running.log))
     if running.concurrent:
         result["concurrent_with"] = running.concurrent
@@ -206,29 +207,38 @@ def run_checks(
     start = time.monotonic()
     deadline = start + budget
     results: dict[str, dict[str, Any]] = {}
-    background: list[Running] = []
-    for name, limit, in_background in checks:
-        left = deadline - time.monotonic()
-        if left < MIN_START_S:
-            results[name] = _skipped(left)
-            continue
-        _progress(f"{name}: started (limit {min(limit, left):.0f} s)")
-        running = start_process(
-            name, check_argv(name, device, size, workdir), min(limit, left), workdir
-        )
-        for other in background:
-            other.concurrent.append(name)
-        if in_background and not serial:
-            background.append(running)
-            continue
-        running.concurrent = [r.name for r in background if r.process.poll() is None]
-        results[name] = finish(running)
-        _progress(_line(name, results[name]))
-    for running in background:
-        results[running.name] = finish(running)
-        _progress(_line(running.name, results[running.name]))
+    started: list[Running] = []
+    try:
+        for name, limit, in_background in checks:
+            left = deadline - time.monotonic()
+            if left < MIN_START_S:
+                results[name] = _skipped(left)
+                continue
+            _progress(f"{name}: started (limit {min(limit, left):.0f} s)")
+            argv = check_argv(name, device, size, workdir)
+            running = start_process(name, argv, min(limit, left), workdir)
+            alive = [r for r in started if r.process.poll() is None]
+            running.concurrent = [r.name for r in alive]
+            for other in alive:
+                other.concurrent.append(name)
+            started.append(running)
+            if not (in_background and not serial):
+                results[name] = _finished(running)
+        for running in started:
+            if running.name not in results:
+                results[running.name] = _finished(running)
+    finally:  # interrupted (Ctrl-C): leave no check running
+        for running in started:
+            if running.process.poll() is None:
+                stop_group(running.process)
     ordered = {name: results[name] for name, _, _ in checks}
     return summarize(ordered, device, size, budget, time.monotonic() - start)
+
+
+def _finished(running: Running) -> dict[str, Any]:
+    result = finish(running)
+    _progress(_line(running.name, result))
+    return result
 
 
 def _skipped(left: float) -> dict[str, Any]:
@@ -241,7 +251,8 @@ def _progress(message: str) -> None:
 
 
 def _line(name: str, result: dict[str, Any]) -> str:
-    return f"{name}: {_status(result)} in {result.get('seconds', 0):.1f} s: {result['summary']}"
+    summary = result.get("summary", "")
+    return f"{name}: {_status(result)} in {result.get('seconds', 0):.1f} s: {summary}"
 
 
 def _status(result: dict[str, Any]) -> str:
@@ -281,7 +292,7 @@ def format_table(result: dict[str, Any]) -> str:
     ]
     for name, check in result["checks"].items():
         seconds = f"{check['seconds']:.1f}" if "seconds" in check else "-"
-        lines.append(f"{name:<20}{_status(check):<8}{seconds:>8}  {check['summary']}")
+        lines.append(f"{name:<20}{_status(check):<8}{seconds:>8}  {check.get('summary', '')}")
         for goal, met in check.get("goals", {}).items():
             lines.append(f"{'':<36}goal {'met' if met else 'MISSED'}: {goal}")
     checks = result["checks"].values()
