@@ -62,9 +62,10 @@ class DataConfig(Section):
     pin_memory: bool = Field(True, description="pin batches when training on CUDA")
     decode_device: Literal["cpu", "cuda"] = Field(
         "cpu",
-        description="cpu: PIL decode + augment in loader workers; cuda: batched nvJPEG decode "
-        "+ augment on the rank's GPU, in the rank itself (needs loader_workers=0, "
-        "pin_memory=false); `ft-dist bench gpu` measures which is faster",
+        description="training stream: cpu = PIL decode + augment in loader workers; cuda = "
+        "batched nvJPEG decode + augment on the rank's GPU, in the rank itself (needs "
+        "loader_workers=0, pin_memory=false); evaluation always decodes on the CPU. "
+        "`ft-dist bench gpu` measures which is faster",
     )
     skip_corrupt: bool = Field(
         False,

@@ -103,7 +103,10 @@ class BatchDecoder:
         from PIL import Image
 
         Image.preinit()
-        if cfg.decode_device == "cuda":
+        # The GPU decodes the training stream only: evaluation (validation, `ft-dist
+        # evaluate`, possibly on a machine without a GPU) keeps the CPU path.
+        device = cfg.decode_device if train else "cpu"
+        if device == "cuda":
             _check_gpu_decode(cfg)
         recipe = recipe_for_split(info.resolved_recipe, manifest)
         return cls(
@@ -114,7 +117,7 @@ class BatchDecoder:
             # Evaluation stays strict: a replaced sample would be scored under another's
             # index, and exact metrics are the point of the eval stream.
             skip_corrupt=cfg.skip_corrupt and train,
-            device=cfg.decode_device,
+            device=device,
         )
 
     def decode(self, items: list[RawItem], seed: int | None = None) -> tuple[Any, Any]:

@@ -81,3 +81,12 @@ def test_decode_check_on_cpu_refuses_cuda_clearly(tmp_path: Path) -> None:
 def test_cuda_decoder_yields_gpu_batches() -> None:
     images, labels = _decoder("cuda", train=True).decode(_items(), seed=1)
     assert images.is_cuda and images.shape == (4, 3, 48, 48) and not labels.is_cuda
+
+
+def test_evaluation_streams_keep_decoding_on_the_cpu(tmp_path: Path) -> None:
+    from ft_dist.bench.gpu_decode import stream_config, write_jpeg_shards
+    from ft_dist.data.evaluation import EvalStream
+
+    root = write_jpeg_shards(tmp_path, 32)
+    cfg = stream_config(root, "cuda", 0, 8)
+    assert EvalStream(cfg, split="train").decoder.device == "cpu"
