@@ -169,6 +169,8 @@ def recipe_transform(
     import torch
     from torchvision.transforms import v2
 
+    from ft_dist.data.crops import ZeroPadRandomCrop
+
     size, steps = recipe.size, []
     if recipe.train_crop == "random_resized" and train:
         steps.append(v2.RandomResizedCrop(size, antialias=True))
@@ -177,7 +179,8 @@ def recipe_transform(
     elif recipe.resize_first:
         steps += [v2.Resize(size, antialias=True), v2.CenterCrop(size)]
     if recipe.train_crop == "pad_random" and train:
-        steps.append(v2.RandomCrop(size, padding=recipe.padding, padding_mode=recipe.padding_mode))
+        crop = ZeroPadRandomCrop if recipe.padding_mode == "constant" else v2.RandomCrop
+        steps.append(crop(size, padding=recipe.padding, padding_mode=recipe.padding_mode))
     if recipe.flip and train:
         steps.append(v2.RandomHorizontalFlip())
     steps += [v2.ToImage(), v2.ToDtype(torch.float32, scale=True)]

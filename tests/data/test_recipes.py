@@ -130,3 +130,28 @@ def test_other_splits_are_resized_to_the_runs_side() -> None:
     assert recipe_for_split(recipe, manifest(28)) is recipe
     ood = recipe_for_split(recipe, manifest(40))
     assert ood.resize_first and ood.size == 28 and ood.mean == recipe.mean
+
+
+@pytest.mark.parametrize("mode", ["L", "RGB"])
+def test_zero_pad_crop_is_torchvisions_pad_then_crop(mode: str) -> None:
+    import numpy as np
+    import torch
+    from PIL import Image
+    from torchvision.transforms import v2
+
+    from ft_dist.data.crops import ZeroPadRandomCrop
+
+    shape = (28, 28) if mode == "L" else (28, 28, 3)
+    pixels = np.random.default_rng(0).integers(1, 256, size=shape, dtype=np.uint8)
+    image = Image.fromarray(pixels, mode=mode)
+    ours, reference = ZeroPadRandomCrop(28, padding=2), v2.RandomCrop(28, padding=2)
+    shifted = 0
+    for seed in range(40):
+        for inpt in (image, v2.functional.pil_to_tensor(image)):
+            torch.manual_seed(seed)
+            expected = np.asarray(reference(inpt))
+            torch.manual_seed(seed)
+            got = np.asarray(ours(inpt))
+            assert np.array_equal(got, expected), seed
+            shifted += int((got == 0).any())  # zero border where the crop left the image
+    assert shifted > 40
