@@ -10,9 +10,13 @@ fast; the streams live in submodules that import torch:
   pre-training check at once); ``TrainStream(cfg, rank=, world_size=, seed=)`` with
   ``.steps_per_epoch`` and ``.epoch(epoch, start_step) -> EpochLoader``.
 * ``ft_dist.data.evaluation``: ``EvalStream(cfg, split=, rank=, world_size=)`` yielding
-  ``(images, labels, indices)``; ``gather_by_index(values, indices, num_samples)``.
-* ``ft_dist.data.imagefolder.write_imagefolder`` / ``ft_dist.data.bundled.write_mnist``
-  -- what ``ft-dist shards`` runs.
+  ``(images, labels, indices)`` (``normalize=False``: raw [0, 1] pixels; ``labels=False``:
+  any split as unlabelled); ``gather_by_index(values, indices, num_samples)``.
+* ``ft_dist.data.recipes``: ``choose_recipe(cfg)`` / ``recipe_lines(cfg)`` -- the named,
+  hinted or manifest-derived recipe and the line ``ft-dist train`` prints about it.
+* ``ft_dist.data.corrupted.open_corruptions`` -- CIFAR-10/100-C and ImageNet-C from disk.
+* ``write_imagefolder`` / ``bundled.write_mnist`` / ``cifar.write_cifar`` /
+  ``svhn.write_svhn`` -- what ``ft-dist shards`` runs.
 """
 
 from ft_dist.data.config import DataConfig
