@@ -24,6 +24,11 @@ Within an epoch some samples may be read twice and a few not at all (the quota r
 whole batches); over epochs the shard permutation changes, so all are seen. The order is a
 function of (seed, epoch, rank, world_size, loader_workers, batch_size_per_worker): resume
 with the same values to reproduce the uninterrupted run exactly.
+
+With a fixed global batch (``TrainStream(..., global_batch=G)``: elastic training) the
+epoch is instead one world-size independent sequence (plan.py, "elastic order"): step k
+reads positions [k·G, (k+1)·G) at any world size, so a resume on another number of ranks
+reads each sample of the epoch once, none twice. Every rank reads (not decodes) all shards.
 """
 
 from __future__ import annotations
@@ -40,12 +45,16 @@ from ft_dist.data.config import DataConfig
 from ft_dist.data.decoding import BatchDecoder, DataInfo, RawItem, check_same_classes, describe
 from ft_dist.data.manifest import Manifest, read_manifest, verify_shards
 from ft_dist.data.plan import (
+    elastic_positions,
+    elastic_window,
     epoch_assignment,
     mix_seed,
     role_batches,
     role_of_worker,
+    shard_order,
     skipped_batches,
     steps_per_epoch,
+    window_permutation,
 )
 from ft_dist.data.reader import DataError, iter_shard
 
@@ -86,6 +95,25 @@ def _check_train_layout(cfg: DataConfig, manifest: Manifest, world_size: int) ->
     return steps
 
 
+def _check_elastic_layout(
+    cfg: DataConfig, manifest: Manifest, world_size: int, global_batch: int
+) -> int:
+    """Micro-batches per epoch of one rank under a fixed global batch."""
+    per_micro_step = world_size * cfg.batch_size_per_worker
+    if global_batch % per_micro_step:
+        raise ValueError(
+            f"global batch {global_batch} is not a multiple of {world_size} ranks × "
+            f"data.batch_size_per_worker={cfg.batch_size_per_worker}"
+        )
+    steps = manifest.num_samples // global_batch
+    if steps == 0:
+        raise ValueError(
+            f"split {manifest.split!r} has {manifest.num_samples} samples, less than one "
+            f"global batch of {global_batch}; lower train.global_batch_size"
+        )
+    return steps * (global_batch // per_micro_step)
+
+
 class TrainStream:
     """A rank's view of the training split: build once, then one loader per epoch."""
 
@@ -96,7 +124,12 @@ class TrainStream:
         rank: int,
         world_size: int,
         seed: int | None = None,
+        global_batch: int | None = None,
     ) -> None:
+        """``global_batch``: examples per optimizer step, fixed across world sizes (elastic
+        training): the epoch's order is then world-size independent (see plan.py), and
+        ``steps_per_epoch`` counts this rank's micro-batches, ``global_batch / (world_size
+        × batch_size_per_worker)`` per optimizer step."""
         if world_size < 1 or not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} is not in 0..world_size-1 (world_size {world_size})")
         self.cfg = cfg
@@ -105,12 +138,18 @@ class TrainStream:
         self.info = describe(cfg)
         self.manifest = read_manifest(cfg.root, cfg.train_split)
         self.num_roles = max(1, cfg.loader_workers)
-        self.steps_per_epoch = _check_train_layout(cfg, self.manifest, world_size)
+        self.elastic_batch = global_batch
+        if global_batch is None:
+            self.steps_per_epoch = _check_train_layout(cfg, self.manifest, world_size)
+        else:
+            self.steps_per_epoch = _check_elastic_layout(
+                cfg, self.manifest, world_size, global_batch
+            )
         self.decoder = BatchDecoder.create(cfg, self.info, self.manifest, train=True)
 
     @property
     def global_batch_size(self) -> int:
-        return self.world_size * self.cfg.batch_size_per_worker
+        return self.elastic_batch or self.world_size * self.cfg.batch_size_per_worker
 
     def epoch(self, epoch: int, start_step: int = 0) -> EpochLoader:
         """Exactly ``steps_per_epoch - start_step`` batches ``(images, labels)``."""
@@ -118,7 +157,11 @@ class TrainStream:
             raise ValueError(
                 f"start_step {start_step} is outside 0..{self.steps_per_epoch} (steps per epoch)"
             )
-        source = _EpochSource(self, epoch, start_step)
+        source: IterableDataset
+        if self.elastic_batch is None:
+            source = _EpochSource(self, epoch, start_step)
+        else:
+            source = _ElasticSource(self, epoch, start_step)
         return EpochLoader(source, self.cfg, epoch, start_step, self.steps_per_epoch)
 
 
@@ -209,6 +252,84 @@ class _EpochSource(IterableDataset):
                     yield url, key, sample
             if count == 0:
                 raise DataError(f"shards {order} of {self.manifest.split!r} yielded no samples")
+
+
+class _ElasticSource(IterableDataset):
+    """One epoch in the world-size independent order of plan.py (fixed global batch).
+
+    Every loader worker of every rank walks the epoch's windows in order and keeps the
+    positions of its own micro-batches; shards wholly before the resume position are not
+    opened. The price of the exact order: each rank reads (not decodes) every shard from
+    the resume position on.
+    """
+
+    def __init__(self, stream: TrainStream, epoch: int, start_step: int) -> None:
+        sizes = [shard.num_samples for shard in stream.manifest.shards]
+        self.order = shard_order(len(sizes), stream.seed, epoch)
+        self.sizes = [sizes[shard] for shard in self.order]
+        self.manifest, self.decoder = stream.manifest, stream.decoder
+        self.rank, self.world_size = stream.rank, stream.world_size
+        self.num_roles, self.steps = stream.num_roles, stream.steps_per_epoch
+        self.seed, self.epoch, self.start_step = stream.seed, epoch, start_step
+        self.batch_size = stream.cfg.batch_size_per_worker
+        self.global_batch = stream.global_batch_size
+        self.window = elastic_window(self.global_batch, stream.cfg.shuffle_buffer)
+        self.verify_digest = not stream.manifest.is_local
+
+    def raw_batches(self, role: int) -> Iterator[tuple[int, list[RawItem]]]:
+        """``(micro-step, undecoded samples)`` of one loader role, in the loader's order."""
+        reader = _SequenceReader(self)
+        start, offsets, items = -1, [], []
+        for index in role_batches(role, self.num_roles, self.start_step, self.steps):
+            batch = []
+            for position in elastic_positions(
+                index, self.rank, self.world_size, self.batch_size, self.global_batch
+            ):
+                if not start <= position < start + len(offsets):
+                    start = position - position % self.window
+                    length = min(self.window, sum(self.sizes) - start)
+                    offsets = window_permutation(start, length, self.seed, self.epoch)
+                    items = reader.read(start, start + length)
+                batch.append(items[offsets[position - start]])
+            yield index, batch
+
+    def __iter__(self) -> Iterator[tuple[Any, Any]]:
+        worker = get_worker_info()
+        role = role_of_worker(worker.id if worker else 0, self.num_roles, self.start_step)
+        for index, items in self.raw_batches(role):
+            seed = mix_seed("augment", self.seed, self.epoch, self.rank, index)
+            yield self.decoder.decode(items, seed)
+
+
+class _SequenceReader:
+    """Samples ``[lo, hi)`` of the epoch's shard sequence, read forward only; shards that
+    end before ``lo`` are skipped unopened, samples before it dropped undecoded."""
+
+    def __init__(self, source: _ElasticSource) -> None:
+        self.source = source
+        self.position, self.samples = 0, self._open_at(0)
+
+    def read(self, lo: int, hi: int) -> list[RawItem]:
+        if lo < self.position:
+            raise RuntimeError(f"the elastic order read back to {lo} from {self.position}")
+        if lo > self.position:
+            self.samples, self.position = self._open_at(lo), lo
+        items = list(itertools.islice(self.samples, hi - lo))
+        if len(items) != hi - lo:
+            raise DataError(f"the shards of epoch order {self.source.order} end before {hi}")
+        self.position = hi
+        return items
+
+    def _open_at(self, lo: int) -> Iterator[RawItem]:
+        source, first = self.source, 0
+        for shard, size in zip(source.order, source.sizes, strict=True):
+            if first + size > lo:
+                url = source.manifest.shard_url(shard)
+                info = source.manifest.shards[shard]
+                samples = iter_shard(url, info, verify_digest=source.verify_digest)
+                for _, key, sample in itertools.islice(samples, max(0, lo - first), None):
+                    yield url, key, sample
+            first += size
 
 
 def batch_loader(source: IterableDataset, cfg: DataConfig) -> DataLoader:

@@ -83,3 +83,41 @@ def eval_parts(sizes: list[int], num_slots: int) -> list[list[tuple[int, int, in
         return [[(shard, 0, 1) for shard in shards] for shards in slots]
     groups = [len(range(j, num_slots, num_shards)) for j in range(num_shards)]
     return [[(s % num_shards, s // num_shards, groups[s % num_shards])] for s in range(num_slots)]
+
+
+# --------------------------------------------------------------------------- elastic order
+# With a fixed global batch G (elastic training) an epoch is one sequence of samples that no
+# rank count enters: the shards in a seeded per-epoch order, concatenated, then permuted
+# within windows. Optimizer step k consumes positions [k·G, (k+1)·G) whatever the world
+# size, so a resume at step k on another world size reads exactly the positions not yet
+# consumed: every sample of the epoch once, none twice.
+
+
+def shard_order(num_shards: int, seed: int, epoch: int) -> list[int]:
+    """The epoch's shard order (the same permutation `epoch_assignment` balances)."""
+    order = list(range(num_shards))
+    random.Random(mix_seed("shards", seed, epoch)).shuffle(order)
+    return order
+
+
+def elastic_window(global_batch: int, shuffle_buffer: int) -> int:
+    """Samples permuted together: the shuffle buffer rounded down to whole global batches."""
+    return global_batch * max(1, shuffle_buffer // global_batch)
+
+
+def window_permutation(start: int, length: int, seed: int, epoch: int) -> list[int]:
+    """Source offsets of the window of ``length`` positions starting at ``start``."""
+    offsets = list(range(length))
+    random.Random(mix_seed("window", seed, epoch, start)).shuffle(offsets)
+    return offsets
+
+
+def elastic_positions(
+    micro_step: int, rank: int, world_size: int, batch_size: int, global_batch: int
+) -> range:
+    """Epoch positions of a rank's micro-batch: step ``k`` splits its global batch into
+    ``world_size`` contiguous rank parts of ``accum`` micro-batches each."""
+    accum = global_batch // (world_size * batch_size)
+    step, micro = divmod(micro_step, accum)
+    first = step * global_batch + (rank * accum + micro) * batch_size
+    return range(first, first + batch_size)

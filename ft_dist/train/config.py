@@ -126,7 +126,23 @@ class TrainConfig(Section):
     label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
     bf16: bool = Field(False, description="bf16 autocast (DeepSpeed: bf16 weights); GPU only")
     channels_last: bool = Field(False, description="channels_last memory format; GPU only")
-    num_workers: int = Field(1, ge=1, description="data-parallel workers")
+    num_workers: int = Field(
+        1, ge=1, description="data-parallel workers; [min, max] = elastic (max here, min below)"
+    )
+    min_workers: int | None = Field(
+        None,
+        ge=1,
+        description="elastic training: the run goes on with as few as this many workers (a "
+        "lost node) and scales back to num_workers; None = a fixed num_workers",
+    )
+    global_batch_size: int | None = Field(
+        None,
+        ge=1,
+        description="examples per optimizer step, the same at every world size: "
+        "the accumulation becomes global / (batch_size_per_worker x workers), replacing "
+        "grad_accum_steps. None = batch_size_per_worker x grad_accum_steps x num_workers "
+        "when elastic (grad_accum_steps is then the accumulation at num_workers)",
+    )
     eval_every_epochs: int = Field(1, ge=1, description="validate every N epochs (and at the end)")
     checkpoint_every_epochs: int = Field(1, ge=1)
     checkpoint_every_steps: int | None = Field(
@@ -153,6 +169,36 @@ class TrainConfig(Section):
             )
         return name
 
+    @model_validator(mode="before")
+    @classmethod
+    def _split_worker_range(cls, data: object) -> object:
+        """``num_workers: [min, max]`` is stored as min_workers / num_workers, so code that
+        reads num_workers as the (largest) worker count keeps working."""
+        if isinstance(data, dict) and isinstance(data.get("num_workers"), list | tuple):
+            bounds = data["num_workers"]
+            if len(bounds) != 2:
+                raise ValueError(f"train.num_workers must be an int or [min, max], got {bounds}")
+            data = {**data, "min_workers": bounds[0], "num_workers": bounds[1]}
+        return data
+
+    @property
+    def elastic(self) -> bool:
+        return self.min_workers is not None and self.min_workers < self.num_workers
+
+    @model_validator(mode="after")
+    def _check_workers(self) -> TrainConfig:
+        if self.min_workers is not None and self.min_workers > self.num_workers:
+            raise ValueError(
+                f"train.min_workers={self.min_workers} exceeds train.num_workers="
+                f"{self.num_workers}; give the range as num_workers: [min, max]"
+            )
+        if self.elastic and self.strategy == "deepspeed" and self.zero_stage:
+            raise ValueError(
+                "elastic train.num_workers needs train.zero_stage=0 (or strategy=ddp): ZeRO "
+                "checkpoints are partitioned per rank and cannot resume on another world size"
+            )
+        return self
+
     @model_validator(mode="after")
     def _check_precision(self) -> TrainConfig:
         if self.strategy == "ddp" and "zero_stage" in self.model_fields_set and self.zero_stage:
@@ -172,4 +218,10 @@ class RayConfig(Section):
     max_failures: int = Field(3, ge=-1, description="restarts after a worker dies (-1 = forever)")
     storage_path: str | None = Field(
         None, description="checkpoint storage; None = train.output_dir"
+    )
+    resize_interval_s: float = Field(
+        60.0,
+        ge=0.0,
+        description="elastic train.num_workers: how often Ray looks for room to grow the "
+        "worker group back (each resize restarts it from the newest checkpoint)",
     )

@@ -63,8 +63,8 @@ def train_epoch(ctx: Context, epoch: int, actions: EpochActions) -> None:
     """The optimizer steps of one epoch, from the resume position: LR, step, logs, and
     mid-epoch checkpoints."""
     cfg, state = ctx.cfg, ctx.state
-    accum = cfg.train.grad_accum_steps
-    global_batch = cfg.data.batch_size_per_worker * accum * ctx.session.world_size
+    # Fixed per run when elastic: the accumulation makes up for a smaller world size.
+    accum, global_batch = ctx.grad_accum_steps, ctx.global_batch_size
     batches = iter(ctx.stream.epoch(epoch, start_step=state.step_in_epoch * accum))
     # An exploration that grows by gradient reads the dense gradient of the epoch's last step.
     explore_growth = actions.explore[1] if actions.explore else None

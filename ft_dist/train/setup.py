@@ -22,6 +22,7 @@ from ft_dist.data.pipeline import TrainStream
 from ft_dist.layout import run_dir
 from ft_dist.models import build_model_from_config
 from ft_dist.sparse.flops import forward_flops, training_flops_per_example
+from ft_dist.train.config import TrainConfig
 from ft_dist.train.plan import RunPlan, build_plan
 from ft_dist.train.session import Session
 from ft_dist.train.strategy import Strategy, build_strategy
@@ -66,6 +67,34 @@ class Context:
     num_epochs: int
     flops_per_example: float
     fast_path: bool  # bf16 / channels_last apply (CUDA only)
+    grad_accum_steps: int = 1  # micro-batches per optimizer step at this world size
+    global_batch_size: int = 1  # examples per optimizer step, summed over ranks
+
+
+def batch_arithmetic(
+    train: TrainConfig, batch_size_per_worker: int, world_size: int
+) -> tuple[int, int]:
+    """(micro-batches per step, global batch) at ``world_size``.
+
+    A fixed global batch (train.global_batch_size, or elastic training's max workers ×
+    per-worker batch × grad_accum_steps) keeps the LR schedule, DST update period and FLOPs
+    accounting equal at every world size: accumulation makes up for missing workers.
+    """
+    if train.global_batch_size is None and not train.elastic:
+        accum = train.grad_accum_steps
+        return accum, batch_size_per_worker * accum * world_size
+    fixed = train.global_batch_size or (
+        train.num_workers * batch_size_per_worker * train.grad_accum_steps
+    )
+    per_micro_step = batch_size_per_worker * world_size
+    if fixed % per_micro_step:
+        raise ValueError(
+            f"global batch {fixed} is not a multiple of data.batch_size_per_worker="
+            f"{batch_size_per_worker} x {world_size} workers = {per_micro_step}: choose "
+            "train.global_batch_size (or num_workers, batch_size_per_worker) so that it "
+            "divides at every world size the run may have"
+        )
+    return fixed // per_micro_step, fixed
 
 
 def build_context(cfg: RunConfig, session: Session, tracker: Any) -> Context:
@@ -73,17 +102,25 @@ def build_context(cfg: RunConfig, session: Session, tracker: Any) -> Context:
     rank, world_size = session.rank, session.world_size
     # 1. Data first: the manifest fixes the model's shape.
     data_seed = derive_seed("data", cfg.data.seed, cfg.train.seed, cfg.train.member)
-    stream = TrainStream(cfg.data, rank=rank, world_size=world_size, seed=data_seed)
+    accum, global_batch = batch_arithmetic(cfg.train, cfg.data.batch_size_per_worker, world_size)
+    fixed = cfg.train.elastic or cfg.train.global_batch_size is not None
+    stream = TrainStream(
+        cfg.data,
+        rank=rank,
+        world_size=world_size,
+        seed=data_seed,
+        global_batch=global_batch if fixed else None,  # a world-size independent order
+    )
     model_cfg = cfg.model.resolved(
         num_classes=stream.info.num_classes,
         in_channels=stream.info.in_channels,
         image_size=stream.info.image_size,
     )
     cfg = cfg.model_copy(update={"model": model_cfg})
-    steps_per_epoch = stream.steps_per_epoch // cfg.train.grad_accum_steps
+    steps_per_epoch = stream.steps_per_epoch // accum
     if steps_per_epoch < 1:
         raise ValueError(
-            f"train.grad_accum_steps={cfg.train.grad_accum_steps} exceeds the "
+            f"{accum} micro-batches per step (train.grad_accum_steps) exceed the "
             f"{stream.steps_per_epoch} batches per epoch; lower it or data.batch_size_per_worker"
         )
     run = run_dir(cfg.train)
@@ -96,7 +133,7 @@ def build_context(cfg: RunConfig, session: Session, tracker: Any) -> Context:
             stacklevel=2,
         )
     # 2. Identical model and masks on every rank; per-rank randomness only afterwards.
-    strategy = build_member(cfg, session, plan)
+    strategy = build_member(cfg, session, plan, accum)
     torch.manual_seed(derive_seed("rank", cfg.train.seed, cfg.train.member, rank))
     return Context(
         cfg=cfg,
@@ -114,10 +151,12 @@ def build_context(cfg: RunConfig, session: Session, tracker: Any) -> Context:
         num_epochs=cfg.num_epochs,
         flops_per_example=training_flops(cfg, strategy),
         fast_path=session.device.type == "cuda",
+        grad_accum_steps=accum,
+        global_batch_size=global_batch,
     )
 
 
-def build_member(cfg: RunConfig, session: Session, plan: RunPlan) -> Strategy:
+def build_member(cfg: RunConfig, session: Session, plan: RunPlan, accum: int) -> Strategy:
     """The model and its masks from seeds of (run seed, member): equal on every rank, and
     different for each member of a DST Ensemble (weights, masks and mask evolution)."""
     member, device = cfg.train.member, session.device
@@ -128,7 +167,7 @@ def build_member(cfg: RunConfig, session: Session, plan: RunPlan) -> Strategy:
     mask_seed = derive_seed("masks", cfg.sparsity.seed, cfg.train.seed, member)
     return build_strategy(
         module,
-        train=cfg.train,
+        train=cfg.train.model_copy(update={"grad_accum_steps": accum}),
         optim=cfg.optim,
         sparsity=cfg.sparsity.model_copy(update={"seed": mask_seed}),
         micro_batch_size=cfg.data.batch_size_per_worker,

@@ -1,0 +1,81 @@
+"""Elastic training without Ray: the worker range in the config, the accumulation that keeps
+the global batch fixed, and a run trained on 2 gloo ranks that resumes on 1."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from ft_dist.layout import run_dir
+from ft_dist.train.config import TrainConfig
+from ft_dist.train.setup import batch_arithmetic
+from tests.gloo_workers import run_workers
+from tests.train.conftest import tiny_config
+from tests.train.test_loop import final_state, resume_copy, run_loop
+
+
+def test_worker_range_is_min_and_max() -> None:
+    train = TrainConfig(num_workers=[2, 4])
+    assert (train.min_workers, train.num_workers, train.elastic) == (2, 4, True)
+    assert not TrainConfig(num_workers=4).elastic
+    assert TrainConfig(**train.model_dump()) == train  # config.yaml round trip
+    with pytest.raises(ValueError, match="min_workers=3 exceeds train.num_workers=2"):
+        TrainConfig(num_workers=[3, 2])
+    with pytest.raises(ValueError, match="int or \\[min, max\\]"):
+        TrainConfig(num_workers=[1, 2, 3])
+    with pytest.raises(ValueError, match="ZeRO checkpoints are partitioned per rank"):
+        TrainConfig(num_workers=[1, 2], strategy="deepspeed", zero_stage=1)
+
+
+def test_accumulation_keeps_the_global_batch() -> None:
+    elastic = TrainConfig(num_workers=[1, 4], grad_accum_steps=2)  # 4 x 16 x 2 = 128
+    assert [batch_arithmetic(elastic, 16, w) for w in (4, 2, 1)] == [(2, 128), (4, 128), (8, 128)]
+    with pytest.raises(ValueError, match="global batch 128 is not a multiple of .*=16 x 3"):
+        batch_arithmetic(elastic, 16, 3)
+    fixed = TrainConfig(global_batch_size=96)
+    assert batch_arithmetic(fixed, 16, 2) == (3, 96) and batch_arithmetic(fixed, 16, 6) == (1, 96)
+    plain = TrainConfig(num_workers=2, grad_accum_steps=3)  # not elastic: as before
+    assert batch_arithmetic(plain, 16, 2) == (3, 96) and batch_arithmetic(plain, 16, 1) == (3, 48)
+
+
+def elastic_config(root: Path, out: Path):
+    # [1, 2] workers x 32 x 1 = a global batch of 64: 4 steps per epoch at either size.
+    train = {"num_workers": [1, 2], "checkpoint_every_steps": 2, "keep_checkpoints": 10}
+    # The LR scales with the global batch, so a changed batch would change it.
+    return tiny_config(root, out, train=train, optim={"base_batch_size": 32})
+
+
+def _two_ranks(rank: int, world_size: int, root: Path, out: Path) -> None:
+    torch.distributed.init_process_group("gloo", rank=rank, world_size=world_size)
+    summary, tracker, _ = run_loop(elastic_config(root, out))
+    if rank == 0:
+        lrs = {step: m["train/lr"] for step, m in tracker.logged if "train/lr" in m}
+        (out / "run.json").write_text(json.dumps({"summary": summary, "lr": lrs}))
+
+
+def layer_counts(state: dict) -> dict[str, int]:
+    masks = state["sparsity"]["masks"]
+    return {name: int(mask.sum()) for name, mask in masks.items()}
+
+
+@pytest.mark.dist
+@pytest.mark.slow
+def test_two_ranks_resume_on_one(tiny_mnist: Path, tmp_path: Path) -> None:
+    run_workers(_two_ranks, 2, tiny_mnist, tmp_path / "a")
+    reference = json.loads((tmp_path / "a" / "run.json").read_text())
+    assert reference["summary"]["steps"] == 8 and reference["summary"]["world_size"] == 2
+    cfg = elastic_config(tiny_mnist, tmp_path / "a")
+    for step in (2, 6):  # mid-epoch 0 and mid-epoch 1
+        resumed = resume_copy(cfg, step, tmp_path / f"one-{step}")
+        summary, tracker, session = run_loop(resumed)
+        assert session.world_size == 1 and summary["world_size"] == 1
+        assert summary["steps"] == 8 and summary["images_seen"] == 8 * 64
+        assert summary["train_flops"] == summary["train_flops_per_example"] * 8 * 64
+        lrs = {str(s): m["train/lr"] for s, m in tracker.logged if "train/lr" in m}
+        assert lrs and all(lr == reference["lr"][s] for s, lr in lrs.items())
+        # DST kept every layer's exact count through the world-size change.
+        assert layer_counts(final_state(resumed)) == layer_counts(final_state(cfg))
+        assert (run_dir(resumed.train) / "summary.json").exists()
