@@ -229,9 +229,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--result", type=Path, required=True)
     args = parser.parse_args(argv)
     result = run_check(args.name, args.device, args.size, args.workdir)
-    text = json.dumps(result, indent=1, default=str, allow_nan=True)
-    args.result.with_name(args.result.name + ".partial").write_text(text)
-    args.result.with_name(args.result.name + ".partial").replace(args.result)
+    from ft_dist.utils import write_text_atomic
+
+    write_text_atomic(args.result, json.dumps(result, indent=1, default=str))
     return 0 if result["passed"] else 1
 
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,6 +21,7 @@ from typing import Any
 import torch
 
 from ft_dist.export.format import ArtifactError, decode_member, sha256_hex
+from ft_dist.utils import write_atomic
 
 FORMAT = "ft_dist.sparse-ensemble"
 VERSION = 1
@@ -56,13 +56,8 @@ class Artifact:
 
 
 def write_file(path: Path, data: bytes) -> None:
-    """Write via a temporary name and rename, so a crash never leaves a half file."""
-    partial = path.with_name(path.name + ".partial")
-    with open(partial, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    partial.replace(path)
+    """Readers see no file or the whole file, never a half-written one."""
+    write_atomic(path, lambda partial: partial.write_bytes(data))
 
 
 def json_safe(value: Any) -> Any:
