@@ -250,9 +250,10 @@ def build_trainer(cfg: Any, loop: LoopFn | None = None, group: str | None = None
         train_loop_config=payload,
         torch_config=TorchConfig(backend="nccl" if cfg.ray.use_gpu else "gloo"),
         scaling_config=ScalingConfig(
-            num_workers=cfg.train.num_workers,
+            num_workers=worker_count(cfg),
             use_gpu=cfg.ray.use_gpu,
             resources_per_worker=resources,
+            elastic_resize_monitor_interval_s=cfg.ray.resize_interval_s,
         ),
         run_config=RunConfig(
             name=cfg.train.run_name,
@@ -266,6 +267,14 @@ def build_trainer(cfg: Any, loop: LoopFn | None = None, group: str | None = None
             logging_config=ray.train.LoggingConfig(log_level="WARNING"),
         ),
     )
+
+
+def worker_count(cfg: Any) -> int | tuple[int, int]:
+    """Ray's num_workers: a (min, max) range makes the worker group elastic. A lost node
+    fails the group; fit() starts a new one on the workers left (at least min), and Ray
+    resizes it back up when the node returns. The loop keeps the global batch fixed."""
+    train = cfg.train
+    return (train.min_workers, train.num_workers) if train.elastic else train.num_workers
 
 
 def connect(address: str | None, log_to_driver: bool = True) -> None:
@@ -351,7 +360,7 @@ def busy_message(cfg: Any) -> str:
     free = {name: ray.available_resources().get(name, 0.0) for name in need}
     timeout = os.environ.get("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "60")
     return (
-        f"Ray found no room for train.num_workers={cfg.train.num_workers} workers x "
+        f"Ray found no room for train.num_workers={worker_count(cfg)} workers x "
         f"{format_resources(need)} in {START_UP_ATTEMPTS} tries of {timeout} s (free now: "
         f"{format_resources(free)}): the cluster "
         "is busy with other work; retry later, lower train.num_workers, or raise "
