@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install test lint format clean
+.PHONY: install test test-heavy lint format clean
 
 install: $(STAMP)
 
@@ -16,7 +16,11 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -m "not heavy"
+
+# Minutes of CPU each: inductor compiles, ResNet-50 export sizes, the GPU check on CPU.
+test-heavy: $(STAMP)
+	$(BIN)/python -m pytest -q -m heavy
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -88,11 +88,13 @@ def test_mask_updates_do_not_recompile_aot_eager() -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.heavy
 def test_mask_updates_do_not_recompile_inductor() -> None:
     _train_with_updates("inductor")
 
 
 @pytest.mark.slow
+@pytest.mark.heavy
 def test_bench_step_compile_reports_zero_recompiles(capsys) -> None:
     argv = ["bench", "step", "--model", "small-cnn", "--in-channels", "1", "--image-size", "8"]
     argv += ["--batch-size", "4", "--steps", "2", "--warmup", "1", "--updates", "3"]

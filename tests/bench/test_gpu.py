@@ -117,6 +117,7 @@ def test_a_failing_check_becomes_a_result(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.heavy
 def test_driver_runs_checks_in_processes_on_cpu(tmp_path: Path, capsys) -> None:
     argv = ["bench", "gpu", "--device", "cpu", "--json", "--out", str(tmp_path / "r.json")]
     argv += ["--workdir", str(tmp_path / "w"), "--budget", "900"]
@@ -130,6 +131,7 @@ def test_driver_runs_checks_in_processes_on_cpu(tmp_path: Path, capsys) -> None:
 
 @pytest.mark.slow
 @pytest.mark.ray
+@pytest.mark.heavy
 def test_ray_demo_check_on_cpu(tmp_path: Path) -> None:
     result = run_check("ray_demo", "cpu", "tiny", tmp_path)
     assert result["passed"] is True, result.get("error")

@@ -196,6 +196,7 @@ def test_cli_export(exported: tuple[Path, Path], tmp_path: Path, capsys) -> None
 
 
 @pytest.mark.slow
+@pytest.mark.heavy
 def test_resnet50_three_erk_tickets_take_at_most_080_of_one_dense() -> None:
     """Issue 11 goal: M = 3 ERK d = 0.2 ResNet-50 tickets <= 0.8 x one dense state_dict."""
     total = 0
