@@ -7,6 +7,8 @@ exercised without a cloud account. Torn down by process id, never by name.
     source D/cluster.env          # RAY_ADDRESS (job submission) + token auth for clients
     launch/submit.sh configs/demo_dst.yaml train.run_name=demo
     python launch/local_cluster.py down [--dir D]
+    python launch/local_cluster.py kill-node --index 2 [--dir D]   # a lost spot node
+    python launch/local_cluster.py start-node --index 2 [--dir D]  # ... that comes back
 
 Token auth (Ray >= 2.5x): every node is started with RAY_AUTH_MODE=token and
 RAY_AUTH_TOKEN_PATH pointing at a fresh 256-bit token in D/auth_token (mode 0600), so
@@ -40,6 +42,7 @@ STATE_FILE = "cluster.json"
 ENV_FILE = "cluster.env"
 TOKEN_FILE = "auth_token"
 CLUSTER_ENV_VAR = "FT_DIST_LOCAL_CLUSTER"  # set in every node's environment: tells our processes
+NODE_ENV_VAR = "FT_DIST_LOCAL_NODE"  # the node index (0 = head): tells one node's processes
 
 
 def free_port() -> int:
@@ -174,11 +177,14 @@ def up(args: argparse.Namespace) -> int:
         "gcs": f"127.0.0.1:{free_port()}",
         "dashboard": f"http://127.0.0.1:{free_port()}",
         "pids": [],
+        "worker_cpus": args.worker_cpus,
+        "object_store_mb": args.object_store_mb,
     }
     try:
         for index in range(1 + args.worker_nodes):
             log = root / ("head.log" if index == 0 else f"worker_{index}.log")
-            state["pids"].append(start_node(node_args(args, root, state, index), env, log))
+            node = {**env, NODE_ENV_VAR: str(index)}
+            state["pids"].append(start_node(node_args(args, root, state, index), node, log))
             save_state(root, state)  # from here on, `down` can clean up what was started
             if index == 0:  # workers join a running head
                 wait_for_nodes(state["dashboard"], token, 1, args.timeout)
@@ -213,20 +219,70 @@ def is_alive(pid: int) -> bool:
     return True
 
 
-def processes_of(root: Path) -> list[int]:
-    """Pids of this cluster's processes: every node process, Ray worker and job driver
-    inherits CLUSTER_ENV_VAR=root from `ray start` (Ray renames its workers `ray::...`, so
-    their command lines cannot tell). Client shells never get it: cluster.env omits it."""
-    marker, pids = f"{CLUSTER_ENV_VAR}={root}\0".encode(), []
+def processes_of(root: Path, node: int | None = None) -> list[int]:
+    """Pids of this cluster's processes (of node `node` only, when given): every node
+    process, Ray worker and job driver inherits CLUSTER_ENV_VAR=root (and NODE_ENV_VAR)
+    from `ray start` (Ray renames its workers `ray::...`, so their command lines cannot
+    tell). Client shells never get it: cluster.env omits it."""
+    markers = [f"{CLUSTER_ENV_VAR}={root}\0".encode()]
+    if node is not None:
+        markers.append(f"\0{NODE_ENV_VAR}={node}\0".encode())
+    pids = []
     for proc in Path("/proc").iterdir():
         if not proc.name.isdigit() or int(proc.name) == os.getpid():
             continue
         try:
-            if marker in (proc / "environ").read_bytes():
-                pids.append(int(proc.name))
+            environ = b"\0" + (proc / "environ").read_bytes()
         except OSError:
             continue
+        if all(marker in environ for marker in markers):
+            pids.append(int(proc.name))
     return pids
+
+
+def kill_node(args: argparse.Namespace) -> int:
+    """SIGKILL every process of worker node `--index` (its raylet, object store, workers):
+    the node is lost as a preempted spot machine is, with no graceful drain."""
+    root = Path(args.dir).resolve()
+    state = load_state(root)
+    if state is None or not 0 < args.index < len(state["pids"]):
+        print(f"no worker node {args.index} recorded in {root}")
+        return 1
+    deadline = time.monotonic() + 10.0
+    while (pids := processes_of(root, args.index)) and time.monotonic() < deadline:
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        time.sleep(0.2)
+    if pids:
+        print(f"node {args.index} still has processes {pids}")
+        return 1
+    print(f"node {args.index} killed")
+    return 0
+
+
+def start_node_again(args: argparse.Namespace) -> int:
+    """Start worker node `--index` again (after kill-node) and join it to the head."""
+    root = Path(args.dir).resolve()
+    state = load_state(root)
+    if state is None or not 0 < args.index < len(state["pids"]):
+        print(f"no worker node {args.index} recorded in {root}")
+        return 1
+    if processes_of(root, args.index):
+        print(f"node {args.index} is running")
+        return 1
+    token = (root / TOKEN_FILE).read_text()
+    expected = alive_nodes(state["dashboard"], token) + 1
+    options = argparse.Namespace(
+        worker_cpus=state["worker_cpus"], object_store_mb=state["object_store_mb"]
+    )
+    env = {**node_env(root, root / TOKEN_FILE), NODE_ENV_VAR: str(args.index)}
+    log = root / f"worker_{args.index}.log"
+    state["pids"][args.index] = start_node(node_args(options, root, state, args.index), env, log)
+    save_state(root, state)
+    wait_for_nodes(state["dashboard"], token, expected, args.timeout)
+    print(f"node {args.index} up")
+    return 0
 
 
 def stop(root: Path, state: dict, grace_s: float = 30.0) -> None:
@@ -289,6 +345,13 @@ def main(argv: list[str] | None = None) -> int:
     stop_parser = sub.add_parser("down", parents=[common], help="stop the nodes `up` started")
     stop_parser.set_defaults(func=down)
     sub.add_parser("status", parents=[common], help="count alive nodes").set_defaults(func=status)
+    kill = sub.add_parser("kill-node", parents=[common], help="SIGKILL one worker node")
+    kill.add_argument("--index", type=int, required=True, help="1 = the first worker node")
+    kill.set_defaults(func=kill_node)
+    again = sub.add_parser("start-node", parents=[common], help="start a killed worker node")
+    again.add_argument("--index", type=int, required=True)
+    again.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for it")
+    again.set_defaults(func=start_node_again)
     args = parser.parse_args(argv)
     return args.func(args)
 

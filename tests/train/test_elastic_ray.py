@@ -1,0 +1,170 @@
+"""Elastic training on the local multi-node cluster from launch/: a worker node is killed
+mid-run (its raylet and everything on it), the run goes on with the worker left, and grows
+back to 2 workers when the node returns; it ends with the steps and samples of the plan.
+
+Head (0 CPUs: the driver and Ray Train's controller) + 2 worker nodes of 1 CPU: each of
+the 2 training workers lives on its own node. Every wait is on a condition, with a bound.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import cloudpickle
+import pytest
+
+from ft_dist.layout import SUMMARY_FILE, run_dir
+from ft_dist.train.loop import train
+from ft_dist.train.worker import RAY_CHECKPOINTS, fit
+from tests.launch.test_submit import CLUSTER, REPO, cluster_env, cluster_processes
+from tests.train.conftest import tiny_config
+
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
+cloudpickle.register_pickle_by_value(sys.modules[__name__])
+
+EPOCHS, STEPS_PER_EPOCH, GLOBAL_BATCH = 5, 4, 64  # 256 samples / (2 workers x 32)
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    cluster_dir = Path(tempfile.mkdtemp(prefix="fte", dir="/tmp"))  # short: Ray's sockets
+    args = ["--dir", str(cluster_dir)]
+    up = [*CLUSTER, "up", *args, "--worker-nodes", "2", "--head-cpus", "0", "--worker-cpus", "1"]
+    try:
+        subprocess.run(up, check=True, timeout=240)
+        yield cluster_dir
+    finally:
+        subprocess.run([*CLUSTER, "down", *args], check=True, timeout=120)
+        assert cluster_processes(cluster_dir) == []
+        shutil.rmtree(cluster_dir, ignore_errors=True)
+
+
+class Pausing:
+    """The real session, except that it stops after a checkpoint, once per world size, and
+    waits for the test: at 2 workers rank 1 waits to lose its node; at 1 worker, rank 0
+    waits for Ray to grow the group back (Ray stops it then)."""
+
+    def __init__(self, session, flags: Path) -> None:
+        self.session, self.flags = session, flags
+        self.rank, self.world_size = session.rank, session.world_size
+        self.local_rank, self.device = session.local_rank, session.device
+
+    def latest_checkpoint_dir(self):
+        return self.session.latest_checkpoint_dir()
+
+    def report(self, metrics: dict, checkpoint_dir: str | None = None) -> None:
+        self.session.report(metrics, checkpoint_dir)
+        flag = self.flags / f"paused_{self.world_size}"
+        if checkpoint_dir and self.rank == self.world_size - 1 and not flag.exists():
+            partial = flag.with_suffix(".partial")
+            partial.write_text(json.dumps({"pid": os.getpid(), "step": Path(checkpoint_dir).name}))
+            partial.rename(flag)
+            time.sleep(300)  # the node is killed, or Ray resizes the group, long before
+            raise RuntimeError("the test never ended this worker")
+
+
+def pausing_loop(flags: Path):
+    def loop(cfg, session, tracker):
+        with open(flags / "starts.txt", "a") as starts:
+            starts.write(f"{session.world_size}:{session.rank}\n")
+        return train(cfg, Pausing(session, flags), tracker)
+
+    return loop
+
+
+def wait_for(condition, what: str, timeout_s: float = 300) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"waited {timeout_s} s for {what}")
+        time.sleep(0.2)
+
+
+def node_of(pid: int) -> int:
+    environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    return int(next(v for v in environ if v.startswith(b"FT_DIST_LOCAL_NODE=")).split(b"=")[1])
+
+
+def registered(run: Path, step: str) -> bool:
+    snapshot = run / "checkpoint_manager_snapshot.json"
+    return snapshot.exists() and f"{RAY_CHECKPOINTS}/{step}" in snapshot.read_text()
+
+
+def lose_and_return_a_node(cluster: Path, flags: Path, run: Path, log: list) -> None:
+    """Kill the node of the paused rank once Ray registered that checkpoint; start it again
+    once the run goes on (and checkpoints) with 1 worker."""
+    try:
+        wait_for(lambda: (flags / "paused_2").exists(), "a checkpoint at 2 workers")
+        paused = json.loads((flags / "paused_2").read_text())
+        wait_for(lambda: registered(run, paused["step"]), "Ray to register it")
+        node = node_of(paused["pid"])
+        kill = [*CLUSTER, "kill-node", "--dir", str(cluster), "--index", str(node)]
+        subprocess.run(kill, check=True, timeout=60)
+        log.append(("killed", node, paused["step"]))
+        wait_for(lambda: (flags / "paused_1").exists(), "a checkpoint at 1 worker")
+        start = [*CLUSTER, "start-node", "--dir", str(cluster), "--index", str(node)]
+        subprocess.run(start, check=True, timeout=180)
+        log.append(("returned", node, json.loads((flags / "paused_1").read_text())["step"]))
+    except Exception as error:  # reported by the test, which checks the log
+        log.append(("error", repr(error)))
+
+
+def elastic_config(root: Path, out: Path, address: str | None = None):
+    return tiny_config(
+        root,
+        out,
+        train={"epochs": EPOCHS, "num_workers": [1, 2], "run_name": "elastic"},
+        ray={"max_failures": 3, "resize_interval_s": 2.0, "address": address},
+        optim={"base_batch_size": 32},
+    )
+
+
+def drive(root: str, out: str, flags: str, address: str) -> None:
+    """The driver, run as its own process: Ray reads the cluster's token settings from the
+    environment a process starts with."""
+    fit(elastic_config(Path(root), Path(out), address), pausing_loop(Path(flags)))
+
+
+def test_lost_node_shrinks_the_run_and_its_return_grows_it(
+    cluster: Path, tiny_mnist: Path, tmp_path: Path
+) -> None:
+    flags, out = tmp_path / "flags", tmp_path / "runs"
+    flags.mkdir()
+    run, log = run_dir(elastic_config(tiny_mnist, out).train), []
+    events = threading.Thread(
+        target=lose_and_return_a_node, args=(cluster, flags, run, log), daemon=True
+    )
+    events.start()
+    env = cluster_env(cluster)
+    address = env.pop("RAY_GCS_ADDRESS")
+    env.pop("RAY_ADDRESS")  # the dashboard's (job submission)
+    code = f"from {__name__} import drive; drive(*{[str(tiny_mnist), str(out), str(flags), address]!r})"
+    with open(tmp_path / "driver.log", "w") as driver_log:
+        driver = subprocess.run(
+            [sys.executable, "-c", code],
+            env=env,
+            cwd=REPO,
+            stdout=driver_log,
+            stderr=subprocess.STDOUT,
+            timeout=900,
+        )
+    events.join(timeout=10)
+    assert driver.returncode == 0, (tmp_path / "driver.log").read_text()[-4000:]
+    assert [entry[0] for entry in log] == ["killed", "returned"], log
+    starts = (flags / "starts.txt").read_text().split()
+    assert starts[:2] in (["2:0", "2:1"], ["2:1", "2:0"]) and starts[2] == "1:0", starts
+    assert sorted(starts[3:]) == ["2:0", "2:1"], starts  # grown back to 2 workers
+    summary = json.loads((run / SUMMARY_FILE).read_text())
+    assert summary["world_size"] == 2 and summary["epochs"] == EPOCHS
+    assert summary["steps"] == EPOCHS * STEPS_PER_EPOCH
+    assert summary["images_seen"] == EPOCHS * STEPS_PER_EPOCH * GLOBAL_BATCH
+    # The checkpoints of each world size resumed where the other stopped.
+    assert int(log[0][2]) < int(log[1][2]) < EPOCHS * STEPS_PER_EPOCH
