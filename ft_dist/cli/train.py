@@ -77,6 +77,10 @@ def handle(args: argparse.Namespace) -> int:
     cfg = absolute_paths(cfg)  # before anything is written: workers run in other dirs
     # Mistakes that fail every try are found here, before Ray starts any worker.
     check_inputs(cfg)
+    from ft_dist.data.recipes import recipe_lines
+
+    for line in recipe_lines(cfg.data):  # which preprocessing, and why (or a size warning)
+        print(f"ft-dist train: {line}", file=sys.stderr, flush=True)
     try:
         connect(cfg.ray.address)
         check_cluster(cfg)
