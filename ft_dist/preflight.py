@@ -136,12 +136,18 @@ def worker_resources(ray_cfg: RayConfig) -> dict[str, float]:
     return resources
 
 
+def workers_to_start(train: Any) -> int:
+    """The workers a run needs to start: an elastic run (train.num_workers: [min, max])
+    starts on its minimum (a node may be down) and grows later; others need them all."""
+    return train.min_workers or train.num_workers
+
+
 def check_cluster(cfg: RunConfig) -> None:
-    """train.num_workers workers fit the connected Ray cluster (its autoscaler's maximum
-    when it has one), else fail now: Ray would wait for them forever."""
+    """train.num_workers workers (an elastic run: its minimum) fit the connected Ray cluster
+    (its autoscaler's maximum when it has one), else fail now: Ray would wait forever."""
     import ray
 
-    need, num_workers = worker_resources(cfg.ray), cfg.train.num_workers
+    need, num_workers = worker_resources(cfg.ray), workers_to_start(cfg.train)
     nodes = [node["Resources"] for node in ray.nodes() if node.get("Alive")]
     ceiling = autoscaler_max_resources()
     if ceiling is not None:  # nodes may still be added: only totals are known

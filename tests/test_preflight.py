@@ -5,7 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 
 from ft_dist.config import config_from_dict
-from ft_dist.preflight import check_inputs, cluster_message, room_for_workers, worker_resources
+from ft_dist.preflight import (
+    check_inputs,
+    cluster_message,
+    room_for_workers,
+    worker_resources,
+    workers_to_start,
+)
 from ft_dist.train.worker import start_up_limit
 from tests.data.helpers import make_split
 
@@ -59,3 +65,9 @@ def test_good_inputs_pass_and_create_the_run_dir(tmp_path: Path) -> None:
     info = check_inputs(cfg)
     assert (info.num_classes, info.in_channels) == (3, 1)
     assert (tmp_path / "runs" / "run").is_dir()
+
+
+def test_an_elastic_run_needs_room_for_its_minimum_only(tmp_path: Path) -> None:
+    elastic = config_from_dict({"data": {"root": str(tmp_path)}, "train": {"num_workers": [1, 3]}})
+    fixed = config_from_dict({"data": {"root": str(tmp_path)}, "train": {"num_workers": 3}})
+    assert workers_to_start(elastic.train) == 1 and workers_to_start(fixed.train) == 3
