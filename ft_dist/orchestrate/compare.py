@@ -147,7 +147,6 @@ def run_comparison(
 ) -> tuple[list[dict[str, Any]], dict[str, Path]]:
     """Train (or resume) and evaluate every variant; write OUT/compare.json and .md."""
     from ft_dist.orchestrate.compare_table import render_table
-
     from ft_dist.preflight import check_cluster, check_inputs
 
     out_dir.mkdir(parents=True, exist_ok=True)
