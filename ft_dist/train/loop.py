@@ -158,7 +158,7 @@ def end_epoch(ctx: Context, epoch: int, actions: EpochActions) -> None:
     if cfg.data.val_split and (scheduled or actions.validate):
         metrics.update(_evaluate(ctx, cfg.data.val_split))
     val_accuracy = metrics.get(f"{cfg.data.val_split}/accuracy")
-    if val_accuracy is not None:
+    if actions.ticket is not None and val_accuracy is not None:
         ctx.tickets.observe(actions.ticket, epoch, val_accuracy, strategy.module, _masks(ctx))
     if actions.write_ticket:
         _write_ticket(ctx, actions, epoch, val_accuracy)

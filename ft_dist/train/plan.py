@@ -25,7 +25,7 @@ class EpochActions:
     """What the loop does in and after one epoch."""
 
     lr_scale: float | None  # multiplies the base LR all epoch; None = optimizer schedule
-    ticket: int  # the ticket this epoch's weights are a candidate for (1..M)
+    ticket: int | None  # the ticket this epoch's weights are a candidate for (1..M), if any
     member: int  # the ensemble member that ticket becomes (recorded in it)
     validate: bool  # validate after this epoch even off the eval_every_epochs grid
     write_ticket: bool  # finalise `ticket` after this epoch
@@ -86,7 +86,7 @@ class EDSTPlan:
         explore = (edst.explore_drop_fraction, edst.explore_growth) if plan.explore_after else None
         return EpochActions(
             lr_scale=plan.lr_scale,
-            ticket=max(plan.phase, 1),
+            ticket=plan.phase if refining else None,  # exploration epochs are no candidates
             member=max(plan.phase, 1),
             validate=refining,  # every refinement epoch competes for its phase's ticket
             write_ticket=refining and plan.phase_end,

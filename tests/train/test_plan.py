@@ -34,6 +34,7 @@ def test_edst_plan_explores_between_phases_and_writes_a_ticket_per_phase() -> No
     assert isinstance(plan, EDSTPlan) and plan.num_epochs == 450
     exploring, first_refine, phase_end, last = (plan.epoch(e) for e in (0, 150, 249, 449))
     assert exploring.lr_scale == 1.0 and not exploring.validate and not exploring.write_ticket
+    assert exploring.ticket is None  # the exploration phase never becomes a ticket
     assert first_refine.lr_scale == 0.1 and first_refine.validate and first_refine.ticket == 1
     assert phase_end.write_ticket and phase_end.explore == (0.8, "gradient")
     assert last.write_ticket and last.ticket == 3 and last.explore is None
