@@ -7,7 +7,6 @@
 A strategy that owns its optimizer step (DeepSpeed, FSDP later) calls the two hooks that
 ``step()`` is made of, around its own step, the same way every time:
 
-    resets_to_apply = None
     sparsity.before_optimizer_step(full_grads)    # dense, all-reduced gradients (or .grad)
     engine.step()
     resets = sparsity.after_optimizer_step()      # {name: positions its weight copies must zero}
@@ -81,9 +80,6 @@ class DynamicSparsity:
         self._grow_grads: dict[str, torch.Tensor] = {}  # kept by hook 1 for growth
         # name -> (dropped, grown, newly active) of the latest update
         self.last_update: dict[str, tuple[int, int, int]] = {}
-        # name -> positions the latest update zeroed (dropped and grown): wrappers holding
-        # their own copies of the weights (DeepSpeed's fp32 masters) reset the same positions.
-        self.last_reset: dict[str, torch.Tensor] = {}
         self._refresh_float_masks()
         self.apply_masks_()
         self.check_consistency()
@@ -228,7 +224,7 @@ class DynamicSparsity:
         self, drop_fraction: float, growth: Growth, grads: dict[str, torch.Tensor]
     ) -> dict[str, torch.Tensor]:
         """Prune and grow every sparse layer; returns the positions each layer reset."""
-        self.last_update, self.last_reset = {}, {}
+        self.last_update, resets = {}, {}
         keep_state = self.config.inactive_momentum == "keep"
         with torch.no_grad():
             for name in self.sparse_names:
@@ -248,7 +244,7 @@ class DynamicSparsity:
                 # and neither keeps any optimizer state (unless the official CIFAR behaviour
                 # is asked for: inactive_momentum=keep never resets momentum).
                 reset = grown | ~mask
-                self.last_reset[name] = reset
+                resets[name] = reset
                 weight.masked_fill_(reset, 0.0)
                 for state in [] if keep_state else self._optimizer_state(name):
                     state.masked_fill_(reset, 0.0)
@@ -257,7 +253,7 @@ class DynamicSparsity:
         self.num_updates += 1
         self._refresh_float_masks()
         self.check_consistency()
-        return dict(self.last_reset)
+        return resets
 
     def current_gradients(self) -> dict[str, torch.Tensor]:
         """Each sparse weight's ``.grad`` (those that have one)."""
