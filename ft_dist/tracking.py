@@ -86,6 +86,9 @@ class Tracker(Protocol):
 
     def summary(self, metrics: Mapping[str, Any]) -> None: ...
 
+    def note(self, text: str) -> None:
+        """One line for the console only (e.g. where a resumed run picks up)."""
+
     def log_images(self, images: Mapping[str, str | Path], step: int | None = None) -> None: ...
 
     def log_files(
@@ -105,6 +108,9 @@ class NullTracker:
         pass
 
     def summary(self, metrics: Mapping[str, Any]) -> None:
+        pass
+
+    def note(self, text: str) -> None:
         pass
 
     def log_images(self, images: Mapping[str, str | Path], step: int | None = None) -> None:
@@ -270,6 +276,9 @@ class RankZeroTracker:
         if self.wandb_run is not None:
             self.wandb_run.summary.update(dict(metrics))
             self._record("summary", values=dict(metrics))
+
+    def note(self, text: str) -> None:
+        self.progress._print(f"[{self.progress.run_name}] {text}")
 
     def log_images(self, images: Mapping[str, str | Path], step: int | None = None) -> None:
         if self.wandb_run is None or not images:

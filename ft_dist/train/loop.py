@@ -48,6 +48,11 @@ def train(cfg: RunConfig, session: Session, tracker: Any) -> dict[str, Any]:
     resume_from = session.latest_checkpoint_dir()
     if resume_from is not None:
         checkpoint_states(ctx).load(resume_from, rank=session.rank, expected_meta=run_meta(ctx))
+        state = ctx.state
+        tracker.note(
+            f"resumed from {resume_from}: epoch {state.epoch}, step {state.global_step} "
+            f"of {ctx.steps_per_epoch * ctx.num_epochs}, {state.images_seen} images seen"
+        )
     if session.rank == 0:
         save_config(cfg, ctx.run / CONFIG_FILE)
     tracker.set_total(ctx.steps_per_epoch * ctx.num_epochs, ctx.num_epochs)

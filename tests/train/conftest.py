@@ -64,6 +64,7 @@ class NullTracker:
     def __init__(self) -> None:
         self.logged: list[tuple[int, dict]] = []
         self.summaries: list[dict] = []
+        self.notes: list[str] = []
 
     def set_total(self, total_steps: int, num_epochs: int | None = None) -> None:
         self.total_steps = total_steps
@@ -73,6 +74,9 @@ class NullTracker:
 
     def summary(self, metrics: dict) -> None:
         self.summaries.append(dict(metrics))
+
+    def note(self, text: str) -> None:
+        self.notes.append(text)
 
     def finish(self, exit_code: int = 0) -> None:
         pass

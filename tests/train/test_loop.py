@@ -92,8 +92,11 @@ def test_resume_mid_epoch_equals_uninterrupted_run(tiny_mnist: Path, tmp_path: P
     assert saved["steps"] == 16 and saved["tickets"] == ["tickets/ticket_01.pt"]
 
     resumed = resume_copy(cfg, 5, tmp_path / "b")  # mid-epoch 0, between DST updates
-    resumed_summary, _, _ = run_loop(resumed)
+    resumed_summary, resumed_tracker, _ = run_loop(resumed)
     assert resumed_summary["steps"] == 16
+    assert tracker.notes == []  # a fresh run says nothing about resuming
+    [note] = resumed_tracker.notes
+    assert note.endswith("epoch 0, step 5 of 16, 160 images seen"), note
     assert_same_training_state(final_state(cfg), final_state(resumed))
     assert resumed_summary["metrics"] == summary["metrics"]
 
