@@ -34,7 +34,11 @@ from ft_dist.layout import (
 )
 
 TUNE_DIR = "tune"
-DRIVER_RESOURCES = {"CPU": 0, "memory": 2**20}
+# Ray gives the head node this resource. A member's trial drives its TorchTrainer, whose
+# controller Ray places on the trial's node: on a spot worker node, losing that node would
+# fail the member outright; on the head, it only costs the member a restart of its workers.
+HEAD_NODE_RESOURCE = "node:__internal_head__"
+DRIVER_RESOURCES = {"CPU": 0, "memory": 2**20, HEAD_NODE_RESOURCE: 0.001}
 
 
 def member_config(cfg: RunConfig, member: int) -> RunConfig:
@@ -106,7 +110,8 @@ def fit_pdst(
     connect(cfg.ray.address)
     # The trial only drives the member's TorchTrainer, whose workers hold the CPUs/GPUs.
     # Tune refuses an empty request, so the driver asks for a token of memory, not a CPU
-    # fraction: 2 workers x 1 CPU must still fit on a 2-CPU cluster next to the driver.
+    # fraction (2 workers x 1 CPU must still fit on a 2-CPU cluster next to the driver),
+    # and a sliver of the head node, so a lost worker node never takes a trial with it.
     trainable = tune.with_resources(
         tune.with_parameters(_train_member, members=pending, loop=loop, group=cfg.train.run_name),
         DRIVER_RESOURCES,

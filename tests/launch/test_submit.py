@@ -6,17 +6,21 @@ demo config's 2 training workers need 1 CPU each, so they run on two different n
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
 
 from ft_dist.layout import SUMMARY_FILE, ticket_path
+from ft_dist.train.worker import RAY_CHECKPOINTS
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
@@ -47,6 +51,21 @@ def cluster_processes(cluster_dir: Path) -> list[int]:
         except OSError:
             continue
     return pids
+
+
+def wait_for(condition, what: str, timeout_s: float = 300) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"waited {timeout_s} s for {what}")
+        time.sleep(0.2)
+
+
+def registered(run: Path, step: str | None = None) -> bool:
+    """Ray registered checkpoint `step` of `run` (any checkpoint when None): only then does
+    it exist for a resume."""
+    snapshot = run / "checkpoint_manager_snapshot.json"
+    return snapshot.exists() and f"{RAY_CHECKPOINTS}/{step or ''}" in snapshot.read_text()
 
 
 @pytest.fixture(scope="module")
@@ -120,6 +139,63 @@ def test_submitted_job_trains_across_nodes_and_prints_the_run_dir_last(
         check=True,
     ).stdout
     assert logs.strip().splitlines()[-1] == str(run)
+
+
+def job_drivers(cluster_dir: Path, run_name: str) -> list[int]:
+    """Pids of the cluster's `ft-dist train ... train.run_name=RUN_NAME` job drivers."""
+    drivers = []
+    for pid in cluster_processes(cluster_dir):
+        try:
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        wanted = b"train" in argv and f"train.run_name={run_name}".encode() in argv
+        if wanted and any(arg.endswith(b"ft-dist") for arg in argv):
+            drivers.append(pid)
+    return drivers
+
+
+def test_resubmitting_after_the_job_driver_is_killed_resumes_the_run(
+    cluster: Path, tiny_mnist: Path, tmp_path: Path
+):
+    env = cluster_env(cluster)
+    out = tmp_path / "runs"
+    steps = 6 * 4  # 6 epochs of 256 digits / (2 workers x 32)
+    command = [
+        str(REPO / "launch" / "submit.sh"),
+        "configs/demo_dst.yaml",
+        f"data.root={tiny_mnist}",
+        "data.batch_size_per_worker=32",
+        "data.shuffle_buffer=64",
+        "data.verify=size",
+        "train.epochs=6",
+        "train.run_name=killed",
+        f"train.output_dir={out}",
+        "tracking.wandb=disabled",
+    ]
+    run = out / "killed"
+    with open(tmp_path / "first.log", "w") as first_log:
+        first = subprocess.Popen(command, env=env, cwd=REPO, stdout=first_log, stderr=first_log)
+        try:
+            wait_for(lambda: registered(run), "the job's first checkpoint", timeout_s=400)
+            [driver] = job_drivers(cluster, "killed")
+            os.killpg(os.getpgid(driver), signal.SIGKILL)  # the driver and its shell
+            assert first.wait(timeout=120) != 0
+        finally:
+            first.kill()
+    assert not (run / SUMMARY_FILE).exists()  # killed long before its 24 steps
+    wait_for(lambda: not job_drivers(cluster, "killed"), "the killed driver to be gone", 60)
+    # The newest checkpoint Ray registered (a newer one on disk may never have been).
+    on_disk = [path.name for path in (run / RAY_CHECKPOINTS).iterdir()]
+    killed_at = max(int(step) for step in on_disk if registered(run, step))
+
+    again = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600, cwd=REPO)
+    output = again.stdout + again.stderr
+    assert again.returncode == 0, output[-4000:]
+    [resumed] = re.findall(r"\[killed\] resumed from \S+: epoch (\d+), step (\d+) of 24", output)
+    assert int(resumed[1]) == killed_at > 0, (resumed, killed_at)
+    summary = json.loads((run / SUMMARY_FILE).read_text())
+    assert summary["steps"] == steps and summary["images_seen"] == steps * 64
 
 
 def test_submit_script_explains_a_missing_address_or_token(tmp_path: Path):

@@ -9,6 +9,7 @@ LOOP is `meet_fail2`: members wait for each other before training (proves they r
 same time) and record their node, then member 2 crashes. LOOP is `timeline`: each member
 records the wall time its loop started and ended (the loop runs while the member's workers
 hold their CPUs), and the first two members wait for each other, so that they overlap. The
+LOOP is `lose_node`: see `loop_lose_member_2s_node` (the test kills member 2's node). The
 last line printed is a JSON list of the members' outcomes.
 """
 
@@ -69,7 +70,53 @@ def loop_timeline(cfg, session, tracker):
     return result
 
 
-LOOPS = {"meet_fail2": loop_meet_then_fail_member_2, "timeline": loop_timeline}
+class PauseAtFirstCheckpoint:
+    """The real session, except that each member stops after its first checkpoint: member 2
+    sleeps there until the test kills its node; member 1 waits for the flag `node_lost`,
+    then trains on (and so, when it ends, frees the CPU member 2 resumes on)."""
+
+    def __init__(self, session, flags: Path, member: int) -> None:
+        self.session, self.flags, self.member = session, flags, member
+        self.rank, self.world_size = session.rank, session.world_size
+        self.local_rank, self.device = session.local_rank, session.device
+
+    def latest_checkpoint_dir(self):
+        return self.session.latest_checkpoint_dir()
+
+    def report(self, metrics: dict, checkpoint_dir: str | None = None) -> None:
+        self.session.report(metrics, checkpoint_dir)
+        flag = self.flags / f"paused_{self.member}"
+        if not checkpoint_dir or flag.exists():
+            return
+        record = {"pid": os.getpid(), "step": Path(checkpoint_dir).name}
+        flag.with_suffix(".partial").write_text(json.dumps(record))
+        flag.with_suffix(".partial").rename(flag)
+        if self.member == 2:
+            time.sleep(300)  # the test kills this node long before
+            raise RuntimeError("the test never killed member 2's node")
+        deadline = time.monotonic() + BARRIER_TIMEOUT_S
+        while not (self.flags / "node_lost").exists():
+            if time.monotonic() > deadline:
+                raise TimeoutError("the test never killed member 2's node")
+            time.sleep(0.2)
+
+
+def loop_lose_member_2s_node(cfg, session, tracker):
+    """The real loop, paused once per member (PauseAtFirstCheckpoint); every start records
+    `member:checkpoint it resumed from` (0 = none) in EXP_DIR/flags/starts.txt."""
+    flags = Path(cfg.train.output_dir).parent / "flags"
+    flags.mkdir(exist_ok=True)
+    resume = session.latest_checkpoint_dir()
+    with open(flags / "starts.txt", "a") as starts:
+        starts.write(f"{cfg.train.member}:{Path(resume).name if resume else 0}\n")
+    return train(cfg, PauseAtFirstCheckpoint(session, flags, cfg.train.member), tracker)
+
+
+LOOPS = {
+    "meet_fail2": loop_meet_then_fail_member_2,
+    "timeline": loop_timeline,
+    "lose_node": loop_lose_member_2s_node,
+}
 
 
 def main(config_path: str, loop_name: str) -> int:
