@@ -225,6 +225,8 @@ def _run_mnist(args: argparse.Namespace) -> int:
 def _print_summary(out: Path, written: dict[str, dict]) -> None:
     for split, content in written.items():
         skipped = f", {content['skipped']} corrupt skipped" if content.get("skipped") else ""
+        if content.get("skipped_non_images"):
+            skipped += f", {content['skipped_non_images']} non-image files skipped"
         print(
             f"{split}: {content['num_samples']} samples, {content['num_classes']} classes, "
             f"{len(content['shards'])} shards{skipped} -> {out / split}"

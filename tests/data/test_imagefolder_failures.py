@@ -28,7 +28,7 @@ def test_a_failed_write_leaves_no_temp_or_partial_shards(tmp_path: Path, capsys)
     assert sorted(p.name for p in (out / "train").iterdir()) == []
 
 
-def test_non_image_files_are_counted_and_named(tmp_path: Path, caplog) -> None:
+def test_non_image_files_are_counted_and_named(tmp_path: Path, caplog, capsys) -> None:
     make_tree(tmp_path / "src", per_class=2)
     (tmp_path / "src" / SYNSETS[0] / "notes.txt").write_text("not an image")
     (tmp_path / "src" / SYNSETS[2] / "labels.csv").write_text("a,b\n")
@@ -42,12 +42,16 @@ def test_non_image_files_are_counted_and_named(tmp_path: Path, caplog) -> None:
     assert manifest.extra["skipped_non_images"] == 2
     assert "skipped 2 file(s)" in caplog.text
     assert f"{SYNSETS[0]}/notes.txt" in caplog.text and f"{SYNSETS[2]}/labels.csv" in caplog.text
+    assert (
+        "train: 7 samples, 3 classes, 1 shards, 2 non-image files skipped"
+        in capsys.readouterr().out
+    )
 
 
-def test_a_clean_source_reports_no_skipped_files(tmp_path: Path, caplog) -> None:
+def test_a_clean_source_reports_no_skipped_files(tmp_path: Path, caplog, capsys) -> None:
     make_tree(tmp_path / "src", per_class=1)
     with caplog.at_level("WARNING"):
         main(["shards", "imagefolder", "--src", str(tmp_path / "src"),
               "--out", str(tmp_path / "out"), "--no-progress"])  # fmt: skip
     assert read_manifest(tmp_path / "out", "train").extra["skipped_non_images"] == 0
-    assert "skipped" not in caplog.text
+    assert "skipped" not in caplog.text and "skipped" not in capsys.readouterr().out
