@@ -15,8 +15,9 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e ".[dev]"
 	touch $(STAMP)
 
+# The slowest tests are listed at the end, so a test that grows slow gets noticed.
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -m "not heavy"
+	$(BIN)/python -m pytest -q -m "not heavy" --durations=10
 
 # Minutes of CPU each: inductor compiles, ResNet-50 export sizes, the GPU check on CPU.
 test-heavy: $(STAMP)
