@@ -53,14 +53,21 @@ def elastic_config(root: Path, out: Path, strategy: str = "ddp"):
     return tiny_config(root, out, train=train, optim={"base_batch_size": 32})
 
 
-def _train(rank: int, world_size: int, cfg, out: Path) -> None:
-    """One rank of `cfg` in a gloo group (of 1, too: what a 1-worker Ray group gives the
-    loop, and DeepSpeed needs); rank 0 writes the summary and the LR of each step."""
+def _train(rank: int, world_size: int, cfgs: list) -> None:
+    """Train each of `cfgs` in turn as one rank of a gloo group."""
     torch.distributed.init_process_group("gloo", rank=rank, world_size=world_size)
-    summary, tracker, _ = run_loop(cfg)
-    if rank == 0:
-        lrs = {step: m["train/lr"] for step, m in tracker.logged if "train/lr" in m}
-        (out / "run.json").write_text(json.dumps({"summary": summary, "lr": lrs}))
+    _train_here(cfgs, rank)
+
+
+def _train_here(cfgs: list, rank: int = 0) -> None:
+    """Train each of `cfgs` in this process; rank 0 writes each run's summary and the LR of
+    each step to RUN_DIR/test_run.json."""
+    for cfg in cfgs:
+        summary, tracker, _ = run_loop(cfg)
+        if rank == 0:
+            lrs = {step: m["train/lr"] for step, m in tracker.logged if "train/lr" in m}
+            record = json.dumps({"summary": summary, "lr": lrs})
+            (run_dir(cfg.train) / "test_run.json").write_text(record)
 
 
 def layer_counts(state: dict) -> dict[str, int]:
@@ -73,18 +80,23 @@ def layer_counts(state: dict) -> dict[str, int]:
 @pytest.mark.parametrize("strategy", list(STRATEGIES))
 def test_two_ranks_resume_on_one(strategy: str, tiny_mnist: Path, tmp_path: Path) -> None:
     cfg = elastic_config(tiny_mnist, tmp_path / "a", strategy)
-    run_workers(_train, 2, cfg, tmp_path / "a")
-    reference = json.loads((tmp_path / "a" / "run.json").read_text())
+    run_workers(_train, 2, [cfg])
+    reference = json.loads((run_dir(cfg.train) / "test_run.json").read_text())
     assert reference["summary"]["steps"] == 8 and reference["summary"]["world_size"] == 2
-    for step in (2, 6):  # mid-epoch 0 and mid-epoch 1
-        resumed = resume_copy(cfg, step, tmp_path / f"one-{step}")
-        run_workers(_train, 1, resumed, tmp_path / f"one-{step}")
-        one = json.loads((tmp_path / f"one-{step}" / "run.json").read_text())
+    # Resume mid-epoch 0 and mid-epoch 1 on one rank: DDP in this process, DeepSpeed in a
+    # 1-rank gloo group (which it needs; a 1-worker Ray group gives it one).
+    resumed = [resume_copy(cfg, step, tmp_path / f"one-{step}") for step in (2, 6)]
+    if strategy == "ddp":
+        _train_here(resumed)
+    else:
+        run_workers(_train, 1, resumed)
+    for one_rank in resumed:
+        one = json.loads((run_dir(one_rank.train) / "test_run.json").read_text())
         summary, lrs = one["summary"], one["lr"]
         assert summary["world_size"] == 1
         assert summary["steps"] == 8 and summary["images_seen"] == 8 * 64
         assert summary["train_flops"] == summary["train_flops_per_example"] * 8 * 64
         assert lrs and all(lr == reference["lr"][s] for s, lr in lrs.items())
         # DST kept every layer's exact count through the world-size change.
-        assert layer_counts(final_state(resumed)) == layer_counts(final_state(cfg))
-        assert (run_dir(resumed.train) / "summary.json").exists()
+        assert layer_counts(final_state(one_rank)) == layer_counts(final_state(cfg))
+        assert (run_dir(one_rank.train) / "summary.json").exists()
