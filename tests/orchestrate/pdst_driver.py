@@ -70,13 +70,13 @@ def loop_timeline(cfg, session, tracker):
     return result
 
 
-class PauseAtFirstCheckpoint:
-    """The real session, except that each member stops after its first checkpoint: member 2
-    sleeps there until the test kills its node; member 1 waits for the flag `node_lost`,
-    then trains on (and so, when it ends, frees the CPU member 2 resumes on)."""
+class PausingSession:
+    """The real session, except that after its first checkpoint it writes `flag` (its pid
+    and the checkpoint's step, atomically) and calls `pause()`, for a test to act on it
+    (kill the node, resize the group). `flag` None: never pauses."""
 
-    def __init__(self, session, flags: Path, member: int) -> None:
-        self.session, self.flags, self.member = session, flags, member
+    def __init__(self, session, flag: Path | None) -> None:
+        self.session, self.flag = session, flag
         self.rank, self.world_size = session.rank, session.world_size
         self.local_rank, self.device = session.local_rank, session.device
 
@@ -85,17 +85,32 @@ class PauseAtFirstCheckpoint:
 
     def report(self, metrics: dict, checkpoint_dir: str | None = None) -> None:
         self.session.report(metrics, checkpoint_dir)
-        flag = self.flags / f"paused_{self.member}"
-        if not checkpoint_dir or flag.exists():
+        if not checkpoint_dir or self.flag is None or self.flag.exists():
             return
-        record = {"pid": os.getpid(), "step": Path(checkpoint_dir).name}
-        flag.with_suffix(".partial").write_text(json.dumps(record))
-        flag.with_suffix(".partial").rename(flag)
+        partial = self.flag.with_suffix(".partial")
+        partial.write_text(json.dumps({"pid": os.getpid(), "step": Path(checkpoint_dir).name}))
+        partial.rename(self.flag)
+        self.pause()
+
+    def pause(self) -> None:
+        time.sleep(300)  # the test ends this worker long before
+        raise RuntimeError("the test never ended this worker")
+
+
+class PauseAtFirstCheckpoint(PausingSession):
+    """Each member stops after its first checkpoint: member 2 sleeps there until the test
+    kills its node; member 1 waits for the flag `node_lost`, then trains on (and so, when it
+    ends, frees the CPU member 2 resumes on)."""
+
+    def __init__(self, session, flags: Path, member: int) -> None:
+        super().__init__(session, flags / f"paused_{member}")
+        self.node_lost, self.member = flags / "node_lost", member
+
+    def pause(self) -> None:
         if self.member == 2:
-            time.sleep(300)  # the test kills this node long before
-            raise RuntimeError("the test never killed member 2's node")
+            super().pause()
         deadline = time.monotonic() + BARRIER_TIMEOUT_S
-        while not (self.flags / "node_lost").exists():
+        while not self.node_lost.exists():
             if time.monotonic() > deadline:
                 raise TimeoutError("the test never killed member 2's node")
             time.sleep(0.2)

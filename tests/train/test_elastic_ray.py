@@ -15,13 +15,11 @@ Ensemble test starts with both nodes again.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys
 import tempfile
 import threading
-import time
 from pathlib import Path
 
 import cloudpickle
@@ -39,7 +37,7 @@ from tests.launch.test_submit import (
     registered,
     wait_for,
 )
-from tests.orchestrate.pdst_driver import BARRIER_TIMEOUT_S
+from tests.orchestrate.pdst_driver import BARRIER_TIMEOUT_S, PausingSession
 from tests.train.conftest import tiny_config
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
@@ -62,35 +60,19 @@ def cluster():
         shutil.rmtree(cluster_dir, ignore_errors=True)
 
 
-class Pausing:
-    """The real session, except that it stops after a checkpoint, once per world size, and
-    waits for the test: at 2 workers rank 1 waits to lose its node; at 1 worker, rank 0
-    waits for Ray to grow the group back (Ray stops it then)."""
-
-    def __init__(self, session, flags: Path) -> None:
-        self.session, self.flags = session, flags
-        self.rank, self.world_size = session.rank, session.world_size
-        self.local_rank, self.device = session.local_rank, session.device
-
-    def latest_checkpoint_dir(self):
-        return self.session.latest_checkpoint_dir()
-
-    def report(self, metrics: dict, checkpoint_dir: str | None = None) -> None:
-        self.session.report(metrics, checkpoint_dir)
-        flag = self.flags / f"paused_{self.world_size}"
-        if checkpoint_dir and self.rank == self.world_size - 1 and not flag.exists():
-            partial = flag.with_suffix(".partial")
-            partial.write_text(json.dumps({"pid": os.getpid(), "step": Path(checkpoint_dir).name}))
-            partial.rename(flag)
-            time.sleep(300)  # the node is killed, or Ray resizes the group, long before
-            raise RuntimeError("the test never ended this worker")
+def pausing(session, flags: Path) -> PausingSession:
+    """The real session, stopped after a checkpoint once per world size until the test acts:
+    at 2 workers rank 1 waits to lose its node; at 1 worker, rank 0 waits for Ray to grow
+    the group back (Ray stops it then)."""
+    last = session.rank == session.world_size - 1
+    return PausingSession(session, flags / f"paused_{session.world_size}" if last else None)
 
 
 def pausing_loop(flags: Path):
     def loop(cfg, session, tracker):
         with open(flags / "starts.txt", "a") as starts:
             starts.write(f"{session.world_size}:{session.rank}\n")
-        return train(cfg, Pausing(session, flags), tracker)
+        return train(cfg, pausing(session, flags), tracker)
 
     return loop
 
