@@ -20,7 +20,7 @@ from __future__ import annotations
 import contextlib
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -29,9 +29,10 @@ import torch.distributed as dist
 from ft_dist.config import RunConfig, save_config
 from ft_dist.layout import CONFIG_FILE, SUMMARY_FILE, checkpoints_dir
 from ft_dist.sparse.scores import growth_criterion
+from ft_dist.train.finite import check_loss, check_weights
 from ft_dist.train.optim import learning_rate
 from ft_dist.train.plan import EpochActions
-from ft_dist.train.session import Session
+from ft_dist.train.session import Session, latest_complete_checkpoint
 from ft_dist.train.setup import Context, build_context, model_facts
 from ft_dist.train.state import RNGState, TrainStates
 from ft_dist.train.strategy import Strategy
@@ -95,9 +96,11 @@ def train_epoch(ctx: Context, epoch: int, actions: EpochActions) -> None:
         if epoch_done or state.global_step % cfg.train.log_every_steps == 0:
             mean_loss, images_per_s, seconds = meter.read()
             state.train_seconds += seconds
-            log_progress(ctx, epoch, lr, mean_loss, images_per_s)
+            # The loss is synced here anyway: a NaN/inf one stops the run (finite.py).
+            check_loss(log_progress(ctx, epoch, lr, mean_loss, images_per_s), _where(ctx, lr))
         every = cfg.train.checkpoint_every_steps
         if every and not epoch_done and state.global_step % every == 0:
+            check_weights(ctx.strategy.module, "checkpoint", _where(ctx, lr))
             with meter.excluded():
                 ctx.session.report(_progress_metrics(ctx, epoch), save(ctx))
     batches.close()  # stop the loader's worker processes now, not at garbage collection
@@ -157,6 +160,8 @@ def end_epoch(ctx: Context, epoch: int, actions: EpochActions) -> None:
     """Validate, keep/write the plan's ticket, explore if planned, checkpoint, report."""
     cfg, state, strategy = ctx.cfg, ctx.state, ctx.strategy
     sync_buffers_(strategy.module)
+    # Before any ticket candidate, ticket or checkpoint is taken from these weights.
+    check_weights(strategy.module, "ticket and checkpoint", _where(ctx, actions))
     last_epoch = epoch == ctx.num_epochs - 1
     metrics = _progress_metrics(ctx, epoch + 1)
     scheduled = (epoch + 1) % cfg.train.eval_every_epochs == 0 or last_epoch
@@ -277,8 +282,9 @@ def _write_ticket(
     )
 
 
-def log_progress(ctx: Context, epoch: int, lr: float, loss: torch.Tensor, rate: float) -> None:
-    """Loss averaged over ranks, LR, throughput, FLOPs so far and the masks' statistics."""
+def log_progress(ctx: Context, epoch: int, lr: float, loss: torch.Tensor, rate: float) -> float:
+    """Log the loss averaged over ranks, LR, throughput, FLOPs so far and the masks'
+    statistics; returns that loss."""
     if is_distributed():
         loss = loss.clone()
         dist.all_reduce(loss)
@@ -293,6 +299,33 @@ def log_progress(ctx: Context, epoch: int, lr: float, loss: torch.Tensor, rate: 
         **ctx.strategy.sparsity.stats(),
     }
     ctx.tracker.log(metrics, step=state.global_step)
+    return metrics["train/loss"]
+
+
+def _where(ctx: Context, lr: float | EpochActions) -> Callable[[], dict[str, Any]]:
+    """Where the run is, for a divergence message (finite.py): the LR given, or the LR of
+    the epoch's last step under these actions; read only when the message is needed."""
+
+    def where() -> dict[str, Any]:
+        state = ctx.state
+        if isinstance(lr, EpochActions):
+            steps = (ctx.steps_per_epoch, ctx.num_epochs, lr.lr_scale)
+            rate = learning_rate(
+                ctx.cfg.optim,
+                max(state.global_step - 1, 0),
+                *steps,
+                global_batch_size=ctx.global_batch_size,
+            )
+        else:
+            rate = lr
+        return {
+            "step": state.global_step,
+            "epoch": state.epoch,
+            "lr": rate,
+            "last_checkpoint": latest_complete_checkpoint(ctx.run),
+        }
+
+    return where
 
 
 def _progress_metrics(ctx: Context, epoch: float) -> dict[str, float]:
