@@ -30,10 +30,12 @@ from ft_dist.configbase import Section
 from ft_dist.data.config import DataConfig
 from ft_dist.models.config import ModelConfig
 from ft_dist.sparse.config import SparsityConfig
+from ft_dist.sparse.scores import growth_criterion
 from ft_dist.tracking import TrackingConfig
 from ft_dist.train.config import OptimConfig, RayConfig, TrainConfig
 from ft_dist.train.edst import total_epochs
 from ft_dist.train.ensemble_config import EnsembleConfig
+from ft_dist.train.strategy import check_strategy_supports
 from ft_dist.utils import write_text_atomic
 
 
@@ -76,21 +78,19 @@ class RunConfig(Section):
                     "ensemble.edst.ticket=best picks tickets by validation accuracy: set "
                     "data.val_split, or use ensemble.edst.ticket=last"
                 )
-            if edst.explore_growth == "momentum" and self.sparsity.growth != "momentum":
+            explore = growth_criterion(edst.explore_growth)
+            if explore.needs_every_step_gradient and edst.explore_growth != self.sparsity.growth:
                 raise ValueError(
-                    "ensemble.edst.explore_growth=momentum needs sparsity.growth=momentum "
-                    "(use random or gradient)"
+                    f"ensemble.edst.explore_growth={edst.explore_growth} reads a gradient EMA "
+                    f"kept only when sparsity.growth={edst.explore_growth}: set that, or explore "
+                    "with a criterion that needs no EMA (gradient or random)"
                 )
         if edst is None and self.train.ticket == "best" and not self.data.val_split:
             raise ValueError(
                 "train.ticket=best keeps the epoch with the best validation accuracy: set "
                 "data.val_split, or use train.ticket=last"
             )
-        if self.train.strategy == "deepspeed" and self.sparsity.growth in ("momentum", "fisher"):
-            raise ValueError(
-                f"sparsity.growth={self.sparsity.growth} is not supported with "
-                "train.strategy=deepspeed: use sparsity.growth=gradient or random"
-            )
+        check_strategy_supports(self.train.strategy, self.sparsity)
         if self.ensemble.method == "pdst" and self.train.member > self.ensemble.num_members:
             raise ValueError(
                 f"train.member={self.train.member} is outside 1..ensemble.num_members="

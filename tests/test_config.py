@@ -79,7 +79,10 @@ def test_cross_section_rules(tmp_path: Path) -> None:
     assert reloaded.ensemble == cfg.ensemble and reloaded.sparsity == cfg.sparsity
     with pytest.raises(ValueError, match="needs dynamic sparse training"):
         load_config(write(tmp_path, BASE.replace("epochs: 3, ", "") + edst), ["sparsity.density=1"])
-    with pytest.raises(ValueError, match="momentum is not supported with train.strategy=deepspeed"):
+    with pytest.raises(
+        ValueError,
+        match="growth=momentum reads the full gradient at every step, which train.strategy=deepspeed",
+    ):
         load_config(write(tmp_path, BASE), ["train.strategy=deepspeed", "sparsity.growth=momentum"])
 
 

@@ -4,9 +4,16 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from ft_dist.configbase import Section
+from ft_dist.sparse.scores import (
+    DROP_SCORES,
+    GROWTH_SCORES,
+    check_drop_name,
+    check_growth_name,
+    table_help,
+)
 
 
 class SparsityConfig(Section):
@@ -23,10 +30,15 @@ class SparsityConfig(Section):
     density: float = Field(0.2, gt=0.0, le=1.0, description="fraction of masked weights kept")
     sparse_init: Literal["erk", "er", "uniform"] = "erk"
     update: Literal["dynamic", "none"] = Field("dynamic", description="'none' = static mask")
-    growth: Literal["gradient", "random", "momentum", "fisher"] = Field(
+    growth: str = Field(
         "gradient",
-        description="growth score (sparse/scores.py GROWTH_SCORES): gradient |g| (RigL), "
-        "random (SET), momentum |EMA g| (SNFS-style), fisher EMA g² (empirical Fisher)",
+        description="growth criterion, an entry of sparse/scores.py GROWTH_SCORES: "
+        + table_help(GROWTH_SCORES),
+    )
+    drop: str = Field(
+        "magnitude",
+        description="drop criterion, an entry of sparse/scores.py DROP_SCORES: "
+        + table_help(DROP_SCORES),
     )
     update_every_steps: int | None = Field(
         1000, ge=1, description="ΔT in optimizer steps (paper: 1000 on CIFAR at batch 128)"
@@ -58,9 +70,29 @@ class SparsityConfig(Section):
         "gradient, momentum of inactive weights builds up and is never reset, and a grown "
         "weight starts at 0 but moves on its first step",
     )
-    dense_layers: tuple[str, ...] = ()
+    dense_layers: tuple[str, ...] = Field(
+        (), description="weights kept dense, by parameter name (with or without .weight)"
+    )
+    include: tuple[str, ...] = Field(
+        (),
+        description="glob patterns on parameter names (fnmatch) adding weights to the sparse "
+        "set beyond the default rule (Conv/Linear weights and attention projection weights)",
+    )
+    exclude: tuple[str, ...] = Field(
+        (), description="glob patterns on parameter names removing weights from the sparse set"
+    )
     seed: int = 0
     check_consistency: bool = True
+
+    @field_validator("growth")
+    @classmethod
+    def _known_growth(cls, name: str) -> str:
+        return check_growth_name(name)
+
+    @field_validator("drop")
+    @classmethod
+    def _known_drop(cls, name: str) -> str:
+        return check_drop_name(name)
 
     @model_validator(mode="before")
     @classmethod

@@ -32,7 +32,7 @@ from ft_dist.sparse.allocation import active_counts, layer_densities, maskable_p
 from ft_dist.sparse.config import SparsityConfig
 from ft_dist.sparse.consistency import verify_masks_identical
 from ft_dist.sparse.schedule import UpdateSchedule
-from ft_dist.sparse.scores import Growth, ScoreInputs, growth_criterion, magnitude_score
+from ft_dist.sparse.scores import Criterion, ScoreInputs, drop_criterion, growth_criterion
 from ft_dist.sparse.update import num_to_drop, prune_and_grow, random_mask
 
 
@@ -69,6 +69,7 @@ class DynamicSparsity:
         }
         self.ever_active = {name: self.masks[name].clone() for name in self.sparse_names}
         self.growth = growth_criterion(config.growth)
+        self.drop = drop_criterion(config.drop)
         self.grad_ema = (
             {name: torch.zeros_like(self.params[name]) for name in self.sparse_names}
             if self.growth.ema_of is not None and self.schedule.every_steps
@@ -77,7 +78,7 @@ class DynamicSparsity:
         self.num_steps = 0
         self.num_updates = 0
         self._capture_requested = False  # keep_dense_gradients() for the coming step
-        self._grow_grads: dict[str, torch.Tensor] = {}  # kept by hook 1 for growth
+        self._update_grads: dict[str, torch.Tensor] = {}  # kept by hook 1 for the update
         # name -> (dropped, grown, newly active) of the latest update
         self.last_update: dict[str, tuple[int, int, int]] = {}
         self._refresh_float_masks()
@@ -109,7 +110,7 @@ class DynamicSparsity:
             self._capture_requested
             or bool(self.grad_ema)
             or self.config.inactive_momentum == "keep"
-            or (self.update_due() and self.growth.needs_gradient)
+            or (self.update_due() and self._update_reads_gradient(self.growth))
         )
 
     def before_optimizer_step(self, grads: Mapping[str, torch.Tensor] | None = None) -> None:
@@ -121,7 +122,7 @@ class DynamicSparsity:
         if self.grad_ema:
             self._accumulate_grad_ema(grads)
         due = self.update_due()
-        self._grow_grads = self._kept_gradients(grads, self.growth) if due else {}
+        self._update_grads = self._kept_gradients(grads, self.growth) if due else {}
         if self.config.inactive_momentum == "zero":
             self.mask_gradients_()
 
@@ -138,12 +139,12 @@ class DynamicSparsity:
         self._capture_requested = False
         if due:
             fraction = self.drop_fraction_now()
-            resets = self._update(fraction, self.growth, self._grow_grads)
+            resets = self._update(fraction, self.growth, self._update_grads)
         elif dense_step:
             resets = {name: ~self.masks[name] for name in self.sparse_names}
         else:
             resets = {}
-        self._grow_grads = {}
+        self._update_grads = {}
         return resets
 
     def drop_fraction_now(self) -> float:
@@ -221,7 +222,7 @@ class DynamicSparsity:
 
     # ------------------------------------------------------------------ the update
     def _update(
-        self, drop_fraction: float, growth: Growth, grads: dict[str, torch.Tensor]
+        self, drop_fraction: float, growth: Criterion, grads: dict[str, torch.Tensor]
     ) -> dict[str, torch.Tensor]:
         """Prune and grow every sparse layer; returns the positions each layer reset."""
         self.last_update, resets = {}, {}
@@ -231,11 +232,12 @@ class DynamicSparsity:
                 weight, mask = self.params[name], self.masks[name]
                 num_swap = num_to_drop(self.num_active[name], drop_fraction)
                 inputs = ScoreInputs(
-                    weight, grads.get(name), self.grad_ema.get(name), self.generator
+                    weight, grads.get(name), self.grad_ema.get(name), self.generator, mask
                 )
-                result = prune_and_grow(
-                    mask, magnitude_score(weight), growth.score(inputs), num_swap
-                )
+                # Drop before growth: a random growth score draws from the shared generator
+                # after the drop's draws, in the same order on every rank.
+                drop_score = self.drop.score(inputs)
+                result = prune_and_grow(mask, drop_score, growth.score(inputs), num_swap)
                 grown = torch.zeros_like(mask)
                 grown.view(-1)[result.grown] = True
                 num_new = int((result.mask & ~mask).sum())  # grown and not just re-grown
@@ -269,12 +271,15 @@ class DynamicSparsity:
             if self.params[name].grad is not None
         }
 
+    def _update_reads_gradient(self, growth: Criterion) -> bool:
+        return growth.needs_gradient or self.drop.needs_gradient
+
     def _kept_gradients(
-        self, grads: Mapping[str, torch.Tensor] | None, growth: Growth
+        self, grads: Mapping[str, torch.Tensor] | None, growth: Criterion
     ) -> dict[str, torch.Tensor]:
-        """Copies of the dense gradients when ``growth`` reads them (masking happens in place
-        right after), else nothing."""
-        if not growth.needs_gradient:
+        """Copies of the dense gradients when the update's drop or growth criterion reads
+        them (masking happens in place right after), else nothing."""
+        if not self._update_reads_gradient(growth):
             return {}
         return {name: g.detach().clone() for name, g in self._gradients(grads).items()}
 

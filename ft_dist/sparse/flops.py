@@ -12,10 +12,15 @@ forward FLOPs (backward ≈ 2 × forward: gradients w.r.t. activations and w.r.t
 
 * dense: 3 f_D
 * static, or dynamic with `random` growth (SET): 3 f_S
-* `gradient` growth (RigL): one step in ΔT+1 also needs the dense weight gradient,
+* a growth criterion that reads the dense gradient at updates (`needs_gradient`, e.g.
+  `gradient`, RigL): one step in ΔT+1 also needs the dense weight gradient,
   (3 f_S ΔT + 2 f_S + f_D) / (ΔT + 1)
-* `momentum` growth (SNFS): the dense gradient feeds a running average every step,
-  2 f_S + f_D
+* one that keeps an EMA of the dense gradient (`ema_of`, e.g. `momentum`, `fisher`): the
+  dense gradient is needed every step, 2 f_S + f_D
+
+The cost class of a criterion is read from its entry in `sparse/scores.py` GROWTH_SCORES;
+drop criteria score active weights only, whose gradients the sparse backward computes
+anyway, so they add nothing.
 
 Run cost = per-step cost × examples seen (epochs × dataset size, summed over members).
 """
@@ -35,8 +40,8 @@ from ft_dist.sparse.allocation import (
     maskable_parameters,
     strip_wrapper_prefixes,
 )
+from ft_dist.sparse.scores import growth_criterion
 
-GROWTH_METHODS = ("gradient", "random", "momentum")
 ENSEMBLE_METHODS = ("single", "edst", "pdst")
 
 
@@ -177,11 +182,10 @@ def training_flops_per_example(
     dynamic: bool = True,
 ) -> float:
     """Training FLOPs of one example-step (forward + backward), see the module docstring."""
-    if growth not in GROWTH_METHODS:
-        raise ValueError(f"growth must be one of {GROWTH_METHODS}, got {growth!r}")
-    if not dynamic or growth == "random":
+    criterion = growth_criterion(growth)
+    if not dynamic or not (criterion.needs_gradient or criterion.needs_every_step_gradient):
         return 3.0 * sparse_fwd
-    if growth == "momentum":
+    if criterion.needs_every_step_gradient:
         return 2.0 * sparse_fwd + dense_fwd
     if update_every_steps is None or update_every_steps <= 0:
         raise ValueError("gradient growth needs update_every_steps (ΔT) > 0 to be priced")

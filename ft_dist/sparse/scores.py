@@ -1,9 +1,25 @@
-"""Drop and grow scores: one number per weight, higher = more worth keeping or growing.
+"""Drop and grow criteria: one number per weight, higher = more worth keeping or growing.
 
-Kept apart from the update itself (as in RigL) so a new criterion is one small function.
-Growth criteria live in one table, `GROWTH_SCORES`: the engine looks the configured name
-up there and hands the function a `ScoreInputs` of one layer. Adding a criterion is one
-entry here plus its name in `SparsityConfig.growth` (docs/architecture.md).
+Kept apart from the update itself (as in RigL) so a new criterion is one table entry. The two
+tables below, `GROWTH_SCORES` and `DROP_SCORES`, are the only lists of criteria: config
+validation, the choices of `ft-dist flops` and `bench step`, DeepSpeed compatibility, EDST
+exploration checks and FLOPs pricing are all derived from their entries.
+
+What a score receives (`ScoreInputs`, one layer, at an update, before the mask changes):
+
+* ``weight``: the layer's weight after this step's optimizer step, **already masked**:
+  inactive entries are exactly 0. A growth score built on the weight (|w·g|) therefore
+  gives 0 to every inactive position; only the gradient can rank those.
+* ``mask``: the current bool mask (True = active).
+* ``grad``: this step's **dense** gradient (all-reduced across ranks, inactive positions
+  included), when the criterion sets ``needs_gradient``; else None.
+* ``grad_ema``: an EMA (factor ``sparsity.momentum_beta``) of ``ema_of(grad)`` over every
+  step since the start, when the criterion sets ``ema_of``; else None.
+* ``generator``: a CPU generator in the same state on every rank (identical draws).
+
+The drop score is read on active positions only (the lowest-scoring active weights leave);
+the growth score on positions inactive after the drop (the highest-scoring ones enter;
+a weight just dropped may be grown back and then starts at 0).
 """
 
 from __future__ import annotations
@@ -16,25 +32,36 @@ import torch
 
 @dataclass(frozen=True)
 class ScoreInputs:
-    """What a growth criterion may read for one layer at an update."""
+    """What a drop or growth criterion may read for one layer at an update (module docs)."""
 
-    weight: torch.Tensor  # after this step's optimizer step, inactive entries 0
-    grad: torch.Tensor | None  # this step's dense (all-reduced) gradient, if requested
-    grad_ema: torch.Tensor | None  # EMA of `Growth.ema_of(grad)` over steps, if requested
-    generator: torch.Generator  # shared by all ranks: identical draws everywhere
+    weight: torch.Tensor
+    grad: torch.Tensor | None
+    grad_ema: torch.Tensor | None
+    generator: torch.Generator
+    mask: torch.Tensor | None = None
 
 
 @dataclass(frozen=True)
-class Growth:
-    """A growth criterion: its score, and what the engine must collect for it."""
+class Criterion:
+    """A drop or growth criterion: its score, and what the engine must collect for it.
+
+    ``needs_gradient``: keep this step's dense gradient at an update. ``ema_of=f``: keep an
+    EMA of ``f(grad)`` every step (needs the dense gradient every step, so it is refused by
+    strategies that only see masked, sharded gradients: DeepSpeed ZeRO).
+    """
 
     score: Callable[[ScoreInputs], torch.Tensor]
-    needs_gradient: bool = False  # keep this step's dense gradient for the update
-    ema_of: Callable[[torch.Tensor], torch.Tensor] | None = None  # keep an EMA of f(grad)
+    summary: str
+    needs_gradient: bool = False
+    ema_of: Callable[[torch.Tensor], torch.Tensor] | None = None
+
+    @property
+    def needs_every_step_gradient(self) -> bool:
+        return self.ema_of is not None
 
 
 def magnitude_score(weight: torch.Tensor) -> torch.Tensor:
-    """|w|: the drop criterion (the smallest active magnitudes are dropped)."""
+    """|w|: the default drop criterion (the smallest active magnitudes are dropped)."""
     return weight.detach().abs()
 
 
@@ -48,6 +75,11 @@ def momentum_score(grad_ema: torch.Tensor) -> torch.Tensor:
     return grad_ema.abs()
 
 
+def saliency_score(weight: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
+    """|w · ∂L/∂w|: the first-order change of the loss when w is removed (SNIP)."""
+    return (weight.detach() * grad.detach().to(weight.dtype)).abs()
+
+
 def random_score(
     shape: torch.Size, generator: torch.Generator, device: torch.device
 ) -> torch.Tensor:
@@ -58,27 +90,76 @@ def random_score(
 
 def _require(value: torch.Tensor | None, what: str) -> torch.Tensor:
     if value is None:
-        raise ValueError(f"this growth criterion needs the {what}: call after loss.backward()")
+        raise ValueError(f"this criterion needs the {what}: call after loss.backward()")
     return value
 
 
-GROWTH_SCORES: dict[str, Growth] = {
-    "gradient": Growth(lambda x: gradient_score(_require(x.grad, "gradient")), needs_gradient=True),
-    "random": Growth(lambda x: random_score(x.weight.shape, x.generator, x.weight.device)),
-    "momentum": Growth(
-        lambda x: momentum_score(_require(x.grad_ema, "gradient EMA")), ema_of=lambda g: g
+GROWTH_SCORES: dict[str, Criterion] = {
+    "gradient": Criterion(
+        lambda x: gradient_score(_require(x.grad, "gradient")),
+        "|g| of the dense gradient (RigL)",
+        needs_gradient=True,
+    ),
+    "random": Criterion(
+        lambda x: random_score(x.weight.shape, x.generator, x.weight.device),
+        "uniform random (SET)",
+    ),
+    "momentum": Criterion(
+        lambda x: momentum_score(_require(x.grad_ema, "gradient EMA")),
+        "|EMA of g| (SNFS-style)",
+        ema_of=lambda g: g,
     ),
     # Empirical Fisher (diagonal): E[g²], as in Fisher pruning. Unlike |E[g]| (momentum) it
     # also favours weights whose gradient is large but changes sign from batch to batch.
-    "fisher": Growth(lambda x: _require(x.grad_ema, "squared-gradient EMA"), ema_of=torch.square),
+    "fisher": Criterion(
+        lambda x: _require(x.grad_ema, "squared-gradient EMA"),
+        "EMA of g² (empirical Fisher)",
+        ema_of=torch.square,
+    ),
+}
+
+DROP_SCORES: dict[str, Criterion] = {
+    "magnitude": Criterion(lambda x: magnitude_score(x.weight), "|w| (RigL, SET, the paper)"),
+    # Scores active weights only, whose gradients the sparse backward computes anyway: no
+    # dense gradient and no extra FLOPs.
+    "saliency": Criterion(
+        lambda x: saliency_score(x.weight, _require(x.grad, "gradient")),
+        "|w·g| (SNIP saliency of the active weights)",
+        needs_gradient=True,
+    ),
 }
 
 
-def growth_criterion(name: str) -> Growth:
+def _lookup(table: dict[str, Criterion], name: str, key: str) -> Criterion:
     try:
-        return GROWTH_SCORES[name]
+        return table[name]
     except KeyError:
-        raise ValueError(
-            f"sparsity.growth={name!r} is not a growth criterion; choose one of "
-            f"{sorted(GROWTH_SCORES)}"
-        ) from None
+        raise ValueError(f"{key}={name!r} is unknown; choose one of {choices(table)}") from None
+
+
+def choices(table: dict[str, Criterion]) -> str:
+    return ", ".join(sorted(table))
+
+
+def growth_criterion(name: str) -> Criterion:
+    return _lookup(GROWTH_SCORES, name, "sparsity.growth")
+
+
+def drop_criterion(name: str) -> Criterion:
+    return _lookup(DROP_SCORES, name, "sparsity.drop")
+
+
+def check_growth_name(name: str) -> str:
+    """Validator for config fields naming a growth criterion."""
+    growth_criterion(name)
+    return name
+
+
+def check_drop_name(name: str) -> str:
+    drop_criterion(name)
+    return name
+
+
+def table_help(table: dict[str, Criterion]) -> str:
+    """'name: summary' for every entry, for config field descriptions and --help."""
+    return "; ".join(f"{name}: {entry.summary}" for name, entry in sorted(table.items()))

@@ -120,7 +120,9 @@ class TrainConfig(Section):
     """
 
     epochs: int = Field(10, ge=1, description="training epochs (EDST: derived from ensemble.edst)")
-    strategy: Literal["ddp", "deepspeed"] = "ddp"
+    strategy: str = Field(
+        "ddp", description="data-parallel strategy, an entry of train/strategy.py STRATEGIES"
+    )
     zero_stage: Literal[0, 1, 2] = Field(0, description="DeepSpeed ZeRO stage")
     grad_accum_steps: int = Field(1, ge=1, description="micro-batches per optimizer step")
     label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
@@ -192,17 +194,31 @@ class TrainConfig(Section):
                 f"train.min_workers={self.min_workers} exceeds train.num_workers="
                 f"{self.num_workers}; give the range as num_workers: [min, max]"
             )
-        if self.elastic and self.strategy == "deepspeed" and self.zero_stage:
+        if self.elastic and self.zero_stage:
             raise ValueError(
                 "elastic train.num_workers needs train.zero_stage=0 (or strategy=ddp): ZeRO "
                 "checkpoints are partitioned per rank and cannot resume on another world size"
             )
         return self
 
+    @field_validator("strategy")
+    @classmethod
+    def _known_strategy(cls, name: str) -> str:
+        from ft_dist.train.strategy import strategy_entry  # the table imports this module
+
+        strategy_entry(name)
+        return name
+
     @model_validator(mode="after")
     def _check_precision(self) -> TrainConfig:
-        if self.strategy == "ddp" and "zero_stage" in self.model_fields_set and self.zero_stage:
-            raise ValueError("train.zero_stage needs train.strategy=deepspeed (or set it to 0)")
+        from ft_dist.train.strategy import STRATEGIES, strategy_entry
+
+        zero_set = "zero_stage" in self.model_fields_set and self.zero_stage
+        if zero_set and not strategy_entry(self.strategy).zero_stages:
+            with_zero = [name for name, entry in STRATEGIES.items() if entry.zero_stages]
+            raise ValueError(
+                f"train.zero_stage needs train.strategy={' or '.join(with_zero)} (or set it to 0)"
+            )
         return self
 
 

@@ -12,6 +12,7 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 
 from ft_dist.configbase import Section
+from ft_dist.sparse.scores import check_growth_name
 
 
 class EDSTConfig(Section):
@@ -37,12 +38,18 @@ class EDSTConfig(Section):
     explore_drop_fraction: float = Field(
         default=0.8, gt=0.0, le=1.0, description="q: drop fraction of the global exploration"
     )
-    explore_growth: Literal["random", "gradient", "momentum"] = Field(
+    explore_growth: str = Field(
         "gradient",
-        description="regrowth of the global exploration; the official code uses the run's "
-        "growth mode (gradient in every published run: main_EDST.py, ImageNet/main.py)",
+        description="growth criterion of the global exploration (an entry of sparse/scores.py "
+        "GROWTH_SCORES); the official code uses the run's growth mode (gradient in every "
+        "published run: main_EDST.py, ImageNet/main.py)",
     )
     ticket: Literal["best", "last"] = "best"
+
+    @field_validator("explore_growth")
+    @classmethod
+    def _known_growth(cls, name: str) -> str:
+        return check_growth_name(name)
 
     @field_validator("refinement_lr_scales")
     @classmethod

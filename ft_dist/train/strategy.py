@@ -22,13 +22,14 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from ft_dist.sparse import DynamicSparsity, SparsityConfig
-from ft_dist.sparse.scores import growth_criterion
+from ft_dist.sparse.scores import GROWTH_SCORES, drop_criterion, growth_criterion
 from ft_dist.train.config import OptimConfig, TrainConfig
 from ft_dist.train.optim import build_optimizer, set_learning_rate_
 
@@ -112,20 +113,18 @@ def build_strategy(
 ) -> Strategy:
     """Wrap ``module`` (already on ``device``) for data parallelism and attach DST to it.
     ``decay_period``: step -> (start, length) of the drop-fraction cosine (a run plan's)."""
-    global_batch_size = micro_batch_size * train.grad_accum_steps * world_size
-    if train.strategy == "deepspeed":
-        return DeepSpeedStrategy(
-            module,
-            train,
-            optim,
-            sparsity,
-            micro_batch_size,
-            device,
-            global_batch_size,
-            decay_period,
-        )
-    return DDPStrategy(
-        module, train, optim, sparsity, device, world_size, global_batch_size, decay_period
+    entry = strategy_entry(train.strategy)
+    check_strategy_supports(train.strategy, sparsity)
+    return entry.cls(
+        module,
+        train=train,
+        optim=optim,
+        sparsity=sparsity,
+        micro_batch_size=micro_batch_size,
+        device=device,
+        world_size=world_size,
+        global_batch_size=micro_batch_size * train.grad_accum_steps * world_size,
+        decay_period=decay_period,
     )
 
 
@@ -136,14 +135,17 @@ class DDPStrategy(Strategy):
     def __init__(
         self,
         module: nn.Module,
+        *,
         train: TrainConfig,
         optim: OptimConfig,
         sparsity: SparsityConfig,
+        micro_batch_size: int,
         device: torch.device,
         world_size: int,
         global_batch_size: int,
         decay_period=None,
     ) -> None:
+        del micro_batch_size  # DDP takes each batch as it comes
         self.module = module
         self.grad_accum_steps = train.grad_accum_steps
         self.autocast = train.bf16 and device.type == "cuda"
@@ -192,28 +194,19 @@ class DeepSpeedStrategy(Strategy):
     def __init__(
         self,
         module: nn.Module,
+        *,
         train: TrainConfig,
         optim: OptimConfig,
         sparsity: SparsityConfig,
         micro_batch_size: int,
         device: torch.device,
+        world_size: int,
         global_batch_size: int,
         decay_period=None,
     ) -> None:
         import deepspeed  # heavy; only DeepSpeed runs pay for it
 
-        if sparsity.is_dynamic and (
-            growth_criterion(sparsity.growth).ema_of is not None
-            or sparsity.inactive_momentum == "keep"
-        ):
-            # Both need the full gradient at every step: reassembling it from the ZeRO
-            # partitions each step would defeat ZeRO's memory savings.
-            raise ValueError(
-                f"sparsity.growth={sparsity.growth} / sparsity.inactive_momentum="
-                f"{sparsity.inactive_momentum} read the full gradient at every step and are not "
-                "supported with train.strategy=deepspeed; use sparsity.growth=gradient or "
-                "random with inactive_momentum=zero (or train.strategy=ddp)"
-            )
+        del world_size  # DeepSpeed reads it from the process group
         bf16 = train.bf16 and device.type == "cuda"
         # Masks first, so that the fp32 masters DeepSpeed clones from the weights start masked.
         self.sparsity = DynamicSparsity(
@@ -338,3 +331,65 @@ def _optimizer_state_keys(optim: OptimConfig) -> tuple[str, ...]:
     if optim.name == "adamw":
         return ("exp_avg", "exp_avg_sq")
     return ("momentum_buffer",) if optim.momentum > 0 else ()
+
+
+# --------------------------------------------------------------------------- the table
+@dataclass(frozen=True)
+class StrategyEntry:
+    """A strategy and what it can do; config validation and --help read these fields."""
+
+    cls: type[Strategy]
+    summary: str
+    # Can the dense gradient be read at every step (EMA growth criteria, the official CIFAR
+    # inactive_momentum=keep)? Not under ZeRO: reassembling the full gradient from its
+    # partitions at every step would defeat ZeRO's memory savings.
+    every_step_dense_gradient: bool
+    zero_stages: bool  # train.zero_stage applies
+
+
+STRATEGIES: dict[str, StrategyEntry] = {
+    "ddp": StrategyEntry(
+        DDPStrategy,
+        "torch DistributedDataParallel (gloo on CPU, nccl on GPU)",
+        every_step_dense_gradient=True,
+        zero_stages=False,
+    ),
+    "deepspeed": StrategyEntry(
+        DeepSpeedStrategy,
+        "DeepSpeed engine, ZeRO stage 0/1/2, bf16 weights on GPU",
+        every_step_dense_gradient=False,
+        zero_stages=True,
+    ),
+}
+
+
+def strategy_entry(name: str) -> StrategyEntry:
+    try:
+        return STRATEGIES[name]
+    except KeyError:
+        raise ValueError(
+            f"train.strategy={name!r} is unknown; choose one of {', '.join(STRATEGIES)}"
+        ) from None
+
+
+def check_strategy_supports(name: str, sparsity: SparsityConfig) -> None:
+    """Refuse a sparsity setting the strategy cannot run, naming what to change."""
+    if strategy_entry(name).every_step_dense_gradient or not sparsity.is_dynamic:
+        return
+    culprits = [
+        f"sparsity.{key}={value}"
+        for key, value, criterion in (
+            ("growth", sparsity.growth, growth_criterion(sparsity.growth)),
+            ("drop", sparsity.drop, drop_criterion(sparsity.drop)),
+        )
+        if criterion.needs_every_step_gradient
+    ]
+    if sparsity.inactive_momentum == "keep":
+        culprits.append("sparsity.inactive_momentum=keep")
+    if culprits:
+        fine = [n for n, c in GROWTH_SCORES.items() if not c.needs_every_step_gradient]
+        raise ValueError(
+            f"{' and '.join(culprits)} reads the full gradient at every step, which "
+            f"train.strategy={name} does not provide: use sparsity.growth "
+            f"{' or '.join(fine)} with inactive_momentum=zero (or train.strategy=ddp)"
+        )
