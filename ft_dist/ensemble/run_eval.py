@@ -14,6 +14,7 @@ from typing import Any
 import yaml
 
 from ft_dist.data.config import DataConfig
+from ft_dist.data.manifest import verify_shards
 from ft_dist.ensemble.corruptions import check_corruptions
 from ft_dist.ensemble.data import (
     GAUSSIAN_OOD,
@@ -22,7 +23,9 @@ from ft_dist.ensemble.data import (
     locate_split,
     split_data,
 )
+from ft_dist.data.manifest import read_manifest
 from ft_dist.ensemble.evaluate import evaluate_tickets
+from ft_dist.ensemble.metrics import NUM_ECE_BINS, OFFICIAL_ECE_BINS
 from ft_dist.ensemble.inputs import BatchSource
 from ft_dist.ensemble.report import summary_metrics, write_report
 from ft_dist.ensemble.robustness import CorruptionBenchmark, CorruptionCell
@@ -42,6 +45,11 @@ class EvalOptions:
     corruptions_from: str | None = None  # CIFAR-10-C / CIFAR-100-C / ImageNet-C directory
     corruption_limit: int | None = None  # samples per corruption x severity (quick runs)
     split: str | None = None  # None: the config's data.test_split
+    # Temperature scaling: the split to fit on. None: data.val_split when it exists on disk;
+    # "none": no calibrated figures.
+    calibration_split: str | None = None
+    # ECE bins. None: 15, or the official code's 14 when the run has sparsity.compat official-*
+    ece_bins: int | None = None
     data_root: str | None = None  # None: the config's data.root
     out_dir: str | None = None  # None: RUN_DIR/eval
     batch_size: int = 256
@@ -94,7 +102,17 @@ def evaluate_run(path: str | Path, options: EvalOptions) -> dict[str, Path]:
     test = split_data(
         data_cfg, split, batch_size=options.batch_size, num_workers=options.num_workers
     )
+    verify_eval_shards(test, data_cfg.verify)
     benchmark = _benchmark(data_cfg, options)  # checks the files before any model runs
+    calibration = _calibration_split(data_cfg, options, split)
+    val = (
+        split_data(
+            data_cfg, calibration, batch_size=options.batch_size, num_workers=options.num_workers
+        )
+        if calibration
+        else None
+    )
+    num_bins = ece_bins(raw, options.ece_bins)
     if options.corruptions and benchmark is None:  # several passes: decode once
         test = test.cached()
     ood_sources = {
@@ -107,15 +125,18 @@ def evaluate_run(path: str | Path, options: EvalOptions) -> dict[str, Path]:
         root,
         test.source,
         test.normalization,
+        val_source=val.source if val is not None else None,
         ood_sources=ood_sources,
         corruptions=() if benchmark else options.corruptions,
         severities=options.severities or (1, 3, 5),
         benchmark=benchmark,
+        num_bins=num_bins,
         device=options.device,
     )
     report["data"] = {
         "root": data_cfg.root,
         "split": split,
+        "calibration_split": calibration,
         "ood": list(options.ood_specs) or None,
         "corruptions_from": options.corruptions_from,
     }
@@ -126,6 +147,41 @@ def evaluate_run(path: str | Path, options: EvalOptions) -> dict[str, Path]:
     return written
 
 
+def ece_bins(raw: dict[str, Any], requested: int | None) -> int:
+    """15 bins, or the official code's 14 for runs in an official compatibility mode."""
+    if requested is not None:
+        if requested < 1:
+            raise ValueError(f"--ece-bins must be >= 1, got {requested}")
+        return requested
+    compat = str((raw.get("sparsity") or {}).get("compat") or "none")
+    return OFFICIAL_ECE_BINS if compat.startswith("official") else NUM_ECE_BINS
+
+
+def _calibration_split(cfg: DataConfig, options: EvalOptions, test_split: str) -> str | None:
+    """The split temperatures are fitted on, or None (no calibrated figures)."""
+    wanted = options.calibration_split
+    if wanted == "none":
+        return None
+    if wanted is None:
+        wanted = cfg.val_split
+        if wanted is None or not _split_exists(cfg.root, wanted):
+            return None  # quietly: a dataset without a validation split
+    if wanted == test_split:
+        raise ValueError(
+            f"--calibration-split {wanted!r} is the test split: temperatures fitted on the "
+            "test data would flatter every calibrated figure; use the validation split"
+        )
+    return wanted
+
+
+def _split_exists(root: str, split: str) -> bool:
+    try:
+        read_manifest(root, split)
+    except (FileNotFoundError, OSError):
+        return False
+    return True
+
+
 def _ood_data(spec: str, cfg: DataConfig, test: EvalData, options: EvalOptions) -> EvalData:
     """An --ood set: the paper's Gaussian noise (as many images as the test split), or shards."""
     if spec == GAUSSIAN_OOD:
@@ -133,7 +189,7 @@ def _ood_data(spec: str, cfg: DataConfig, test: EvalData, options: EvalOptions) 
             test.num_samples, test.sample_shape, test.normalization, batch_size=options.batch_size
         )
     ood_root, ood_split = locate_split(spec, cfg.root)
-    return split_data(
+    data = split_data(
         cfg,
         ood_split,
         root=ood_root,
@@ -141,6 +197,17 @@ def _ood_data(spec: str, cfg: DataConfig, test: EvalData, options: EvalOptions) 
         batch_size=options.batch_size,
         num_workers=options.num_workers,
     )
+    verify_eval_shards(data, cfg.verify)
+    return data
+
+
+def verify_eval_shards(data: EvalData, level: str) -> None:
+    """Check an evaluation split's local shards against its manifest as `train` does
+    (data.verify: sizes, and sha256 once per changed shard): a tampered test or OoD shard is
+    an error naming it, not a silently different score. Built-in corruptions are computed
+    from the verified test split; --corruptions-from files have no manifest to check."""
+    if data.manifest is not None:
+        verify_shards(data.manifest, level)
 
 
 def _benchmark(cfg: DataConfig, options: EvalOptions) -> CorruptionBenchmark | None:

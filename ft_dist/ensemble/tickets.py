@@ -9,6 +9,7 @@ A ticket holds plain tensors and is read with `torch.load(weights_only=True)`.
 
 from __future__ import annotations
 
+import pickle
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -82,14 +83,33 @@ def load_ticket(path: str | Path) -> Ticket:
     path = Path(path)
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        raise ValueError(untrusted_message(path, error)) from None
     except Exception as error:  # noqa: BLE001 - any unpickling failure is a bad file
-        raise ValueError(f"{path}: not a readable ticket ({error})") from error
+        raise ValueError(f"{path}: not a readable ticket ({_first_line(error)})") from None
     if not isinstance(data, dict) or not {"model", "masks", "meta"} <= set(data):
         raise ValueError(f"{path}: a ticket is a dict with keys 'model', 'masks' and 'meta'")
     missing = [key for key in META_KEYS if key not in data["meta"]]
     if missing:
         raise ValueError(f"{path}: ticket meta lacks {missing}")
     return Ticket(path, dict(data["model"]), dict(data["masks"]), dict(data["meta"]))
+
+
+def untrusted_message(path: Path, error: pickle.UnpicklingError) -> str:
+    """One line for a file torch's weights-only loader refused (never its advice to load
+    with weights_only=False: that would run whatever code the file carries)."""
+    if "unsupported global" not in str(error).lower():  # torch: a pickled object
+        return f"{path}: not a readable ticket (not a torch.save file)"
+    return (
+        f"{path} is not a trusted ticket: it holds objects other than tensors, numbers and "
+        "strings, so it was not loaded (loading could run code); use the tickets "
+        "`ft-dist train` wrote"
+    )
+
+
+def _first_line(error: BaseException) -> str:
+    lines = str(error).strip().splitlines()
+    return lines[0][:200] if lines else type(error).__name__
 
 
 def check_compatible(tickets: list[Ticket]) -> None:

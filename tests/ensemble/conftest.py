@@ -9,6 +9,7 @@ import torch
 
 from ft_dist.models import build_model
 from ft_dist.sparse import DynamicSparsity, SparsityConfig
+from tests.train.conftest import tiny_mnist  # noqa: F401  (re-exported as a fixture here)
 
 NUM_CLASSES = 4
 IMAGE_SIZE = 8
