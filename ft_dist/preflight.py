@@ -32,8 +32,9 @@ def check_inputs(cfg: RunConfig) -> Any:
     (worker.absolute_paths), as the workers will see them.
     """
     info = check_data(cfg)
-    check_model(cfg, info)
+    model = check_model(cfg, info)
     check_writable(cfg)
+    check_disk_space(cfg, model)
     return info
 
 
@@ -86,8 +87,9 @@ def check_eval_split(root: str, key: str, split: str) -> None:
         )
 
 
-def check_model(cfg: RunConfig, info: Any) -> None:
-    """The model builds for the data's shape (on the meta device: no memory, no time)."""
+def check_model(cfg: RunConfig, info: Any) -> Any:
+    """The model builds for the data's shape (on the meta device: no memory, no time);
+    returns that meta-device model."""
     import torch
 
     from ft_dist.models import build_model_from_config
@@ -107,7 +109,7 @@ def check_model(cfg: RunConfig, info: Any) -> None:
         num_classes=info.num_classes, in_channels=info.in_channels, image_size=info.image_size
     )
     with torch.device("meta"):
-        build_model_from_config(resolved)
+        return build_model_from_config(resolved)
 
 
 def check_writable(cfg: RunConfig) -> None:
@@ -125,6 +127,16 @@ def check_writable(cfg: RunConfig) -> None:
             ) from None
         if not os.access(path, os.W_OK):
             raise ValueError(f"{key}: {path} is not writable; choose a writable dir")
+
+
+def check_disk_space(cfg: RunConfig, model: Any) -> None:
+    """The run directory (and a local ray.storage_path on another file system) has room
+    for train.keep_checkpoints checkpoints, the one being written, and the tickets."""
+    from ft_dist.train.diskspace import disk_space_problems
+
+    problems = disk_space_problems(cfg, model)
+    if problems:
+        raise ValueError(problems[0])
 
 
 # --------------------------------------------------------------------------- cluster

@@ -27,6 +27,7 @@ import os
 import pickle
 import random
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +37,13 @@ import torch.distributed as dist
 
 from ft_dist.data.manifest import file_sha256
 from ft_dist.layout import checkpoint_name
+from ft_dist.train.diskspace import (
+    DiskFullError,
+    dir_bytes,
+    disk_full_message,
+    is_disk_full,
+    tree_bytes,
+)
 from ft_dist.utils import is_distributed, write_atomic
 
 SHARED_FILE = "state.pt"
@@ -77,23 +85,65 @@ def save_checkpoint(
     root = Path(root)
     final = root / checkpoint_name(step)
     tmp = root / f".tmp-{checkpoint_name(step)}"
+    if rank == 0 and shared is None:
+        raise ValueError("rank 0 must pass the shared checkpoint state")
+    needed = _checkpoint_bytes(root, shared, local)
+
+    def write_files() -> None:
+        _save_file(local, tmp / rank_file(rank))
+        if rank == 0:
+            _save_file(shared, tmp / SHARED_FILE)
+            (tmp / META_FILE).write_text(json.dumps({**meta, "step": step}, indent=2) + "\n")
+
+    def publish() -> None:
+        _write_index(tmp)  # last: it vouches for every file already there
+        _replace_dir(tmp, final)
+        _prune(root, keep)
+
     if rank == 0:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
     barrier()
-    _save_file(local, tmp / rank_file(rank))
-    if rank == 0:
-        if shared is None:
-            raise ValueError("rank 0 must pass the shared checkpoint state")
-        _save_file(shared, tmp / SHARED_FILE)
-        (tmp / META_FILE).write_text(json.dumps({**meta, "step": step}, indent=2) + "\n")
-    barrier()
-    if rank == 0:
-        _write_index(tmp)  # last: it vouches for every file already there
-        _replace_dir(tmp, final)
-        _prune(root, keep)
-    barrier()
+    # A full disk on any rank is every rank's error (all stop together, none retries).
+    problem = _first_problem_on_any_rank(_disk_problem(write_files, tmp, needed))
+    if problem is None and rank == 0:
+        problem = _disk_problem(publish, tmp, needed)
+    problem = _first_problem_on_any_rank(problem)  # also the barrier after publishing
+    if problem is not None:
+        if rank == 0:
+            shutil.rmtree(tmp, ignore_errors=True)  # give the space back
+        raise DiskFullError(problem)
     return final
+
+
+def _checkpoint_bytes(root: Path, shared: dict | None, local: dict) -> int:
+    """About what one checkpoint takes: the newest one on disk, else this rank's state."""
+    steps = [p for p in root.iterdir() if p.is_dir() and p.name.isdigit()] if root.is_dir() else []
+    if steps:
+        return dir_bytes(max(steps, key=lambda p: int(p.name)))
+    return tree_bytes(shared) + tree_bytes(local)
+
+
+def _disk_problem(write: Callable[[], None], tmp: Path, needed: int) -> str | None:
+    """Run ``write``; a full disk becomes a one-line message, other errors propagate."""
+    try:
+        write()
+    except (OSError, RuntimeError) as error:
+        if not is_disk_full(error, tmp, needed):
+            raise
+        newest = _newest_complete(tmp.parent)
+        kept = f"the previous checkpoint {newest} is kept" if newest else ""
+        fix = (
+            "free space there, lower train.keep_checkpoints, or set train.output_dir to a "
+            "bigger disk"
+        )
+        return disk_full_message(tmp.parent, needed, "checkpoint", fix, kept)
+    return None
+
+
+def _newest_complete(root: Path) -> Path | None:
+    steps = [p for p in root.iterdir() if p.is_dir() and p.name.isdigit()]
+    return max(steps, key=lambda p: int(p.name)) if steps else None
 
 
 def load_checkpoint(path: str | Path, rank: int) -> tuple[dict, dict | None]:
@@ -216,9 +266,15 @@ def _first_line(error: BaseException) -> str:
 def check_compatible(saved: dict, current: dict, path: str | Path) -> None:
     """Refuse a checkpoint written for another model, density or partition layout."""
     keys = ("model", "num_classes", "density", "sparse_init", "strategy", "zero_stage")
+    keys += ("model_kwargs", "model_source_sha256")  # same builder arguments, same builder file
     if current.get("zero_stage"):
         keys += ("world_size",)  # ZeRO partitions are laid out per rank
-    differ = {k: (saved.get(k), current.get(k)) for k in keys if saved.get(k) != current.get(k)}
+    # A key an older checkpoint lacks reads as empty.
+    differ = {
+        k: (saved.get(k), current.get(k))
+        for k in keys
+        if (saved.get(k) or None) != (current.get(k) or None)
+    }
     if differ:
         details = ", ".join(
             f"{k}: checkpoint {a!r} vs this run {b!r}" for k, (a, b) in differ.items()
@@ -307,5 +363,12 @@ def write_ticket(path: str | Path, ticket: dict) -> bool:
     if path.exists():
         return False
     path.parent.mkdir(parents=True, exist_ok=True)
-    _save_file(ticket, path)
+    try:
+        _save_file(ticket, path)
+    except (OSError, RuntimeError) as error:
+        needed = tree_bytes(ticket)
+        if not is_disk_full(error, path.parent, needed):
+            raise
+        fix = "free space there (the checkpoints beside it hold the run) and re-run to resume"
+        raise DiskFullError(disk_full_message(path, needed, "ticket", fix)) from None
     return True

@@ -46,6 +46,7 @@ from ray.train.torch import TorchConfig, TorchTrainer
 from ft_dist.layout import run_dir
 from ft_dist.preflight import format_resources, worker_resources
 from ft_dist.tracking import make_tracker
+from ft_dist.train.diskspace import DiskFullError, dir_bytes, disk_full_message, is_disk_full
 from ft_dist.train.session import latest_complete_checkpoint
 
 # Where Ray's registered copies of checkpoints live, relative to the run directory.
@@ -118,6 +119,18 @@ def link_tree(src: Path, dest: Path) -> None:
     os.replace(tmp, dest)
 
 
+def raise_if_disk_full(error: OSError, src: Path, dest: Path) -> None:
+    """A full storage disk is a one-line DiskFullError (never retried), the partial copy
+    removed; the run's own checkpoint in RUN_DIR stays."""
+    needed = dir_bytes(src)
+    if is_disk_full(error, dest.parent, needed):
+        shutil.rmtree(dest.with_name(f".tmp-{dest.name}"), ignore_errors=True)
+        fix = "free space there or set ray.storage_path to a bigger disk"
+        raise DiskFullError(
+            disk_full_message(dest, needed, "Ray's copy of checkpoint", fix)
+        ) from None
+
+
 class RaySession:
     """The `Session` of one Ray Train worker: ranks from the train context, reports and
     resume points through `ray.train.report` / `ray.train.get_checkpoint`."""
@@ -162,7 +175,11 @@ class RaySession:
 
     def _link_upload(self, checkpoint: Checkpoint, name: str) -> Checkpoint:
         dest = self._experiment / name
-        link_tree(Path(checkpoint.path), dest)
+        try:
+            link_tree(Path(checkpoint.path), dest)
+        except OSError as error:  # copies (another file system) can fill a disk
+            raise_if_disk_full(error, Path(checkpoint.path), dest)
+            raise
         return Checkpoint.from_directory(str(dest))
 
     def latest_checkpoint_dir(self) -> str | None:
