@@ -14,6 +14,12 @@ So ``data.verify`` offers three levels:
 * ``full``: sha256 of every shard on every start (bit rot too; slow on big datasets).
 * ``size``: existence and byte size only.
 
+Hashing a shard also counts its samples (the same tar parsing the streams use) against its
+manifest entry: a hand-edited per-shard ``num_samples`` that keeps the split's total would
+otherwise pass every manifest check and fail only after Ray started the workers. Measured
+here: +20% over a plain sha256 for ImageNet-sized samples (110 KB), 8x for 300-byte ones
+(MNIST; still 0.7 s per 117 MB, and once per shard with ``checksum``).
+
 Files changed (mtime or ctime) within ``RACY_NS`` of being hashed are not recorded: a
 second edit in the same timestamp tick would leave size and times unchanged (git's "racy
 clean" problem); they are hashed again next time.
@@ -25,12 +31,13 @@ import hashlib
 import json
 import os
 import sys
+import tarfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from ft_dist.data.manifest import Manifest, ShardInfo, file_sha256, local_path
+from ft_dist.data.manifest import Manifest, ShardInfo, local_path
 
 STAMP_NAME = ".ft_dist_verified.json"
 STAMP_FORMAT = "ft_dist.verified/1"
@@ -64,20 +71,26 @@ def verify_local_shards(manifest: Manifest, level: str = "checksum") -> VerifyRe
         return VerifyReport(manifest.num_shards, 0, 0, None)
     stamp = stamp_path(split_dir)
     known = read_stamp(stamp) if level == "checksum" else {}
-    todo = [s for s in manifest.shards if known.get(s.name) != _entry(stats[s.name], s.sha256)]
+    todo = [s for s in manifest.shards if known.get(s.name) != _entry(stats[s.name], s)]
     started = time.time_ns()
     _announce(manifest, todo, stamp if level == "checksum" else None)
     with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
-        digests = list(pool.map(lambda s: file_sha256(split_dir / s.name), todo))
-    for shard, digest in zip(todo, digests, strict=True):
+        found = list(pool.map(lambda s: digest_and_count(split_dir / s.name), todo))
+    for shard, (digest, count) in zip(todo, found, strict=True):
         if digest != shard.sha256:
             raise ValueError(
                 f"shard {split_dir / shard.name} does not match the sha256 in its manifest "
                 "(corrupted, edited or replaced); rewrite the split with `ft-dist shards`"
             )
+        if count != shard.num_samples:  # a manifest edited by hand, totals kept consistent
+            raise ValueError(
+                f"shard {split_dir / shard.name} holds {count} samples but its manifest entry "
+                f"says num_samples={shard.num_samples}; rewrite the split with `ft-dist "
+                "shards` (or correct that entry and the split's total)"
+            )
     if level == "checksum" and todo:
         fresh = {
-            s.name: _entry(stats[s.name], s.sha256)
+            s.name: _entry(stats[s.name], s)
             for s in manifest.shards
             if max(stats[s.name].st_mtime_ns, stats[s.name].st_ctime_ns) < started - RACY_NS
         }
@@ -102,14 +115,31 @@ def _stat_checked(split_dir: Path, shard: ShardInfo, split: str) -> os.stat_resu
     return stat
 
 
-def _entry(stat: os.stat_result, sha256: str) -> dict:
-    """What must be unchanged for an earlier hash to still hold."""
+def _entry(stat: os.stat_result, shard: ShardInfo) -> dict:
+    """What must be unchanged for an earlier check to still hold."""
     return {
         "bytes": stat.st_size,
         "mtime_ns": stat.st_mtime_ns,
         "ctime_ns": stat.st_ctime_ns,
-        "sha256": sha256,
+        "sha256": shard.sha256,
+        "num_samples": shard.num_samples,
     }
+
+
+def digest_and_count(path: Path) -> tuple[str, int | None]:
+    """(sha256 of the file, samples in it) in one read; the count is None for a file that
+    is not a readable tar (its digest cannot match then either)."""
+    from ft_dist.data.reader import _group, _HashingReader  # the streams' own parsing
+    from ft_dist.data.tarstream import iter_members
+
+    with open(path, "rb") as stream:
+        reader = _HashingReader(stream)
+        try:
+            count = sum(1 for _ in _group(iter_members(reader), [""]))
+        except (tarfile.TarError, UnicodeDecodeError):
+            count = None
+        reader.drain()
+    return reader.digest.hexdigest(), count
 
 
 def _announce(manifest: Manifest, todo: list[ShardInfo], stamp: Path | None) -> None:

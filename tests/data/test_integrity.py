@@ -79,3 +79,34 @@ def test_freshly_written_shards_are_hashed_but_not_recorded(tmp_path: Path) -> N
 def test_unknown_level_names_the_key(split: Path) -> None:
     with pytest.raises(ValueError, match="data.verify='sha'"):
         verify_local_shards(read_manifest(split, "train"), "sha")
+
+
+def _move_a_sample_in_the_manifest(split: Path) -> None:
+    """Shard 0 claims one sample more, shard 1 one fewer: the split's total still adds up."""
+    path = split / "train" / "manifest.json"
+    raw = json.loads(path.read_text())
+    raw["shards"][0]["num_samples"] += 1
+    raw["shards"][1]["num_samples"] -= 1
+    path.write_text(json.dumps(raw))
+
+
+def test_a_wrong_per_shard_count_is_caught_before_training(split: Path) -> None:
+    verify_local_shards(read_manifest(split, "train"))  # recorded as verified
+    _move_a_sample_in_the_manifest(split)
+    manifest = read_manifest(split, "train")  # consistent: passes the manifest checks
+    verify_local_shards(manifest, "size")  # sizes alone cannot tell
+    for level in ("checksum", "full"):  # the recorded check no longer holds: counted again
+        with pytest.raises(ValueError) as raised:
+            verify_local_shards(manifest, level)
+        message = str(raised.value)
+        assert "shard-000000.tar holds 4 samples but its manifest entry says num_samples=5" in (
+            message
+        )
+
+
+def test_digest_and_count(split: Path) -> None:
+    shard = split / "train" / "shard-000002.tar"
+    digest, count = integrity.digest_and_count(shard)
+    assert count == 4 and digest == read_manifest(split, "train").shards[2].sha256
+    shard.write_bytes(b"not a tar at all" * 64)
+    assert integrity.digest_and_count(shard)[1] is None
