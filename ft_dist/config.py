@@ -30,11 +30,10 @@ from ft_dist.configbase import Section
 from ft_dist.data.config import DataConfig
 from ft_dist.models.config import ModelConfig
 from ft_dist.sparse.config import SparsityConfig
-from ft_dist.sparse.scores import growth_criterion
 from ft_dist.tracking import TrackingConfig
 from ft_dist.train.config import OptimConfig, RayConfig, TrainConfig
-from ft_dist.train.edst import total_epochs
 from ft_dist.train.ensemble_config import EnsembleConfig
+from ft_dist.train.methods import ensemble_method, method_epochs
 from ft_dist.train.strategy import check_strategy_supports
 from ft_dist.utils import write_text_atomic
 
@@ -54,48 +53,12 @@ class RunConfig(Section):
     @property
     def num_epochs(self) -> int:
         """Epochs this run trains: ``train.epochs``, or t_ex + M · t_re for EDST."""
-        if self.ensemble.method == "edst" and self.ensemble.edst is not None:
-            return total_epochs(self.ensemble.num_members, self.ensemble.edst)
-        return self.train.epochs
+        return method_epochs(self).per_run
 
     @model_validator(mode="after")
     def _check_combination(self) -> RunConfig:
-        edst = self.ensemble.edst if self.ensemble.method == "edst" else None
-        if edst is not None:
-            if not self.sparsity.is_dynamic:
-                raise ValueError(
-                    "ensemble.method=edst needs dynamic sparse training: set sparsity.density < 1 "
-                    "and sparsity.update=dynamic"
-                )
-            expected = total_epochs(self.ensemble.num_members, edst)
-            if "epochs" in self.train.model_fields_set and self.train.epochs != expected:
-                raise ValueError(
-                    f"train.epochs={self.train.epochs} disagrees with EDST's exploration_epochs + "
-                    f"num_members × refinement_epochs = {expected}: remove train.epochs"
-                )
-            if edst.ticket == "best" and not self.data.val_split:
-                raise ValueError(
-                    "ensemble.edst.ticket=best picks tickets by validation accuracy: set "
-                    "data.val_split, or use ensemble.edst.ticket=last"
-                )
-            explore = growth_criterion(edst.explore_growth)
-            if explore.needs_every_step_gradient and edst.explore_growth != self.sparsity.growth:
-                raise ValueError(
-                    f"ensemble.edst.explore_growth={edst.explore_growth} reads a gradient EMA "
-                    f"kept only when sparsity.growth={edst.explore_growth}: set that, or explore "
-                    "with a criterion that needs no EMA (gradient or random)"
-                )
-        if edst is None and self.train.ticket == "best" and not self.data.val_split:
-            raise ValueError(
-                "train.ticket=best keeps the epoch with the best validation accuracy: set "
-                "data.val_split, or use train.ticket=last"
-            )
+        ensemble_method(self.ensemble.method).check(self)
         check_strategy_supports(self.train.strategy, self.sparsity)
-        if self.ensemble.method == "pdst" and self.train.member > self.ensemble.num_members:
-            raise ValueError(
-                f"train.member={self.train.member} is outside 1..ensemble.num_members="
-                f"{self.ensemble.num_members}"
-            )
         return self
 
 
@@ -114,9 +77,14 @@ def load_config(path: str | os.PathLike[str], overrides: Sequence[str] = ()) -> 
     if not path.is_file():
         raise FileNotFoundError(f"config file {path} not found (see configs/ for examples)")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as error:
         raise ValueError(f"{path}: not valid YAML: {error}") from None
+    if data is None or data == {}:  # empty or comments only: never train on defaults unasked
+        raise ValueError(
+            f"{path} is empty: write at least the data section (data.root) and the model "
+            "you mean, e.g. start from configs/demo_dst.yaml"
+        )
     if not isinstance(data, dict):
         raise ValueError(f"{path}: the top level must be a mapping of sections ({_sections()})")
     return config_from_dict(apply_overrides(data, overrides), source=str(path))
@@ -228,4 +196,6 @@ def save_config(cfg: RunConfig, path: str | os.PathLike[str]) -> Path:
     """Write the resolved config as YAML (atomically); `load_config` reads it back."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    return write_text_atomic(path, yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
+    values = config_to_dict(cfg)
+    values["model"].pop("source", None)  # a builder file's text stays out of the record
+    return write_text_atomic(path, yaml.safe_dump(values, sort_keys=False))

@@ -20,6 +20,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from ft_dist.compat import autoscaler_max_resources
 from ft_dist.config import RunConfig
 from ft_dist.layout import run_dir
 from ft_dist.train.config import RayConfig
@@ -205,15 +206,3 @@ def cluster_message(
 def format_resources(resources: dict[str, float]) -> str:
     """{"CPU": 2.0, "GPU": 1.0} -> "2 CPU, 1 GPU"."""
     return ", ".join(f"{value:g} {name}" for name, value in resources.items())
-
-
-def autoscaler_max_resources() -> dict[str, float] | None:
-    """The most resources the cluster's autoscaler may bring up, or None without one.
-
-    Ray has no public API for this; Ray Train's own start-up check reads the same value
-    (`ray._private.state`, worker_group.py). tests/test_preflight.py fails if it moves.
-    """
-    from ray._private.state import state
-
-    limits = state.get_max_resources_from_cluster_config()
-    return {name: float(value) for name, value in limits.items()} if limits else None

@@ -110,3 +110,10 @@ def test_saved_config_loads_back_identically(tmp_path: Path) -> None:
 @pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.yaml")), ids=lambda p: p.name)
 def test_shipped_configs_are_valid(path: Path) -> None:
     load_config(path)
+
+
+@pytest.mark.parametrize("text", ["", "# only a comment\n", "{}\n"])
+def test_an_empty_config_file_is_refused_even_with_overrides(tmp_path: Path, text: str) -> None:
+    path = write(tmp_path, text)
+    with pytest.raises(ValueError, match=r"run.yaml is empty: write at least the data section"):
+        load_config(path, ["data.root=/data/mnist"])  # would train WRN-28-10 defaults

@@ -32,14 +32,14 @@ class CompileCount:
 
 @contextlib.contextmanager
 def count_compiles() -> Iterator[CompileCount]:
-    from torch._dynamo.utils import counters
+    from ft_dist.compat import dynamo_graph_count
 
     count = CompileCount()
-    before = counters["stats"]["unique_graphs"]
+    before = dynamo_graph_count()
     try:
         yield count
     finally:
-        count.graphs = counters["stats"]["unique_graphs"] - before
+        count.graphs = dynamo_graph_count() - before
 
 
 def compile_model_(model: nn.Module, backend: str = "inductor", mode: str | None = None) -> None:

@@ -14,6 +14,8 @@ import argparse
 import json
 from typing import TYPE_CHECKING
 
+from ft_dist.sparse.scores import GROWTH_SCORES
+
 if TYPE_CHECKING:
     from ft_dist.sparse.flops import FlopsReport, RunCost
 
@@ -22,14 +24,19 @@ FAMILY_DEFAULTS = {
     "resnet": (1000, 3, 224),  # ImageNet
     "wrn": (100, 3, 32),  # CIFAR-100
     "small-cnn": (10, 1, 28),  # MNIST
+    "timm:": (1000, 3, 224),  # ImageNet
+    "torchvision:": (1000, 3, 224),
 }
-RUN_LABELS = {
-    "dense": "dense",
-    "static": "static sparse",
-    "dst": "DST",
-    "edst": "EDST",
-    "pdst": "DST Ensemble",
-}
+# Single-model rows of the paper's comparison; ensemble rows take their method's label.
+SINGLE_LABELS = {"dense": "dense", "static": "static sparse", "dst": "DST"}
+
+
+def run_label(name: str) -> str:
+    from ft_dist.train.methods import ensemble_method
+
+    return SINGLE_LABELS.get(name) or ensemble_method(name).label
+
+
 # Flag-mode options; with --config the run's own values are used instead.
 FLAG_DESTS = (
     "model", "density", "sparse_init", "dense_layers", "num_classes", "in_channels",
@@ -90,7 +97,8 @@ def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--model",
         default="wrn-28-10",
-        help="resnet18/34/50, wrn-D-W or small-cnn (default: %(default)s)",
+        help="resnet18/34/50, wrn-D-W, small-cnn, timm:NAME, torchvision:NAME, "
+        "package.module:callable or path/to/file.py:callable (default: %(default)s)",
     )
     parser.add_argument(
         "--density",
@@ -129,7 +137,7 @@ def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
     runs.add_argument(
         "--growth",
         default="gradient",
-        choices=["gradient", "random", "momentum"],
+        choices=sorted(GROWTH_SCORES),
         help="default: %(default)s",
     )
     runs.add_argument(
@@ -162,17 +170,24 @@ def model_flops_report(
     density: float,
     sparse_init: str = "erk",
     dense_layers: tuple[str, ...] = (),
+    *,
+    kwargs: dict | None = None,
+    include: tuple[str, ...] = (),
+    exclude: tuple[str, ...] = (),
 ) -> FlopsReport:
-    """Build `model` on the meta device, allocate ERK/ER/uniform densities, count FLOPs."""
+    """Build `model` on the meta device, allocate ERK/ER/uniform densities over the weights
+    the sparsity rule selects (default rule, include/exclude), count FLOPs per layer."""
     import torch
 
     from ft_dist.models import build_model
     from ft_dist.sparse.flops import allocated_flops_report
 
     with torch.device("meta"):
-        network = build_model(model, num_classes, in_channels, image_size)
+        network = build_model(model, num_classes, in_channels, image_size, kwargs)
     input_shape = (in_channels, image_size, image_size)
-    return allocated_flops_report(network, input_shape, density, sparse_init, dense_layers)
+    return allocated_flops_report(
+        network, input_shape, density, sparse_init, dense_layers, include, exclude
+    )
 
 
 def handle(args: argparse.Namespace) -> int:
@@ -201,7 +216,7 @@ def handle(args: argparse.Namespace) -> int:
 def handle_flags(args: argparse.Namespace) -> int:
     """The paper's comparison (dense ... DST Ensemble) for the model given by flags."""
     from ft_dist.models.names import check_model_name
-    from ft_dist.sparse.flops import price_standard_runs
+    from ft_dist.train.methods import price_paper_runs
 
     check_model_name(args.model)
     defaults = model_shape_defaults(args.model)
@@ -214,7 +229,7 @@ def handle_flags(args: argparse.Namespace) -> int:
     report = model_flops_report(
         args.model, *shape, args.density, args.sparse_init, tuple(args.dense_layers)
     )
-    runs = price_standard_runs(
+    runs = price_paper_runs(
         report.dense_forward_flops,
         report.sparse_forward_flops,
         epochs=args.epochs,
@@ -277,7 +292,7 @@ def format_runs(runs: dict[str, RunCost]) -> str:
     lines = [header, "-" * len(header)]
     for name, cost in runs.items():
         lines.append(
-            f"{RUN_LABELS[name]:<14} {cost.num_members:>7} {cost.total_epochs:>7} "
+            f"{run_label(name):<14} {cost.num_members:>7} {cost.total_epochs:>7} "
             f"{cost.train_relative:>11.3f}x {cost.inference_relative:>9.3f}x"
         )
     reference = next(iter(runs.values())).reference_epochs

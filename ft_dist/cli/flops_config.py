@@ -12,7 +12,6 @@ from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING
 
 from ft_dist.cli.flops import (
-    RUN_LABELS,
     SHAPE_HINTS,
     SHAPE_KEYS,
     format_layers,
@@ -37,12 +36,15 @@ class ConfigRun:
     """
 
     model: str
+    model_kwargs: dict
     num_classes: int
     in_channels: int
     image_size: int
     density: float
     sparse_init: str
     dense_layers: tuple[str, ...]
+    include: tuple[str, ...]
+    exclude: tuple[str, ...]
     dynamic: bool
     growth: str
     update_every_steps: int | None
@@ -50,8 +52,9 @@ class ConfigRun:
     method: str
     num_members: int
     epochs: int
-    exploration_epochs: int
-    refinement_epochs: int
+    reference_epochs: int
+    total_epochs: int
+    epochs_text: str
     train_samples: int | None = None
     examples_per_epoch: int | None = None
     shape_source: dict[str, str] = field(default_factory=dict)
@@ -66,15 +69,16 @@ def handle_config(path: str, overrides: list[str], *, as_json: bool = False) -> 
     report = model_flops_report(
         run.model, run.num_classes, run.in_channels, run.image_size,
         run.density, run.sparse_init, run.dense_layers,
+        kwargs=run.model_kwargs, include=run.include, exclude=run.exclude,
     )  # fmt: skip
     cost = price_run(
         report.dense_forward_flops,
         report.sparse_forward_flops,
         method=run.method,
-        epochs=run.epochs,
-        num_members=run.num_members,
-        exploration_epochs=run.exploration_epochs,
-        refinement_epochs=run.refinement_epochs,
+        epochs_per_run=run.epochs,
+        total_epochs=run.total_epochs,
+        members=run.num_members,
+        reference_epochs=run.reference_epochs,
         dynamic=run.dynamic,
         growth=run.growth,
         update_every_steps=run.update_every_steps,
@@ -97,6 +101,7 @@ def run_from_config(cfg: RunConfig, source: str = "config") -> ConfigRun:
     """The pricing inputs of a validated run config; model shape from config or data."""
     from ft_dist.data.plan import steps_per_epoch
     from ft_dist.sparse.schedule import UpdateSchedule
+    from ft_dist.train.methods import method_epochs
 
     shape, shape_source, train_samples = model_shape(cfg, source)
     workers, accum = cfg.train.num_workers, cfg.train.grad_accum_steps
@@ -105,22 +110,26 @@ def run_from_config(cfg: RunConfig, source: str = "config") -> ConfigRun:
     if train_samples is not None:
         steps = steps_per_epoch(train_samples, workers, cfg.data.batch_size_per_worker)
         examples_per_epoch = steps // accum * global_batch
-    edst = cfg.ensemble.edst if cfg.ensemble.method == "edst" else None
+    epochs = method_epochs(cfg)
     return ConfigRun(
         model=cfg.model.name,
+        model_kwargs=dict(cfg.model.kwargs),
         **shape,
         density=cfg.sparsity.density,
         sparse_init=cfg.sparsity.sparse_init,
         dense_layers=tuple(cfg.sparsity.dense_layers),
+        include=tuple(cfg.sparsity.include),
+        exclude=tuple(cfg.sparsity.exclude),
         dynamic=cfg.sparsity.is_dynamic,
         growth=cfg.sparsity.growth,
         update_every_steps=UpdateSchedule.from_config(cfg.sparsity, global_batch).every_steps,
         global_batch=global_batch,
         method=cfg.ensemble.method,
-        num_members=cfg.ensemble.num_members,
-        epochs=cfg.num_epochs,
-        exploration_epochs=edst.exploration_epochs if edst else 0,
-        refinement_epochs=edst.refinement_epochs if edst else 0,
+        num_members=epochs.members,
+        epochs=epochs.per_run,
+        reference_epochs=epochs.reference,
+        total_epochs=epochs.total,
+        epochs_text=epochs.text,
         train_samples=train_samples,
         examples_per_epoch=examples_per_epoch,
         shape_source=shape_source,
@@ -176,24 +185,16 @@ def _local_data_info(data: DataConfig) -> tuple[DataInfo | None, str]:
 
 
 def run_label(run: ConfigRun) -> str:
-    """'EDST of DST members', 'DST Ensemble of 4 static sparse members', 'dense', ..."""
+    """'EDST of 3 DST models', 'DST Ensemble of 4 static sparse models', 'single model', ..."""
+    from ft_dist.train.methods import ensemble_method
+
     kind = "dense" if run.density >= 1.0 else "DST" if run.dynamic else "static sparse"
-    if run.method == "edst":
-        return f"EDST, M={run.num_members} {kind} tickets"
-    if run.method == "pdst":
-        return f"{RUN_LABELS['pdst']} of {run.num_members} {kind} members"
-    return f"single {kind} model"
+    label = ensemble_method(run.method).label
+    return f"{label}, {run.num_members} {kind} model{'s' * (run.num_members > 1)}"
 
 
 def format_config_run(path: str, run: ConfigRun, cost: RunCost, train_flops: float | None) -> str:
-    if run.method == "edst":
-        epochs = (
-            f"t_ex={run.exploration_epochs} + {run.num_members} x t_re={run.refinement_epochs} "
-            f"= {cost.total_epochs} epochs in one run"
-        )
-    else:
-        epochs = f"{run.num_members} x {run.epochs} epochs" if run.method == "pdst" else ""
-        epochs = epochs or f"{run.epochs} epochs"
+    epochs = run.epochs_text
     origin = ", ".join(f"{key} from {where}" for key, where in run.shape_source.items())
     update = f"ΔT = {run.update_every_steps} steps" if run.dynamic else "masks fixed"
     lines = [
@@ -202,6 +203,7 @@ def format_config_run(path: str, run: ConfigRun, cost: RunCost, train_flops: flo
         f"{run.in_channels}x{run.image_size}x{run.image_size} input ({origin})",
         f"sparsity        density {run.density:g} ({run.sparse_init}), {update}, "
         f"{run.growth} growth, global batch {run.global_batch}",
+        f"sparse weights  {sparse_rule(run)}",
         f"run             {run_label(run)}: {epochs}",
         f"train FLOPs     {cost.train_relative:.3f}x one dense run of {cost.reference_epochs} "
         f"epochs ({human(cost.train_flops_per_example)} per training example)",
@@ -219,3 +221,15 @@ def format_config_run(path: str, run: ConfigRun, cost: RunCost, train_flops: flo
             f"{run.examples_per_epoch} per epoch in full global batches)"
         )
     return "\n".join(lines)
+
+
+def sparse_rule(run: ConfigRun) -> str:
+    """Which weights the sparsity rule selects, as configured."""
+    parts = ["Conv/Linear and attention projection weights (default rule)"]
+    if run.include:
+        parts.append(f"+ include {list(run.include)}")
+    if run.exclude:
+        parts.append(f"- exclude {list(run.exclude)}")
+    if run.dense_layers:
+        parts.append(f"- dense_layers {list(run.dense_layers)}")
+    return " ".join(parts)

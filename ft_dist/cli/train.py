@@ -72,6 +72,7 @@ def handle(args: argparse.Namespace) -> int:
     import ray
 
     from ft_dist.preflight import check_cluster, check_inputs
+    from ft_dist.train.methods import ensemble_method
     from ft_dist.train.worker import ClusterBusyError, absolute_paths, connect
 
     cfg = absolute_paths(cfg)  # before anything is written: workers run in other dirs
@@ -84,7 +85,7 @@ def handle(args: argparse.Namespace) -> int:
     try:
         connect(cfg.ray.address)
         check_cluster(cfg)
-        if cfg.ensemble.method == "pdst":
+        if ensemble_method(cfg.ensemble.method).separate_runs:
             return train_ensemble(cfg)
         return train_member(cfg, args.group)
     except ClusterBusyError as error:

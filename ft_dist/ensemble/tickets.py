@@ -126,15 +126,10 @@ def check_compatible(tickets: list[Ticket]) -> None:
 
 def build_member(ticket: Ticket, device: torch.device | str = "cpu") -> nn.Module:
     """The ticket's network in eval mode, weights loaded and masks applied."""
-    from ft_dist.models import build_model
+    from ft_dist.models import build_model_from_config, model_config_from_meta
 
     meta = ticket.meta
-    model = build_model(
-        str(meta["model"]),
-        int(meta["num_classes"]),
-        int(meta["in_channels"]),
-        int(meta["image_size"]),
-    )
+    model = build_model_from_config(model_config_from_meta(meta, str(ticket.path)))
     try:
         model.load_state_dict(ticket.model_state, strict=True)
     except RuntimeError as error:

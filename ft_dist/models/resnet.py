@@ -21,13 +21,16 @@ _TORCHVISION_RESNETS: dict[str, Callable[..., resnet.ResNet]] = {
 }
 
 
-def build_resnet(name: str, num_classes: int, in_channels: int, image_size: int) -> nn.Module:
-    """A randomly initialised torchvision ResNet (`name` in resnet18/34/50)."""
+def build_resnet(
+    name: str, num_classes: int, in_channels: int, image_size: int, **kwargs
+) -> nn.Module:
+    """A randomly initialised torchvision ResNet (`name` in resnet18/34/50); ``kwargs`` go
+    to torchvision (e.g. zero_init_residual)."""
     if name not in _TORCHVISION_RESNETS:
         raise ValueError(f"unknown ResNet {name!r}: choose one of {sorted(_TORCHVISION_RESNETS)}")
     if image_size < 8:
         raise ValueError(f"model {name}: image_size must be >= 8, got {image_size}")
-    model = _TORCHVISION_RESNETS[name](weights=None, num_classes=num_classes)
+    model = _TORCHVISION_RESNETS[name](weights=None, num_classes=num_classes, **kwargs)
     if image_size <= SMALL_IMAGE_MAX:
         model.conv1 = nn.Conv2d(in_channels, 64, kernel_size=3, stride=1, padding=1, bias=False)
         model.maxpool = nn.Identity()

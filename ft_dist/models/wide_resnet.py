@@ -88,7 +88,9 @@ class WideResNet(nn.Module):
         return self.fc(torch.flatten(out, 1))
 
 
-def build_wide_resnet(name: str, num_classes: int, in_channels: int, image_size: int) -> nn.Module:
+def build_wide_resnet(
+    name: str, num_classes: int, in_channels: int, image_size: int, dropout: float = 0.0
+) -> nn.Module:
     """Build "wrn-D-W"; image_size only needs to survive two stride-2 stages (>= 8)."""
     parsed = parse_wrn_name(name)
     if parsed is None:
@@ -96,4 +98,4 @@ def build_wide_resnet(name: str, num_classes: int, in_channels: int, image_size:
     if image_size < 8:
         raise ValueError(f"model {name}: image_size must be >= 8, got {image_size}")
     depth, width = parsed
-    return WideResNet(depth, width, num_classes, in_channels)
+    return WideResNet(depth, width, num_classes, in_channels, dropout)

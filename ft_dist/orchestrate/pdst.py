@@ -32,6 +32,7 @@ from ft_dist.layout import (
     members_dir,
     run_dir,
 )
+from ft_dist.train.methods import ensemble_method
 
 TUNE_DIR = "tune"
 # Ray gives the head node this resource. A member's trial drives its TorchTrainer, whose
@@ -98,8 +99,11 @@ def fit_pdst(
 
     from ft_dist.train.worker import connect
 
-    if cfg.ensemble.method != "pdst":
-        raise ValueError(f"ensemble.method is {cfg.ensemble.method!r}; fit_pdst needs 'pdst'")
+    if not ensemble_method(cfg.ensemble.method).separate_runs:
+        raise ValueError(
+            f"ensemble.method={cfg.ensemble.method!r} trains its members in one run; fit_pdst "
+            "trains methods whose members are separate runs"
+        )
     exp_dir = run_dir(cfg.train)
     save_config(cfg, exp_dir / CONFIG_FILE)
     num_members = cfg.ensemble.num_members

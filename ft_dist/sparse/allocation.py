@@ -23,12 +23,17 @@ masks, which is only right in expectation).
 
 from __future__ import annotations
 
+import fnmatch
 import math
 from collections.abc import Iterable, Mapping, Sequence
 
 from torch import nn
 
 MASKED_MODULES = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
+# Bare matmul weights of modules that do not call a Linear's forward (attention in_proj).
+MASKED_ATTRIBUTES = {
+    nn.MultiheadAttention: ("in_proj_weight", "q_proj_weight", "k_proj_weight", "v_proj_weight")
+}
 # Wrappers that prefix parameter names: DDP (`module.`) and torch.compile (`_orig_mod.`).
 WRAPPER_PREFIXES = ("module.", "_orig_mod.")
 ALLOCATION_METHODS = ("erk", "er", "uniform")
@@ -45,28 +50,76 @@ def strip_wrapper_prefixes(name: str) -> str:
     return name
 
 
-def maskable_parameters(
-    model: nn.Module, dense_layers: Iterable[str] = ()
-) -> dict[str, nn.Parameter]:
-    """The weights of every Conv*d and Linear module, by wrapper-free parameter name.
-
-    Biases and normalisation parameters are never masked. ``dense_layers`` lists parameter
-    names (with or without the ``.weight`` suffix) to keep dense; a name that matches nothing
-    is an error, since a typo would silently sparsify a layer meant to stay dense.
-    """
+def default_sparse_weights(model: nn.Module) -> dict[str, nn.Parameter]:
+    """The default rule: every weight that multiplies activations. Conv*d and Linear weights
+    (subclasses included) and the bare projection weights of nn.MultiheadAttention; never
+    biases, norms, embeddings (nn.Embedding, positional embeddings, class tokens) or any
+    other bare parameter, which `sparsity.include` can add by name."""
     params: dict[str, nn.Parameter] = {}
     for module_name, module in model.named_modules():
+        prefix = f"{module_name}." if module_name else ""
         if isinstance(module, MASKED_MODULES) and module.weight is not None:
-            params[strip_wrapper_prefixes(f"{module_name}.weight")] = module.weight
+            params[strip_wrapper_prefixes(f"{prefix}weight")] = module.weight
+        for kind, attributes in MASKED_ATTRIBUTES.items():
+            if isinstance(module, kind):
+                for attribute in attributes:
+                    param = getattr(module, attribute, None)
+                    if isinstance(param, nn.Parameter):
+                        params[strip_wrapper_prefixes(f"{prefix}{attribute}")] = param
+    return params
+
+
+def _matching(patterns: Iterable[str], names: Iterable[str], key: str, choices) -> set[str]:
+    """Names matched by fnmatch patterns; a pattern that matches nothing is an error (a typo
+    would silently change which weights are sparse)."""
+    names = list(names)
+    matched: set[str] = set()
+    for pattern in patterns:
+        hits = {name for name in names if fnmatch.fnmatchcase(name, pattern)}
+        if not hits:
+            raise ValueError(
+                f"{key}: pattern {pattern!r} matches no parameter; choose from: {sorted(choices)}"
+            )
+        matched |= hits
+    return matched
+
+
+def maskable_parameters(
+    model: nn.Module,
+    dense_layers: Iterable[str] = (),
+    include: Iterable[str] = (),
+    exclude: Iterable[str] = (),
+) -> dict[str, nn.Parameter]:
+    """The weights DST makes sparse, by wrapper-free parameter name, in model order.
+
+    The default rule (`default_sparse_weights`), plus parameters matched by the ``include``
+    globs (at least 2-D: a matrix or kernel), minus those matched by ``exclude`` and the
+    exact names in ``dense_layers`` (with or without the ``.weight`` suffix).
+    """
+    everything = {strip_wrapper_prefixes(n): p for n, p in model.named_parameters()}
+    params = default_sparse_weights(model)
+    added = _matching(include, everything, "sparsity.include", everything)
+    flat = sorted(name for name in added if everything[name].dim() < 2)
+    if flat:
+        raise ValueError(
+            f"sparsity.include matches {flat}, which are 1-D (biases, norms, scales); only "
+            "matrices and kernels can be sparsified: narrow the pattern"
+        )
+    params.update({name: everything[name] for name in added})
     keep_dense = {name if name.endswith(".weight") else f"{name}.weight" for name in dense_layers}
     keep_dense = {strip_wrapper_prefixes(name) for name in keep_dense}
     unknown = sorted(keep_dense - params.keys())
     if unknown:
         raise ValueError(
-            f"sparsity.dense_layers names {unknown}, which are not Conv/Linear weights of the "
+            f"sparsity.dense_layers names {unknown}, which are not sparse weights of the "
             f"model; choose from: {sorted(params)}"
         )
-    return {name: p for name, p in params.items() if name not in keep_dense}
+    keep_dense |= _matching(exclude, params, "sparsity.exclude", params)
+    return {
+        name: param
+        for name, param in everything.items()
+        if name in params and name not in keep_dense
+    }
 
 
 def _raw_density(shape: Sequence[int], method: str) -> float:

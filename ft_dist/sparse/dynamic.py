@@ -54,7 +54,9 @@ class DynamicSparsity:
         # step -> (start step, length) of the drop-fraction decay period it falls in (an EDST
         # run restarts the cosine in every phase); None = the schedule's own [0, stop_step].
         self.decay_period = decay_period
-        self.params = maskable_parameters(model, config.dense_layers)
+        self.params = maskable_parameters(
+            model, config.dense_layers, config.include, config.exclude
+        )
         shapes = {name: tuple(p.shape) for name, p in self.params.items()}
         self.layer_densities = layer_densities(shapes, config.density, config.sparse_init)
         self.num_active = active_counts(shapes, self.layer_densities)

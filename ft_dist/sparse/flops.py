@@ -1,11 +1,12 @@
 """FLOPs accounting for sparse training (SPEC §8, the RigL convention).
 
 Forward FLOPs come from PyTorch's own counter (`torch.utils.flop_counter.FlopCounterMode`),
-run once on a single example. Each masked Conv/Linear module is bracketed by forward hooks
-that read the counter's running total, so a layer's FLOPs are exactly what the counter saw
-while that module ran (at its real output resolution, grouped convs and all), with no
-hand-written formula. Run the model on the meta device to count a ResNet-50 in well under
-a second with no memory: ``with torch.device("meta"): model = build_model(...)``.
+run once on a tiny batch. Every ATen op that costs FLOPs is attributed to the sparse
+weights it reads (`_WeightFlops`), so a layer's FLOPs are exactly what the counter saw for
+the matmuls and convolutions of that weight (at its real output resolution, grouped convs,
+attention projections and bare ``x @ W`` weights included), with no hand-written formula
+and whatever module runs it. Run the model on the meta device to count a ResNet-50 in well
+under a second with no memory: ``with torch.device("meta"): model = build_model(...)``.
 
 Training cost per example-step, with f_D the dense and f_S = Σ_l d_l · F_l the sparse
 forward FLOPs (backward ≈ 2 × forward: gradients w.r.t. activations and w.r.t. weights):
@@ -29,20 +30,18 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
-from typing import Literal
 
 import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from ft_dist.compat import TorchDispatchMode
 from ft_dist.sparse.allocation import (
     layer_densities,
     maskable_parameters,
     strip_wrapper_prefixes,
 )
 from ft_dist.sparse.scores import growth_criterion
-
-ENSEMBLE_METHODS = ("single", "edst", "pdst")
 
 
 @dataclass(frozen=True)
@@ -81,52 +80,77 @@ class FlopsReport:
         }
 
 
-def _layer_modules(model: nn.Module, names: Iterable[str]) -> dict[str, nn.Module]:
-    """Module owning each weight name (wrapper prefixes like `module.` ignored)."""
-    wanted = set(names)
-    modules = {}
-    for module_name, module in model.named_modules():
-        name = strip_wrapper_prefixes(f"{module_name}.weight")
-        if name in wanted and getattr(module, "weight", None) is not None:
-            modules[name] = module
-    missing = sorted(wanted - modules.keys())
-    if missing:
-        raise ValueError(f"layers {missing} are not weights of a module of the model")
-    return modules
+class _WeightFlops(TorchDispatchMode):
+    """Attributes the FLOPs of each ATen op to the named parameters it reads.
+
+    Runs inside a `FlopCounterMode` (the counter sits below this mode on the dispatch stack,
+    so the counter's running total moves exactly by the op's FLOPs). Tensors derived from a
+    weight by ops that cost no FLOPs (transposes, views, chunks of a packed `in_proj_weight`,
+    casts, masking) carry the weight's name on, so ``x @ W.t()``, `F.linear`, convolutions
+    and `nn.MultiheadAttention`'s packed projections are all found, whatever module runs
+    them. Works on the meta device.
+    """
+
+    def __init__(self, counter: FlopCounterMode, params: Mapping[str, torch.Tensor]) -> None:
+        super().__init__()
+        self.counter = counter
+        self.origin = {id(param): name for name, param in params.items()}
+        self.alive: list[torch.Tensor] = []  # derived tensors, kept so their ids stay unique
+        self.flops = dict.fromkeys(params, 0)
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        before = self.counter.get_total_flops()
+        out = func(*args, **kwargs)
+        spent = self.counter.get_total_flops() - before
+        names = {self.origin[id(t)] for t in _tensors((args, kwargs)) if id(t) in self.origin}
+        if spent and names:
+            for name in names:  # an op reading two weights (rare) splits its FLOPs
+                self.flops[name] += spent // len(names)
+        elif not spent and len(names) == 1:
+            (name,) = names
+            for tensor in _tensors(out):
+                self.origin[id(tensor)] = name
+                self.alive.append(tensor)
+        return out
+
+
+def _tensors(value) -> list[torch.Tensor]:
+    if isinstance(value, torch.Tensor):
+        return [value]
+    if isinstance(value, (list, tuple)):
+        return [t for item in value for t in _tensors(item)]
+    if isinstance(value, dict):
+        return [t for item in value.values() for t in _tensors(item)]
+    return []
 
 
 def _count_forward(
     model: nn.Module, input_shape: Sequence[int], names: Iterable[str]
 ) -> tuple[int, dict[str, int]]:
-    """Total forward FLOPs of one example and the share of each named layer's module."""
-    modules = _layer_modules(model, names)
-    per_layer = dict.fromkeys(modules, 0)
+    """Total forward FLOPs of one example and the share of each named parameter."""
+    params = {strip_wrapper_prefixes(n): p for n, p in model.named_parameters()}
+    wanted = list(names)
+    missing = sorted(set(wanted) - params.keys())
+    if missing:
+        raise ValueError(f"layers {missing} are not parameters of the model")
     counter = FlopCounterMode(display=False)
-    starts: dict[str, int] = {}
-    handles = []
-    for name, module in modules.items():
-
-        def before(_module, _inputs, name=name):
-            starts[name] = counter.get_total_flops()
-
-        def after(_module, _inputs, _output, name=name):
-            per_layer[name] += counter.get_total_flops() - starts[name]
-
-        handles.append(module.register_forward_pre_hook(before))
-        handles.append(module.register_forward_hook(after))
+    tracker = _WeightFlops(counter, {name: params[name] for name in wanted})
     param = next(model.parameters())
-    example = torch.zeros(1, *input_shape, device=param.device, dtype=param.dtype)
+    # Batch 2: some layers (BatchNorm1d in training mode) refuse one example; halved below.
+    example = torch.zeros(2, *input_shape, device=param.device, dtype=param.dtype)
     modes = {module: module.training for module in model.modules()}
     try:
-        model.eval()  # batch statistics of one example would be degenerate; FLOPs are the same
-        with torch.no_grad(), counter:
+        # eval(): batch statistics would be degenerate; FLOPs are the same. Autograd stays on
+        # so that nn.MultiheadAttention takes its ordinary path, not the fused inference one.
+        model.eval()
+        with counter, tracker:
             model(example)
     finally:
-        for handle in handles:
-            handle.remove()
         for module, training in modes.items():
             module.training = training
-    return counter.get_total_flops(), per_layer
+    per_layer = {name: flops // 2 for name, flops in tracker.flops.items()}
+    return counter.get_total_flops() // 2, per_layer
 
 
 def layer_flops(model: nn.Module, input_shape: Sequence[int]) -> dict[str, int]:
@@ -156,12 +180,14 @@ def allocated_flops_report(
     density: float,
     sparse_init: str = "erk",
     dense_layers: Iterable[str] = (),
+    include: Iterable[str] = (),
+    exclude: Iterable[str] = (),
 ) -> FlopsReport:
     """FLOPs of `model` under the per-layer densities DynamicSparsity would allocate.
 
     Build the model on the meta device first to price it without allocating weights.
     """
-    params = maskable_parameters(model, dense_layers)
+    params = maskable_parameters(model, dense_layers, include, exclude)
     shapes = {name: tuple(param.shape) for name, param in params.items()}
     return flops_report(model, input_shape, layer_densities(shapes, density, sparse_init))
 
@@ -217,78 +243,36 @@ class RunCost:
         return asdict(self)
 
 
-def run_epochs(
-    method: Literal["single", "edst", "pdst"],
-    *,
-    epochs: int | None = None,
-    num_members: int = 1,
-    exploration_epochs: int = 0,
-    refinement_epochs: int = 0,
-) -> tuple[int, int]:
-    """(epochs per member, epochs counted in total) for an ensemble method (SPEC §5, §6).
-
-    EDST is one run of t_ex + M · t_re epochs that yields M members, so it is counted once.
-    """
-    if method not in ENSEMBLE_METHODS:
-        raise ValueError(f"ensemble.method must be one of {ENSEMBLE_METHODS}, got {method!r}")
-    if num_members < 1:
-        raise ValueError(f"ensemble.num_members must be >= 1, got {num_members}")
-    if method == "edst":
-        if refinement_epochs < 1 or exploration_epochs < 0:
-            raise ValueError(
-                "ensemble.edst needs exploration_epochs >= 0 and refinement_epochs >= 1, got "
-                f"{exploration_epochs} and {refinement_epochs}"
-            )
-        total = exploration_epochs + num_members * refinement_epochs
-        return total, total
-    if epochs is None or epochs < 1:
-        raise ValueError(f"train.epochs must be >= 1 for method {method!r}, got {epochs}")
-    members = num_members if method == "pdst" else 1
-    return epochs, epochs * members
-
-
 def price_run(
     dense_fwd: float,
     sparse_fwd: float,
     *,
-    method: Literal["single", "edst", "pdst"] = "single",
-    epochs: int | None = None,
-    num_members: int = 1,
-    exploration_epochs: int = 0,
-    refinement_epochs: int = 0,
+    method: str = "single",
+    epochs_per_run: int,
+    total_epochs: int,
+    members: int = 1,
+    reference_epochs: int | None = None,
     dynamic: bool = True,
     growth: str = "gradient",
     update_every_steps: float | None = None,
-    reference_epochs: int | None = None,
 ) -> RunCost:
-    """Price a run from its config values (SPEC §8), relative to one dense run.
-
-    The values map one to one onto a run config: ensemble.method / num_members /
-    edst.exploration_epochs / edst.refinement_epochs, train.epochs, sparsity.update
-    (`dynamic`), sparsity.growth and ΔT in optimizer steps (convert update_every_samples by
-    dividing by the global batch). A dense run is `sparse_fwd == dense_fwd, dynamic=False`.
-    `reference_epochs` defaults to one member's schedule: `epochs`, or for EDST
-    t_ex + t_re (150 + 100 = 250 in the paper's CIFAR setting, its dense baseline).
-    """
-    per_member, total = run_epochs(
-        method,
-        epochs=epochs,
-        num_members=num_members,
-        exploration_epochs=exploration_epochs,
-        refinement_epochs=refinement_epochs,
-    )
-    if reference_epochs is None:
-        reference_epochs = exploration_epochs + refinement_epochs if method == "edst" else epochs
-    if reference_epochs is None or reference_epochs < 1:
-        raise ValueError(f"reference_epochs must be >= 1, got {reference_epochs}")
+    """Price a run (SPEC §8) relative to one dense run of ``reference_epochs`` epochs
+    (default: ``epochs_per_run``). The epoch counts come from the ensemble method's table
+    entry (`ft_dist.train.methods.price_method`); ``method`` only labels the result. A dense
+    run is ``sparse_fwd == dense_fwd, dynamic=False``."""
+    reference_epochs = reference_epochs or epochs_per_run
+    if min(epochs_per_run, total_epochs, members, reference_epochs) < 1:
+        raise ValueError(
+            f"epochs and members must be >= 1, got epochs_per_run={epochs_per_run}, "
+            f"total_epochs={total_epochs}, members={members}, reference={reference_epochs}"
+        )
     step = training_flops_per_example(dense_fwd, sparse_fwd, growth, update_every_steps, dynamic)
-    members = 1 if method == "single" else num_members
-    train = step * total
+    train = step * total_epochs
     return RunCost(
         method=method,
         num_members=members,
-        epochs_per_member=per_member,
-        total_epochs=total,
+        epochs_per_member=epochs_per_run,
+        total_epochs=total_epochs,
         step_flops=step,
         train_flops_per_example=train,
         train_relative=train / (3.0 * dense_fwd * reference_epochs),
@@ -296,40 +280,3 @@ def price_run(
         inference_relative=members * sparse_fwd / dense_fwd,
         reference_epochs=reference_epochs,
     )
-
-
-def price_standard_runs(
-    dense_fwd: float,
-    sparse_fwd: float,
-    *,
-    epochs: int = 250,
-    num_members: int = 3,
-    exploration_epochs: int = 150,
-    refinement_epochs: int = 100,
-    growth: str = "gradient",
-    update_every_steps: float = 1000,
-) -> dict[str, RunCost]:
-    """The paper's comparison: dense, static, DST, EDST and DST Ensemble vs one dense run.
-
-    Defaults are the published CIFAR WRN-28-10 setting (SPEC §5, §6). Every row is relative
-    to one dense run of `epochs` epochs.
-    """
-    sparse = {"growth": growth, "update_every_steps": update_every_steps}
-    return {
-        "dense": price_run(dense_fwd, dense_fwd, epochs=epochs, dynamic=False),
-        "static": price_run(dense_fwd, sparse_fwd, epochs=epochs, dynamic=False),
-        "dst": price_run(dense_fwd, sparse_fwd, epochs=epochs, **sparse),
-        "edst": price_run(
-            dense_fwd,
-            sparse_fwd,
-            method="edst",
-            num_members=num_members,
-            exploration_epochs=exploration_epochs,
-            refinement_epochs=refinement_epochs,
-            reference_epochs=epochs,
-            **sparse,
-        ),
-        "pdst": price_run(
-            dense_fwd, sparse_fwd, method="pdst", epochs=epochs, num_members=num_members, **sparse
-        ),
-    }

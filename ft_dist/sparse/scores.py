@@ -26,8 +26,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:  # torch is imported by the scores when they run, not by the table
+    import torch
 
 
 @dataclass(frozen=True)
@@ -85,6 +87,8 @@ def random_score(
 ) -> torch.Tensor:
     """Uniform random scores (SET). ``generator`` is shared state, identical on every rank,
     so all replicas draw the same scores with no communication."""
+    import torch
+
     return torch.rand(shape, generator=generator).to(device)
 
 
@@ -114,7 +118,7 @@ GROWTH_SCORES: dict[str, Criterion] = {
     "fisher": Criterion(
         lambda x: _require(x.grad_ema, "squared-gradient EMA"),
         "EMA of g² (empirical Fisher)",
-        ema_of=torch.square,
+        ema_of=lambda g: g.square(),
     ),
 }
 

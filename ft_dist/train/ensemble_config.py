@@ -90,21 +90,24 @@ class PDSTConfig(Section):
 class EnsembleConfig(Section):
     """The `ensemble:` section of a run config."""
 
-    method: Literal["single", "edst", "pdst"] = "single"
+    method: str = Field(
+        "single", description="an entry of train/methods.py ENSEMBLE_METHODS: single, edst, pdst"
+    )
     num_members: int = Field(default=1, ge=1, le=64)
     edst: EDSTConfig | None = None
     pdst: PDSTConfig = PDSTConfig()
 
+    @field_validator("method")
+    @classmethod
+    def _known_method(cls, name: str) -> str:
+        from ft_dist.train.methods import ensemble_method  # the table reads this module
+
+        ensemble_method(name)
+        return name
+
     @model_validator(mode="after")
     def _check_method(self) -> EnsembleConfig:
-        if self.method == "single" and self.num_members != 1:
-            raise ValueError(
-                f"ensemble.num_members={self.num_members} needs ensemble.method 'edst' or "
-                "'pdst'; with method 'single' set num_members: 1"
-            )
-        if self.method == "edst" and self.edst is None:
-            raise ValueError(
-                "ensemble.method 'edst' needs an ensemble.edst section with "
-                "exploration_epochs and refinement_epochs (e.g. 150 and 100)"
-            )
+        from ft_dist.train.methods import ensemble_method
+
+        ensemble_method(self.method).check_section(self)
         return self

@@ -4,7 +4,7 @@ The loop calls ``plan.epoch(e)`` before every epoch and acts on the answer: the 
 (None: the optimizer's own schedule), which ticket this epoch is a candidate for, whether
 the ticket is written after it, and whether a global exploration follows. A single run
 (dense, DST, static, or one DST Ensemble member) is `SinglePlan`; EDST is `EDSTPlan`. A
-new ensemble method is a new plan class plus one line in `build_plan`
+new ensemble method is a new plan class plus its entry in train/methods.py
 (docs/architecture.md).
 
 Plans are pure functions of the epoch (and the step, for the drop-fraction decay period):
@@ -18,6 +18,7 @@ from typing import Protocol
 
 from ft_dist.config import RunConfig
 from ft_dist.train.edst import drop_decay_period, epoch_plan
+from ft_dist.train.methods import ensemble_method
 
 
 @dataclass(frozen=True)
@@ -94,7 +95,7 @@ class EDSTPlan:
         )
 
     def decay_period(self, step: int) -> tuple[int, int] | None:
-        if not _cosine_without_stop(self.cfg):
+        if not cosine_without_stop(self.cfg):
             return None
         edst, members = self.cfg.ensemble.edst, self.cfg.ensemble.num_members
         period = drop_decay_period(step, self.steps_per_epoch, members, edst)
@@ -102,19 +103,10 @@ class EDSTPlan:
 
 
 def build_plan(cfg: RunConfig, steps_per_epoch: int) -> RunPlan:
-    """The plan of this run's method (`ensemble.method`; a DST Ensemble member is a single
-    run with its own member index)."""
-    if cfg.ensemble.method == "edst":
-        return EDSTPlan(cfg, steps_per_epoch)
-    return SinglePlan(
-        num_epochs=cfg.num_epochs,
-        member=cfg.train.member,
-        ticket_choice=cfg.train.ticket,
-        steps_per_epoch=steps_per_epoch,
-        cosine_over_run=_cosine_without_stop(cfg),
-    )
+    """The plan of this run's method (its `plan` in train/methods.py ENSEMBLE_METHODS)."""
+    return ensemble_method(cfg.ensemble.method).plan(cfg, steps_per_epoch)
 
 
-def _cosine_without_stop(cfg: RunConfig) -> bool:
+def cosine_without_stop(cfg: RunConfig) -> bool:
     sparsity = cfg.sparsity
     return sparsity.drop_schedule == "cosine" and sparsity.stop_step is None

@@ -21,6 +21,7 @@ from ft_dist.data import DataInfo
 from ft_dist.data.pipeline import TrainStream
 from ft_dist.layout import run_dir
 from ft_dist.models import build_model_from_config
+from ft_dist.models.builders import source_sha256
 from ft_dist.sparse.flops import forward_flops, training_flops_per_example
 from ft_dist.train.config import TrainConfig
 from ft_dist.train.plan import RunPlan, build_plan
@@ -194,8 +195,11 @@ def training_flops(cfg: RunConfig, strategy: Strategy) -> float:
 
 def model_facts(cfg: RunConfig) -> dict[str, Any]:
     """What a checkpoint or ticket must agree with to be loaded into this run's model."""
+    source = cfg.model.source
     return {
         "model": cfg.model.name,
+        "model_kwargs": dict(cfg.model.kwargs),
+        "model_source_sha256": source_sha256(source) if source is not None else None,
         "num_classes": cfg.model.num_classes,
         "in_channels": cfg.model.in_channels,
         "image_size": cfg.model.image_size,

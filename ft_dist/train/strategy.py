@@ -28,6 +28,7 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from ft_dist.compat import zero_wrapped_optimizer
 from ft_dist.sparse import DynamicSparsity, SparsityConfig
 from ft_dist.sparse.scores import GROWTH_SCORES, drop_criterion, growth_criterion
 from ft_dist.train.config import OptimConfig, TrainConfig
@@ -238,8 +239,7 @@ class DeepSpeedStrategy(Strategy):
     @property
     def base_optimizer(self) -> torch.optim.Optimizer:
         """The torch optimizer whose parameters are the (partitioned) fp32 masters."""
-        optimizer = self.engine.optimizer
-        return optimizer if isinstance(optimizer, torch.optim.Optimizer) else optimizer.optimizer
+        return zero_wrapped_optimizer(self.engine.optimizer)
 
     def set_lr(self, lr: float) -> None:
         set_learning_rate_(self.engine.optimizer, lr)

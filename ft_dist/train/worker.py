@@ -43,7 +43,9 @@ import torch
 from ray.train import Checkpoint, CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchConfig, TorchTrainer
 
+from ft_dist.compat import is_worker_group_start_timeout
 from ft_dist.layout import run_dir
+from ft_dist.models.config import with_builder_source
 from ft_dist.preflight import format_resources, worker_resources
 from ft_dist.tracking import make_tracker
 from ft_dist.train.diskspace import DiskFullError, dir_bytes, disk_full_message, is_disk_full
@@ -86,6 +88,7 @@ def absolute_paths(cfg: Any, base: str | Path | None = None) -> Any:
         return str((base / Path(value).expanduser()).resolve())
 
     updates = {
+        "model": with_builder_source(cfg.model, base),
         "data": cfg.data.model_copy(update={"root": fix(cfg.data.root)}),
         "train": cfg.train.model_copy(update={"output_dir": fix(cfg.train.output_dir)}),
         "ray": cfg.ray.model_copy(update={"storage_path": fix(cfg.ray.storage_path)}),
@@ -236,7 +239,7 @@ def _train_per_worker(payload: dict) -> None:
         cfg.tracking,
         run_name=cfg.train.run_name,
         group=payload["group"],
-        config=cfg.model_dump(mode="json"),
+        config=cfg.model_dump(mode="json", exclude={"model": {"source"}}),
         rank=session.rank,
         run_dir=run if session.rank == 0 else None,
         num_epochs=cfg.num_epochs,
@@ -344,7 +347,7 @@ def fit(cfg: Any, loop: LoopFn | None = None, *, group: str | None = None) -> Pa
                 flush=True,
             )
         except ray.train.ControllerError as error:
-            if is_start_up_timeout(error.controller_failure):
+            if is_worker_group_start_timeout(error.controller_failure):
                 raise ClusterBusyError(busy_message(cfg)) from error
             raise
 
@@ -361,15 +364,9 @@ def start_up_limit(cfg: Any) -> int:
     DST Ensemble members queue for each other by design (ensemble.pdst), so they wait as
     long as it takes; a single run gives up after START_UP_ATTEMPTS tries.
     """
-    return -1 if cfg.ensemble.method == "pdst" else START_UP_ATTEMPTS - 1
+    from ft_dist.train.methods import ensemble_method
 
-
-def is_start_up_timeout(failure: BaseException) -> bool:
-    """Ray Train's worker group never got its resources (a private Ray class; the Ray test
-    in tests/train/test_failures_ray.py fails if it moves)."""
-    from ray.train.v2._internal.exceptions import WorkerGroupStartupTimeoutError
-
-    return isinstance(failure, WorkerGroupStartupTimeoutError)
+    return -1 if ensemble_method(cfg.ensemble.method).separate_runs else START_UP_ATTEMPTS - 1
 
 
 def busy_message(cfg: Any) -> str:

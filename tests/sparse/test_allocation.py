@@ -66,7 +66,7 @@ def test_maskable_parameters_cover_conv_and_linear_weights_only():
     model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Flatten(), nn.Linear(4, 2))
     assert list(maskable_parameters(model)) == ["0.weight", "3.weight"]
     assert list(maskable_parameters(model, dense_layers=["3"])) == ["0.weight"]
-    with pytest.raises(ValueError, match="not Conv/Linear weights.*0.weight"):
+    with pytest.raises(ValueError, match="not sparse weights.*0.weight"):
         maskable_parameters(model, dense_layers=["1.weight"])
 
 

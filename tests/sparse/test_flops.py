@@ -21,9 +21,10 @@ from ft_dist.sparse.flops import (
     forward_flops,
     layer_flops,
     price_run,
-    price_standard_runs,
     training_flops_per_example,
 )
+from ft_dist.train.ensemble_config import EDSTConfig, EnsembleConfig
+from ft_dist.train.methods import price_method, price_paper_runs
 
 
 def _meta_model(name: str, num_classes: int, in_channels: int, image_size: int) -> nn.Module:
@@ -96,7 +97,7 @@ def test_dense_layers_count_at_full_density():
 def test_density_one_costs_exactly_dense():
     report = _erk_report("resnet18", 10, 32, density=1.0)
     assert report.forward_flops_ratio == 1.0
-    runs = price_standard_runs(report.dense_forward_flops, report.sparse_forward_flops)
+    runs = price_paper_runs(report.dense_forward_flops, report.sparse_forward_flops)
     assert runs["dst"].train_relative == pytest.approx(1.0)
     assert runs["static"].train_relative == 1.0
 
@@ -111,7 +112,7 @@ def test_resnet50_erk_check_figure():
 def test_wrn_28_10_cifar_check_figures(num_classes):
     report = _erk_report("wrn-28-10", num_classes, 32)
     assert report.forward_flops_ratio == pytest.approx(0.34, abs=0.02)
-    runs = price_standard_runs(report.dense_forward_flops, report.sparse_forward_flops)
+    runs = price_paper_runs(report.dense_forward_flops, report.sparse_forward_flops)
     assert runs["edst"].total_epochs == 450 and runs["pdst"].total_epochs == 750
     assert runs["edst"].train_relative == pytest.approx(0.61, abs=0.02)
     assert runs["pdst"].train_relative == pytest.approx(1.0, abs=0.03)
@@ -129,27 +130,30 @@ def test_training_step_formulas():
     with pytest.raises(ValueError, match="update_every_steps"):
         training_flops_per_example(dense, sparse, "gradient", None)
     with pytest.raises(ValueError, match="growth"):
-        training_flops_per_example(dense, sparse, "magnitude", 10)
+        training_flops_per_example(dense, sparse, "no-such-criterion", 10)
 
 
-def test_price_run_counts_epochs_and_members():
-    edst = price_run(
-        10.0, 2.0, method="edst", num_members=4, exploration_epochs=30,
-        refinement_epochs=70, growth="random",
-    )  # fmt: skip
+def test_price_method_counts_epochs_and_members():
+    edst_cfg = EnsembleConfig(
+        method="edst",
+        num_members=4,
+        edst=EDSTConfig(exploration_epochs=30, refinement_epochs=70),
+    )
+    edst = price_method("edst", 10.0, 2.0, ensemble=edst_cfg, epochs=1, growth="random")
     assert edst.total_epochs == 30 + 4 * 70 and edst.reference_epochs == 100
     assert edst.train_relative == pytest.approx(6.0 * 310 / (30.0 * 100))
     assert edst.inference_flops == 8.0
-    pdst = price_run(10.0, 2.0, method="pdst", epochs=50, num_members=3, dynamic=False)
+    pdst_cfg = EnsembleConfig(method="pdst", num_members=3)
+    pdst = price_method("pdst", 10.0, 2.0, ensemble=pdst_cfg, epochs=50, dynamic=False)
     assert pdst.total_epochs == 150 and pdst.train_relative == pytest.approx(3 * 0.2)
-    single = price_run(10.0, 10.0, epochs=50, dynamic=False)
+    single = price_method("single", 10.0, 10.0, ensemble=EnsembleConfig(), epochs=50, dynamic=False)
     assert single.train_relative == 1.0 and single.inference_relative == 1.0
     with pytest.raises(ValueError, match="ensemble.method"):
-        price_run(10.0, 2.0, method="bagging", epochs=10)
-    with pytest.raises(ValueError, match="refinement_epochs"):
-        price_run(10.0, 2.0, method="edst", exploration_epochs=10, growth="random")
-    with pytest.raises(ValueError, match="train.epochs"):
-        price_run(10.0, 2.0, method="pdst", num_members=2, growth="random")
+        price_method("bagging", 10.0, 2.0, ensemble=EnsembleConfig(), epochs=10)
+    with pytest.raises(ValueError, match="edst section"):
+        price_method("edst", 10.0, 2.0, ensemble=EnsembleConfig(), epochs=10, growth="random")
+    with pytest.raises(ValueError, match="epochs and members must be >= 1"):
+        price_run(10.0, 2.0, epochs_per_run=0, total_epochs=0, growth="random")
 
 
 def test_cli_json(capsys):
