@@ -21,8 +21,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
             "From one EDST config (M, t_ex, t_re), train with matched budgets a dense model "
             "and a single DST model (t_ex + t_re epochs each), a static sparse ensemble and a "
             "DST Ensemble (M models of t_ex + t_re epochs), and EDST (t_ex + M*t_re epochs), "
-            "evaluate each, and print the FreeTickets table in miniature: accuracy, NLL, ECE, "
-            "OoD AUROC, training FLOPs relative to dense, inference FLOPs, time. Finished "
+            "evaluate each, and print the FreeTickets table in miniature: accuracy, NLL, ECE "
+            "(raw and temperature-scaled), OoD AUROC, deep-ensemble equivalent, training and "
+            "inference FLOPs relative to dense, parameters, images/s, time. Finished "
             "variants are reused; re-running resumes. The path of compare.json is printed last."
         ),
         epilog=EXAMPLES,
@@ -39,6 +40,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         metavar="SHARDS",
         help="OoD set as for `ft-dist evaluate`; 'auto' = the 'ood' split of data.root if "
         "present; 'none' = skip",
+    )
+    parser.add_argument(
+        "--deep-ensemble",
+        action="store_true",
+        help="also train a deep ensemble (M dense models, t_ex + t_re epochs each): the "
+        "dense curve for each row's deep-ensemble equivalent (DEE)",
     )
     parser.add_argument("--no-wandb", action="store_true", help="do not log evaluations to W&B")
     parser.add_argument("--json", action="store_true", help="print the rows as JSON")
@@ -61,7 +68,7 @@ def handler(args: argparse.Namespace) -> int:
     import ray
 
     from ft_dist.orchestrate.compare import run_comparison
-    from ft_dist.orchestrate.compare_table import render_table
+    from ft_dist.orchestrate.compare_table import render_table, table_notes
     from ft_dist.train.worker import absolute_paths, connect
 
     cfg = absolute_paths(cfg)
@@ -69,11 +76,17 @@ def handler(args: argparse.Namespace) -> int:
     try:
         connect(cfg.ray.address)
         rows, written = run_comparison(
-            cfg, out_dir, ood=_ood_argument(args.ood, cfg.data.root), track=not args.no_wandb
+            cfg,
+            out_dir,
+            ood=_ood_argument(args.ood, cfg.data.root),
+            track=not args.no_wandb,
+            deep_ensemble=args.deep_ensemble,
         )
     finally:
         if ray.is_initialized():
             ray.shutdown()
-    print(json.dumps(rows, indent=2) if args.json else render_table(rows))
+    print(
+        json.dumps(rows, indent=2) if args.json else render_table(rows) + "\n" + table_notes(rows)
+    )
     print(written["json"], flush=True)
     return 0

@@ -18,8 +18,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
             "Evaluate every ticket of RUN_DIR (RUN_DIR/tickets/ticket_*.pt) or of a DST "
             "Ensemble EXP_DIR (EXP_DIR/members/member_*/tickets) and their ensemble (mean of "
             "softmax probabilities) on the run's test split: accuracy, NLL, ECE (15 bins), "
-            "Brier, optional OoD AUROC and corruptions (built-in, or CIFAR-10-C / CIFAR-100-C "
-            "/ ImageNet-C files with the paper's pooled figures), diversity. Writes report.json, "
+            "Brier, the same after temperature scaling fitted on the validation split, "
+            "optional OoD detection (AUROC, AUPR-in/out, FPR at 95 percent TPR) and "
+            "corruptions (built-in, or CIFAR-10-C / CIFAR-100-C / ImageNet-C files: cA, cNLL, "
+            "cECE as uncertainty-baselines and the paper's pooled figures), diversity. Writes report.json, "
             "report.md and plots/ under OUT (default RUN_DIR/eval), logs them to W&B "
             "(offline without WANDB_API_KEY), and prints the path of report.json last."
         ),
@@ -63,6 +65,19 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="corruption severities 1..5 (default: 1 3 5 built-in, all five from files)",
     )
     parser.add_argument("--split", help="labelled split to evaluate (default: data.test_split)")
+    parser.add_argument(
+        "--calibration-split",
+        metavar="NAME",
+        help="labelled split to fit temperature scaling on, per member and for the ensemble "
+        "(default: data.val_split when it exists; 'none' = no calibrated figures)",
+    )
+    parser.add_argument(
+        "--ece-bins",
+        metavar="N|official",
+        help="equal-width ECE bins (default 15; 'official' = the official FreeTickets code's "
+        "linspace(0, 1, 15) + digitize binning, i.e. 14 bins; the default for runs with "
+        "sparsity.compat official-*)",
+    )
     parser.add_argument("--data", metavar="ROOT", help="dataset root (default: data.root)")
     parser.add_argument("--out", metavar="DIR", help="report directory (default: RUN_DIR/eval)")
     parser.add_argument("--batch-size", type=int, default=256, help="examples per forward pass")
@@ -82,6 +97,16 @@ def _corruption_names(values: list[str] | None, from_files: bool) -> tuple[str, 
     return tuple(values)
 
 
+def _ece_bins(value: str | None) -> int | None:
+    if value is None:
+        return None
+    if value == "official":
+        return 14  # ft_dist.ensemble.metrics.OFFICIAL_ECE_BINS (not imported: no torch here)
+    if not value.isdigit() or int(value) < 1:
+        raise ValueError(f"--ece-bins must be a positive integer or 'official', got {value!r}")
+    return int(value)
+
+
 def handler(args: argparse.Namespace) -> int:
     from ft_dist.ensemble.run_eval import EvalOptions, evaluate_run
 
@@ -90,6 +115,8 @@ def handler(args: argparse.Namespace) -> int:
     if args.corruption_limit is not None and not args.corruptions_from:
         raise ValueError("--corruption-limit applies to --corruptions-from DIR only")
     options = EvalOptions(
+        calibration_split=args.calibration_split,
+        ece_bins=_ece_bins(args.ece_bins),
         ood=tuple(args.ood or ()),
         corruptions=_corruption_names(args.corruptions, bool(args.corruptions_from)),
         severities=tuple(args.severities) if args.severities else None,

@@ -9,6 +9,8 @@ members' softmax probabilities, never of their logits.
 
 from __future__ import annotations
 
+import itertools
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,10 +33,25 @@ __all__ = ["Batches", "BatchSource", "Normalization", "evaluate_tickets", "predi
 
 @dataclass(frozen=True)
 class Predictions:
-    """Every member's probabilities on one pass over a dataset."""
+    """Every member's log-probabilities (log-softmax) on one pass over a dataset.
 
-    member_probs: torch.Tensor  # [M, N, K]
+    Log-probabilities, not probabilities, so that temperature scaling sees the members'
+    logits up to a per-input constant, without the 0s of a saturated float32 softmax.
+    """
+
+    member_log_probs: torch.Tensor  # [M, N, K] float32
     targets: torch.Tensor  # [N]
+    forward_seconds: float = 0.0  # time spent in the members' forward passes
+
+    @property
+    def member_probs(self) -> torch.Tensor:
+        """[M, N, K] softmax probabilities."""
+        return self.member_log_probs.exp()
+
+
+def _synchronize(device: torch.device | str) -> None:
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 @torch.no_grad()
@@ -45,45 +62,83 @@ def predict(
     device: torch.device | str = "cpu",
 ) -> Predictions:
     """Run every member on every batch of raw images, normalised first."""
-    probs: list[torch.Tensor] = []
+    log_probs: list[torch.Tensor] = []
     targets: list[torch.Tensor] = []
+    seconds = 0.0
     for images, labels in batches:
         inputs = normalize(images.to(device, torch.float32))
-        probs.append(torch.stack([model(inputs).float().softmax(dim=1).cpu() for model in models]))
+        _synchronize(device)
+        start = time.perf_counter()
+        outputs = [model(inputs).float().log_softmax(dim=1) for model in models]
+        _synchronize(device)
+        seconds += time.perf_counter() - start
+        log_probs.append(torch.stack([output.cpu() for output in outputs]))
         targets.append(labels.cpu().long())
-    if not probs:
+    if not log_probs:
         raise ValueError("the evaluation data yielded no batches")
-    return Predictions(torch.cat(probs, dim=1), torch.cat(targets))
+    return Predictions(torch.cat(log_probs, dim=1), torch.cat(targets), seconds)
+
+
+OOD_SCORES: tuple[metrics.OodScore, ...] = ("max_prob", "entropy")
 
 
 def _ood_metrics(probs: torch.Tensor, ood: torch.Tensor) -> dict[str, float]:
-    return {
-        "auroc_max_prob": metrics.ood_auroc(probs, ood, "max_prob"),
-        "auroc_entropy": metrics.ood_auroc(probs, ood, "entropy"),
-    }
+    """auroc / aupr_in / aupr_out / fpr95, each by max-prob and by entropy."""
+    out: dict[str, float] = {}
+    for score in OOD_SCORES:
+        for key, value in metrics.ood_detection(probs, ood, score).items():
+            out[f"{key}_{score}"] = value
+    return out
+
+
+def _model_log_probs(member_log_probs: torch.Tensor) -> list[torch.Tensor]:
+    """[each member's log p, then the log of the ensemble's mean probability]."""
+    return [*member_log_probs, metrics.ensemble_log_probs(member_log_probs)]
+
+
+def fit_temperatures(val: Predictions) -> list[float]:
+    """Temperatures of every member, then of the ensemble, fitted on validation data."""
+    return [
+        metrics.fit_temperature(log_probs, val.targets)
+        for log_probs in _model_log_probs(val.member_log_probs)
+    ]
 
 
 def score_predictions(
-    test: Predictions, ood_sets: Mapping[str, Predictions] | None = None
+    test: Predictions,
+    ood_sets: Mapping[str, Predictions] | None = None,
+    *,
+    temperatures: Sequence[float] | None = None,
+    num_bins: int = metrics.NUM_ECE_BINS,
 ) -> dict[str, Any]:
     """Metrics for each member and for the ensemble, plus prediction diversity.
 
-    Each row's ``ood`` holds the first OoD set's AUROCs; ``ood_sets`` holds every set's.
+    Each row's ``ood`` holds the first OoD set's figures; ``ood_sets`` holds every set's.
+    With ``temperatures`` (members, then the ensemble: `fit_temperatures` on the
+    validation split) each row also has ``calibrated``: the temperature and the metrics of
+    softmax(log p / T), the ensemble's log p being the log of its mean probability.
     """
     ood_sets = dict(ood_sets or {})
     rows: list[dict[str, Any]] = []
-    all_probs = [*test.member_probs, metrics.ensemble_probs(test.member_probs)]
-    for index, probs in enumerate(all_probs):
-        row: dict[str, Any] = {"test": metrics.classification_metrics(probs, test.targets)}
-        for name, ood in ood_sets.items():
-            members = ood.member_probs
-            other = members[index] if index < len(members) else metrics.ensemble_probs(members)
-            row.setdefault("ood_sets", {})[name] = _ood_metrics(probs, other)
+    member_probs = test.member_probs
+    all_log_probs = _model_log_probs(test.member_log_probs)
+    ood_probs = {name: _model_probs(ood.member_log_probs) for name, ood in ood_sets.items()}
+    for index, log_probs in enumerate(all_log_probs):
+        probs = log_probs.exp()
+        row: dict[str, Any] = {
+            "test": metrics.classification_metrics(probs, test.targets, num_bins)
+        }
+        if temperatures is not None:
+            row["calibrated"] = metrics.calibrated_metrics(
+                log_probs, test.targets, temperatures[index], num_bins
+            )
+        for name, other in ood_probs.items():
+            row.setdefault("ood_sets", {})[name] = _ood_metrics(probs, other[index])
         if ood_sets:
             row["ood"] = next(iter(row["ood_sets"].values()))
         rows.append(row)
-    disagreement = metrics.pairwise_disagreement(test.member_probs)
-    kl = metrics.pairwise_kl(test.member_probs)
+    disagreement = metrics.pairwise_disagreement(member_probs)
+    kl = metrics.pairwise_kl(member_probs)
     diversity = {
         "disagreement": disagreement.tolist(),
         "kl": kl.tolist(),
@@ -93,9 +148,62 @@ def score_predictions(
     return {"members": rows[:-1], "ensemble": rows[-1], "diversity": diversity}
 
 
-def reliability(probs: torch.Tensor, targets: torch.Tensor) -> dict[str, list[float]]:
+def _model_probs(member_log_probs: torch.Tensor) -> list[torch.Tensor]:
+    return [log_probs.exp() for log_probs in _model_log_probs(member_log_probs)]
+
+
+MAX_SUBSETS = 20  # per ensemble size; more than this many subsets: a seeded random sample
+
+
+def _subsets(members: int, size: int, seed: int = 0) -> list[tuple[int, ...]]:
+    every = list(itertools.combinations(range(members), size))
+    if len(every) <= MAX_SUBSETS:
+        return every
+    generator = torch.Generator().manual_seed(seed * 1000 + size)
+    chosen = torch.randperm(len(every), generator=generator)[:MAX_SUBSETS].sort().values
+    return [every[i] for i in chosen.tolist()]
+
+
+def ensemble_size_curve(
+    test: Predictions,
+    val: Predictions | None = None,
+    num_bins: int = metrics.NUM_ECE_BINS,
+) -> list[dict[str, Any]]:
+    """Metrics of sub-ensembles of 1..M members, averaged over member subsets of each size.
+
+    Every subset's ensemble is the mean of its members' probabilities; with ``val`` its
+    temperature is fitted on the validation split (Ashukha et al. 2020 average over random
+    subsets the same way). These curves give the deep-ensemble equivalent (DEE) when the
+    members are dense (`metrics.deep_ensemble_equivalent`).
+    """
+    members = test.member_log_probs.shape[0]
+    curve = []
+    for size in range(1, members + 1):
+        subsets = _subsets(members, size)
+        sums: dict[str, float] = {}
+        for subset in subsets:
+            index = list(subset)
+            log_probs = metrics.ensemble_log_probs(test.member_log_probs[index])
+            row = metrics.classification_metrics(log_probs.exp(), test.targets, num_bins)
+            if val is not None:
+                val_log_probs = metrics.ensemble_log_probs(val.member_log_probs[index])
+                temperature = metrics.fit_temperature(val_log_probs, val.targets)
+                calibrated = metrics.calibrated_metrics(
+                    log_probs, test.targets, temperature, num_bins
+                )
+                row.update({f"calibrated_{key}": value for key, value in calibrated.items()})
+            for key, value in row.items():
+                sums[key] = sums.get(key, 0.0) + value
+        averaged = {key: value / len(subsets) for key, value in sums.items()}
+        curve.append({"size": size, "subsets": len(subsets), **averaged})
+    return curve
+
+
+def reliability(
+    probs: torch.Tensor, targets: torch.Tensor, num_bins: int = metrics.NUM_ECE_BINS
+) -> dict[str, list[float]]:
     """The reliability-diagram data of one model, as JSON-able lists."""
-    bins = metrics.reliability_bins(probs, targets)
+    bins = metrics.reliability_bins(probs, targets, num_bins)
     return {
         "edges": bins.edges.tolist(),
         "counts": bins.counts.tolist(),
@@ -130,7 +238,7 @@ def _member_info(name: str, ticket: Ticket, run_root: Path) -> dict[str, Any]:
 
 def _flops(tickets: Sequence[Ticket], layout: Layout) -> dict[str, float | None]:
     """Inference FLOPs (M * f_S) and ensemble training FLOPs from the tickets' metadata."""
-    from ft_dist.models import build_model
+    from ft_dist.models import build_model_from_config, model_config_from_meta
     from ft_dist.sparse.flops import forward_flops
 
     sparse_total = 0.0
@@ -138,12 +246,7 @@ def _flops(tickets: Sequence[Ticket], layout: Layout) -> dict[str, float | None]
     for ticket in tickets:
         meta = ticket.meta
         with torch.device("meta"):
-            model = build_model(
-                str(meta["model"]),
-                int(meta["num_classes"]),
-                int(meta["in_channels"]),
-                int(meta["image_size"]),
-            )
+            model = build_model_from_config(model_config_from_meta(meta, str(ticket.path)))
         dense, sparse = forward_flops(model, ticket.input_shape(), ticket.layer_densities())
         sparse_total += sparse
     train = [ticket.meta.get("train_flops") for ticket in tickets]
@@ -158,6 +261,39 @@ def _flops(tickets: Sequence[Ticket], layout: Layout) -> dict[str, float | None]
     }
 
 
+def _parameters(models: Sequence[nn.Module], tickets: Sequence[Ticket]) -> dict[str, Any]:
+    """Parameters of one dense member, and the active (non-masked-off) ones per member."""
+    dense = sum(int(p.numel()) for p in models[0].parameters())
+    active = [
+        sum(int(p.numel()) for p in model.parameters())
+        - sum(int(mask.numel() - mask.sum()) for mask in ticket.masks.values())
+        for model, ticket in zip(models, tickets, strict=True)
+    ]
+    return {"dense_parameters": dense, "active_parameters": active}
+
+
+def _cost(
+    models: Sequence[nn.Module],
+    tickets: Sequence[Ticket],
+    test: Predictions,
+    device: torch.device | str,
+) -> dict[str, Any]:
+    """The cost side of the report: parameters and measured inference throughput."""
+    params = _parameters(models, tickets)
+    images = int(test.targets.numel())
+    seconds = test.forward_seconds
+    return {
+        **params,
+        "ensemble_active_parameters": sum(params["active_parameters"]),
+        "ensemble_parameters_vs_dense": sum(params["active_parameters"])
+        / params["dense_parameters"],
+        "inference_images_per_s": images / seconds if seconds > 0 else None,
+        "inference_device": str(device),
+        "inference_note": "test split, every member's forward pass (masked dense weights, "
+        "eval batch size), data loading excluded",
+    }
+
+
 def evaluate_tickets(
     tickets: Sequence[Ticket],
     layout: Layout,
@@ -165,16 +301,21 @@ def evaluate_tickets(
     test_source: BatchSource,
     normalize: Callable[[torch.Tensor], torch.Tensor],
     *,
+    val_source: BatchSource | None = None,
     ood_sources: Mapping[str, BatchSource] | None = None,
     corruptions: Sequence[str] = (),
     severities: Sequence[int] = (),
     benchmark: CorruptionBenchmark | None = None,
+    num_bins: int = metrics.NUM_ECE_BINS,
     device: torch.device | str = "cpu",
 ) -> dict[str, Any]:
     """The full report dict (see ft_dist.ensemble.report) for one ensemble of tickets.
 
-    ``corruptions`` x ``severities`` of the built-in corruptions are applied to the test
-    data; ``benchmark`` evaluates prepared cells instead (CIFAR-C / ImageNet-C files).
+    ``val_source`` (the validation split) fits a temperature per member and for the
+    ensemble; every test and corruption table then has calibrated figures beside the raw
+    ones. ``corruptions`` x ``severities`` of the built-in corruptions are applied to the
+    test data; ``benchmark`` evaluates prepared cells instead (CIFAR-C / ImageNet-C files).
+    ``num_bins``: ECE bins (15; `metrics.OFFICIAL_ECE_BINS` = the official code's 14).
     """
     if corruptions and benchmark is not None:
         raise ValueError("give built-in corruption names or a benchmark of files, not both")
@@ -182,6 +323,8 @@ def evaluate_tickets(
     check_compatible(tickets)
     models = [build_member(ticket, device) for ticket in tickets]
     test = predict(models, test_source(), normalize, device=device)
+    val = predict(models, val_source(), normalize, device) if val_source is not None else None
+    temperatures = fit_temperatures(val) if val is not None else None
     ood = {
         name: predict(models, src(), normalize, device) for name, src in (ood_sources or {}).items()
     }
@@ -191,10 +334,12 @@ def evaluate_tickets(
         "layout": layout,
         "num_members": len(tickets),
         "num_test_samples": int(test.targets.numel()),
+        "num_val_samples": int(val.targets.numel()) if val is not None else None,
         "num_ood_samples": next(iter(counts.values()), None),
         "ood_samples": counts,
+        "ece_bins": num_bins,
     }
-    report.update(score_predictions(test, ood))
+    report.update(score_predictions(test, ood, temperatures=temperatures, num_bins=num_bins))
     names = member_names(len(tickets))
     for member, name, ticket in zip(report["members"], names, tickets, strict=True):
         member.update(_member_info(name, ticket, run_root))
@@ -202,15 +347,20 @@ def evaluate_tickets(
     jaccard = metrics.pairwise_mask_jaccard([ticket.masks for ticket in tickets])
     report["diversity"]["mask_jaccard"] = jaccard.tolist()
     report["diversity"]["mean_mask_jaccard"] = metrics.off_diagonal_mean(jaccard)
+    member_probs = test.member_probs
     report["reliability"] = {
-        name: reliability(test.member_probs[m], test.targets) for m, name in enumerate(names)
+        name: reliability(member_probs[m], test.targets, num_bins) for m, name in enumerate(names)
     }
     report["reliability"]["ensemble"] = reliability(
-        metrics.ensemble_probs(test.member_probs), test.targets
+        metrics.ensemble_probs(member_probs), test.targets, num_bins
     )
+    report["ensemble_sizes"] = ensemble_size_curve(test, val, num_bins)
     report["flops"] = _flops(tickets, layout)
+    report["cost"] = _cost(models, tickets, test, device)
     if corruptions:
         benchmark = synthetic_benchmark(test_source, corruptions, severities, device)
     if benchmark is not None:
-        report["corruptions"] = corruption_metrics(models, benchmark, normalize, device)
+        report["corruptions"] = corruption_metrics(
+            models, benchmark, normalize, device, temperatures=temperatures, num_bins=num_bins
+        )
     return report

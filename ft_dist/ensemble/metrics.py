@@ -4,24 +4,40 @@ Every function takes probabilities, never logits: an ensemble's prediction is th
 its members' softmax outputs, and that mean has no logits. Inputs are `[N, K]` (one
 model) or `[M, N, K]` (M members); results are Python floats or `[M, M]` tensors.
 Computations run in float64 so that the figures do not depend on the input dtype.
+Temperature scaling is the exception: it acts on log-probabilities (a member's
+log-softmax, or the log of the ensemble's mean probability, as Ashukha et al. 2020 scale
+an ensemble), see `fit_temperature`.
 
-Where torchmetrics has the metric (accuracy, AUROC) we call it. ECE is ours because
-the FreeTickets/Guo et al. convention puts a confidence c in bin b when
-b/B < c <= (b+1)/B, while torchmetrics uses [b/B, (b+1)/B) plus a separate bin for
+Where torchmetrics has the metric (accuracy, AUROC, average precision, ROC) we call it.
+ECE is ours because the FreeTickets/Guo et al. convention puts a confidence c in bin b
+when b/B < c <= (b+1)/B, while torchmetrics uses [b/B, (b+1)/B) plus a separate bin for
 c == 1.0 exactly (common for saturated float32 softmax); away from bin edges both
 agree, which the tests check. The same bins feed the reliability diagram.
 """
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
 import torch
-from torchmetrics.functional.classification import binary_auroc, multiclass_accuracy
+from torchmetrics.functional.classification import (
+    binary_auroc,
+    binary_average_precision,
+    binary_specificity_at_sensitivity,
+    multiclass_accuracy,
+)
 
 NUM_ECE_BINS = 15
+# The official FreeTickets ECE (ensemble_freetickets.py, `expected_calibration_error`)
+# bins with `np.digitize(conf, np.linspace(0, 1, 15), right=True)`: 15 edges, so 14
+# right-closed bins of width 1/14 (index 0 holds only conf == 0, which a top-1
+# probability never is). `ece(..., num_bins=OFFICIAL_ECE_BINS)` is that figure.
+OFFICIAL_ECE_BINS = 14
 _EPS = 1e-12
+_TINY = 1e-300  # log-probability floor for probabilities that underflowed to 0
 
 OodScore = Literal["max_prob", "entropy"]
 
@@ -114,27 +130,189 @@ def ood_scores(probs: torch.Tensor, score: OodScore) -> torch.Tensor:
     raise ValueError(f"OoD score must be 'max_prob' or 'entropy', got {score!r}")
 
 
-def ood_auroc(in_probs: torch.Tensor, ood_probs: torch.Tensor, score: OodScore) -> float:
-    """AUROC of telling in-distribution (positive) from OoD inputs by `score`."""
+def _ood_inputs(
+    in_probs: torch.Tensor, ood_probs: torch.Tensor, score: OodScore
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Scores (higher = more in-distribution) and labels (1 = in-distribution)."""
     if len(in_probs) == 0 or len(ood_probs) == 0:
-        raise ValueError("OoD AUROC needs at least one in-distribution and one OoD input")
+        raise ValueError("OoD metrics need at least one in-distribution and one OoD input")
     scores = torch.cat([ood_scores(in_probs, score), ood_scores(ood_probs, score)])
     labels = torch.cat(
         [torch.ones(len(in_probs), dtype=torch.long), torch.zeros(len(ood_probs), dtype=torch.long)]
     )
+    return scores, labels
+
+
+def ood_auroc(in_probs: torch.Tensor, ood_probs: torch.Tensor, score: OodScore) -> float:
+    """AUROC of telling in-distribution (positive) from OoD inputs by `score`."""
+    scores, labels = _ood_inputs(in_probs, ood_probs, score)
     # torchmetrics treats scores outside [0, 1] as logits and applies a sigmoid: monotone,
     # so the AUROC of -entropy is unchanged.
     return float(binary_auroc(scores, labels, thresholds=None))
 
 
-def classification_metrics(probs: torch.Tensor, targets: torch.Tensor) -> dict[str, float]:
-    """The per-model table of SPEC §7: accuracy, NLL, ECE (15 bins, L1), Brier."""
+def fpr_at_tpr(scores: torch.Tensor, labels: torch.Tensor, tpr: float = 0.95) -> float:
+    """False-positive rate at the highest threshold whose true-positive rate is >= `tpr`.
+
+    Positives (label 1) should score high. The threshold is the largest score t with
+    P(positive score >= t) >= tpr; the result is P(negative score >= t), i.e. 1 - the
+    specificity torchmetrics' `binary_specificity_at_sensitivity` finds.
+    """
+    specificity, _ = binary_specificity_at_sensitivity(
+        scores.to(torch.float64), labels, min_sensitivity=tpr, thresholds=None
+    )
+    return 1.0 - float(specificity)
+
+
+def ood_detection(
+    in_probs: torch.Tensor, ood_probs: torch.Tensor, score: OodScore
+) -> dict[str, float]:
+    """The OoD figures uncertainty papers report, by `score` (max-prob or -entropy).
+
+    * ``auroc``: area under the ROC of in-distribution (positive) vs OoD;
+    * ``aupr_in``: average precision with in-distribution positive, scored by `score`;
+    * ``aupr_out``: average precision with OoD positive, scored by minus `score`;
+    * ``fpr95``: fraction of OoD inputs accepted at the threshold that keeps 95 % of the
+      in-distribution inputs (FPR at 95 % TPR, in-distribution positive).
+
+    AUPR is torchmetrics' average precision (the step-wise area, as scikit-learn's
+    ``average_precision_score``), not a trapezoid under an interpolated PR curve.
+    """
+    scores, labels = _ood_inputs(in_probs, ood_probs, score)
+    return {
+        "auroc": float(binary_auroc(scores, labels, thresholds=None)),
+        "aupr_in": float(binary_average_precision(scores, labels, thresholds=None)),
+        "aupr_out": float(binary_average_precision(-scores, 1 - labels, thresholds=None)),
+        "fpr95": fpr_at_tpr(scores, labels, 0.95),
+    }
+
+
+def classification_metrics(
+    probs: torch.Tensor, targets: torch.Tensor, num_bins: int = NUM_ECE_BINS
+) -> dict[str, float]:
+    """The per-model table of SPEC §7: accuracy, NLL, ECE (`num_bins` bins, L1), Brier."""
     return {
         "accuracy": accuracy(probs, targets),
         "nll": nll(probs, targets),
-        "ece": ece(probs, targets),
+        "ece": ece(probs, targets, num_bins),
         "brier": brier(probs, targets),
     }
+
+
+# --- temperature scaling (Guo et al. 2017; for ensembles as in Ashukha et al. 2020) -----
+
+
+def log_probs_of(probs: torch.Tensor) -> torch.Tensor:
+    """log p in float64, with probabilities that underflowed to 0 floored at 1e-300."""
+    return probs.detach().to(torch.float64).clamp_min(_TINY).log()
+
+
+def ensemble_log_probs(member_log_probs: torch.Tensor) -> torch.Tensor:
+    """[N, K] log of the members' mean probability: logsumexp over members - log M."""
+    if member_log_probs.ndim != 3:
+        raise ValueError(
+            f"expected member log-probabilities of shape [M, N, K], "
+            f"got {tuple(member_log_probs.shape)}"
+        )
+    log_probs = member_log_probs.detach().to(torch.float64)
+    return torch.logsumexp(log_probs, dim=0) - math.log(log_probs.shape[0])
+
+
+def temperature_scale(log_probs: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Calibrated probabilities softmax(log p / T), float64 (argmax, so accuracy, unchanged).
+
+    For one model log p is its log-softmax, and log p / T differs from logits / T only
+    by a per-input constant, which the softmax removes: this *is* temperature scaling.
+    """
+    return (log_probs.detach().to(torch.float64) / temperature).softmax(dim=-1)
+
+
+def _nll_slope(
+    log_probs: torch.Tensor, picked: torch.Tensor, beta: float, chunk: int
+) -> tuple[float, float]:
+    """d/dβ and d²/dβ² of the mean NLL of softmax(β z), summed in row chunks."""
+    slope = curvature = 0.0
+    for z, z_true in zip(log_probs.split(chunk), picked.split(chunk), strict=True):
+        p = (beta * z).softmax(dim=1)
+        mean = (p * z).sum(dim=1)
+        slope += float((mean - z_true).sum())
+        curvature += float((p * (z - mean.unsqueeze(1)).pow(2)).sum())
+    count = len(log_probs)
+    return slope / count, curvature / count
+
+
+def fit_temperature(
+    log_probs: torch.Tensor,
+    targets: torch.Tensor,
+    *,
+    bounds: tuple[float, float] = (1e-2, 1e2),
+    chunk: int = 8192,
+) -> float:
+    """The temperature T that minimises the mean NLL of softmax(log p / T) on (log p, y).
+
+    With β = 1/T the NLL, -β z_y + logsumexp(β z), is convex in β, and its slope
+    E_softmax(βz)[z] - z_y grows with β: safeguarded Newton on the slope (bisection in
+    log β whenever a Newton step leaves the bracket) finds the minimum to machine
+    precision. T is clipped to `bounds`: a model that is right on every input wants
+    T -> 0 and gets the lower bound.
+    """
+    log_probs = _check_probs(log_probs, targets).clamp_min(math.log(_TINY))
+    picked = log_probs.gather(1, targets.long().unsqueeze(1)).squeeze(1)
+    low_t, high_t = bounds
+    if not 0 < low_t < high_t:
+        raise ValueError(f"temperature bounds must satisfy 0 < low < high, got {bounds}")
+    lo, hi = 1.0 / high_t, 1.0 / low_t  # bracket on β
+    if _nll_slope(log_probs, picked, lo, chunk)[0] >= 0:
+        return high_t
+    if _nll_slope(log_probs, picked, hi, chunk)[0] <= 0:
+        return low_t
+    beta = min(max(1.0, lo), hi)
+    for _ in range(200):
+        slope, curvature = _nll_slope(log_probs, picked, beta, chunk)
+        if slope == 0.0:
+            break
+        if slope < 0:
+            lo = beta
+        else:
+            hi = beta
+        newton = beta - slope / curvature if curvature > 0 else math.nan
+        step = newton if lo < newton < hi else math.sqrt(lo * hi)
+        if abs(step - beta) <= 1e-13 * beta or hi - lo <= 1e-13 * hi:
+            beta = step
+            break
+        beta = step
+    return 1.0 / beta
+
+
+def calibrated_metrics(
+    log_probs: torch.Tensor,
+    targets: torch.Tensor,
+    temperature: float,
+    num_bins: int = NUM_ECE_BINS,
+) -> dict[str, float]:
+    """`classification_metrics` of softmax(log p / T), with T itself under "temperature"."""
+    table = classification_metrics(temperature_scale(log_probs, temperature), targets, num_bins)
+    return {"temperature": temperature, **table}
+
+
+def deep_ensemble_equivalent(nll: float, dense_curve: Sequence[float]) -> tuple[float, str | None]:
+    """The deep-ensemble equivalent (DEE, Ashukha et al., ICLR 2020) of a model's NLL.
+
+    ``dense_curve[k - 1]`` is the (calibrated) NLL of an ensemble of k dense members (the
+    mean over member subsets of size k). DEE = min{l >= 1 : NLL_DE(l) <= nll}, NLL_DE
+    linear between integers: how many dense members an ensemble of them needs to be as
+    good. Returns (value, None) inside the curve; (1.0, "≤1") for a model no better than
+    one dense member; (len(curve), f">{len(curve)}") for one better than the whole curve.
+    """
+    if not dense_curve:
+        raise ValueError("the deep-ensemble curve needs at least one ensemble size")
+    if nll >= dense_curve[0]:
+        return 1.0, "≤1"
+    for size in range(1, len(dense_curve)):
+        lower, upper = dense_curve[size - 1], dense_curve[size]  # NLL at size, size + 1
+        if upper <= nll:  # and lower > nll: the crossing lies between size and size + 1
+            return size + (lower - nll) / (lower - upper), None
+    return float(len(dense_curve)), f">{len(dense_curve)}"
 
 
 @dataclass

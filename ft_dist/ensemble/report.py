@@ -61,7 +61,7 @@ def plot_reliability(report: dict[str, Any], path: Path) -> Path:
         )
     axes.plot([0, 1], [0, 1], linestyle="--", color="gray", label="perfect calibration")
     axes.set(xlabel="confidence (top-1 probability)", ylabel="accuracy", xlim=(0, 1), ylim=(0, 1))
-    axes.set_title("Reliability diagram (15 bins)")
+    axes.set_title(f"Reliability diagram ({report.get('ece_bins', 15)} bins)")
     axes.legend(fontsize="small")
     return _save(figure, path)
 
@@ -177,11 +177,15 @@ def summary_metrics(report: dict[str, Any]) -> dict[str, float]:
         for section in ("test", "ood"):
             for key, value in row.get(section, {}).items():
                 flat[f"{name}/{key}"] = value
+        for key, value in row.get("calibrated", {}).items():
+            flat[f"{name}/calibrated_{key}"] = value
     diversity = report["diversity"]
     for key in ("mean_disagreement", "mean_kl", "mean_mask_jaccard"):
         flat[f"diversity/{key}"] = diversity.get(key)
     for key, value in report["flops"].items():
         flat[f"flops/{key}"] = value
+    for key, value in report.get("cost", {}).items():
+        flat[f"cost/{key}"] = value
     for set_name, row in report["ensemble"].get("ood_sets", {}).items():
         for key, value in row.items():
             flat[f"ensemble/ood/{set_name}/{key}"] = value
@@ -190,6 +194,10 @@ def summary_metrics(report: dict[str, Any]) -> dict[str, float]:
             flat[f"ensemble/corrupted_{key}"] = value
         for key, value in report["corruptions"]["pooled"]["ensemble"].items():
             flat[f"ensemble/corrupted_pooled_{key}"] = value
+        calibrated = report["corruptions"].get("calibrated")
+        if calibrated:
+            for key, value in calibrated["mean"]["ensemble"].items():
+                flat[f"ensemble/corrupted_calibrated_{key}"] = value
     return {
         key: float(v) for key, v in flat.items() if isinstance(v, int | float) and math.isfinite(v)
     }

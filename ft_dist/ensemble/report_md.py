@@ -31,13 +31,18 @@ def _model_rows(report: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
 
 def _test_table(report: dict[str, Any]) -> list[str]:
     has_ood = "ood" in report["ensemble"]
+    calibrated = "calibrated" in report["ensemble"]
     header = ["model", "accuracy", "NLL", "ECE", "Brier"]
+    header += ["T", "calibrated NLL", "calibrated ECE"] if calibrated else []
     header += ["OoD AUROC (max-prob)", "OoD AUROC (entropy)"] if has_ood else []
     header += ["density", "train FLOPs"]
     rows = []
     for name, row in _model_rows(report):
         test = row["test"]
         cells = [name, test["accuracy"], test["nll"], test["ece"], test["brier"]]
+        if calibrated:
+            cal = row["calibrated"]
+            cells += [cal["temperature"], cal["nll"], cal["ece"]]
         if has_ood:
             cells += [row["ood"]["auroc_max_prob"], row["ood"]["auroc_entropy"]]
         if name.startswith("**"):
@@ -46,6 +51,68 @@ def _test_table(report: dict[str, Any]) -> list[str]:
             cells += [row.get("mask_density"), row["meta"].get("train_flops")]
         rows.append(cells)
     return _table(header, rows)
+
+
+def _calibration_note(report: dict[str, Any]) -> list[str]:
+    if "calibrated" not in report["ensemble"]:
+        return [
+            "No calibrated figures: no validation split to fit temperatures on "
+            "(`--calibration-split NAME`).",
+            "",
+        ]
+    split = (report.get("data") or {}).get("calibration_split") or "validation"
+    return [
+        f"Calibrated: temperature scaling fitted on the {split!r} split "
+        f"({report.get('num_val_samples')} inputs) by minimising its NLL, one T per member and "
+        "one for the ensemble, applied to the log of the ensemble's mean probability "
+        "(Ashukha et al., ICLR 2020). Accuracy is unchanged by a temperature.",
+        "",
+    ]
+
+
+def _sizes(report: dict[str, Any]) -> list[str]:
+    curve = report.get("ensemble_sizes") or []
+    if len(curve) < 2:
+        return []
+    calibrated = "calibrated_nll" in curve[0]
+    header = ["members", "subsets", "accuracy", "NLL", "ECE"]
+    header += ["calibrated NLL", "calibrated ECE"] if calibrated else []
+    rows = []
+    for point in curve:
+        cells = [point["size"], point["subsets"], point["accuracy"], point["nll"], point["ece"]]
+        if calibrated:
+            cells += [point["calibrated_nll"], point["calibrated_ece"]]
+        rows.append(cells)
+    return [
+        "## Ensemble size",
+        "",
+        "Ensembles of k of the members, each figure the mean over the member subsets of "
+        "size k (every subset, or 20 drawn with a fixed seed).",
+        "",
+        *_table(header, rows),
+    ]
+
+
+def _cost(report: dict[str, Any]) -> list[str]:
+    cost = report.get("cost")
+    if not cost:
+        return []
+    header = [
+        "parameters (one dense model)",
+        "ensemble active parameters",
+        "× one dense model",
+        f"inference images/s ({cost.get('inference_device')})",
+    ]
+    rows = [
+        [
+            cost["dense_parameters"],
+            cost["ensemble_active_parameters"],
+            cost["ensemble_parameters_vs_dense"],
+            cost.get("inference_images_per_s"),
+        ]
+    ]
+    note = f"Images/s: {cost.get('inference_note')}."
+    return ["## Parameters and throughput", "", *_table(header, rows), note, ""]
 
 
 def _matrix_table(title: str, matrix: list[list[float]], names: list[str]) -> list[str]:
@@ -68,39 +135,49 @@ def _diversity(report: dict[str, Any]) -> list[str]:
     return lines
 
 
+OOD_COLUMNS = (("auroc", "AUROC"), ("aupr_in", "AUPR-in"), ("aupr_out", "AUPR-out"))
+
+
 def _ood_sets(report: dict[str, Any]) -> list[str]:
     sets = list(report["ensemble"].get("ood_sets", {}))
     if not sets:
         return []
     counts = report.get("ood_samples", {})
-    header = ["model"]
-    for name in sets:
-        header += [f"{name} AUROC (max-prob)", f"{name} AUROC (entropy)"]
-    rows = []
-    for model, row in _model_rows(report):
-        cells: list[Any] = [model]
-        for name in sets:
-            cells += [
-                row["ood_sets"][name]["auroc_max_prob"],
-                row["ood_sets"][name]["auroc_entropy"],
-            ]
-        rows.append(cells)
-    sizes = ", ".join(f"{name}: {counts.get(name, '?')} inputs" for name in sets)
-    return [
+    lines = [
         "## Out-of-distribution detection",
         "",
-        f"In-distribution = test split; {sizes}.",
+        "In-distribution = test split (positive for AUROC, AUPR-in and the TPR); AUPR-out "
+        "takes the OoD inputs as positive; FPR95 = fraction of OoD inputs accepted at the "
+        "threshold that keeps 95 % of the test inputs (lower is better). Scores: maximum "
+        "probability and predictive entropy.",
         "",
-    ] + _table(header, rows)
+    ]
+    for name in sets:
+        header = ["model"]
+        for label in ("max-prob", "entropy"):
+            header += [f"{title} ({label})" for _, title in OOD_COLUMNS]
+            header += [f"FPR95 ({label})"]
+        rows = []
+        for model, row in _model_rows(report):
+            figures = row["ood_sets"][name]
+            cells: list[Any] = [model]
+            for score in ("max_prob", "entropy"):
+                cells += [figures.get(f"{key}_{score}") for key, _ in OOD_COLUMNS]
+                cells += [figures.get(f"fpr95_{score}")]
+            rows.append(cells)
+        lines += [f"**{name}** ({counts.get(name, '?')} inputs)", "", *_table(header, rows)]
+    return lines
 
 
-def _corruption_table(report: dict[str, Any], figures: dict[str, Any]) -> list[str]:
+def _corruption_table(
+    report: dict[str, Any], figures: dict[str, Any], names: tuple[str, str, str]
+) -> list[str]:
     rows = [
         [m["name"], row.get("accuracy"), row.get("nll"), row.get("ece")]
         for m, row in zip(report["members"], figures["members"], strict=True)
     ]
     rows.append(["**ensemble**", *(figures["ensemble"].get(k) for k in ("accuracy", "nll", "ece"))])
-    return _table(["model", "accuracy", "NLL", "ECE"], rows)
+    return _table(["model", *names], rows)
 
 
 def _corruptions(report: dict[str, Any]) -> list[str]:
@@ -110,20 +187,47 @@ def _corruptions(report: dict[str, Any]) -> list[str]:
     pooled = corruptions["pooled"]
     lines = ["## Corruptions", "", f"Source: {corruptions['source']}.", ""]
     lines += [
-        f"Pooled: the predictions of every corruption x severity as one set of "
-        f"{pooled['num_samples']} inputs (the paper's figures):",
+        "cA / cNLL / cECE as google/uncertainty-baselines reports them: per severity the mean "
+        "over corruption types, then the mean over severities:",
         "",
     ]
-    lines += _corruption_table(report, pooled)
-    lines += ["Mean over corruptions x severities:", ""]
-    lines += _corruption_table(report, corruptions["mean"])
+    lines += _corruption_table(report, corruptions["mean"], ("cA", "cNLL", "cECE"))
+    calibrated = corruptions.get("calibrated")
+    if calibrated:
+        lines += [
+            "The same after temperature scaling (temperatures fitted on the validation split):",
+            "",
+        ]
+        lines += _corruption_table(
+            report, calibrated["mean"], ("cA", "calibrated cNLL", "calibrated cECE")
+        )
+    lines += [
+        f"Pooled: the predictions of every corruption x severity as one set of "
+        f"{pooled['num_samples']} inputs (the FreeTickets paper's figures):",
+        "",
+    ]
+    lines += _corruption_table(report, pooled, ("accuracy", "NLL", "ECE"))
+    by_severity = corruptions.get("by_severity", {}).get("ensemble", {})
+    if by_severity:
+        lines += ["Ensemble per severity (mean over corruption types):", ""]
+        lines += _table(
+            ["severity", "accuracy", "NLL", "ECE"],
+            [[s, row["accuracy"], row["nll"], row["ece"]] for s, row in by_severity.items()],
+        )
     lines += ["Ensemble per corruption and severity:", ""]
     detail = [
         [name, severity, row["accuracy"], row["nll"], row["ece"]]
-        for name, by_severity in corruptions["ensemble"].items()
-        for severity, row in by_severity.items()
+        for name, by_sev in corruptions["ensemble"].items()
+        for severity, row in by_sev.items()
     ]
     return lines + _table(["corruption", "severity", "accuracy", "NLL", "ECE"], detail)
+
+
+def _bins_text(bins: int) -> str:
+    text = f"{bins} equal-width bins"
+    if bins == 14:
+        text += " (the official FreeTickets binning: linspace(0, 1, 15) + digitize)"
+    return text
 
 
 def render_markdown(report: dict[str, Any]) -> str:
@@ -135,11 +239,14 @@ def render_markdown(report: dict[str, Any]) -> str:
         f"{report['num_members']} member(s) ({report['layout']} layout), "
         f"{report['num_test_samples']} test samples"
         + (f", {report['num_ood_samples']} OoD samples" if report.get("num_ood_samples") else "")
-        + ". Ensemble = mean of the members' softmax probabilities; ECE uses 15 equal-width bins.",
+        + ". Ensemble = mean of the members' softmax probabilities; ECE uses "
+        + _bins_text(report.get("ece_bins", 15))
+        + ".",
         "",
         "## Test set",
         "",
         *_test_table(report),
+        *_calibration_note(report),
         "## FLOPs",
         "",
         *_table(
@@ -158,8 +265,10 @@ def render_markdown(report: dict[str, Any]) -> str:
                 ]
             ],
         ),
+        *_cost(report),
         *_ood_sets(report),
         *_diversity(report),
+        *_sizes(report),
         *_corruptions(report),
     ]
     plots = report.get("plots", {})

@@ -69,19 +69,36 @@ def stream_sums(
     batches: Batches,
     normalize: Callable[[torch.Tensor], torch.Tensor],
     device: torch.device | str = "cpu",
-) -> list[metrics.MetricSums]:
-    """Sums for every member, then the ensemble (mean of softmax), over one pass."""
-    sums = [metrics.MetricSums() for _ in range(len(models) + 1)]
+    *,
+    temperatures: Sequence[float] | None = None,
+    num_bins: int = metrics.NUM_ECE_BINS,
+) -> tuple[list[metrics.MetricSums], list[metrics.MetricSums] | None]:
+    """Sums for every member, then the ensemble (mean of softmax), over one pass.
+
+    With ``temperatures`` (members, then ensemble) also the sums of the calibrated
+    predictions softmax(log p / T); otherwise the second list is None.
+    """
+    count = len(models) + 1
+    sums = [metrics.MetricSums(num_bins) for _ in range(count)]
+    calibrated = [metrics.MetricSums(num_bins) for _ in range(count)] if temperatures else None
     for images, labels in batches:
         inputs = normalize(images.to(device, torch.float32))
-        probs = torch.stack([model(inputs).float().softmax(dim=1).cpu() for model in models])
+        log_probs = torch.stack(
+            [model(inputs).float().log_softmax(dim=1).cpu() for model in models]
+        )
         targets = labels.cpu().long()
-        for member, member_probs in enumerate(probs):
-            sums[member].add_(member_probs, targets)
-        sums[-1].add_(metrics.ensemble_probs(probs), targets)
+        all_log_probs = [*log_probs, metrics.ensemble_log_probs(log_probs)]
+        for index, model_log_probs in enumerate(all_log_probs):
+            sums[index].add_(model_log_probs.exp(), targets)
+            if calibrated is not None and temperatures is not None:
+                scaled = metrics.temperature_scale(model_log_probs, temperatures[index])
+                calibrated[index].add_(scaled, targets)
     if sums[-1].count == 0:
         raise ValueError("a corruption set yielded no batches")
-    return sums
+    return sums, calibrated
+
+
+Table = dict[str, dict[str, dict[str, float]]]  # corruption -> severity -> metrics
 
 
 def corruption_metrics(
@@ -89,22 +106,63 @@ def corruption_metrics(
     benchmark: CorruptionBenchmark,
     normalize: Callable[[torch.Tensor], torch.Tensor],
     device: torch.device | str = "cpu",
+    *,
+    temperatures: Sequence[float] | None = None,
+    num_bins: int = metrics.NUM_ECE_BINS,
 ) -> dict[str, Any]:
-    """Per-cell tables, the mean over cells and the pooled figures, per member and ensemble."""
+    """Per-cell tables, the mean over cells and the pooled figures, per member and ensemble.
+
+    ``mean`` is cA / cNLL / cECE as google/uncertainty-baselines reports them: per severity
+    the mean over corruption types (``by_severity``), then the mean over severities.
+    ``pooled`` is the paper's figure: every cell's predictions as one set. With
+    ``temperatures`` (fitted on the validation split) ``calibrated`` holds the same four
+    entries for the temperature-scaled predictions.
+    """
     if not benchmark.cells:
         raise ValueError(f"the corruption benchmark {benchmark.source} has no cells")
-    tables: list[dict[str, dict[str, dict]]] = [{} for _ in range(len(models) + 1)]
-    pooled = [metrics.MetricSums() for _ in range(len(models) + 1)]
+    count = len(models) + 1
+    tables: list[Table] = [{} for _ in range(count)]
+    pooled = [metrics.MetricSums(num_bins) for _ in range(count)]
+    cal_tables: list[Table] = [{} for _ in range(count)]
+    cal_pooled = [metrics.MetricSums(num_bins) for _ in range(count)]
     for cell in benchmark.cells:
-        for model_index, sums in enumerate(stream_sums(models, cell.source(), normalize, device)):
-            tables[model_index].setdefault(cell.name, {})[str(cell.severity)] = sums.result()
-            pooled[model_index].merge_(sums)
-    return {
+        sums, calibrated = stream_sums(
+            models,
+            cell.source(),
+            normalize,
+            device,
+            temperatures=temperatures,
+            num_bins=num_bins,
+        )
+        for index in range(count):
+            tables[index].setdefault(cell.name, {})[str(cell.severity)] = sums[index].result()
+            pooled[index].merge_(sums[index])
+            if calibrated is not None:
+                cell_sums = calibrated[index]
+                cal_tables[index].setdefault(cell.name, {})[str(cell.severity)] = cell_sums.result()
+                cal_pooled[index].merge_(cell_sums)
+    result = {
         "source": benchmark.source,
         "severities": sorted({cell.severity for cell in benchmark.cells}),
         "notes": benchmark.notes,
+        **_summaries(tables, pooled),
+    }
+    if temperatures is not None:
+        result["calibrated"] = {
+            "temperatures": list(temperatures),
+            **_summaries(cal_tables, cal_pooled),
+        }
+    return result
+
+
+def _summaries(tables: list[Table], pooled: list[metrics.MetricSums]) -> dict[str, Any]:
+    return {
         "members": tables[:-1],
         "ensemble": tables[-1],
+        "by_severity": {
+            "members": [_mean_by_severity(table) for table in tables[:-1]],
+            "ensemble": _mean_by_severity(tables[-1]),
+        },
         "mean": {
             "members": [_mean_over_cells(table) for table in tables[:-1]],
             "ensemble": _mean_over_cells(tables[-1]),
@@ -117,6 +175,24 @@ def corruption_metrics(
     }
 
 
-def _mean_over_cells(table: dict[str, dict[str, dict[str, float]]]) -> dict[str, float]:
-    rows = [row for by_severity in table.values() for row in by_severity.values()]
+def _mean(rows: list[dict[str, float]]) -> dict[str, float]:
     return {key: sum(row[key] for row in rows) / len(rows) for key in rows[0]} if rows else {}
+
+
+def _mean_by_severity(table: Table) -> dict[str, dict[str, float]]:
+    """severity -> the mean over the corruption types evaluated at that severity."""
+    severities = sorted({s for by_severity in table.values() for s in by_severity}, key=int)
+    return {
+        s: _mean([by_severity[s] for by_severity in table.values() if s in by_severity])
+        for s in severities
+    }
+
+
+def _mean_over_cells(table: Table) -> dict[str, float]:
+    """cA / cNLL / cECE: the mean over severities of the mean over corruption types.
+
+    With every corruption at every severity (CIFAR-C, ImageNet-C) this is the plain mean
+    over cells; google/uncertainty-baselines' `aggregate_corrupt_metrics` averages in the
+    same order.
+    """
+    return _mean(list(_mean_by_severity(table).values()))

@@ -23,10 +23,9 @@ from ft_dist.ensemble.data import (
     locate_split,
     split_data,
 )
-from ft_dist.data.manifest import read_manifest
 from ft_dist.ensemble.evaluate import evaluate_tickets
-from ft_dist.ensemble.metrics import NUM_ECE_BINS, OFFICIAL_ECE_BINS
 from ft_dist.ensemble.inputs import BatchSource
+from ft_dist.ensemble.metrics import NUM_ECE_BINS, OFFICIAL_ECE_BINS
 from ft_dist.ensemble.report import summary_metrics, write_report
 from ft_dist.ensemble.robustness import CorruptionBenchmark, CorruptionCell
 from ft_dist.ensemble.tickets import find_tickets, load_ticket
@@ -175,6 +174,8 @@ def _calibration_split(cfg: DataConfig, options: EvalOptions, test_split: str) -
 
 
 def _split_exists(root: str, split: str) -> bool:
+    from ft_dist.data.manifest import read_manifest
+
     try:
         read_manifest(root, split)
     except (FileNotFoundError, OSError):

@@ -9,6 +9,12 @@ Budgets follow FreeTickets' CIFAR setting, where one model trains t_ex + t_re ep
     static ensemble  M models, fixed masks (d),   E epochs each
     EDST             1 run -> M tickets,          t_ex + M·t_re epochs
     DST Ensemble     M models, density d,         E epochs each
+    deep ensemble    M dense models,              E epochs each (optional: deep_ensemble=True)
+
+Each row has its deep-ensemble equivalent (DEE, Ashukha et al. 2020): how many dense members
+a deep ensemble needs for the same calibrated NLL, read off the deep ensemble's size curve
+(or, without it, bounded by the one dense model), and the cost side: FLOPs, parameters and
+measured training / inference images per second.
 
 Every variant is an ordinary run directory under OUT/<variant>/ (ensembles of several runs
 use the DST Ensemble layout), trained on the Ray cluster and evaluated by
@@ -24,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from ft_dist.config import RunConfig, config_from_dict, config_to_dict
+from ft_dist.ensemble.metrics import deep_ensemble_equivalent
 from ft_dist.ensemble.run_eval import EvalOptions, evaluate_run
 from ft_dist.layout import SUMMARY_FILE, run_dir
 from ft_dist.orchestrate.pdst import fit_pdst, is_finished
@@ -36,8 +43,8 @@ class Variant:
     cfg: RunConfig
 
 
-def plan_variants(base: RunConfig, out_dir: Path) -> list[Variant]:
-    """The five runs of the comparison, derived from an EDST config."""
+def plan_variants(base: RunConfig, out_dir: Path, deep_ensemble: bool = False) -> list[Variant]:
+    """The five runs of the comparison (six with the deep ensemble), from an EDST config."""
     edst = base.ensemble.edst
     if base.ensemble.method != "edst" or edst is None:
         raise ValueError(
@@ -55,6 +62,8 @@ def plan_variants(base: RunConfig, out_dir: Path) -> list[Variant]:
         ("edst", f"EDST (M={members})", {}, "edst", None),
         ("dst_ensemble", f"DST Ensemble (M={members})", {}, "pdst", epochs),
     ]
+    if deep_ensemble:
+        rows.append(("deep_ensemble", f"deep ensemble (dense, M={members})", dense, "pdst", epochs))
     return [
         Variant(key, label, _variant_config(base, out_dir, key, sparsity, method, n_epochs))
         for key, label, sparsity, method, n_epochs in rows
@@ -110,9 +119,13 @@ def _summaries(path: Path) -> list[dict[str, Any]]:
 
 def table_row(variant: Variant, report: dict[str, Any], wall_s: float) -> dict[str, Any]:
     """One line of the comparison from a variant's evaluation report."""
-    ensemble, flops = report["ensemble"], report["flops"]
+    ensemble, flops, cost = report["ensemble"], report["flops"], report.get("cost", {})
     ood = ensemble.get("ood", {})
+    calibrated = ensemble.get("calibrated", {})
     summaries = _summaries(run_dir(variant.cfg.train))
+    images = sum(int(s.get("images_seen", 0)) for s in summaries)
+    seconds = sum(float(s.get("train_seconds", 0.0)) for s in summaries)
+    curve = report.get("ensemble_sizes") or []
     return {
         "variant": variant.key,
         "method": variant.label,
@@ -120,13 +133,22 @@ def table_row(variant: Variant, report: dict[str, Any], wall_s: float) -> dict[s
         "accuracy": ensemble["test"]["accuracy"],
         "nll": ensemble["test"]["nll"],
         "ece": ensemble["test"]["ece"],
+        "calibrated_nll": calibrated.get("nll"),
+        "calibrated_ece": calibrated.get("ece"),
         "ood_auroc_entropy": ood.get("auroc_entropy"),
         "ood_auroc_max_prob": ood.get("auroc_max_prob"),
         "train_flops": flops["train_flops"],
         "inference_flops": flops["inference_flops"],
         "dense_forward_flops": flops["dense_forward_flops"],
-        "train_seconds": sum(float(s.get("train_seconds", 0.0)) for s in summaries),
+        "parameters": cost.get("ensemble_active_parameters"),
+        "dense_parameters": cost.get("dense_parameters"),
+        "inference_images_per_s": cost.get("inference_images_per_s"),
+        "train_images_per_s": images / seconds if seconds > 0 else None,
+        "train_seconds": seconds,
         "wall_seconds": wall_s,
+        # NLL of sub-ensembles of 1..M members, raw and calibrated (averaged over subsets)
+        "size_curve_nll": [point["nll"] for point in curve],
+        "size_curve_calibrated_nll": [point.get("calibrated_nll") for point in curve],
         "report": str(run_dir(variant.cfg.train) / "eval" / "report.json"),
     }
 
@@ -140,17 +162,46 @@ def add_relative_costs(rows: list[dict[str, Any]]) -> None:
             row["train_flops"] / train_ref if train_ref and row["train_flops"] else None
         )
         row["inference_flops_vs_dense"] = row["inference_flops"] / row["dense_forward_flops"]
+        params, dense_params = row.get("parameters"), row.get("dense_parameters")
+        row["parameters_vs_dense"] = params / dense_params if params and dense_params else None
+
+
+def add_deep_ensemble_equivalents(rows: list[dict[str, Any]]) -> None:
+    """DEE of every row's ensemble against the dense members the comparison has.
+
+    The dense curve is the deep-ensemble variant's size curve (NLL of 1..M dense members,
+    averaged over subsets) when it ran, else the single dense model alone (then DEE only
+    says "≤1" or ">1"); no dense row, no DEE. Calibrated NLL (Ashukha et al.'s CLL) when
+    every row has it, else the raw NLL everywhere.
+    """
+    deep = next((row for row in rows if row["variant"] == "deep_ensemble"), None)
+    dense = next((row for row in rows if row["variant"] == "dense"), None)
+    calibrated = all(row.get("calibrated_nll") is not None for row in rows)
+    key = "calibrated_nll" if calibrated else "nll"
+    curve: list[float] = []
+    source = None
+    if deep is not None:
+        curve = [v for v in deep.get(f"size_curve_{key}", []) if v is not None]
+        source = "deep_ensemble"
+    if not curve and dense is not None:
+        curve, source = [dense[key]], "dense"
+    for row in rows:
+        row["dee_metric"] = key
+        row["dee_source"] = source if curve else None
+        row["dee"], row["dee_note"] = (
+            deep_ensemble_equivalent(row[key], curve) if curve else (None, None)
+        )
 
 
 def run_comparison(
-    base: RunConfig, out_dir: Path, *, ood: str | None, track: bool
+    base: RunConfig, out_dir: Path, *, ood: str | None, track: bool, deep_ensemble: bool = False
 ) -> tuple[list[dict[str, Any]], dict[str, Path]]:
     """Train (or resume) and evaluate every variant; write OUT/compare.json and .md."""
-    from ft_dist.orchestrate.compare_table import render_table
+    from ft_dist.orchestrate.compare_table import render_table, table_notes
     from ft_dist.preflight import check_cluster, check_inputs
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    variants = plan_variants(base, out_dir)
+    variants = plan_variants(base, out_dir, deep_ensemble)
     for variant in variants:  # every variant's data, splits and room, before any trains
         check_inputs(variant.cfg)
         check_cluster(variant.cfg)
@@ -163,8 +214,9 @@ def run_comparison(
         )
         rows.append(table_row(variant, json.loads(written["json"].read_text()), wall))
     add_relative_costs(rows)
+    add_deep_ensemble_equivalents(rows)
     json_path = out_dir / "compare.json"
     json_path.write_text(json.dumps({"rows": rows}, indent=2) + "\n")
     md_path = out_dir / "compare.md"
-    md_path.write_text(render_table(rows) + "\n")
+    md_path.write_text(render_table(rows) + "\n\n" + table_notes(rows) + "\n")
     return rows, {"json": json_path, "markdown": md_path}

@@ -136,8 +136,22 @@ def test_cli_evaluate_corruption_files_and_several_ood_sets(
     assert 0.0 <= ensemble["ood_sets"]["gaussian"]["auroc_entropy"] <= 1.0
     markdown = (run_dir / "eval" / "report.md").read_text()
     assert "Pooled: the predictions of every corruption x severity as one set of 40" in markdown
-    assert "| gaussian AUROC (max-prob) | gaussian AUROC (entropy) |" in markdown
-    assert "| snow | 5 |" in markdown and "ood: 1000 inputs, gaussian: 1000 inputs" in markdown
+    header = (
+        "| model | AUROC (max-prob) | AUPR-in (max-prob) | AUPR-out (max-prob) | FPR95 (max-prob)"
+    )
+    assert markdown.count(header) == 2  # one table per OoD set
+    assert "**ood** (1000 inputs)" in markdown and "**gaussian** (1000 inputs)" in markdown
+    assert "| snow | 5 |" in markdown
+    # cA / cNLL / cECE beside the pooled figures, raw and temperature-scaled (val split).
+    assert "| model | cA | cNLL | cECE |" in markdown
+    assert "| model | cA | calibrated cNLL | calibrated cECE |" in markdown
+    calibrated = corruptions["calibrated"]
+    assert calibrated["temperatures"] == [
+        row["calibrated"]["temperature"] for row in [*report["members"], ensemble]
+    ]
+    assert calibrated["mean"]["ensemble"]["accuracy"] == pytest.approx(
+        corruptions["mean"]["ensemble"]["accuracy"]
+    )
 
 
 def test_cli_evaluate_corruption_file_errors(mnist_root: Path, tmp_path: Path, capsys) -> None:
@@ -151,3 +165,30 @@ def test_cli_evaluate_corruption_file_errors(mnist_root: Path, tmp_path: Path, c
     assert "fog.npy: cannot read it as .npy" in capsys.readouterr().err
     assert main(["evaluate", str(run_dir), "--corruption-limit", "3", "--no-wandb"]) == 2
     assert "--corruptions-from DIR only" in capsys.readouterr().err
+
+
+def test_ece_bins_and_calibration_split_options(mnist_root: Path, tmp_path: Path, capsys) -> None:
+    from ft_dist.ensemble.run_eval import ece_bins
+
+    assert ece_bins({"data": {}}, None) == 15
+    assert ece_bins({"sparsity": {"compat": "official-cifar"}}, None) == 14
+    assert ece_bins({"sparsity": {"compat": "none"}}, None) == 15
+    assert ece_bins({"sparsity": {"compat": "official-cifar"}}, 10) == 10
+    run_dir = tmp_path / "run"
+    _write_run(run_dir, mnist_root, num_members=2)
+    argv = ["evaluate", str(run_dir), "--no-wandb", "--batch-size", "500"]
+    assert main([*argv, "--calibration-split", "test"]) == 2
+    assert "is the test split" in capsys.readouterr().err
+    assert main([*argv, "--ece-bins", "zero"]) == 2
+    assert "--ece-bins" in capsys.readouterr().err
+    assert main([*argv, "--calibration-split", "none", "--ece-bins", "official"]) == 0
+    report = json.loads(Path(capsys.readouterr().out.strip().splitlines()[-1]).read_text())
+    assert report["ece_bins"] == 14 and "calibrated" not in report["ensemble"]
+    assert report["data"]["calibration_split"] is None
+    assert len(report["reliability"]["member_1"]["counts"]) == 14
+    markdown = (run_dir / "eval" / "report.md").read_text()
+    assert "14 equal-width bins (the official FreeTickets binning" in markdown
+    assert main(argv) == 0  # default: the bundled data's 'val' split
+    report = json.loads(Path(capsys.readouterr().out.strip().splitlines()[-1]).read_text())
+    assert report["data"]["calibration_split"] == "val" and report["num_val_samples"] == 500
+    assert report["ensemble"]["calibrated"]["temperature"] > 0

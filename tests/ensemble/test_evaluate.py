@@ -129,3 +129,85 @@ def test_incompatible_members(tmp_path: Path) -> None:
         evaluate_tickets(
             [load_ticket(p) for p in paths], layout, root, lambda: image_batches(4, 4, 0), NORM
         )
+
+
+def test_calibration_sizes_cost_and_ood_figures(run_dir: Path, tmp_path: Path) -> None:
+    """Temperatures come from the validation split; the size curve and cost are exact."""
+    paths, layout = find_tickets(run_dir)
+    tickets = [load_ticket(p) for p in paths]
+    test_batches = image_batches(40, 16, seed=11)
+    val_batches = image_batches(30, 16, seed=12)
+    report = evaluate_tickets(
+        tickets,
+        layout,
+        run_dir,
+        lambda: test_batches,
+        NORM,
+        val_source=lambda: val_batches,
+        ood_sources={"ood": lambda: image_batches(12, 8, seed=2)},
+    )
+    models = [build_member(t) for t in tickets]
+    test, val = predict(models, test_batches, NORM), predict(models, val_batches, NORM)
+    val_ensemble = metrics.ensemble_log_probs(val.member_log_probs)
+    test_ensemble = metrics.ensemble_log_probs(test.member_log_probs)
+    temperature = metrics.fit_temperature(val_ensemble, val.targets)
+    calibrated = report["ensemble"]["calibrated"]
+    assert calibrated["temperature"] == pytest.approx(temperature)
+    assert calibrated == pytest.approx(
+        metrics.calibrated_metrics(test_ensemble, test.targets, temperature), rel=1e-6
+    )
+    member_t = metrics.fit_temperature(val.member_log_probs[2], val.targets)
+    assert report["members"][2]["calibrated"]["temperature"] == pytest.approx(member_t)
+    assert report["num_val_samples"] == 30 and report["ece_bins"] == 15
+    # Sizes: 1 = the mean of the members' figures, M = the ensemble itself.
+    sizes = report["ensemble_sizes"]
+    assert [(p["size"], p["subsets"]) for p in sizes] == [(1, 3), (2, 3), (3, 1)]
+    mean_nll = sum(m["test"]["nll"] for m in report["members"]) / 3
+    assert sizes[0]["nll"] == pytest.approx(mean_nll)
+    assert sizes[2]["nll"] == pytest.approx(report["ensemble"]["test"]["nll"])
+    assert sizes[2]["calibrated_nll"] == pytest.approx(calibrated["nll"])
+    pair = metrics.ensemble_log_probs(test.member_log_probs[[0, 2]]).exp()
+    assert sizes[1]["accuracy"] == pytest.approx(
+        sum(
+            metrics.accuracy(
+                metrics.ensemble_log_probs(test.member_log_probs[list(s)]).exp(), test.targets
+            )
+            for s in ((0, 1), (0, 2), (1, 2))
+        )
+        / 3  # fmt: skip
+    )
+    assert pair.shape == (40, 4)
+    # Cost: parameters of the built model, active = all minus the masked-off weights.
+    cost = report["cost"]
+    dense = sum(p.numel() for p in models[0].parameters())
+    off = sum(int((~mask).sum()) for mask in tickets[0].masks.values())
+    assert cost["dense_parameters"] == dense and cost["active_parameters"][0] == dense - off
+    assert cost["ensemble_active_parameters"] == sum(cost["active_parameters"])
+    assert cost["inference_images_per_s"] > 0
+    # OoD: AUROC, AUPR-in, AUPR-out and FPR95 by both scores, for every row.
+    for row in [*report["members"], report["ensemble"]]:
+        keys = {f"{k}_{s}" for k in ("auroc", "aupr_in", "aupr_out", "fpr95")
+                for s in ("max_prob", "entropy")}  # fmt: skip
+        assert set(row["ood"]) == keys
+    written = write_report(report, tmp_path / "out")
+    markdown = written["markdown"].read_text()
+    assert "| T | calibrated NLL | calibrated ECE |" in markdown
+    assert "## Ensemble size" in markdown and "## Parameters and throughput" in markdown
+    flat = summary_metrics(report)
+    assert flat["ensemble/calibrated_nll"] == pytest.approx(calibrated["nll"])
+    assert flat["ensemble/fpr95_entropy"] == report["ensemble"]["ood"]["fpr95_entropy"]
+
+
+def test_official_ece_bins_reach_every_table(run_dir: Path) -> None:
+    paths, layout = find_tickets(run_dir)
+    tickets = [load_ticket(p) for p in paths]
+    batches = image_batches(25, 8, seed=4)
+    report = evaluate_tickets(
+        tickets, layout, run_dir, lambda: batches, NORM, num_bins=metrics.OFFICIAL_ECE_BINS
+    )
+    models = [build_member(t) for t in tickets]
+    probs = metrics.ensemble_probs(predict(models, batches, NORM).member_probs)
+    targets = torch.cat([b[1] for b in batches])
+    assert report["ece_bins"] == 14 and len(report["reliability"]["ensemble"]["counts"]) == 14
+    assert report["ensemble"]["test"]["ece"] == pytest.approx(metrics.ece(probs, targets, 14))
+    assert "calibrated" not in report["ensemble"]  # no validation split given

@@ -106,3 +106,43 @@ def test_gaussian_noise_ood_set_is_the_papers() -> None:
     assert torch.equal(images, torch.cat([b for b, _ in data.source()]))  # seeded
     with pytest.raises(ValueError, match=">= 1 sample"):
         gaussian_noise_data(0, (1, 4, 4), NORM)
+
+
+def test_mean_is_uncertainty_baselines_order_and_calibrated_cells(run_dir: Path) -> None:
+    """cA/cNLL/cECE: per severity the mean over corruptions, then over severities; the
+    calibrated tables are the metrics of softmax(log p / T) with the given temperatures."""
+    models = _models(run_dir)
+    data = {
+        ("fog", 1): image_batches(10, 4, seed=1),
+        ("snow", 1): image_batches(8, 4, seed=2),
+        ("fog", 2): image_batches(6, 4, seed=3),
+    }
+    cells = tuple(CorruptionCell(n, s, lambda b=batches: b) for (n, s), batches in data.items())
+    temperatures = [0.5, 1.0, 2.0, 1.5]  # three members, then the ensemble
+    result = corruption_metrics(
+        models, CorruptionBenchmark("test", cells), NORM, temperatures=temperatures
+    )
+    table = result["ensemble"]
+    fog1, snow1, fog2 = table["fog"]["1"], table["snow"]["1"], table["fog"]["2"]
+    for key in ("accuracy", "nll", "ece"):
+        severity_1 = (fog1[key] + snow1[key]) / 2
+        assert result["by_severity"]["ensemble"]["1"][key] == pytest.approx(severity_1)
+        assert result["mean"]["ensemble"][key] == pytest.approx((severity_1 + fog2[key]) / 2)
+    calibrated = result["calibrated"]
+    assert calibrated["temperatures"] == temperatures
+    preds = predict(models, data["snow", 1], NORM)
+    log_probs = metrics.ensemble_log_probs(preds.member_log_probs)
+    expected = metrics.classification_metrics(
+        metrics.temperature_scale(log_probs, 1.5), preds.targets
+    )
+    assert calibrated["ensemble"]["snow"]["1"] == pytest.approx(expected, rel=1e-6)
+    member_2 = metrics.classification_metrics(
+        metrics.temperature_scale(preds.member_log_probs[1], 1.0), preds.targets
+    )
+    assert calibrated["members"][1]["snow"]["1"] == pytest.approx(member_2, rel=1e-6)
+    assert calibrated["pooled"]["num_samples"] == 24
+    # Accuracy does not depend on a temperature.
+    assert calibrated["mean"]["ensemble"]["accuracy"] == pytest.approx(
+        result["mean"]["ensemble"]["accuracy"]
+    )
+    assert "calibrated" not in corruption_metrics(models, CorruptionBenchmark("t", cells), NORM)
