@@ -99,6 +99,13 @@ def _add_imagefolder(sources: argparse._SubParsersAction) -> None:
         "from the images: mode, native size, this split's mean/std)",
     )
     parser.add_argument("--workers", type=int, default=1, help="processes decoding images")
+    parser.add_argument(
+        "--max-pixels",
+        type=int,
+        default=50_000_000,
+        help="refuse images with more pixels, before decoding (default: 50000000; a "
+        "144-megapixel PNG takes ~2 GB to decode)",
+    )
     parser.add_argument("--overwrite", action="store_true", help="replace an existing split")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.set_defaults(func=_run_imagefolder)
@@ -188,6 +195,8 @@ def _run_imagefolder(args: argparse.Namespace) -> int:
 
     if args.workers < 1:
         raise ValueError(f"--workers must be >= 1, got {args.workers}")
+    if args.max_pixels < 1:
+        raise ValueError(f"--max-pixels must be >= 1, got {args.max_pixels}")
     job = ImageFolderJob(
         src=args.src,
         out=args.out,
@@ -202,6 +211,7 @@ def _run_imagefolder(args: argparse.Namespace) -> int:
         workers=args.workers,
         overwrite=args.overwrite,
         progress=not args.no_progress,
+        max_pixels=args.max_pixels,
     )
     content = write_imagefolder(job)
     _print_summary(args.out, {args.split: content})

@@ -18,6 +18,7 @@ in the middle of a training run; the original bytes are stored as they are.
 from __future__ import annotations
 
 import csv
+import functools
 import io
 import logging
 import random
@@ -37,6 +38,9 @@ from ft_dist.data.shards import (
 )
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".ppm"}
+# Larger images are refused before decoding (--max-pixels raises it): a 144-megapixel PNG
+# takes ~2 GB to decode, and no recipe trains on more than a few megapixels.
+MAX_PIXELS = 50_000_000
 log = logging.getLogger(__name__)
 
 
@@ -57,6 +61,7 @@ class ImageFolderJob:
     workers: int = 1
     overwrite: bool = False
     progress: bool = True
+    max_pixels: int = MAX_PIXELS
 
 
 def write_imagefolder(job: ImageFolderJob) -> dict[str, Any]:
@@ -147,7 +152,24 @@ def _scan_tree(
     others = [path for path, _ in files if path.suffix.lower() not in IMAGE_SUFFIXES]
     if not items:
         raise ValueError(f"--src {src} holds no images ({sorted(IMAGE_SUFFIXES)})")
+    _report_empty_classes(src, folders, {label for _, label in items}, index)
     return classes, items, others
+
+
+def _report_empty_classes(
+    src: Path, folders: list[str], labels: set[int], index: dict[str, int]
+) -> None:
+    """A class folder without images becomes a class no sample has: say so."""
+    empty = [name for name in folders if index[name] not in labels]
+    if empty:
+        more = f" and {len(empty) - 5} more" if len(empty) > 5 else ""
+        log.warning(
+            "class folder(s) %s under %s hold no images: they stay in the class list (so "
+            "label numbers match the folders) but no sample has them; add their images, or "
+            "remove the folders to drop the classes",
+            ", ".join(empty[:5]) + more,
+            src,
+        )
 
 
 def _scan_flat(
@@ -246,16 +268,20 @@ def _checked_images(items: list, job: ImageFolderJob, stats: SplitStats) -> Iter
         # fork: children need only PIL; spawn would re-import the CLI (and torch) in each.
         methods = multiprocessing.get_all_start_methods()
         context = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
+        load = functools.partial(load_image, max_pixels=job.max_pixels)
         with context.Pool(job.workers) as pool:
-            yield from _collect(pool.imap(load_image, items, chunksize=32), job, stats, bar)
+            yield from _collect(pool.imap(load, items, chunksize=32), job, stats, bar)
     else:
-        yield from _collect(map(load_image, items), job, stats, bar)
+        load = functools.partial(load_image, max_pixels=job.max_pixels)
+        yield from _collect(map(load, items), job, stats, bar)
     bar.close()
 
 
 def _collect(results, job: ImageFolderJob, stats: SplitStats, bar) -> Iterator[EncodedImage]:
     for result in results:
         bar.update(1)
+        if isinstance(result, TooLarge):  # not corrupt: --skip-corrupt does not hide it
+            raise ValueError(result)
         if isinstance(result, str):
             if not job.skip_corrupt:
                 raise ValueError(
@@ -266,14 +292,31 @@ def _collect(results, job: ImageFolderJob, stats: SplitStats, bar) -> Iterator[E
         yield result
 
 
-def load_image(item: tuple[Path, int]) -> EncodedImage | str:
-    """Read one file and decode it fully; a string names the file and the problem."""
+class TooLarge(str):
+    """load_image's answer for an image above the pixel limit (a one-line message)."""
+
+
+def load_image(item: tuple[Path, int], max_pixels: int = MAX_PIXELS) -> EncodedImage | str:
+    """Read one file and decode it fully; a string names the file and the problem.
+
+    Images above ``max_pixels`` are refused from their header, before decoding (PIL's own
+    decompression-bomb limit is replaced by this one, whose message names the flag).
+    """
     from PIL import Image
 
     path, label = item
     data = path.read_bytes()
+    previous, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
     try:
         with Image.open(io.BytesIO(data)) as image:
+            pixels = image.width * image.height
+            if pixels > max_pixels:
+                return TooLarge(
+                    f"{path} is {image.width}x{image.height} = {pixels / 1e6:.0f} megapixels, "
+                    f"above --max-pixels {max_pixels} (decoding it takes ~"
+                    f"{pixels * len(image.getbands()) * 4 / 1e9:.1f} GB); downscale it, or "
+                    "raise --max-pixels to accept it"
+                )
             image.load()
             ext = FORMAT_EXTENSIONS.get(image.format or "")
             if ext is None:
@@ -283,3 +326,5 @@ def load_image(item: tuple[Path, int]) -> EncodedImage | str:
             return EncodedImage(ext, data, label, image.width, image.height, image.mode, moments)
     except Exception as error:  # PIL raises OSError, SyntaxError, ValueError, ...
         return f"{path} ({type(error).__name__}: {error})"
+    finally:
+        Image.MAX_IMAGE_PIXELS = previous
