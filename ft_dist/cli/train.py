@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 from pathlib import Path
 
@@ -68,6 +69,7 @@ def handle(args: argparse.Namespace) -> int:
     from ft_dist.config import load_config
 
     cfg = load_config(args.config, args.overrides)
+    interrupted = False
 
     import ray
 
@@ -91,9 +93,61 @@ def handle(args: argparse.Namespace) -> int:
     except ClusterBusyError as error:
         print(f"ft-dist train: error: {error}", file=sys.stderr)
         return 1
+    except (KeyboardInterrupt, SystemExit) as stop:
+        # Ray Train's own Ctrl-C handler aborts the run and ends it with sys.exit(0).
+        if isinstance(stop, SystemExit) and stop.code not in (0, None):
+            raise
+        interrupted = True
     finally:
         if ray.is_initialized():
             ray.shutdown()
+    if interrupted:  # last, after Ray's own lines
+        print(stopped_line(cfg, args), file=sys.stderr, flush=True)
+        return 130  # the shell's code for a run ended by SIGINT
+    return 1
+
+
+def stopped_line(cfg, args: argparse.Namespace) -> str:
+    """Where an interrupted run stopped (its newest checkpoint) and the command that
+    resumes it: the same command (the run name finds the checkpoints)."""
+    from ft_dist.layout import run_dir
+    from ft_dist.train.methods import ensemble_method
+    from ft_dist.train.session import latest_complete_checkpoint
+
+    command = ["ft-dist", "train", args.config, *args.overrides]
+    if args.group:
+        command += ["--group", args.group]
+    resume = shlex.join(command)
+    if ensemble_method(cfg.ensemble.method).separate_runs:
+        return (
+            "ft-dist train: stopped by Ctrl-C; each member keeps its newest checkpoint under "
+            f"{run_dir(cfg.train)}; resume with: {resume}"
+        )
+    newest = latest_complete_checkpoint(run_dir(cfg.train))
+    if newest is None:
+        return (
+            f"ft-dist train: stopped by Ctrl-C before the first checkpoint of "
+            f"{run_dir(cfg.train)}; start again with: {resume}"
+        )
+    return (
+        f"ft-dist train: stopped by Ctrl-C at {checkpoint_position(Path(newest))} (checkpoint "
+        f"{newest}); resume with: {resume}"
+    )
+
+
+def checkpoint_position(path: Path) -> str:
+    """The step of a checkpoint, from its meta.json: "step 40 of 64 (2.50 of 4 epochs
+    done)"; checkpoints of older versions name the step only."""
+    try:
+        meta = json.loads((path / "meta.json").read_text())
+    except (OSError, ValueError):
+        meta = {}
+    step = meta.get("step", path.name.lstrip("0") or "0")
+    total = f" of {meta['total_steps']}" if "total_steps" in meta else ""
+    done = ""
+    if "epochs_done" in meta and "num_epochs" in meta:
+        done = f" ({meta['epochs_done']:.2f} of {meta['num_epochs']} epochs done)"
+    return f"step {step}{total}{done}"
 
 
 def train_member(cfg, group: str | None) -> int:

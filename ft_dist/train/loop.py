@@ -27,7 +27,7 @@ import torch
 import torch.distributed as dist
 
 from ft_dist.config import RunConfig, save_config
-from ft_dist.layout import CONFIG_FILE, SUMMARY_FILE, checkpoints_dir
+from ft_dist.layout import CONFIG_FILE, SUMMARY_FILE, checkpoints_dir, ticket_relpath
 from ft_dist.sparse.scores import growth_criterion
 from ft_dist.train.finite import check_loss, check_weights
 from ft_dist.train.optim import learning_rate
@@ -204,7 +204,7 @@ def finish(ctx: Context) -> dict[str, Any]:
         "images_per_s": state.images_seen / max(state.train_seconds, 1e-9),
         "train_flops": ctx.flops_per_example * state.images_seen,
         "train_flops_per_example": ctx.flops_per_example,
-        "tickets": [f"tickets/ticket_{n:02d}.pt" for n in ctx.tickets.written],
+        "tickets": [ticket_relpath(n) for n in ctx.tickets.written],
         "metrics": metrics,
         **_sparse_totals(strategy),
     }
@@ -226,10 +226,16 @@ def checkpoint_states(ctx: Context) -> TrainStates:
 
 def save(ctx: Context) -> str:
     """Write a checkpoint of everything that changes training (collective: every rank)."""
+    state = ctx.state
+    position = {  # for people and `ft-dist train`'s stop line, not checked on resume
+        "epochs_done": state.epoch + state.step_in_epoch / ctx.steps_per_epoch,
+        "num_epochs": ctx.num_epochs,
+        "total_steps": ctx.steps_per_epoch * ctx.num_epochs,
+    }
     path = checkpoint_states(ctx).save(
         checkpoints_dir(ctx.run),
         ctx.state.global_step,
-        run_meta(ctx),
+        {**run_meta(ctx), **position},
         rank=ctx.session.rank,
         keep=ctx.cfg.train.keep_checkpoints,
     )
