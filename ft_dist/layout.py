@@ -7,6 +7,7 @@ RUN_DIR/config.yaml                 resolved config (written once a resume is ac
 RUN_DIR/summary.json                final metrics, images/s, training FLOPs
 RUN_DIR/checkpoints/<step>/         atomic: written to a temp dir, then renamed
 RUN_DIR/tickets/ticket_<m>.pt       m = 01..M, never overwritten
+RUN_DIR/eval/                       `ft-dist evaluate` report (report.json, report.md, plots)
 EXP_DIR/members/member_<i>/         DST Ensemble: one RUN_DIR per member i = 1..M
 """
 
@@ -22,6 +23,7 @@ TICKETS_DIR = "tickets"
 TICKET_GLOB = "ticket_*.pt"
 MEMBERS_DIR = "members"
 MEMBER_PREFIX = "member_"
+EVAL_DIR = "eval"
 
 
 def run_dir(cfg: Any) -> Path:
@@ -37,11 +39,15 @@ def tickets_dir(run: Path) -> Path:
     return Path(run) / TICKETS_DIR
 
 
-def ticket_path(run: Path, member: int) -> Path:
-    """tickets/ticket_<m>.pt with m zero-padded to 2 digits (m = 1..M)."""
+def ticket_relpath(member: int) -> str:
+    """tickets/ticket_<m>.pt relative to RUN_DIR, m zero-padded to 2 digits (m = 1..M)."""
     if member < 1:
         raise ValueError(f"ticket numbers start at 1, got {member}")
-    return tickets_dir(run) / f"ticket_{member:02d}.pt"
+    return f"{TICKETS_DIR}/ticket_{member:02d}.pt"
+
+
+def ticket_path(run: Path, member: int) -> Path:
+    return Path(run) / ticket_relpath(member)
 
 
 def run_tickets(run: Path) -> list[Path]:
@@ -60,6 +66,16 @@ def member_name(member: int) -> str:
 def member_dir(exp_dir: Path, member: int) -> Path:
     """The RUN_DIR of DST Ensemble member ``member`` (1..M)."""
     return members_dir(exp_dir) / member_name(member)
+
+
+def member_summaries(exp_dir: Path) -> list[Path]:
+    """EXP_DIR/members/member_<i>/summary.json of the members that have one."""
+    return sorted(members_dir(exp_dir).glob(f"{MEMBER_PREFIX}*/{SUMMARY_FILE}"))
+
+
+def eval_dir(run: Path) -> Path:
+    """Where `ft-dist evaluate` writes its report by default."""
+    return Path(run) / EVAL_DIR
 
 
 def member_number(path: Path) -> int | None:

@@ -91,10 +91,6 @@ def check_eval_split(root: str, key: str, split: str) -> None:
 def check_model(cfg: RunConfig, info: Any) -> Any:
     """The model builds for the data's shape (on the meta device: no memory, no time);
     returns that meta-device model."""
-    import torch
-
-    from ft_dist.models import build_model_from_config
-
     model = cfg.model
     if model.num_classes is not None and model.num_classes < info.num_classes:
         raise ValueError(
@@ -109,8 +105,50 @@ def check_model(cfg: RunConfig, info: Any) -> Any:
     resolved = model.resolved(
         num_classes=info.num_classes, in_channels=info.in_channels, image_size=info.image_size
     )
+    return check_model_builds(resolved, cfg.sparsity)
+
+
+def check_model_builds(model: Any, sparsity: Any) -> Any:
+    """The model's name resolves (timm name, module, file, callable), it builds, a tiny batch
+    gives one logit per class, and the sparsity rule selects something to sparsify. Runs on
+    the meta device (no weights are allocated); returns that meta-device model."""
+    import torch
+
+    from ft_dist.models import build_model_from_config, verify_model_name
+    from ft_dist.sparse.allocation import maskable_parameters
+
+    verify_model_name(model.name)
     with torch.device("meta"):
-        return build_model_from_config(resolved)
+        network = build_model_from_config(model)
+        batch = torch.zeros(2, model.in_channels, model.image_size, model.image_size)
+        try:
+            output = network.eval()(batch)
+        except Exception as error:  # noqa: BLE001 - any failure here is the model's
+            first = (str(error).splitlines() or [""])[0][:200]
+            raise ValueError(
+                f"model.name={model.name}: a batch of 2 x {model.in_channels} x "
+                f"{model.image_size} x {model.image_size} images fails in forward "
+                f"({type(error).__name__}: {first}); check model.kwargs (e.g. patch_size must "
+                "divide the image size) or the data recipe"
+            ) from None
+    if not torch.is_tensor(output) or tuple(output.shape) != (2, model.num_classes):
+        shape = tuple(output.shape) if torch.is_tensor(output) else type(output).__name__
+        raise ValueError(
+            f"model.name={model.name}: outputs {shape} for a batch of 2, not (2, "
+            f"{model.num_classes}) logits for the dataset's {model.num_classes} classes; "
+            "build the classifier with num_classes"
+        )
+    if sparsity.density < 1.0:
+        chosen = maskable_parameters(
+            network, sparsity.dense_layers, sparsity.include, sparsity.exclude
+        )
+        if not chosen:
+            raise ValueError(
+                f"model.name={model.name}: nothing to sparsify (the sparsity rule leaves no "
+                "Conv/Linear or attention weight); add weights with sparsity.include "
+                "patterns, or set sparsity.density=1.0 for a dense run"
+            )
+    return network
 
 
 def check_writable(cfg: RunConfig) -> None:

@@ -7,12 +7,16 @@ import hashlib
 import os
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch.distributed as dist
+if TYPE_CHECKING:  # torch is imported when a distributed check runs, not by file helpers
+    import torch.distributed as dist
 
 
 def is_distributed(group: dist.ProcessGroup | None = None) -> bool:
     """True inside an initialised process group of more than one rank."""
+    import torch.distributed as dist
+
     return dist.is_available() and dist.is_initialized() and dist.get_world_size(group) > 1
 
 

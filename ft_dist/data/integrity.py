@@ -38,6 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ft_dist.data.manifest import Manifest, ShardInfo, local_path
+from ft_dist.utils import write_text_atomic
 
 STAMP_NAME = ".ft_dist_verified.json"
 STAMP_FORMAT = "ft_dist.verified/1"
@@ -180,10 +181,8 @@ def read_stamp(path: Path) -> dict[str, dict]:
 def write_stamp(path: Path, entries: dict[str, dict]) -> None:
     """Atomic write; a stamp that cannot be written only costs a re-hash next time."""
     content = json.dumps({"format": STAMP_FORMAT, "shards": entries}, indent=0) + "\n"
-    partial = path.with_name(f"{path.name}.{os.getpid()}.partial")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        partial.write_text(content)
-        os.replace(partial, path)
+        write_text_atomic(path, content)
     except OSError:
-        partial.unlink(missing_ok=True)
+        pass

@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ft_dist.utils import write_text_atomic
+
 MANIFEST_NAME = "manifest.json"
 MANIFEST_FORMAT = "ft_dist.shards/1"
 _URL_SCHEME = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")
@@ -229,8 +231,4 @@ def file_sha256(path: Path) -> str:
 def write_manifest(split_dir: Path, content: dict[str, Any]) -> Path:
     """Write ``manifest.json`` atomically (readers never see half a manifest)."""
     content = {"format": MANIFEST_FORMAT, **content}
-    path = split_dir / MANIFEST_NAME
-    tmp = split_dir / f".{MANIFEST_NAME}.tmp"
-    tmp.write_text(json.dumps(content, indent=1) + "\n")
-    os.replace(tmp, path)
-    return path
+    return write_text_atomic(split_dir / MANIFEST_NAME, json.dumps(content, indent=1) + "\n")

@@ -15,6 +15,7 @@ from __future__ import annotations
 import difflib
 import hashlib
 import importlib
+import inspect
 import sys
 import types
 from collections.abc import Callable
@@ -174,9 +175,16 @@ def build_user(
     **kwargs,
 ) -> nn.Module:
     builder = load_builder(spec, source)
-    model = builder(
-        num_classes=num_classes, in_channels=in_channels, image_size=image_size, **kwargs
-    )
+    keywords = {"num_classes": num_classes, "in_channels": in_channels, "image_size": image_size}
+    try:
+        inspect.signature(builder).bind(**keywords, **kwargs)
+    except TypeError as error:
+        raise ValueError(
+            f"model.name={spec}: the builder cannot be called with "
+            f"{', '.join([*keywords, *kwargs])} ({error}); define it as "
+            "def build(num_classes, in_channels, image_size, **kwargs)"
+        ) from None
+    model = builder(**keywords, **kwargs)
     if not isinstance(model, nn.Module):
         raise ValueError(
             f"model.name={spec}: the builder returned {type(model).__name__}, not a torch "

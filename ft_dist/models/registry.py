@@ -151,7 +151,8 @@ def build_model(
     try:
         return family.build(name, num_classes, in_channels, image_size, **extra)
     except TypeError as error:
-        if "unexpected keyword argument" in str(error) and kwargs:
+        text = str(error)
+        if kwargs and ("unexpected keyword argument" in text or "multiple values" in text):
             raise ValueError(
                 f"model.kwargs {sorted(kwargs)}: {name} does not take one of them ({error})"
             ) from None
