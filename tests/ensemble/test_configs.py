@@ -17,6 +17,8 @@ CONFIGS = Path(__file__).resolve().parents[2] / "configs"
         ("demo_edst.yaml", "edst", 3, 9, "small-cnn"),
         ("cifar100_edst.yaml", "edst", 3, 450, "wrn-28-10"),
         ("cifar100_pdst.yaml", "pdst", 3, 250, "wrn-28-10"),
+        ("cifar10_edst.yaml", "edst", 3, 450, "wrn-28-10"),
+        ("cifar10_pdst.yaml", "pdst", 3, 250, "wrn-28-10"),
         ("imagenet_edst.yaml", "edst", 4, 310, "resnet50"),
         ("imagenet_pdst.yaml", "pdst", 4, 100, "resnet50"),
     ],
@@ -52,7 +54,48 @@ def test_published_cifar_and_imagenet_settings() -> None:
     assert pdst.data.recipe == "cifar100"
 
 
+@pytest.mark.parametrize("dataset", ["cifar10", "cifar100"])
+def test_cifar10_configs_are_the_cifar100_ones_on_cifar10(dataset: str) -> None:
+    """The paper's CIFAR-10 table uses the same commands (README: --data cifar10): only the
+    data, the recipe (CIFAR-10 statistics, reflect padding), classes and names differ."""
+    from ft_dist.config import config_to_dict
+
+    for method in ("edst", "pdst"):
+        ours = config_to_dict(load_config(CONFIGS / f"{dataset}_{method}.yaml"))
+        other = config_to_dict(load_config(CONFIGS / f"cifar100_{method}.yaml"))
+        expected_recipe = {"cifar10": "cifar", "cifar100": "cifar100"}[dataset]
+        assert ours["data"]["recipe"] == expected_recipe
+        assert ours["model"]["num_classes"] == {"cifar10": 10, "cifar100": 100}[dataset]
+        assert ours["data"]["root"] == f"data/{dataset}"
+        for section in ("sparsity", "optim", "ensemble", "ray"):
+            assert ours[section] == other[section], section
+        assert ours["train"] | {"run_name": None} == other["train"] | {"run_name": None}
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in CONFIGS.glob("cifar*.yaml")))
+def test_cifar_configs_point_to_the_cifar_shard_writer(name: str) -> None:
+    text = (CONFIGS / name).read_text()
+    assert "ft-dist shards cifar --src cifar-" in text and "shards imagefolder" not in text
+    assert f"ft-dist flops --config configs/{name}" in text
+
+
 @pytest.mark.parametrize("name", ["demo_dst.yaml", "demo_edst.yaml"])
 def test_demos_set_their_own_update_interval(name: str) -> None:
     # The library default ΔT (1000, the paper's) must not change the small demos.
     assert load_config(CONFIGS / name).sparsity.update_every_steps == 25
+
+
+@pytest.mark.parametrize(("method", "relative"), [("edst", 0.61), ("pdst", 1.0)])
+def test_cifar10_configs_priced_by_flops_config(method: str, relative: float, capsys) -> None:
+    """`ft-dist flops --config configs/cifar10_*.yaml` prices the paper's CIFAR-10 runs:
+    WRN-28-10 with 10 classes, ERK d = 0.2 (f_S/f_D = 0.340), EDST 0.612x and the DST
+    Ensemble 1.019x the training FLOPs of one 250-epoch dense run (SPEC §8)."""
+    import json
+
+    from ft_dist.cli import main
+
+    assert main(["flops", "--config", str(CONFIGS / f"cifar10_{method}.yaml"), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert (result["settings"]["model"], result["settings"]["num_classes"]) == ("wrn-28-10", 10)
+    assert result["forward_flops_ratio"] == pytest.approx(0.34, abs=0.005)
+    assert result["run"]["train_relative"] == pytest.approx(relative, abs=0.03)
