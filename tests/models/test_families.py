@@ -24,7 +24,7 @@ from ft_dist.sparse.allocation import active_counts, layer_densities, maskable_p
 from ft_dist.sparse.flops import allocated_flops_report
 from ft_dist.train.loop import train
 from ft_dist.train.session import LocalSession
-from tests.train.conftest import NullTracker, tiny_config, tiny_mnist  # noqa: F401 (fixture)
+from tests.train.conftest import NullTracker, tiny_config
 
 BUILDER = Path(__file__).with_name("attention_builder.py")
 SMALL_VIT = {"patch_size": 7, "depth": 1, "embed_dim": 48, "num_heads": 3}
