@@ -31,6 +31,7 @@ from __future__ import annotations
 import gc
 import os
 import shutil
+import socket
 import sys
 import tempfile
 from collections.abc import Callable
@@ -312,7 +313,43 @@ def connect(address: str | None, log_to_driver: bool = True) -> None:
             "`launch/submit.sh CONFIG ...` (ray job submit), or set ray.address / RAY_ADDRESS "
             "to the cluster's GCS address (host:port, e.g. 127.0.0.1:6379)"
         )
-    ray.init(address=address, log_to_driver=log_to_driver)
+    if address:
+        ray.init(address=address, log_to_driver=log_to_driver)
+        where = f"joined the Ray cluster at {address}"
+    else:
+        where = start_local_cluster(log_to_driver)
+    print(f"ft-dist: {where}", file=sys.stderr, flush=True)
+
+
+def start_local_cluster(log_to_driver: bool = True) -> str:
+    """Start a new local Ray cluster, never joining another one on this machine; returns
+    what was started, for the user.
+
+    Without an address `ray.init()` joins the last cluster `ray start` left here, and one
+    it starts itself is found by Ray Train's placement-group cleaner actor through the
+    state API, which looks for "the" local cluster and fails with "Found multiple active
+    Ray instances" when another runs. So: address="local" (always a new cluster), and its
+    dashboard (the state API server) on a port picked here, named to every process of
+    this job through RAY_API_SERVER_ADDRESS, which the state API reads first.
+    """
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    api_server = f"http://127.0.0.1:{port}"
+    context = ray.init(
+        address="local",
+        log_to_driver=log_to_driver,
+        include_dashboard=True,
+        dashboard_host="127.0.0.1",
+        dashboard_port=port,
+        runtime_env={"env_vars": {"RAY_API_SERVER_ADDRESS": api_server}},
+    )
+    gcs = ray.get_runtime_context().gcs_address
+    dashboard = context.dashboard_url or api_server
+    return (
+        f"started a local Ray cluster (GCS {gcs}, dashboard {dashboard}); set ray.address "
+        "or RAY_ADDRESS to join another one instead"
+    )
 
 
 def fit(cfg: Any, loop: LoopFn | None = None, *, group: str | None = None) -> Path:
