@@ -17,8 +17,10 @@ import argparse
 import json
 import statistics
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
+
+from ft_dist.sparse.scores import DROP_SCORES, GROWTH_SCORES
 
 
 @dataclass(frozen=True)
@@ -30,6 +32,9 @@ class StepSetup:
     density: float = 0.2
     sparse_init: str = "erk"
     growth: str = "gradient"
+    drop: str = "magnitude"
+    model_kwargs: dict = field(default_factory=dict)
+    optimizer: str = "sgd"
     num_classes: int = 10
     image_size: int = 32
     in_channels: int = 3
@@ -57,7 +62,18 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--density", type=float, default=0.2)
     parser.add_argument("--sparse-init", default="erk", choices=["erk", "er", "uniform"])
-    parser.add_argument("--growth", default="gradient", choices=["gradient", "random", "momentum"])
+    parser.add_argument("--growth", default="gradient", choices=sorted(GROWTH_SCORES))
+    parser.add_argument("--drop", default="magnitude", choices=sorted(DROP_SCORES))
+    parser.add_argument(
+        "--model-kwargs",
+        type=_mapping,
+        default={},
+        metavar="YAML",
+        help="builder keywords, e.g. '{patch_size: 7, depth: 4}' for a timm ViT",
+    )
+    parser.add_argument(
+        "--optimizer", default="sgd", choices=["sgd", "adamw"], help="default: %(default)s"
+    )
     parser.add_argument("--num-classes", type=int, default=10)
     parser.add_argument("--image-size", type=int, default=32)
     parser.add_argument("--in-channels", type=int, default=3)
@@ -72,6 +88,17 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.set_defaults(func=run)
+
+
+def _mapping(text: str) -> dict:
+    import yaml
+
+    value = yaml.safe_load(text)
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(
+            f"expected a YAML mapping such as '{{depth: 4}}', got {text!r}"
+        )
+    return value
 
 
 def run(args: argparse.Namespace) -> int:
@@ -120,11 +147,16 @@ def _build(setup: StepSetup, device, sparse: bool) -> _Trainer:
     from ft_dist.sparse import DynamicSparsity, SparsityConfig
 
     torch.manual_seed(0)
-    model = build_model(setup.model, setup.num_classes, setup.in_channels, setup.image_size)
+    model = build_model(
+        setup.model, setup.num_classes, setup.in_channels, setup.image_size, setup.model_kwargs
+    )
     model = model.to(device)
     if setup.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
+    if setup.optimizer == "adamw":
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.05)
+    else:
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
     sparsity = None
     if sparse:
         # Regular updates are pushed past the timed window: step times are pure training
@@ -133,6 +165,7 @@ def _build(setup: StepSetup, device, sparse: bool) -> _Trainer:
             density=setup.density,
             sparse_init=setup.sparse_init,
             growth=setup.growth,
+            drop=setup.drop,
             update_every_steps=10**9,
         )
         sparsity = DynamicSparsity(model, optimizer, config)

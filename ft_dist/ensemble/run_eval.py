@@ -29,7 +29,7 @@ from ft_dist.ensemble.metrics import NUM_ECE_BINS, OFFICIAL_ECE_BINS
 from ft_dist.ensemble.report import summary_metrics, write_report
 from ft_dist.ensemble.robustness import CorruptionBenchmark, CorruptionCell
 from ft_dist.ensemble.tickets import find_tickets, load_ticket
-from ft_dist.layout import CONFIG_FILE, MEMBER_PREFIX, members_dir
+from ft_dist.layout import CONFIG_FILE, MEMBER_PREFIX, eval_dir, members_dir
 
 ALL_SEVERITIES = (1, 2, 3, 4, 5)
 
@@ -139,7 +139,7 @@ def evaluate_run(path: str | Path, options: EvalOptions) -> dict[str, Path]:
         "ood": list(options.ood_specs) or None,
         "corruptions_from": options.corruptions_from,
     }
-    out_dir = Path(options.out_dir) if options.out_dir else root / "eval"
+    out_dir = Path(options.out_dir) if options.out_dir else eval_dir(root)
     written = write_report(report, out_dir)
     if options.track:
         _log_to_tracker(raw, root, report, written)

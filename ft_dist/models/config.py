@@ -62,7 +62,11 @@ def with_builder_source(cfg: ModelConfig, base: Path) -> ModelConfig:
     spec = split_spec(cfg.name)
     if spec is None or not is_file_spec(spec[0]):
         return cfg
-    path = (Path(base) / Path(spec[0]).expanduser()).resolve()
+    # `base`: where the user ran ft-dist (FT_DIST_BASE_DIR under `ray job submit`); else the
+    # job's unpacked working dir, the current directory of a submitted driver.
+    given = Path(spec[0]).expanduser()
+    candidates = [(Path(root) / given).resolve() for root in (base, Path.cwd())]
+    path = next((c for c in candidates if c.is_file()), candidates[0])
     return cfg.model_copy(
         update={"name": f"{path}:{spec[1]}", "source": read_builder_file(str(path))}
     )

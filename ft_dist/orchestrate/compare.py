@@ -32,8 +32,9 @@ from typing import Any
 from ft_dist.config import RunConfig, config_from_dict, config_to_dict
 from ft_dist.ensemble.metrics import deep_ensemble_equivalent
 from ft_dist.ensemble.run_eval import EvalOptions, evaluate_run
-from ft_dist.layout import SUMMARY_FILE, run_dir
+from ft_dist.layout import SUMMARY_FILE, eval_dir, member_summaries, run_dir
 from ft_dist.orchestrate.pdst import fit_pdst, is_finished
+from ft_dist.train.methods import ensemble_method
 
 
 @dataclass(frozen=True)
@@ -55,18 +56,21 @@ def plan_variants(base: RunConfig, out_dir: Path, deep_ensemble: bool = False) -
     epochs = edst.exploration_epochs + edst.refinement_epochs
     dense = {"density": 1.0}
     static = {"update": "none"}
+    # (key, row label, sparsity changes, ensemble method, members, epochs per run)
     rows = [
-        ("dense", "dense", dense, "single", epochs),
-        ("dst", "DST (single)", {}, "single", epochs),
-        ("static_ensemble", f"static sparse ensemble (M={members})", static, "pdst", epochs),
-        ("edst", f"EDST (M={members})", {}, "edst", None),
-        ("dst_ensemble", f"DST Ensemble (M={members})", {}, "pdst", epochs),
-    ]
+        ("dense", "dense", dense, "single", 1, epochs),
+        ("dst", "DST (single)", {}, "single", 1, epochs),
+        ("static_ensemble", f"static sparse ensemble (M={members})", static, "pdst", members, epochs),
+        ("edst", f"EDST (M={members})", {}, "edst", members, None),
+        ("dst_ensemble", f"DST Ensemble (M={members})", {}, "pdst", members, epochs),
+    ]  # fmt: skip
     if deep_ensemble:
-        rows.append(("deep_ensemble", f"deep ensemble (dense, M={members})", dense, "pdst", epochs))
+        rows.append(
+            ("deep_ensemble", f"deep ensemble (dense, M={members})", dense, "pdst", members, epochs)
+        )
     return [
-        Variant(key, label, _variant_config(base, out_dir, key, sparsity, method, n_epochs))
-        for key, label, sparsity, method, n_epochs in rows
+        Variant(key, label, _variant_config(base, out_dir, key, sparsity, method, m, n_epochs))
+        for key, label, sparsity, method, m, n_epochs in rows
     ]
 
 
@@ -76,20 +80,23 @@ def _variant_config(
     key: str,
     sparsity: dict[str, Any],
     method: str,
+    members: int,
     epochs: int | None,
 ) -> RunConfig:
     data = config_to_dict(base)
     data["sparsity"].update(sparsity)
     data["train"].update(run_name=key, output_dir=str(out_dir))
     ensemble = data["ensemble"]
-    data["ensemble"] = {"method": method, "num_members": 1, "pdst": ensemble["pdst"]}
-    if method == "edst":
-        data["ensemble"].update(num_members=ensemble["num_members"], edst=ensemble["edst"])
-        data["train"].pop("epochs", None)  # EDST derives its epochs from the phase plan
+    data["ensemble"] = {
+        "method": method,
+        "num_members": members,
+        "pdst": ensemble["pdst"],
+        "edst": ensemble["edst"],
+    }
+    if ensemble_method(method).own_schedule:
+        data["train"].pop("epochs", None)  # e.g. EDST derives its epochs from its phase plan
     else:
         data["train"]["epochs"] = epochs
-        if method == "pdst":
-            data["ensemble"]["num_members"] = ensemble["num_members"]
     return config_from_dict(data, source=f"compare variant {key}")
 
 
@@ -99,7 +106,7 @@ def train_variant(variant: Variant) -> float:
 
     cfg = variant.cfg
     start = time.perf_counter()
-    if cfg.ensemble.method == "pdst":
+    if ensemble_method(cfg.ensemble.method).separate_runs:
         _, outcomes = fit_pdst(cfg)
         failed = [o for o in outcomes if o.error is not None]
         if failed:
@@ -113,7 +120,7 @@ def train_variant(variant: Variant) -> float:
 
 
 def _summaries(path: Path) -> list[dict[str, Any]]:
-    files = [path / SUMMARY_FILE, *sorted(path.glob(f"members/member_*/{SUMMARY_FILE}"))]
+    files = [path / SUMMARY_FILE, *member_summaries(path)]
     return [json.loads(f.read_text()) for f in files if f.is_file()]
 
 
@@ -149,7 +156,7 @@ def table_row(variant: Variant, report: dict[str, Any], wall_s: float) -> dict[s
         # NLL of sub-ensembles of 1..M members, raw and calibrated (averaged over subsets)
         "size_curve_nll": [point["nll"] for point in curve],
         "size_curve_calibrated_nll": [point.get("calibrated_nll") for point in curve],
-        "report": str(run_dir(variant.cfg.train) / "eval" / "report.json"),
+        "report": str(eval_dir(run_dir(variant.cfg.train)) / "report.json"),
     }
 
 

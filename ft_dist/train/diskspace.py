@@ -107,7 +107,9 @@ def _mb(num_bytes: int) -> str:
 def run_bytes(cfg: Any, model: torch.nn.Module) -> tuple[int, int]:
     """(one checkpoint, one ticket) in bytes, estimated from the model's size: fp32 weights
     and buffers, optimizer slots (momentum; AdamW two), DeepSpeed's fp32 masters, a bool
-    mask per weight and EDST's best-so-far ticket candidate; a ticket is weights + masks."""
+    mask per weight and the best-so-far ticket candidate; a ticket is weights + masks."""
+    from ft_dist.train.plan import build_plan
+
     params = sum(p.numel() for p in model.parameters())
     weights = 4 * (params + sum(b.numel() for b in model.buffers()))
     masks = params if cfg.sparsity.density < 1.0 else 0
@@ -115,7 +117,7 @@ def run_bytes(cfg: Any, model: torch.nn.Module) -> tuple[int, int]:
     checkpoint = weights + 4 * params * slots + masks
     if cfg.train.strategy == "deepspeed":
         checkpoint += 4 * params
-    if cfg.ensemble.method == "edst" and cfg.ensemble.edst.ticket == "best":
+    if build_plan(cfg, steps_per_epoch=1).ticket_choice == "best":  # best-so-far candidate
         checkpoint += weights + masks
     return checkpoint, weights + masks
 
@@ -129,10 +131,13 @@ def disk_space_problems(cfg: Any, model: torch.nn.Module) -> list[str]:
     keep_checkpoints + 1 copies on another one. A DST Ensemble has a run per member.
     """
     from ft_dist.layout import checkpoints_dir, run_dir, run_tickets
+    from ft_dist.train.methods import ensemble_method, method_epochs
 
     checkpoint, ticket = run_bytes(cfg, model)
-    members = cfg.ensemble.num_members if cfg.ensemble.method == "pdst" else 1
-    tickets = cfg.ensemble.num_members if cfg.ensemble.method == "edst" else 1
+    epochs = method_epochs(cfg)
+    separate = ensemble_method(cfg.ensemble.method).separate_runs
+    members = epochs.members if separate else 1  # runs, each with its own checkpoints
+    tickets = 1 if separate else epochs.members  # tickets per run
     slots = cfg.train.keep_checkpoints + 1
     run = run_dir(cfg.train)
     written = [p for p in checkpoints_dir(run).glob("*") if p.name.isdigit()]

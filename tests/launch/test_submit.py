@@ -18,8 +18,11 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
+import yaml
 
 from ft_dist.layout import SUMMARY_FILE, ticket_path
+from ft_dist.train.session import latest_complete_checkpoint
 from ft_dist.train.worker import RAY_CHECKPOINTS
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
@@ -141,6 +144,43 @@ def test_submitted_job_trains_across_nodes_and_prints_the_run_dir_last(
     assert logs.strip().splitlines()[-1] == str(run)
 
 
+def test_submitted_job_builds_a_user_file_builder_on_every_node(
+    cluster: Path, tiny_mnist: Path, tmp_path: Path
+):
+    """A path/to/file.py:callable model (with nn.MultiheadAttention) trains through
+    `ray job submit` with one worker on each node: the file travels inside the config."""
+    env = cluster_env(cluster)
+    out = tmp_path / "runs"
+    overrides = [
+        "model.name=tests/models/attention_builder.py:build",
+        "model.kwargs={dim: 16}",
+        f"data.root={tiny_mnist}",
+        "data.batch_size_per_worker=32",
+        "data.shuffle_buffer=64",
+        "data.verify=size",
+        "sparsity.update_every_steps=3",
+        "train.epochs=1",
+        "train.run_name=builder-job",
+        f"train.output_dir={out}",
+        "tracking.wandb=disabled",
+    ]
+    submit = subprocess.run(
+        [str(REPO / "launch" / "submit.sh"), "configs/demo_dst.yaml", *overrides],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=REPO,
+    )
+    output = submit.stdout + submit.stderr
+    assert submit.returncode == 0, output[-4000:]
+    run = out / "builder-job"
+    ticket = torch.load(ticket_path(run, 1), weights_only=True)
+    assert ticket["meta"]["model"].endswith("tests/models/attention_builder.py:build")
+    assert "attention.in_proj_weight" in ticket["masks"]
+    assert "source" not in yaml.safe_load((run / "config.yaml").read_text())["model"]
+
+
 def job_drivers(cluster_dir: Path, run_name: str) -> list[int]:
     """Pids of the cluster's `ft-dist train ... train.run_name=RUN_NAME` job drivers."""
     drivers = []
@@ -185,9 +225,8 @@ def test_resubmitting_after_the_job_driver_is_killed_resumes_the_run(
             first.kill()
     assert not (run / SUMMARY_FILE).exists()  # killed long before its 24 steps
     wait_for(lambda: not job_drivers(cluster, "killed"), "the killed driver to be gone", 60)
-    # The newest checkpoint Ray registered (a newer one on disk may never have been).
-    on_disk = [path.name for path in (run / RAY_CHECKPOINTS).iterdir()]
-    killed_at = max(int(step) for step in on_disk if registered(run, step))
+    # The newest complete checkpoint on disk (Ray may not have registered it yet).
+    killed_at = int(Path(latest_complete_checkpoint(run)).name)
 
     again = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600, cwd=REPO)
     output = again.stdout + again.stderr
