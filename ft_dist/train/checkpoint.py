@@ -152,6 +152,13 @@ def load_checkpoint(path: str | Path, rank: int) -> tuple[dict, dict | None]:
     Collective when a process group is up (every rank calls it). Falls back from a damaged
     ``path`` to the next older complete sibling ``<step>`` dir, warning with the reason.
     """
+    _, shared, local = load_newest_usable(path, rank)
+    return shared, local
+
+
+def load_newest_usable(path: str | Path, rank: int) -> tuple[Path, dict, dict | None]:
+    """`load_checkpoint`, also saying which checkpoint was loaded: ``path``, or the older
+    sibling it fell back to."""
     path = Path(path)
     problems: list[str] = []
     for candidate in _candidates(path):
@@ -161,7 +168,7 @@ def load_checkpoint(path: str | Path, rank: int) -> tuple[dict, dict | None]:
             loaded, problem = None, str(error)
         problem = _first_problem_on_any_rank(problem)
         if problem is None:
-            return loaded
+            return candidate, *loaded
         problems.append(problem)
         if rank == 0:
             log.warning("skipping checkpoint: %s; trying the previous complete one", problem)

@@ -48,10 +48,13 @@ def train(cfg: RunConfig, session: Session, tracker: Any) -> dict[str, Any]:
     # Resume after everything exists, so the checkpoint restores into the same objects.
     resume_from = session.latest_checkpoint_dir()
     if resume_from is not None:
-        checkpoint_states(ctx).load(resume_from, rank=session.rank, expected_meta=run_meta(ctx))
+        # The one restored: resume_from, or the older one it fell back to when damaged.
+        resumed = checkpoint_states(ctx).load(
+            resume_from, rank=session.rank, expected_meta=run_meta(ctx)
+        )
         state = ctx.state
         tracker.note(
-            f"resumed from {resume_from}: epoch {state.epoch}, step {state.global_step} "
+            f"resumed from {resumed}: epoch {state.epoch}, step {state.global_step} "
             f"of {ctx.steps_per_epoch * ctx.num_epochs}, {state.images_seen} images seen"
         )
     if session.rank == 0:

@@ -52,9 +52,11 @@ class TrainStates:
         local = {k: v.state_dict() for k, v in self.per_rank.items()}
         return ckpt.save_checkpoint(root, step, shared, local, meta, rank=rank, keep=keep)
 
-    def load(self, path: str | Path, *, rank: int, expected_meta: dict) -> None:
-        """Restore every object from ``path`` (refusing another model, density, layout)."""
-        shared, local = ckpt.load_checkpoint(path, rank)
+    def load(self, path: str | Path, *, rank: int, expected_meta: dict) -> Path:
+        """Restore every object from ``path`` (refusing another model, density, layout), or
+        from the older checkpoint it falls back to when ``path`` is damaged; returns the
+        one restored."""
+        path, shared, local = ckpt.load_newest_usable(path, rank)
         ckpt.check_compatible(shared["meta"], expected_meta, path)
         for name, obj in self.replicated.items():
             obj.load_state_dict(shared[name])
@@ -66,3 +68,4 @@ class TrainStates:
                     f"checkpoint {path} has no {name} state for rank {rank}: resume with the "
                     "same train.num_workers it was written with"
                 )
+        return path

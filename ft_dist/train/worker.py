@@ -9,8 +9,11 @@ RUN_DIR/checkpoints/<step>/ and prunes old ones (checkpoint.py); then every rank
 `session.report(metrics, checkpoint_dir)`. `RaySession.report` hands that directory to
 `ray.train.report(..., checkpoint=...)`, which persists it to the run's storage
 (`RunConfig(storage_path, name)`: ray.storage_path, or train.output_dir) under
-`ray_checkpoints/<step>/` and records it in Ray's run snapshot, which is the commit record:
-a checkpoint Ray has not registered does not exist for a resume.
+`ray_checkpoints/<step>/` (`<step>.<n>` when a run that fell back past a damaged
+checkpoint writes a step again: two registrations never share a directory) and records it
+in Ray's run snapshot. A resume starts from the newest complete checkpoint in RUN_DIR
+(atomic, indexed, verified on load with a fall back to the one before), which may be newer
+than Ray's newest registered one (a worker killed between writing and reporting it).
 
 * Storage on the same filesystem as the run directory (a local dir, NFS): the "upload"
   hard-links the files, so Ray's copy costs no bytes and no time. Ray prunes its copies
@@ -18,7 +21,7 @@ a checkpoint Ray has not registered does not exist for a resume.
 * Cloud storage (`s3://...`): Ray uploads the files; a resume downloads them again.
 
 A dead worker fails the worker group; `fit` starts a new one (up to `ray.max_failures`
-times) whose workers ask `ray.train.get_checkpoint()` for the newest registered checkpoint.
+times) whose workers resume from the newest complete checkpoint (RaySession).
 `fit` does this rather than Ray's `FailureConfig(max_failures)` because Ray Train cannot
 tell a deterministic user error (ValueError / FileNotFoundError from our config, data and
 checkpoint checks) from a crash, and would retry it. Re-running `ft-dist train` with the
@@ -151,6 +154,7 @@ class RaySession:
         self._storage = storage
         self._experiment = Path(storage.removeprefix("file://")) / run_name
         self._download_dir: str | None = None
+        self._token = os.urandom(3).hex()
         self.last_metrics: dict[str, Any] = {}
 
     def report(self, metrics: dict, checkpoint_dir: str | None = None) -> None:
@@ -166,7 +170,7 @@ class RaySession:
         if checkpoint_dir is None:
             return
         metrics = dict(self.last_metrics)
-        name = f"{RAY_CHECKPOINTS}/{Path(checkpoint_dir).name}"
+        name = self._ray_copy_name(Path(checkpoint_dir).name)
         checkpoint = Checkpoint.from_directory(checkpoint_dir) if self.rank == 0 else None
         upload = self._link_upload if is_local_path(self._storage) else None
         ray.train.report(
@@ -176,6 +180,21 @@ class RaySession:
             checkpoint_upload_fn=upload,
             delete_local_checkpoint_after_upload=False,
         )
+
+    def _ray_copy_name(self, step_name: str) -> str:
+        """Where Ray keeps its copy: ``ray_checkpoints/<step>``, or ``<step>.<n>`` when that
+        name is taken -- a run that fell back past a damaged checkpoint writes the same step
+        again, and two registrations sharing one directory would leave Ray's run snapshot
+        naming a directory Ray deleted with the older one (every later start then fails
+        with CheckpointManagerInitializationError). Only rank 0's name counts (Ray
+        broadcasts it). Remote storage cannot be listed cheaply: there every worker group
+        adds its own token, so no two of its registrations share a name."""
+        if not is_local_path(self._storage):
+            return f"{RAY_CHECKPOINTS}/{step_name}.{self._token}"
+        name, n = f"{RAY_CHECKPOINTS}/{step_name}", 1
+        while (self._experiment / name).exists():
+            name, n = f"{RAY_CHECKPOINTS}/{step_name}.{n}", n + 1
+        return name
 
     def _link_upload(self, checkpoint: Checkpoint, name: str) -> Checkpoint:
         dest = self._experiment / name
@@ -187,11 +206,17 @@ class RaySession:
         return Checkpoint.from_directory(str(dest))
 
     def latest_checkpoint_dir(self) -> str | None:
-        """Ray's newest registered checkpoint (downloaded when remote); without one, the
-        newest complete one in RUN_DIR (a run started without Ray)."""
+        """The newest complete checkpoint in RUN_DIR (the loop verifies it and falls back
+        to an older one there when it is damaged): it may be newer than the newest one Ray
+        registered (a worker killed between writing and reporting it), and never older.
+        Without one there (RUN_DIR lost, cloud storage kept), Ray's newest registered
+        checkpoint, downloaded when remote."""
+        newest = latest_complete_checkpoint(self.run)
+        if newest is not None:
+            return newest
         checkpoint = ray.train.get_checkpoint()
         if checkpoint is None:
-            return latest_complete_checkpoint(self.run)
+            return None
         if is_local_path(self._storage):
             return checkpoint.path
         if self._download_dir is None:

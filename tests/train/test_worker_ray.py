@@ -167,10 +167,10 @@ def test_killed_worker_restarts_from_checkpoint_and_matches_uninterrupted_run(re
     assert len(pids) == 1, "the worker was never killed"
     starts = (flags / "starts.txt").read_text().split()
     assert starts.count(str(VICTIM_RANK)) == 2, f"worker group did not restart: {starts}"
-    for rank in (0, 1):  # first attempt: fresh start; second: Ray's registered checkpoint
+    for rank in (0, 1):  # first attempt: fresh start; second: the newest complete checkpoint
         resumes = (flags / f"resume_rank{rank}.txt").read_text().split()
         assert resumes[0] == "None"
-        assert resumes[1] == str(run / RAY_CHECKPOINTS / "000000004"), resumes
+        assert resumes[1] == str(run / "checkpoints" / "000000004"), resumes
     for path in (ticket_path(reference, 1), ticket_path(run, 1)):
         assert path.is_file()
     expected = torch.load(ticket_path(reference, 1), weights_only=True)
@@ -228,3 +228,78 @@ def test_api_key_in_the_environment_never_reaches_run_files(reference):
         if path.is_file() and not path.is_symlink() and CANARY_KEY.encode() in path.read_bytes()
     ]
     assert leaks == []
+
+
+class StopAfter:
+    """Phase 1 of the damaged-checkpoint scenario, a Ctrl-C stand-in: stop the run (a user
+    error, never retried) once its ``count``-th checkpoint is registered."""
+
+    def __init__(self, session, count: int) -> None:
+        self.session, self.count = session, count
+        self.rank, self.world_size = session.rank, session.world_size
+        self.local_rank, self.device = session.local_rank, session.device
+
+    def latest_checkpoint_dir(self):
+        return self.session.latest_checkpoint_dir()
+
+    def report(self, metrics: dict, checkpoint_dir: str | None = None) -> None:
+        self.session.report(metrics, checkpoint_dir)
+        self.count -= checkpoint_dir is not None
+        if self.count == 0:
+            raise ValueError("stopped here by the test")
+
+
+class LateVictim(Victim):
+    """Like Victim, but rank 1 waits to be killed at its second checkpoint of the run."""
+
+    reports = 0
+
+    def report(self, metrics: dict, checkpoint_dir: str | None = None) -> None:
+        if checkpoint_dir and not (self.flag_dir / "victim.pid").exists():
+            LateVictim.reports += 1
+            if LateVictim.reports < 2:
+                self.session.report(metrics, checkpoint_dir)
+                return
+        super().report(metrics, checkpoint_dir)
+
+
+def test_recovery_from_a_damaged_checkpoint_survives_a_later_worker_kill(
+    reference, ray_cluster, tiny_mnist: Path, tmp_path: Path
+):
+    """Issue 18.1: stopped with three checkpoints, the newest damaged, re-run (falls back),
+    a worker killed two checkpoints later: the restart resumes (Ray's run snapshot names
+    only directories that exist) and the run ends bit-identical to the reference."""
+    from tests.train.test_resume import flip_middle_bytes
+
+    cfg = ray_config(tiny_mnist, tmp_path / "runs", "damaged")
+    stop = lambda c, session, t: train(c, StopAfter(session, 3), t)  # noqa: E731
+    with pytest.raises(ValueError, match="stopped here by the test"):
+        fit(cfg, stop)
+    run = run_dir(cfg.train)
+    newest = run / "checkpoints" / "000000012"  # 4 steps an epoch, keep_checkpoints=2
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["000000008", newest.name]
+    flip_middle_bytes(newest / SHARED_FILE)  # Ray's hard-linked copy is damaged too
+
+    flags, pids = tmp_path / "flags", []
+    flags.mkdir()
+
+    def loop(c, session, tracker):
+        with open(flags / "starts.txt", "a") as starts:
+            starts.write(f"{session.rank}\n")
+        return train(c, LateVictim(session, flags), tracker)
+
+    killer = threading.Thread(target=kill_when_ready, args=(flags, run, pids), daemon=True)
+    killer.start()
+    assert fit(cfg, loop) == run
+    killer.join(timeout=5)
+    assert len(pids) == 1, "the worker was never killed"
+    assert (flags / "starts.txt").read_text().split().count(str(VICTIM_RANK)) == 2
+    resumes = (flags / "resume_rank0.txt").read_text().split()
+    assert resumes == [str(newest), str(run / "checkpoints" / "000000016")], resumes
+    snapshot = (run / "checkpoint_manager_snapshot.json").read_text()
+    named = set(re.findall(rf"{RAY_CHECKPOINTS}/[0-9.]+", snapshot))
+    assert named and all((run / name).is_dir() for name in named), named
+    for part in ("model", "masks"):
+        expected = torch.load(ticket_path(reference, 1), weights_only=True)[part]
+        got = torch.load(ticket_path(run, 1), weights_only=True)[part]
+        assert all(torch.equal(expected[k], got[k]) for k in expected), part
