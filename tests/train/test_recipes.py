@@ -35,11 +35,21 @@ def edst_lr(cfg: RunConfig, epoch: int, steps_per_epoch: int, global_batch: int)
 
 
 # --------------------------------------------------------------------------- ImageNet EDST
-def official_imagenet_edst_lrs(epochs: int = 310, base: float = 0.1, warmup: int = 5) -> list:
+def official_imagenet_edst_lrs(
+    epochs: int = 310,
+    base: float = 0.1,
+    warmup: int = 5,
+    milestones: tuple[list[int], list[int], list[int]] | None = None,
+) -> list:
     """ImageNet/main.py:352-380 (train_loop): the LR of each 0-based epoch. `lr` is a local
-    that keeps its value on epochs that match no branch; milestones are hard-coded."""
-    minestone0, minestone1 = [warmup], [30, 100, 170, 240]
-    minestone2, minestone3 = [60, 130, 200, 270], [90, 160, 230, 300]
+    that keeps its value on epochs that match no branch; milestones are hard-coded there
+    (the defaults below, copied from main.py); `milestones` replaces them for shrunk runs."""
+    minestone0 = [warmup]
+    minestone1, minestone2, minestone3 = milestones or (
+        [30, 100, 170, 240],
+        [60, 130, 200, 270],
+        [90, 160, 230, 300],
+    )
     lrs, lr = [], None
     for epoch in range(epochs):
         if epoch < warmup:
@@ -54,6 +64,25 @@ def official_imagenet_edst_lrs(epochs: int = 310, base: float = 0.1, warmup: int
             lr = 0.0001
         lrs.append(lr)
     return lrs
+
+
+def imagenet_milestones(explo: int, t_re: int, parts: tuple[int, int], members: int):
+    """main.py's three milestone lists for other phase lengths: each phase starts at
+    0.01, drops to 0.001 after parts[0] epochs and to 0.0001 after parts[0] + parts[1]."""
+    starts = [explo + k * t_re for k in range(members)]
+    return (
+        starts,
+        [s + parts[0] for s in starts],
+        [s + parts[0] + parts[1] for s in starts],
+    )
+
+
+def test_imagenet_milestones_generalise_main_py() -> None:
+    assert imagenet_milestones(30, 70, (30, 30), 4) == (
+        [30, 100, 170, 240],
+        [60, 130, 200, 270],
+        [90, 160, 230, 300],
+    )
 
 
 def test_imagenet_edst_lr_is_the_official_schedule_at_batch_128() -> None:
@@ -145,13 +174,25 @@ def test_imagenet_pdst_lr_and_drop_fraction() -> None:
         for e in range(cfg.num_epochs)
     ]
     assert lrs == pytest.approx([official(e) for e in range(100)], rel=1e-12)
-    # Drop fraction: one cosine 0.5 -> 0.005 over the run (main.py:230, 100 epochs).
-    schedule = UpdateSchedule.from_config(cfg.sparsity, OFFICIAL_BATCH)
+    # Drop fraction: one cosine 0.5 -> 0.005 over the run (main.py:230, 100 epochs). The
+    # period is the one the run plan hands the engine (`DynamicSparsity(decay_period=...)`),
+    # not one this test chooses; the engine's `drop_fraction_now` turns it into the value.
+    from ft_dist.sparse import DynamicSparsity
+    from ft_dist.train.plan import build_plan
+
+    plan = build_plan(cfg, steps_per_epoch=7)
+    engine = DynamicSparsity(
+        torch.nn.Linear(8, 8), None, cfg.sparsity, global_batch_size=OFFICIAL_BATCH,
+        decay_period=plan.decay_period,
+    )  # fmt: skip
     total = 100 * 7
+    ours = []
+    for step in range(total + 1):
+        engine.num_steps = step
+        ours.append(engine.drop_fraction_now())
     reference = official_cosine_decay([(0, total)])
-    assert [schedule.drop_fraction_at(s, 0, total) for s in range(total + 1)] == pytest.approx(
-        reference, rel=1e-9, abs=1e-12
-    )
+    assert ours == pytest.approx(reference, rel=1e-9, abs=1e-12)
+    assert plan.decay_period(350) == (0, total)
 
 
 # --------------------------------------------------------------------------- CIFAR EDST
@@ -192,11 +233,27 @@ def test_cifar_edst_lr_is_the_official_schedule(t_re: int) -> None:
 
 def test_cifar_edst_drop_fraction_update_interval_and_exploration() -> None:
     cfg = load_config(CONFIGS / "cifar100_edst.yaml")
-    schedule = UpdateSchedule.from_config(cfg.sparsity)
     # main_EDST.py runs with --decay-schedule constant, and sparselearning/core.py:119-121
     # calls truncate_weights(self.args.death_rate): 0.5 at every update, every 1000 steps.
-    assert schedule.every_steps == 1000
-    assert {schedule.drop_fraction_at(s) for s in range(1000, 160_000, 1000)} == {0.5}
+    # The engine built from the config's sparsity section, stepped 3000 times, updates at
+    # steps 1000, 2000 and 3000 and drops ceil(0.5 n) weights of each sparse layer each time
+    # (the loop's own wiring is tested below, with a shorter ΔT).
+    from ft_dist.sparse import DynamicSparsity
+
+    model = torch.nn.Sequential(torch.nn.Linear(64, 64), torch.nn.Linear(64, 10))
+    engine = DynamicSparsity(model, None, cfg.sparsity)
+    generator = torch.Generator().manual_seed(0)
+    dropped_at = {}
+    for step in range(1, 3001):
+        for param in model.parameters():
+            param.grad = torch.randn(param.shape, generator=generator)
+        engine.before_optimizer_step()
+        engine.after_optimizer_step()
+        if engine.last_update and engine.num_updates > len(dropped_at):
+            dropped_at[step] = {name: d for name, (d, _, _) in engine.last_update.items()}
+    assert list(dropped_at) == [1000, 2000, 3000]
+    for dropped in dropped_at.values():
+        assert dropped == {n: math.ceil(0.5 * engine.num_active[n]) for n in engine.sparse_names}
     # main_EDST.py:320 mask.truncate_weights(pruning_rate=args.large_death_rate): the run's
     # growth mode (--growth gradient), q = 0.8.
     assert cfg.ensemble.edst.explore_growth == cfg.sparsity.growth == "gradient"
@@ -222,3 +279,162 @@ def test_cifar_pdst_lr_is_the_official_multistep() -> None:
     assert ours[124] == 0.1 and ours[125] == pytest.approx(0.01)  # hand-computed
     assert ours[186] == pytest.approx(0.01) and ours[187] == pytest.approx(0.001)
     assert cfg.train.ticket == "best"  # main_DST.py:304-311 keeps the best-validation epoch
+
+
+# --------------------------------------------------------------------------- the loop's wiring
+# The tests above check the schedule functions against the transcriptions. These run the real
+# training loop (`ft_dist.train.loop.train`, one CPU process) on the shipped configs, shrunk
+# only in model and data (small-cnn on 256 real MNIST digits, one optimizer step per epoch),
+# and record what the loop actually does: the LR in the optimizer at every `step()`, and the
+# drop fraction and per-layer dropped counts of every mask update the engine performs.
+
+
+@pytest.fixture(scope="module")
+def one_batch_mnist(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """32 real MNIST training digits (one batch of 32: one optimizer step per epoch), 16
+    validation and 16 test digits, written with ft_dist's shard writer."""
+    from ft_dist.data.bundled import MNIST_CLASSES, encode_png, load_mnist_5k
+    from ft_dist.data.shards import prepare_split_dir, write_split
+
+    images, labels = load_mnist_5k()
+    root = tmp_path_factory.mktemp("one_batch_mnist")
+    start = 0
+    for split, count in (("train", 32), ("val", 16), ("test", 16)):
+        pick = slice(start, start + count)
+        start += count
+        write_split(
+            prepare_split_dir(root, split, overwrite=False),
+            encode_png(images[pick], labels[pick]),
+            classes=MNIST_CLASSES,
+            labeled=True,
+            shard_size=16,
+            info={"recipe": "mnist"},
+        )
+    return root
+
+
+def _shrunk(name: str, data: Path, out: Path, *overrides: str) -> RunConfig:
+    """A shipped config on 32 MNIST digits: one global batch of 32, one step per epoch."""
+    return load_config(
+        CONFIGS / name,
+        [
+            "model.name=small-cnn",
+            f"data.root={data}",
+            "data.recipe=mnist",
+            "data.batch_size_per_worker=32",
+            "data.loader_workers=0",
+            "data.shuffle_buffer=0",
+            "data.verify=size",
+            "train.num_workers=1",
+            "train.bf16=false",
+            "train.channels_last=false",
+            "train.checkpoint_every_epochs=100000",
+            "train.log_every_steps=100000",
+            f"train.output_dir={out}",
+            "ray.use_gpu=false",
+            "tracking.wandb=disabled",
+            *overrides,
+        ],
+    )
+
+
+def _record_loop(cfg: RunConfig, monkeypatch: pytest.MonkeyPatch) -> tuple[list, list]:
+    """Run the loop; returns ([LR at each optimizer step], [(step, f, dropped, active)])."""
+    from ft_dist.layout import run_dir
+    from ft_dist.sparse.dynamic import DynamicSparsity
+    from ft_dist.train.loop import train
+    from ft_dist.train.session import LocalSession
+    from tests.train.conftest import NullTracker
+
+    lrs: list[float] = []
+    updates: list[tuple[int, float, dict[str, int], dict[str, int]]] = []
+    sgd_step, engine_update = torch.optim.SGD.step, DynamicSparsity._update
+
+    def spy_step(self, *args, **kwargs):
+        lrs.append(self.param_groups[0]["lr"])
+        return sgd_step(self, *args, **kwargs)
+
+    def spy_update(self, drop_fraction, *args, **kwargs):
+        resets = engine_update(self, drop_fraction, *args, **kwargs)
+        dropped = {name: d for name, (d, _, _) in self.last_update.items()}
+        updates.append((self.num_steps, drop_fraction, dropped, dict(self.num_active)))
+        return resets
+
+    monkeypatch.setattr(torch.optim.SGD, "step", spy_step)
+    monkeypatch.setattr(DynamicSparsity, "_update", spy_update)
+    with LocalSession(run_dir(cfg.train), device="cpu") as session:
+        train(cfg, session, NullTracker())
+    return lrs, updates
+
+
+def _assert_updates(updates: list, expected: list[tuple[int, float]]) -> None:
+    """The engine updated at exactly the expected steps with the expected drop fractions,
+    and dropped exactly ceil(f · n_l) weights of every sparse layer each time."""
+    assert [step for step, _, _, _ in updates] == [step for step, _ in expected]
+    assert [f for _, f, _, _ in updates] == pytest.approx([f for _, f in expected], rel=1e-9)
+    for _, fraction, dropped, active in updates:
+        assert dropped, "an update touched no layer"
+        for name, count in dropped.items():
+            assert count == math.ceil(fraction * active[name] - 1e-9), (name, fraction)
+
+
+@pytest.mark.slow
+def test_loop_runs_the_official_cifar_edst_schedules(
+    one_batch_mnist: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # cifar100_edst.yaml with t_ex = 4 and t_re = 7 (an odd phase: 4 + 3 epochs at 0.01 /
+    # 0.001) and ΔT = 2 steps, so its constant 0.5 and the q = 0.8 explorations show.
+    cfg = _shrunk(
+        "cifar100_edst.yaml",
+        one_batch_mnist,
+        tmp_path,
+        "ensemble.edst.exploration_epochs=4",
+        "ensemble.edst.refinement_epochs=7",
+        "sparsity.update_every_steps=2",
+    )
+    lrs, updates = _record_loop(cfg, monkeypatch)
+    # main_EDST.py does not scale the LR with the batch, and neither does this config.
+    assert cfg.optim.base_batch_size is None
+    assert lrs == pytest.approx(official_cifar_edst_lrs(epochs=25, explo=4), rel=1e-12)
+    # core.py:109-122: truncate_weights(death_rate = 0.5) every ΔT steps; main_EDST.py:320:
+    # after phases 1 and 2 (epochs 11 and 18, one step each) one update with q = 0.8.
+    expected = []
+    for step in range(1, 26):
+        if step % 2 == 0:
+            expected.append((step, 0.5))
+        if step in (11, 18):
+            expected.append((step, 0.8))
+    _assert_updates(updates, expected)
+
+
+@pytest.mark.slow
+def test_loop_runs_the_official_imagenet_edst_schedules(
+    one_batch_mnist: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # imagenet_edst.yaml shrunk to t_ex = 4 (2 warm-up epochs), M = 4 phases of t_re = 5
+    # split 2 / 2 / 1 (as 30 / 30 / 10), ΔT = 1 step (32 samples): every step's drop
+    # fraction of every restarted cosine shows.
+    cfg = _shrunk(
+        "imagenet_edst.yaml",
+        one_batch_mnist,
+        tmp_path,
+        "ensemble.edst.exploration_epochs=4",
+        "ensemble.edst.refinement_epochs=5",
+        "ensemble.edst.refinement_lr_epochs=[2,2,1]",
+        "optim.warmup_epochs=2",
+        "sparsity.update_every_samples=32",
+    )
+    lrs, updates = _record_loop(cfg, monkeypatch)
+    milestones = imagenet_milestones(4, 5, (2, 2), 4)
+    official = official_imagenet_edst_lrs(24, warmup=2, milestones=milestones)
+    scale = 32 / OFFICIAL_BATCH  # linear LR scaling from the official global batch 128
+    assert lrs == pytest.approx([lr * scale for lr in official], rel=1e-12)
+    # CosineDecay over exploration + phase 1 from the start, re-created with one phase's
+    # length after each exploration (main.py:230, 371-374); one step per epoch here.
+    cosine = official_cosine_decay([(0, 9)] + [(e, 5) for e in (9, 14, 19)])
+    expected = []
+    for step in range(1, 25):
+        expected.append((step, cosine[step]))
+        if step in (9, 14, 19):  # main.py:371-372: an exploration after phases 1-3
+            expected.append((step, 0.8))
+    _assert_updates(updates, expected)
