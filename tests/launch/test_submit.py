@@ -88,6 +88,33 @@ def cluster():
         shutil.rmtree(cluster_dir, ignore_errors=True)  # only once nothing runs in it
 
 
+def submit_demo(env: dict, data: Path, out: Path, run_name: str, *overrides: str) -> str:
+    """`launch/submit.sh configs/demo_dst.yaml` for one short epoch on `data`; its output."""
+    settings = [
+        f"data.root={data}",
+        "data.batch_size_per_worker=32",
+        "data.shuffle_buffer=64",
+        "data.verify=size",
+        "sparsity.update_every_steps=3",
+        "train.epochs=1",
+        f"train.run_name={run_name}",
+        f"train.output_dir={out}",
+        "tracking.wandb=disabled",
+        *overrides,
+    ]
+    submit = subprocess.run(
+        [str(REPO / "launch" / "submit.sh"), "configs/demo_dst.yaml", *settings],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=REPO,
+    )
+    output = submit.stdout + submit.stderr
+    assert submit.returncode == 0, output[-4000:]
+    return output
+
+
 def test_cluster_rejects_clients_without_its_token(cluster: Path, tmp_path: Path):
     env = cluster_env(cluster)
     env["RAY_AUTH_MODE"] = "disabled"
@@ -108,27 +135,7 @@ def test_submitted_job_trains_across_nodes_and_prints_the_run_dir_last(
 ):
     env = cluster_env(cluster)
     out = tmp_path / "runs"
-    overrides = [
-        f"data.root={tiny_mnist}",
-        "data.batch_size_per_worker=32",
-        "data.shuffle_buffer=64",
-        "data.verify=size",
-        "sparsity.update_every_steps=3",
-        "train.epochs=1",
-        "train.run_name=job",
-        f"train.output_dir={out}",
-        "tracking.wandb=disabled",
-    ]
-    submit = subprocess.run(
-        [str(REPO / "launch" / "submit.sh"), "configs/demo_dst.yaml", *overrides],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        cwd=REPO,
-    )
-    output = submit.stdout + submit.stderr
-    assert submit.returncode == 0, output[-4000:]
+    output = submit_demo(env, tiny_mnist, out, "job")
     assert "[job] epoch" in output  # rank-0 progress reached the submitting terminal
     run = out / "job"
     assert (run / SUMMARY_FILE).is_file() and ticket_path(run, 1).is_file()
@@ -149,31 +156,9 @@ def test_submitted_job_builds_a_user_file_builder_on_every_node(
 ):
     """A path/to/file.py:callable model (with nn.MultiheadAttention) trains through
     `ray job submit` with one worker on each node: the file travels inside the config."""
-    env = cluster_env(cluster)
     out = tmp_path / "runs"
-    overrides = [
-        "model.name=tests/models/attention_builder.py:build",
-        "model.kwargs={dim: 16}",
-        f"data.root={tiny_mnist}",
-        "data.batch_size_per_worker=32",
-        "data.shuffle_buffer=64",
-        "data.verify=size",
-        "sparsity.update_every_steps=3",
-        "train.epochs=1",
-        "train.run_name=builder-job",
-        f"train.output_dir={out}",
-        "tracking.wandb=disabled",
-    ]
-    submit = subprocess.run(
-        [str(REPO / "launch" / "submit.sh"), "configs/demo_dst.yaml", *overrides],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        cwd=REPO,
-    )
-    output = submit.stdout + submit.stderr
-    assert submit.returncode == 0, output[-4000:]
+    model = ["model.name=tests/models/attention_builder.py:build", "model.kwargs={dim: 16}"]
+    submit_demo(cluster_env(cluster), tiny_mnist, out, "builder-job", *model)
     run = out / "builder-job"
     ticket = torch.load(ticket_path(run, 1), weights_only=True)
     assert ticket["meta"]["model"].endswith("tests/models/attention_builder.py:build")
