@@ -26,9 +26,11 @@ function of (seed, epoch, rank, world_size, loader_workers, batch_size_per_worke
 with the same values to reproduce the uninterrupted run exactly.
 
 With a fixed global batch (``TrainStream(..., global_batch=G)``: elastic training) the
-epoch is instead one world-size independent sequence (plan.py, "elastic order"): step k
-reads positions [k·G, (k+1)·G) at any world size, so a resume on another number of ranks
-reads each sample of the epoch once, none twice. Every rank reads (not decodes) all shards.
+samples of optimizer step k are a world-size independent set (plan.py, "elastic order"),
+so a resume on another number of ranks reads each sample of the epoch once, none twice.
+The epoch is laid out in lanes (`_ElasticSource`) so that each rank reads only its share
+of the epoch's bytes, and each loader worker its own lanes, plus at most one shard at the
+start of each lane (one lane per loader worker when a rank does one micro-batch a step).
 """
 
 from __future__ import annotations
@@ -45,8 +47,7 @@ from ft_dist.data.config import DataConfig
 from ft_dist.data.decoding import BatchDecoder, DataInfo, RawItem, check_same_classes, describe
 from ft_dist.data.manifest import Manifest, read_manifest, verify_shards
 from ft_dist.data.plan import (
-    elastic_positions,
-    elastic_window,
+    elastic_lane,
     epoch_assignment,
     mix_seed,
     role_batches,
@@ -255,12 +256,23 @@ class _EpochSource(IterableDataset):
 
 
 class _ElasticSource(IterableDataset):
-    """One epoch in the world-size independent order of plan.py (fixed global batch).
+    """One epoch in the world-size independent order of a fixed global batch, read in lanes.
 
-    Every loader worker of every rank walks the epoch's windows in order and keeps the
-    positions of its own micro-batches; shards wholly before the resume position are not
-    opened. The price of the exact order: each rank reads (not decodes) every shard from
-    the resume position on.
+    Layout (a function of seed, epoch, G, the per-worker batch b and the loader workers R,
+    never of the world size). The epoch's shard sequence is cut into C·R lanes, C = G / b
+    micro-batch columns times the R residues of the step: lane (c, q) holds b samples for
+    every optimizer step k ≡ q (mod R) of column c, as one contiguous stretch of samples,
+    lanes in (c, q) order. Step k takes entry k // R of lane (c, k mod R) for every column
+    c: a fixed set whatever the world size, so a resume on another number of ranks reads
+    each sample once. Rank r of N owns columns [r·a, (r+1)·a) (a = G / (N·b) micro-batches
+    a step, its accumulation): one contiguous stretch, exactly 1/N of the epoch. Its micro-
+    step m = k·a + μ, made by loader role m mod R, reads lane (r·a + μ, k mod R), and every
+    micro-step of a lane falls to the same role, so roles read disjoint sets of whole lanes
+    (a = 1: one lane each). Inside a lane, blocks of the shuffle buffer (rounded to whole
+    micro-batches) are permuted; a lane is read forward from its resume block, shards
+    wholly before it unopened, so a reader reads its lanes plus at most the part of one
+    shard before each lane's start. Changing data.loader_workers changes the lanes: a
+    resume keeps it (the loop's run meta checks).
     """
 
     def __init__(self, stream: TrainStream, epoch: int, start_step: int) -> None:
@@ -273,25 +285,25 @@ class _ElasticSource(IterableDataset):
         self.seed, self.epoch, self.start_step = stream.seed, epoch, start_step
         self.batch_size = stream.cfg.batch_size_per_worker
         self.global_batch = stream.global_batch_size
-        self.window = elastic_window(self.global_batch, stream.cfg.shuffle_buffer)
+        self.accum = self.global_batch // (self.world_size * self.batch_size)
+        self.block = self.batch_size * max(1, stream.cfg.shuffle_buffer // self.batch_size)
         self.verify_digest = not stream.manifest.is_local
+        self.bytes_read = [0]  # every byte the readers of this process took from shards
+
+    def lane(self, column: int, residue: int) -> tuple[int, int]:
+        """(first sample in the epoch's shard sequence, length) of lane (column, residue)."""
+        num_steps = self.steps // self.accum
+        return elastic_lane(column, residue, num_steps, self.num_roles, self.batch_size)
 
     def raw_batches(self, role: int) -> Iterator[tuple[int, list[RawItem]]]:
         """``(micro-step, undecoded samples)`` of one loader role, in the loader's order."""
-        reader = _SequenceReader(self)
-        start, offsets, items = -1, [], []
+        lanes: dict[tuple[int, int], _Lane] = {}
         for index in role_batches(role, self.num_roles, self.start_step, self.steps):
-            batch = []
-            for position in elastic_positions(
-                index, self.rank, self.world_size, self.batch_size, self.global_batch
-            ):
-                if not start <= position < start + len(offsets):
-                    start = position - position % self.window
-                    length = min(self.window, sum(self.sizes) - start)
-                    offsets = window_permutation(start, length, self.seed, self.epoch)
-                    items = reader.read(start, start + length)
-                batch.append(items[offsets[position - start]])
-            yield index, batch
+            step, micro = divmod(index, self.accum)
+            key = (self.rank * self.accum + micro, step % self.num_roles)
+            if key not in lanes:
+                lanes[key] = _Lane(self, *self.lane(*key))
+            yield index, lanes[key].entry(step // self.num_roles)
 
     def __iter__(self) -> Iterator[tuple[Any, Any]]:
         worker = get_worker_info()
@@ -301,13 +313,34 @@ class _ElasticSource(IterableDataset):
             yield self.decoder.decode(items, seed)
 
 
+class _Lane:
+    """One lane's micro-batches, read forward block by block (permuted within a block)."""
+
+    def __init__(self, source: _ElasticSource, start: int, length: int) -> None:
+        self.source, self.start, self.length = source, start, length
+        self.reader = _SequenceReader(source)
+        self.first, self.items, self.offsets = -1, [], []
+
+    def entry(self, index: int) -> list[RawItem]:
+        """The micro-batch of the lane's ``index``-th step."""
+        size, block = self.source.batch_size, self.source.block
+        lo = index * size
+        if not self.first <= lo < self.first + len(self.offsets):
+            self.first = lo - lo % block
+            length = min(block, self.length - self.first)
+            begin = self.start + self.first
+            self.items = self.reader.read(begin, begin + length)
+            self.offsets = window_permutation(begin, length, self.source.seed, self.source.epoch)
+        return [self.items[self.offsets[t - self.first]] for t in range(lo, lo + size)]
+
+
 class _SequenceReader:
     """Samples ``[lo, hi)`` of the epoch's shard sequence, read forward only; shards that
     end before ``lo`` are skipped unopened, samples before it dropped undecoded."""
 
     def __init__(self, source: _ElasticSource) -> None:
         self.source = source
-        self.position, self.samples = 0, self._open_at(0)
+        self.position, self.samples = 0, self._open_at(0)  # a generator: opens nothing yet
 
     def read(self, lo: int, hi: int) -> list[RawItem]:
         if lo < self.position:
@@ -326,7 +359,9 @@ class _SequenceReader:
             if first + size > lo:
                 url = source.manifest.shard_url(shard)
                 info = source.manifest.shards[shard]
-                samples = iter_shard(url, info, verify_digest=source.verify_digest)
+                samples = iter_shard(
+                    url, info, verify_digest=source.verify_digest, counter=source.bytes_read
+                )
                 for _, key, sample in itertools.islice(samples, max(0, lo - first), None):
                     yield url, key, sample
             first += size

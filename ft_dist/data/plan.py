@@ -86,11 +86,12 @@ def eval_parts(sizes: list[int], num_slots: int) -> list[list[tuple[int, int, in
 
 
 # --------------------------------------------------------------------------- elastic order
-# With a fixed global batch G (elastic training) an epoch is one sequence of samples that no
-# rank count enters: the shards in a seeded per-epoch order, concatenated, then permuted
-# within windows. Optimizer step k consumes positions [k·G, (k+1)·G) whatever the world
-# size, so a resume at step k on another world size reads exactly the positions not yet
-# consumed: every sample of the epoch once, none twice.
+# With a fixed global batch G (elastic training) an epoch is the shards in a seeded
+# per-epoch order, concatenated, cut into lanes that no rank count enters: lane (c, q) of
+# micro-batch column c (G / b of them, b samples each) and step residue q (mod the loader
+# workers R) holds b samples for each step k = q, q + R, ... (pipeline._ElasticSource).
+# Optimizer step k takes the same samples whatever the world size, so a resume at step k on
+# another world size reads exactly the samples not yet consumed: each once, none twice.
 
 
 def shard_order(num_shards: int, seed: int, epoch: int) -> list[int]:
@@ -100,11 +101,6 @@ def shard_order(num_shards: int, seed: int, epoch: int) -> list[int]:
     return order
 
 
-def elastic_window(global_batch: int, shuffle_buffer: int) -> int:
-    """Samples permuted together: the shuffle buffer rounded down to whole global batches."""
-    return global_batch * max(1, shuffle_buffer // global_batch)
-
-
 def window_permutation(start: int, length: int, seed: int, epoch: int) -> list[int]:
     """Source offsets of the window of ``length`` positions starting at ``start``."""
     offsets = list(range(length))
@@ -112,12 +108,13 @@ def window_permutation(start: int, length: int, seed: int, epoch: int) -> list[i
     return offsets
 
 
-def elastic_positions(
-    micro_step: int, rank: int, world_size: int, batch_size: int, global_batch: int
-) -> range:
-    """Epoch positions of a rank's micro-batch: step ``k`` splits its global batch into
-    ``world_size`` contiguous rank parts of ``accum`` micro-batches each."""
-    accum = global_batch // (world_size * batch_size)
-    step, micro = divmod(micro_step, accum)
-    first = step * global_batch + (rank * accum + micro) * batch_size
-    return range(first, first + batch_size)
+def elastic_lane(
+    column: int, residue: int, num_steps: int, num_roles: int, batch_size: int
+) -> tuple[int, int]:
+    """(first sample in the epoch's shard sequence, length) of lane (column, residue): the
+    lanes of a column lie together in residue order, columns one after the other, so the
+    columns of a rank (an aligned range at any world size) are one contiguous stretch."""
+    per_column = num_steps * batch_size
+    before = sum(len(range(q, num_steps, num_roles)) for q in range(residue))
+    length = len(range(residue, num_steps, num_roles)) * batch_size
+    return column * per_column + before * batch_size, length

@@ -45,14 +45,30 @@ class _HashingReader:
             pass
 
 
+class _CountingReader:
+    """Adds the bytes read through it to ``counter[0]`` (the streams' read accounting)."""
+
+    def __init__(self, stream: Any, counter: list[int]) -> None:
+        self.stream, self.counter = stream, counter
+
+    def read(self, size: int = -1) -> bytes:
+        data = self.stream.read(size)
+        self.counter[0] += len(data)
+        return data
+
+    def close(self) -> None:
+        self.stream.close()
+
+
 def iter_shard(
-    url: str, shard: ShardInfo, *, verify_digest: bool = True
+    url: str, shard: ShardInfo, *, verify_digest: bool = True, counter: list[int] | None = None
 ) -> Iterator[tuple[int, str, Sample]]:
     """Yield ``(position, key, {ext: bytes})`` for every sample of one shard, in order.
 
     A shard read to its end is checked against the manifest's sample count and (with
     ``verify_digest``) its sha256. Streams skip the digest for local shards, which
-    ``verify_shards`` checks before training (it costs ~2% of decode time).
+    ``verify_shards`` checks before training (it costs ~2% of decode time). ``counter[0]``
+    (when given) grows by every byte read from the shard, headers and skipped samples too.
     """
     from webdataset import gopen
 
@@ -64,6 +80,8 @@ def iter_shard(
         ) from error
     except Exception as error:  # gopen raises ValueError/OSError for unknown schemes etc.
         raise DataError(f"cannot open shard {url} ({error}); check data.root") from error
+    if counter is not None:
+        stream = _CountingReader(stream, counter)
     reader = _HashingReader(stream) if verify_digest else stream
     position, last_member, completed = 0, [""], False
     try:

@@ -282,6 +282,13 @@ def check_compatible(saved: dict, current: dict, path: str | Path) -> None:
         for k in keys
         if (saved.get(k) or None) != (current.get(k) or None)
     }
+    lanes = saved.get("elastic_lanes"), current.get("elastic_lanes")
+    if lanes[0] is not None and lanes[1] is not None and lanes[0] != lanes[1]:
+        raise ValueError(
+            f"checkpoint {path} was written with data.loader_workers={lanes[0]} (a fixed "
+            "global batch lays each epoch out in lanes per loader worker, so that each sample "
+            f"is read once across a resize); resume with data.loader_workers={lanes[0]}"
+        )
     if differ:
         details = ", ".join(
             f"{k}: checkpoint {a!r} vs this run {b!r}" for k, (a, b) in differ.items()

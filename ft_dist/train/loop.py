@@ -35,7 +35,7 @@ from ft_dist.train.plan import EpochActions
 from ft_dist.train.session import Session, latest_complete_checkpoint
 from ft_dist.train.setup import Context, build_context, model_facts
 from ft_dist.train.state import RNGState, TrainStates
-from ft_dist.train.strategy import Strategy
+from ft_dist.train.strategy import Strategy, strategy_entry
 from ft_dist.train.validate import evaluate_split, prepare_images, sync_buffers_
 from ft_dist.utils import is_distributed, write_text_atomic
 
@@ -248,12 +248,15 @@ def save(ctx: Context) -> str:
 def run_meta(ctx: Context) -> dict[str, Any]:
     """What wrote a checkpoint; a resume must match it (checkpoint.check_compatible)."""
     cfg = ctx.cfg
-    return {
+    meta = {
         **model_facts(cfg),
         "strategy": cfg.train.strategy,
-        "zero_stage": cfg.train.zero_stage if cfg.train.strategy == "deepspeed" else 0,
+        "zero_stage": cfg.train.zero_stage if strategy_entry(cfg.train.strategy).zero_stages else 0,
         "world_size": ctx.session.world_size,
     }
+    if cfg.train.elastic or cfg.train.global_batch_size is not None:
+        meta["elastic_lanes"] = max(1, cfg.data.loader_workers)  # the epoch's layout
+    return meta
 
 
 # --------------------------------------------------------------------------- helpers

@@ -37,24 +37,66 @@ def step_keys(root: Path, world_size: int, start: int, epoch: int = 0, **fields)
     return [steps[k] for k in sorted(steps)]
 
 
+@pytest.mark.parametrize("workers", [0, 2])
 @pytest.mark.parametrize(("before", "after"), [(2, 1), (1, 4), (4, 2)])
 def test_resume_on_another_world_size_reads_each_sample_once(
-    uneven: Path, before: int, after: int
+    uneven: Path, before: int, after: int, workers: int
 ) -> None:
-    epoch = [sorted(keys) for keys in step_keys(uneven, 1, start=0)]
+    epoch = [sorted(keys) for keys in step_keys(uneven, 1, start=0, loader_workers=workers)]
     assert len(epoch) == 110 // GLOBAL and all(len(keys) == GLOBAL for keys in epoch)
     assert len({key for keys in epoch for key in keys}) == 3 * GLOBAL  # no sample twice
     for k in range(1, len(epoch)):  # world size `before` for steps < k, then `after`
-        first = step_keys(uneven, before, start=0)[:k]
-        rest = step_keys(uneven, after, start=k)
+        first = step_keys(uneven, before, start=0, loader_workers=workers)[:k]
+        rest = step_keys(uneven, after, start=k, loader_workers=workers)
         resumed = [sorted(keys) for keys in first + rest]
         assert resumed == epoch  # the same global batch at each step: same samples, once
 
 
 def test_epochs_and_loader_roles(uneven: Path) -> None:
     one = step_keys(uneven, 2, start=0, epoch=0)
-    assert step_keys(uneven, 2, start=0, epoch=0, loader_workers=2) == one
+    # Other loader workers lay the lanes out differently (a resume keeps data.loader_workers)
+    two = step_keys(uneven, 2, start=0, epoch=0, loader_workers=2)
+    assert two != one and len({key for keys in two for key in keys}) == 3 * GLOBAL
+    assert step_keys(uneven, 4, start=0, epoch=0, loader_workers=2) == two
     assert sorted(map(sorted, step_keys(uneven, 1, start=0, epoch=1))) != sorted(map(sorted, one))
+
+
+def rank_bytes(root: Path, world_size: int, start: int, **fields) -> list[int]:
+    """Bytes each rank's readers (all its loader roles) take from the shards from optimizer
+    step ``start`` to the epoch's end, by the stream's own counter."""
+    cfg = config(root, shuffle_buffer=16, **fields)
+    read = []
+    for rank in range(world_size):
+        stream = TrainStream(cfg, rank=rank, world_size=world_size, global_batch=GLOBAL)
+        accum = GLOBAL // (world_size * cfg.batch_size_per_worker)
+        source = stream.epoch(0, start_step=start * accum).source
+        for role in range(stream.num_roles):
+            for _ in source.raw_batches(role):
+                pass
+        read.append(source.bytes_read[0])
+    return read
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+@pytest.mark.parametrize(("world_size", "start"), [(1, 0), (2, 0), (4, 0), (4, 3), (2, 5)])
+def test_each_rank_reads_its_share_plus_one_shard_per_lane(
+    tmp_path: Path, world_size: int, start: int, workers: int
+) -> None:
+    """Before: every rank (and loader worker) read every shard from the resume point on.
+    Now a rank reads at most 1/N of the epoch's bytes plus one shard per lane it reads
+    (the part of a shard before a lane's start): a lane per loader worker at full size."""
+    make_split(tmp_path, "train", [16] * 16, num_classes=3)  # 256 samples: 8 steps of 32
+    shards = sorted((tmp_path / "train").glob("*.tar"))
+    epoch_bytes, shard_bytes = (
+        sum(p.stat().st_size for p in shards),
+        max(p.stat().st_size for p in shards),
+    )
+    read = rank_bytes(tmp_path, world_size, start, loader_workers=workers)
+    lanes = GLOBAL // (world_size * 8) * max(1, workers)  # columns a rank owns x residues
+    for rank_read in read:
+        assert rank_read <= epoch_bytes / world_size + lanes * shard_bytes, (read, epoch_bytes)
+    if start == 0:  # the ranks together read the epoch about once (not the tars' padding)
+        assert epoch_bytes * 0.75 <= sum(read) <= epoch_bytes + len(read) * lanes * shard_bytes
 
 
 @pytest.mark.parametrize("workers", [0, 2])

@@ -5,6 +5,8 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+import pytest
+
 from ft_dist.layout import checkpoints_dir, run_dir
 from ft_dist.train import worker
 from ft_dist.train.checkpoint import SHARED_FILE
@@ -54,3 +56,13 @@ def test_ray_copy_names_never_repeat(tmp_path: Path) -> None:
     assert session._ray_copy_name("000000012") == "ray_checkpoints/000000012.2"
     session._storage = "s3://bucket/runs"
     assert session._ray_copy_name("000000012") == "ray_checkpoints/000000012.abc123"
+
+
+def test_a_fixed_global_batch_resumes_with_the_same_loader_workers() -> None:
+    from ft_dist.train.checkpoint import check_compatible
+
+    meta = {"model": "small-cnn", "density": 0.2, "elastic_lanes": 2}
+    check_compatible(meta, dict(meta), "ckpt")
+    check_compatible({"model": "small-cnn", "density": 0.2}, meta, "ckpt")  # older: no record
+    with pytest.raises(ValueError, match="resume with data.loader_workers=2"):
+        check_compatible(meta, {**meta, "elastic_lanes": 4}, "ckpt")
