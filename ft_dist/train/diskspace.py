@@ -109,13 +109,14 @@ def run_bytes(cfg: Any, model: torch.nn.Module) -> tuple[int, int]:
     and buffers, optimizer slots (momentum; AdamW two), DeepSpeed's fp32 masters, a bool
     mask per weight and the best-so-far ticket candidate; a ticket is weights + masks."""
     from ft_dist.train.plan import build_plan
+    from ft_dist.train.strategy import strategy_entry
 
     params = sum(p.numel() for p in model.parameters())
     weights = 4 * (params + sum(b.numel() for b in model.buffers()))
     masks = params if cfg.sparsity.density < 1.0 else 0
     slots = 2 if cfg.optim.name == "adamw" else 1
     checkpoint = weights + 4 * params * slots + masks
-    if cfg.train.strategy == "deepspeed":
+    if strategy_entry(cfg.train.strategy).fp32_masters:
         checkpoint += 4 * params
     if build_plan(cfg, steps_per_epoch=1).ticket_choice == "best":  # best-so-far candidate
         checkpoint += weights + masks

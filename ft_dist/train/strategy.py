@@ -345,6 +345,7 @@ class StrategyEntry:
     # partitions at every step would defeat ZeRO's memory savings.
     every_step_dense_gradient: bool
     zero_stages: bool  # train.zero_stage applies
+    fp32_masters: bool  # keeps its own fp32 copy of the weights (checkpoint size)
 
 
 STRATEGIES: dict[str, StrategyEntry] = {
@@ -353,12 +354,14 @@ STRATEGIES: dict[str, StrategyEntry] = {
         "torch DistributedDataParallel (gloo on CPU, nccl on GPU)",
         every_step_dense_gradient=True,
         zero_stages=False,
+        fp32_masters=False,
     ),
     "deepspeed": StrategyEntry(
         DeepSpeedStrategy,
         "DeepSpeed engine, ZeRO stage 0/1/2, bf16 weights on GPU",
         every_step_dense_gradient=False,
         zero_stages=True,
+        fp32_masters=True,
     ),
 }
 
