@@ -81,6 +81,31 @@ class SparsityConfig(Section):
     exclude: tuple[str, ...] = Field(
         (), description="glob patterns on parameter names removing weights from the sparse set"
     )
+    channel_sparsity: float = Field(
+        0.0,
+        ge=0.0,
+        lt=1.0,
+        description="channel-level DST (Chase): fraction of the model's removable channels "
+        "removed by channel_end_step, lowest unmasked mean magnitude first, budget "
+        "reallocated to the channels that stay (sparse/channels.py); 0 = unstructured only",
+    )
+    channel_start_step: int = Field(
+        0, ge=0, description="channel removal starts at the first update after this step"
+    )
+    channel_end_step: int | None = Field(
+        None,
+        ge=1,
+        description="the removed fraction reaches channel_sparsity at the first update at or "
+        "after this step (cubic schedule from channel_start_step); EDST: end it inside the "
+        "exploration phase so that every ticket has the same channels",
+    )
+    channel_min_fraction: float = Field(
+        0.5,
+        gt=0.0,
+        le=1.0,
+        description="each channel group keeps at least this share of its uniform share "
+        "(1 - channel_sparsity) of channels (Chase's minimum ratio)",
+    )
     seed: int = 0
     check_consistency: bool = True
 
@@ -113,12 +138,32 @@ class SparsityConfig(Section):
                 "sparsity.drop_fraction_min is the floor of drop_schedule=cosine: set "
                 "sparsity.drop_schedule=cosine, or remove drop_fraction_min"
             )
+        if self.channel_sparsity > 0.0:
+            self._check_channel_schedule()
         if self.drop_fraction_min > self.drop_fraction:
             raise ValueError(
                 f"sparsity.drop_fraction_min={self.drop_fraction_min} must not exceed "
                 f"sparsity.drop_fraction={self.drop_fraction} (cosine decays from f0 to the floor)"
             )
         return self
+
+    def _check_channel_schedule(self) -> None:
+        if not self.is_dynamic:
+            raise ValueError(
+                "sparsity.channel_sparsity removes channels at dynamic updates: set "
+                "sparsity.update=dynamic with density < 1, or channel_sparsity=0"
+            )
+        if self.channel_end_step is None or self.channel_end_step <= self.channel_start_step:
+            raise ValueError(
+                "sparsity.channel_sparsity needs sparsity.channel_end_step > "
+                f"channel_start_step={self.channel_start_step} (the step by which the "
+                "channels are removed)"
+            )
+        if self.stop_step is not None and self.stop_step < self.channel_end_step:
+            raise ValueError(
+                f"sparsity.stop_step={self.stop_step} ends the updates before "
+                f"channel_end_step={self.channel_end_step}: channels are removed at updates"
+            )
 
     @property
     def is_dynamic(self) -> bool:

@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from ft_dist.sparse.allocation import active_counts, layer_densities, maskable_parameters
+from ft_dist.sparse.channels import ChannelSparsity
 from ft_dist.sparse.config import SparsityConfig
 from ft_dist.sparse.consistency import verify_masks_identical
 from ft_dist.sparse.schedule import UpdateSchedule
@@ -83,6 +84,8 @@ class DynamicSparsity:
         self._update_grads: dict[str, torch.Tensor] = {}  # kept by hook 1 for the update
         # name -> (dropped, grown, newly active) of the latest update
         self.last_update: dict[str, tuple[int, int, int]] = {}
+        # Channel-level DST (sparse/channels.py); None = unstructured only, as before.
+        self.channels = ChannelSparsity(self, model) if config.channel_sparsity > 0 else None
         self._refresh_float_masks()
         self.apply_masks_()
         self.check_consistency()
@@ -141,7 +144,8 @@ class DynamicSparsity:
         self._capture_requested = False
         if due:
             fraction = self.drop_fraction_now()
-            resets = self._update(fraction, self.growth, self._update_grads)
+            removed = self.channels.remove_due(self.num_steps) if self.channels else {}
+            resets = removed | self._update(fraction, self.growth, self._update_grads)
         elif dense_step:
             resets = {name: ~self.masks[name] for name in self.sparse_names}
         else:
@@ -193,18 +197,23 @@ class DynamicSparsity:
 
             return mask_grad
 
-        return [self.params[n].register_hook(hook(n)) for n in self.sparse_names]
+        handles = [self.params[n].register_hook(hook(n)) for n in self.sparse_names]
+        return handles + (self.channels.register_gradient_masking() if self.channels else [])
 
     def mask_gradients_(self) -> None:
         for name in self.sparse_names:
             grad = self.params[name].grad
             if grad is not None:
                 grad.mul_(self._float_masks[name])
+        if self.channels is not None:
+            self.channels.mask_gradients_()
 
     def mask_weights_(self) -> None:
         with torch.no_grad():
             for name in self.sparse_names:
                 self.params[name].mul_(self._float_masks[name])
+        if self.channels is not None:
+            self.channels.zero_removed_()
 
     def apply_masks_(self) -> None:
         """Zero inactive weights and their optimizer state (after init or load)."""
@@ -220,6 +229,8 @@ class DynamicSparsity:
         if not self.config.check_consistency:
             return 0
         sparse_masks = {name: self.masks[name] for name in self.sparse_names}
+        if self.channels is not None:
+            sparse_masks |= self.channels.consistency_masks()
         return verify_masks_identical(sparse_masks, self.process_group)
 
     # ------------------------------------------------------------------ the update
@@ -239,7 +250,14 @@ class DynamicSparsity:
                 # Drop before growth: a random growth score draws from the shared generator
                 # after the drop's draws, in the same order on every rank.
                 drop_score = self.drop.score(inputs)
-                result = prune_and_grow(mask, drop_score, growth.score(inputs), num_swap)
+                grow_score = growth.score(inputs)
+                if self.channels is None:
+                    result = prune_and_grow(mask, drop_score, grow_score, num_swap)
+                else:  # to the count after a reallocation, inside the remaining channels
+                    target = self.num_active[name]
+                    result = self.channels.prune_and_grow(
+                        name, mask, drop_score, grow_score, target, num_swap
+                    )
                 grown = torch.zeros_like(mask)
                 grown.view(-1)[result.grown] = True
                 num_new = int((result.mask & ~mask).sum())  # grown and not just re-grown
@@ -258,6 +276,15 @@ class DynamicSparsity:
         self._refresh_float_masks()
         self.check_consistency()
         return resets
+
+    def parameter(self, name: str) -> torch.Tensor:
+        """A parameter that resets may name: a masked weight, or (channel-level DST) a bias
+        or norm parameter of a removed channel."""
+        if name in self.params:
+            return self.params[name]
+        if self.channels is not None and name in self.channels.named:
+            return self.channels.named[name]
+        raise KeyError(f"{name} is not a parameter the sparsity engine resets")
 
     def current_gradients(self) -> dict[str, torch.Tensor]:
         """Each sparse weight's ``.grad`` (those that have one)."""
@@ -332,7 +359,7 @@ class DynamicSparsity:
             dropped_l, grown_l, _ = self.last_update.get(name, (0, 0, 0))
             stats[f"sparse/layer/{name}/dropped"] = float(dropped_l)
             stats[f"sparse/layer/{name}/grown"] = float(grown_l)
-        return stats
+        return stats | (self.channels.stats() if self.channels else {})
 
     def state_dict(self) -> dict:
         """Everything that changes future updates: masks, counters, shared generator, EMA."""
@@ -346,10 +373,17 @@ class DynamicSparsity:
             "ever_active": {n: m.cpu().clone() for n, m in self.ever_active.items()},
             "grad_ema": {n: t.cpu().clone() for n, t in self.grad_ema.items()},
             "last_update": {n: list(v) for n, v in self.last_update.items()},
-        }
+        } | ({"channels": self.channels.state_dict()} if self.channels else {})
 
     def load_state_dict(self, state: dict) -> None:
         """Restore from :meth:`state_dict`; a state from another model or density is refused."""
+        if self.channels is not None:  # first: the per-layer counts follow its removals
+            self.channels.load_state_dict(state.get("channels"))
+        elif state.get("channels"):
+            raise ValueError(
+                "the checkpoint was written with sparsity.channel_sparsity > 0; resume with "
+                "the same sparsity settings"
+            )
         self._check_compatible(state)
         self.num_steps = int(state["num_steps"])
         self.num_updates = int(state["num_updates"])
