@@ -7,6 +7,7 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 
 from ft_dist.configbase import Section
+from ft_dist.sparse.official import resolve_compat
 from ft_dist.sparse.scores import (
     DROP_SCORES,
     GROWTH_SCORES,
@@ -70,6 +71,14 @@ class SparsityConfig(Section):
         "gradient, momentum of inactive weights builds up and is never reset, and a grown "
         "weight starts at 0 but moves on its first step",
     )
+    compat: Literal["none", "official-cifar", "official-imagenet"] = Field(
+        "none",
+        description="reproduce the published FreeTickets code's update (sparse/official.py, "
+        "docs/fidelity.md). official-cifar: inactive_momentum keep, and ERK-dense layers lose "
+        "their ceil(f n) smallest weights at every update (mask kept all ones); "
+        "official-imagenet: a weight dropped and regrown in the same update keeps its value "
+        "and momentum. none: SPEC §4",
+    )
     dense_layers: tuple[str, ...] = Field(
         (), description="weights kept dense, by parameter name (with or without .weight)"
     )
@@ -118,6 +127,11 @@ class SparsityConfig(Section):
     @classmethod
     def _known_drop(cls, name: str) -> str:
         return check_drop_name(name)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _compat_fixes_momentum(cls, data):
+        return resolve_compat(data)  # a compat mode sets (or checks) inactive_momentum
 
     @model_validator(mode="before")
     @classmethod

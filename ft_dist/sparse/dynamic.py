@@ -32,6 +32,7 @@ from ft_dist.sparse.allocation import active_counts, layer_densities, maskable_p
 from ft_dist.sparse.channels import ChannelSparsity
 from ft_dist.sparse.config import SparsityConfig
 from ft_dist.sparse.consistency import verify_masks_identical
+from ft_dist.sparse.official import official_behaviour
 from ft_dist.sparse.schedule import UpdateSchedule
 from ft_dist.sparse.scores import Criterion, ScoreInputs, drop_criterion, growth_criterion
 from ft_dist.sparse.update import num_to_drop, prune_and_grow, random_mask
@@ -73,6 +74,7 @@ class DynamicSparsity:
         self.ever_active = {name: self.masks[name].clone() for name in self.sparse_names}
         self.growth = growth_criterion(config.growth)
         self.drop = drop_criterion(config.drop)
+        self.compat = official_behaviour(config.compat)  # sparsity.compat: sparse/official.py
         self.grad_ema = (
             {name: torch.zeros_like(self.params[name]) for name in self.sparse_names}
             if self.growth.ema_of is not None and self.schedule.every_steps
@@ -238,6 +240,7 @@ class DynamicSparsity:
         self, drop_fraction: float, growth: Criterion, grads: dict[str, torch.Tensor]
     ) -> dict[str, torch.Tensor]:
         """Prune and grow every sparse layer; returns the positions each layer reset."""
+        saved = self.compat.before_update(self) if self.compat is not None else None
         self.last_update, resets = {}, {}
         keep_state = self.config.inactive_momentum == "keep"
         with torch.no_grad():
@@ -275,6 +278,8 @@ class DynamicSparsity:
         self.num_updates += 1
         self._refresh_float_masks()
         self.check_consistency()
+        if self.compat is not None:  # the official code's update quirks, on request
+            resets = self.compat.after_update(self, drop_fraction, saved, resets)
         return resets
 
     def parameter(self, name: str) -> torch.Tensor:
