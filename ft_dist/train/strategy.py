@@ -281,7 +281,7 @@ class DeepSpeedStrategy(Strategy):
         )
 
         for name, positions in resets.items():
-            param = self.sparsity.params[name]
+            param = self.sparsity.parameter(name)  # or a removed channel's norm/bias
             master = safe_get_full_fp32_param(param)
             if master is None:  # ZeRO-0 fp32: weights already zeroed by the engine
                 state = self.engine.optimizer.state.get(param, {})

@@ -1,0 +1,114 @@
+"""Channel-level DST in the loop every Ray worker runs: EDST resumes bit-identically in the
+middle of the removal schedule and its tickets share the removed channels; DeepSpeed ZeRO-2
+on two gloo ranks keeps removed channels at zero in its fp32 masters and resumes exactly."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from ft_dist.layout import checkpoints_dir, run_dir, ticket_path
+from ft_dist.train.checkpoint import checkpoint_name
+from tests.gloo_workers import run_workers
+from tests.train.conftest import tiny_config
+from tests.train.test_loop import (
+    _assert_equal,
+    assert_same_training_state,
+    final_state,
+    resume_copy,
+    run_loop,
+)
+
+# small-cnn on the tiny MNIST slice: 8 steps per epoch on one rank, updates every 3 steps;
+# half of the 224 removable channels go by step 6 (inside the 1-epoch exploration).
+CHANNELS = {
+    "update_every_steps": 3,
+    "channel_sparsity": 0.5,
+    "channel_start_step": 0,
+    "channel_end_step": 6,
+}
+EDST = {
+    "method": "edst",
+    "num_members": 2,
+    "edst": {"exploration_epochs": 1, "refinement_epochs": 1},
+}
+
+
+@pytest.mark.slow
+def test_edst_resumes_mid_schedule_and_tickets_share_the_removed_channels(
+    tiny_mnist: Path, tmp_path: Path
+) -> None:
+    cfg = tiny_config(
+        tiny_mnist,
+        tmp_path / "a",
+        sparsity=CHANNELS,
+        ensemble=EDST,
+        train={"checkpoint_every_steps": 4, "keep_checkpoints": 10},
+    )
+    summary, _, _ = run_loop(cfg)
+    assert summary["steps"] == 24 and summary["sparse/channels/removed_fraction"] == 0.5
+    assert 0 < summary["sparse/channels/slim_dense_flops_ratio"] < 1.0
+    run = run_dir(cfg.train)
+    tickets = [torch.load(ticket_path(run, m), weights_only=True) for m in (1, 2)]
+    alive = final_state(cfg)["sparsity"]["channels"]["alive"]  # fixed since step 6
+    assert sum(int((~a).sum()) for a in alive.values()) == 112
+    for ticket in tickets:  # both tickets: the same channels gone, the rest moved
+        masks, model = ticket["masks"], ticket["model"]
+        for group, rows in (
+            ("features.0", "features.0.weight"),
+            ("features.4", "features.4.weight"),
+        ):
+            assert not masks[rows][~alive[group]].any(), rows
+        gone = ~alive["features.0"]
+        assert not masks["features.4.weight"][:, gone].any()
+        assert torch.all(model["features.1.weight"][gone] == 0)
+        assert torch.all(model["features.1.bias"][gone] == 0)
+    assert any(not torch.equal(tickets[0]["masks"][n], m) for n, m in tickets[1]["masks"].items())
+
+    resumed = resume_copy(cfg, 4, tmp_path / "b")  # after the first removal, before the rest
+    run_loop(resumed)
+    assert_same_training_state(final_state(cfg), final_state(resumed))
+
+
+def _deepspeed_worker(rank: int, world_size: int, root: Path, out: Path) -> None:
+    torch.distributed.init_process_group("gloo", rank=rank, world_size=world_size)
+    train = {
+        "epochs": 1,
+        "strategy": "deepspeed",
+        "zero_stage": 2,
+        "checkpoint_every_steps": 2,
+        "keep_checkpoints": 5,
+    }
+    sparsity = CHANNELS | {"update_every_steps": 1, "channel_end_step": 3}
+    cfg = tiny_config(root, out / "a", train=train, sparsity=sparsity)
+    summary, _, _ = run_loop(cfg)  # 2 ranks x 32: 4 steps; removals at steps 1-3
+    assert summary["steps"] == 4 and summary["sparse/channels/removed_fraction"] == 0.5
+    if rank == 0:
+        resume_copy(cfg, 2, out / "b")
+    torch.distributed.barrier()
+    resumed = cfg.model_copy(
+        update={"train": cfg.train.model_copy(update={"output_dir": str(out / "b")})}
+    )
+    run_loop(resumed)
+    a, b = (checkpoints_dir(run_dir(c.train)) / checkpoint_name(4) for c in (cfg, resumed))
+    own = f"rank_{rank:05d}.pt"  # this rank's ZeRO partition: fp32 masters + optimizer state
+    _assert_equal(
+        torch.load(a / own, weights_only=True), torch.load(b / own, weights_only=True), own
+    )
+    state = final_state(cfg)
+    alive = state["sparsity"]["channels"]["alive"]["features.0"]
+    model = state["model"]
+    for key in ("features.0.weight", "features.1.weight", "features.1.bias"):
+        assert torch.all(model[key][~alive] == 0), key
+    if rank == 0:
+        assert_same_training_state(state, final_state(resumed))
+
+
+@pytest.mark.dist
+@pytest.mark.slow
+def test_deepspeed_zero2_two_ranks_keeps_removed_channels_and_resumes(
+    tiny_mnist: Path, tmp_path: Path
+) -> None:
+    run_workers(_deepspeed_worker, 2, tiny_mnist, tmp_path)
