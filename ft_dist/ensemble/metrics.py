@@ -276,11 +276,12 @@ def fit_temperature(
         else:
             hi = beta
         newton = beta - slope / curvature if curvature > 0 else math.nan
-        step = newton if lo < newton < hi else math.sqrt(lo * hi)
-        if abs(step - beta) <= 1e-13 * beta or hi - lo <= 1e-13 * hi:
-            beta = step
+        if abs(newton - beta) <= 1e-12 * beta:  # converged (quadratically, in ~6 steps)
+            beta = newton
             break
-        beta = step
+        beta = newton if lo <= newton <= hi else math.sqrt(lo * hi)
+        if hi - lo <= 1e-12 * hi:
+            break
     return 1.0 / beta
 
 
