@@ -6,7 +6,9 @@ import argparse
 import json
 
 DESCRIPTION = """\
-Write every ticket of RUN_DIR (EDST / single run) or of a DST Ensemble EXP_DIR to DIR:
+Write every ticket of RUN_DIR (EDST / single run) or of a DST Ensemble EXP_DIR to DIR,
+channel-slim (every channel that contributes nothing, such as those channel-level DST
+removed, is cut out with its BatchNorm statistics and biases; --no-slim keeps full shapes):
 member_XX.bin (active values + a bitmask per masked layer, BatchNorm and other tensors
 dense), artifact.json (preprocessing: image size, channels, mean/std, eval transform;
 classes; per-tensor sha256), ensemble.pt2 (a torch.export program of the averaged-softmax
@@ -27,6 +29,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--data", metavar="ROOT", help="dataset root (default: data.root)")
     parser.add_argument("--no-program", action="store_true", help="skip ensemble.pt2")
     parser.add_argument("--force", action="store_true", help="replace an export in DIR")
+    parser.add_argument("--no-slim", action="store_true", help="keep removed channels (zeros)")
     parser.add_argument("--json", action="store_true", help="print the sizes as JSON")
     parser.set_defaults(func=handler)
 
@@ -35,7 +38,12 @@ def handler(args: argparse.Namespace) -> int:
     from ft_dist.export import export_run
 
     result = export_run(
-        args.run_dir, args.out, data_root=args.data, program=not args.no_program, force=args.force
+        args.run_dir,
+        args.out,
+        data_root=args.data,
+        program=not args.no_program,
+        force=args.force,
+        slim=not args.no_slim,
     )
     if args.json:
         print(json.dumps(result, indent=2))
@@ -45,7 +53,18 @@ def handler(args: argparse.Namespace) -> int:
             f"one dense state_dict (torch.save) {result['dense_state_dict_bytes']:,} bytes: "
             f"sparse / dense = {result['sparse_vs_one_dense']:.3f}"
         )
+        if result["slim"]:
+            params = ", ".join(f"{n:,}" for n in result["member_parameters"])
+            print(f"slim members: {params} parameters (full model {result['full_parameters']:,})")
+            print(f"kept channels of member 1: {format_kept(result)}")
         if result["program_bytes"] is not None:
-            print(f"ensemble.pt2 {result['program_bytes']:,} bytes (dense masked weights)")
+            print(f"ensemble.pt2 {result['program_bytes']:,} bytes (dense weights of the members)")
     print(result["out"])
     return 0
+
+
+def format_kept(result: dict) -> str:
+    """'group kept/size' for each group member 1 cut."""
+    sizes, kept = result["group_channels"], result["kept_channels"][0]
+    cut = [f"{name} {kept[name]}/{size}" for name, size in sizes.items() if kept[name] < size]
+    return ", ".join(cut) or "none cut"

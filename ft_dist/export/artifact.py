@@ -24,7 +24,8 @@ from ft_dist.export.format import ArtifactError, decode_member, sha256_hex
 from ft_dist.utils import write_atomic
 
 FORMAT = "ft_dist.sparse-ensemble"
-VERSION = 1
+VERSION = 2  # 2: members are channel-slim (their cut channels in artifact.json)
+READABLE_VERSIONS = (1, 2)
 MANIFEST_FILE = "artifact.json"
 SUMS_FILE = "SHA256SUMS"
 PROGRAM_FILE = "ensemble.pt2"
@@ -36,12 +37,20 @@ def member_file(number: int) -> str:
 
 @dataclass(frozen=True)
 class ArtifactMember:
-    """One member as read back: dense (masked) state_dict, bool masks, ticket metadata."""
+    """One member as read back: dense (masked) state_dict of the slim network, bool masks,
+    ticket metadata, and the channels cut per group (``channels["removed"]``)."""
 
     file: Path
     model_state: dict[str, torch.Tensor]
     masks: dict[str, torch.Tensor]
     meta: dict[str, Any]
+    channels: dict[str, Any] | None = None
+
+    def model(self):
+        """The member's network (slim architecture, weights, masks), in eval mode."""
+        from ft_dist.export.slim import member_model
+
+        return member_model(self.meta, self.model_state, self.masks, self.channels, self.file)
 
 
 @dataclass(frozen=True)
@@ -121,7 +130,7 @@ def verify_file(root: Path, name: str, sums: dict[str, str], size: int | None = 
 def read_manifest(root: Path, sums: dict[str, str]) -> dict[str, Any]:
     path = root / MANIFEST_FILE
     manifest = json.loads(verify_file(root, MANIFEST_FILE, sums))
-    if manifest.get("format") != FORMAT or manifest.get("version") != VERSION:
+    if manifest.get("format") != FORMAT or manifest.get("version") not in READABLE_VERSIONS:
         raise ArtifactError(
             f"{path}: format {manifest.get('format')!r} v{manifest.get('version')}, "
             f"expected {FORMAT!r} v{VERSION}; read it with the ft_dist that wrote it"
@@ -140,7 +149,10 @@ def read_artifact(path: str | Path) -> Artifact:
     for entry in manifest["members"]:
         data = verify_file(root, entry["file"], sums, int(entry["nbytes"]))
         state, masks = decode_member(data, entry["tensors"], str(root / entry["file"]))
-        members.append(ArtifactMember(root / entry["file"], state, masks, dict(entry["meta"])))
+        member = ArtifactMember(
+            root / entry["file"], state, masks, dict(entry["meta"]), entry.get("channels")
+        )
+        members.append(member)
     program = manifest.get("program")
     if program:
         verify_file(root, program["file"], sums, int(program["nbytes"]))

@@ -1,7 +1,9 @@
 """`ft-dist export`: the tickets of a run as a sparse artifact plus a plain-PyTorch program.
 
 Every ticket of an EDST / single run (RUN_DIR/tickets) or DST Ensemble experiment
-(EXP_DIR/members/*) is encoded sparsely with its BatchNorm statistics; the preprocessing
+(EXP_DIR/members/*) is first cut channel-slim (export/slim.py: the channels that contribute
+nothing, e.g. those channel-level DST removed, physically go, BatchNorm statistics and biases
+with them), then encoded sparsely with its BatchNorm statistics; the preprocessing
 facts (recipe, image size, channels, mean/std, eval resize) come from the run's
 config.yaml and training manifest, as `ft-dist evaluate` reads them. The program is built
 from the members *decoded back from the written bytes*, so it is what the artifact holds.
@@ -17,7 +19,6 @@ import torch
 
 from ft_dist.ensemble.tickets import (
     Ticket,
-    build_member,
     check_compatible,
     find_tickets,
     load_ticket,
@@ -35,6 +36,7 @@ from ft_dist.export.artifact import (
 )
 from ft_dist.export.format import decode_member, encode_member, sha256_hex
 from ft_dist.export.program import EnsembleProgram, export_program
+from ft_dist.export.slim import member_model, slim_ticket
 
 PROGRAM_INPUT = "float32 images [N, C, H, W] in [0, 1], after eval_transform (not normalised)"
 PROGRAM_OUTPUT = "float32 [N, num_classes]: the mean of the members' softmax probabilities"
@@ -106,16 +108,20 @@ def _relative(path: Path, root: Path) -> str:
 
 
 def write_members(
-    tickets: list[Ticket], out: Path, root: Path
-) -> tuple[list[dict[str, Any]], list[Ticket]]:
-    """Member files, their manifest entries, and the members decoded back from the bytes."""
+    tickets: list[Ticket], out: Path, root: Path, slim: bool = True
+) -> tuple[list[dict[str, Any]], list]:
+    """Member files, their manifest entries, and the member networks decoded back from the
+    bytes (slim when ``slim``: the channels that contribute nothing cut out)."""
     entries, decoded = [], []
     for number, ticket in enumerate(tickets, start=1):
-        data, index = encode_member(ticket.model_state, ticket.masks)
+        state, masks, channels = ticket.model_state, ticket.masks, None
+        if slim:
+            state, masks, channels = slim_ticket(ticket)
+        data, index = encode_member(state, masks)
         name = member_file(number)
         write_file(out / name, data)
         state, masks = decode_member(data, index, str(out / name))
-        decoded.append(Ticket(out / name, state, masks, ticket.meta))
+        decoded.append(member_model(ticket.meta, state, masks, channels, out / name))
         entries.append(
             {
                 "file": name,
@@ -123,6 +129,7 @@ def write_members(
                 "sha256": sha256_hex(data),
                 "source": _relative(ticket.path, root),
                 "meta": ticket.meta,
+                "channels": channels,
                 "tensors": index,
             }
         )
@@ -131,7 +138,7 @@ def write_members(
 
 def export_run(
     run_dir: str | Path, out: str | Path, *, data_root: str | None = None, program: bool = True,
-    force: bool = False,
+    force: bool = False, slim: bool = True,
 ) -> dict[str, Any]:  # fmt: skip
     """Write the artifact of ``run_dir`` to ``out``, verify it, and return its sizes."""
     root, out = Path(run_dir), Path(out)
@@ -140,7 +147,7 @@ def export_run(
     check_compatible(tickets)
     facts = preprocessing_facts(root, tickets[0], data_root)
     out = prepare_out(out, force)
-    entries, decoded = write_members(tickets, out, root)
+    entries, decoded = write_members(tickets, out, root, slim)
     manifest: dict[str, Any] = {
         "format": FORMAT,
         "version": VERSION,
@@ -155,7 +162,7 @@ def export_run(
         "program": None,
     }
     if program:
-        ensemble = EnsembleProgram([build_member(t) for t in decoded], facts["mean"], facts["std"])
+        ensemble = EnsembleProgram(decoded, facts["mean"], facts["std"])
         shape = (facts["in_channels"], facts["image_size"], facts["image_size"])
         export_program(ensemble, shape, out / PROGRAM_FILE)
         manifest["program"] = {
@@ -182,6 +189,7 @@ def sizes(out: Path, manifest: dict[str, Any], ticket: Ticket) -> dict[str, Any]
     metadata = (out / MANIFEST_FILE).stat().st_size + (out / SUMS_FILE).stat().st_size
     dense = dense_state_bytes(ticket)
     program = manifest["program"]
+    channels = [m["channels"] for m in manifest["members"] if m.get("channels")]
     return {
         "out": str(out),
         "num_members": len(manifest["members"]),
@@ -191,4 +199,9 @@ def sizes(out: Path, manifest: dict[str, Any], ticket: Ticket) -> dict[str, Any]
         "dense_state_dict_bytes": dense,
         "sparse_vs_one_dense": (members + metadata) / dense,
         "program_bytes": None if program is None else int(program["nbytes"]),
+        "slim": bool(channels),
+        "member_parameters": [c["parameters"] for c in channels],
+        "full_parameters": channels[0]["full_parameters"] if channels else None,
+        "kept_channels": [c["kept"] for c in channels],
+        "group_channels": channels[0]["size"] if channels else None,
     }

@@ -9,8 +9,8 @@ with the same outputs, whose remaining weights keep their unstructured sparsity.
 level DST (`ft_dist.sparse.channels`) leaves its removed channels dead by construction; an
 unstructured ticket may have a few dead channels by chance, and they go too.
 
-    removed = dead_channels(structure, params, masks)           # group -> channel indices
-    slim, slim_masks = slim_model(model, masks, example, removed)  # model is changed in place
+    slim = slim_model(model, masks, example)  # cuts the dead channels, model changed in place
+    slim.model, slim.masks, slim.removed, slim.kept
 
 Attention heads are cut by hand (torch-pruning prunes head *dimensions*, not heads): the
 head's rows of ``qkv`` and columns of ``proj`` go and ``num_heads`` drops.
@@ -19,6 +19,7 @@ head's rows of ``qkv`` and columns of ``proj`` go and ``num_heads`` drops.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -101,14 +102,25 @@ def _cut_heads(block: nn.Module, heads: list[int]) -> None:
         block.attn_dim = len(cols)
 
 
+@dataclass(frozen=True)
+class Slim:
+    """A slimmed model, the masks of its weights, and per removable group the channels cut
+    (``removed``), the channels left (``kept``) and the group's original size."""
+
+    model: nn.Module
+    masks: dict[str, torch.Tensor]
+    removed: dict[str, list[int]]
+    kept: dict[str, int]
+    sizes: dict[str, int]
+
+
 def slim_model(
     model: nn.Module,
     masks: Mapping[str, torch.Tensor],
     example: torch.Tensor,
     removed: Mapping[str, list[int]] | None = None,
-) -> tuple[nn.Module, dict[str, torch.Tensor], dict[str, list[int]]]:
-    """Cut ``removed`` channels (default: the dead ones) out of ``model`` in place; returns
-    (model, the masks of the slim weights, the channels removed per group)."""
+) -> Slim:
+    """Cut ``removed`` channels (default: the dead ones) out of ``model`` in place."""
     structure, dg = trace_structure(model, example)
     params = {strip_wrapper_prefixes(n): p for n, p in model.named_parameters()}
     if removed is None:
@@ -134,7 +146,13 @@ def slim_model(
         module.training = training
     slim_masks = {name: slim_tensor(mask, vectors.get(name, {})) for name, mask in masks.items()}
     _check_slim(model, slim_masks)
-    return model, slim_masks, {k: sorted(v) for k, v in removed.items() if v}
+    return Slim(
+        model,
+        slim_masks,
+        {k: sorted(v) for k, v in removed.items() if v},
+        kept_channels(structure, removed),
+        {g.name: g.size for g in structure.groups},
+    )
 
 
 def _check_slim(model: nn.Module, masks: Mapping[str, torch.Tensor]) -> None:

@@ -114,7 +114,8 @@ def test_masked_network_equals_its_slim_cut() -> None:
     images, _ = batch(99)
     with torch.no_grad():
         expected = model(images)
-    slim, masks, removed = slim_model(copy.deepcopy(model), sparsity.masks, torch.zeros(1, 3, 8, 8))
+    cut = slim_model(copy.deepcopy(model), sparsity.masks, torch.zeros(1, 3, 8, 8))
+    slim, masks, removed = cut.model, cut.masks, cut.removed
     assert {k: len(v) for k, v in removed.items()} == {
         n: int((~a).sum()) for n, a in sparsity.channels.alive.items() if (~a).any()
     }

@@ -80,7 +80,8 @@ def remove_and_slim(model: nn.Module, shape: tuple, fraction: float = 0.4):
     model.eval()
     with torch.no_grad():
         expected = model(images)
-    slim, masks, removed = slim_model(copy.deepcopy(model), sparsity.masks, torch.zeros(1, *shape))
+    cut = slim_model(copy.deepcopy(model), sparsity.masks, torch.zeros(1, *shape))
+    slim, removed = cut.model, cut.removed
     with torch.no_grad():
         got = slim(images)
     return expected, got, removed, sparsity, slim

@@ -1,0 +1,68 @@
+"""Slim members: a ticket's removed channels physically cut out before it is encoded.
+
+`slim_ticket` builds the ticket's masked network and cuts every channel that contributes
+nothing (all of its positions inactive or zero: the channels channel-level DST removed, and
+any an unstructured ticket left dead by chance) with `ft_dist.sparse.slim`: smaller dense
+layers with their BatchNorm statistics and biases, the remaining weights keeping their
+unstructured masks. The channels cut are recorded per member in artifact.json, and
+`member_model` rebuilds the slim architecture from the ticket's model facts and them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ft_dist.ensemble.tickets import Ticket, build_member
+from ft_dist.sparse.slim import slim_model
+
+
+def _example(meta: dict[str, Any]) -> torch.Tensor:
+    size = int(meta["image_size"])
+    return torch.zeros(1, int(meta["in_channels"]), size, size)
+
+
+def slim_ticket(ticket: Ticket) -> tuple[dict, dict, dict[str, Any]]:
+    """(slim state_dict, masks of the slim weights, channel record) of one ticket."""
+    model = build_member(ticket)
+    full = sum(p.numel() for p in model.parameters())
+    cut = slim_model(model, ticket.masks, _example(ticket.meta))
+    record = {
+        "removed": cut.removed,
+        "kept": cut.kept,
+        "size": cut.sizes,
+        "parameters": sum(p.numel() for p in cut.model.parameters()),
+        "full_parameters": full,
+    }
+    return cut.model.state_dict(), cut.masks, record
+
+
+def member_model(
+    meta: dict[str, Any],
+    state: dict[str, torch.Tensor],
+    masks: dict[str, torch.Tensor],
+    channels: dict[str, Any] | None,
+    where: str | Path,
+) -> nn.Module:
+    """A member's network as the artifact holds it: the ticket's model with the recorded
+    channels cut, the slim weights loaded, masks applied, in eval mode."""
+    from ft_dist.models import build_model_from_config, model_config_from_meta
+
+    model = build_model_from_config(model_config_from_meta(meta, str(where)))
+    removed = (channels or {}).get("removed") or {}
+    if removed:
+        model = slim_model(model, {}, _example(meta), removed=removed).model
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as error:
+        raise ValueError(
+            f"{where}: weights do not fit the slim {meta['model']!r}: {error}"
+        ) from error
+    params = dict(model.named_parameters())
+    with torch.no_grad():
+        for name, mask in masks.items():
+            params[name].mul_(mask.to(params[name].dtype))
+    return model.eval()
