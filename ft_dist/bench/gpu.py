@@ -5,6 +5,8 @@ Checks, each in its own process with its own time limit (ft_dist/bench/gpu_check
   train_eager         ResNet-50, bf16 autocast, channels_last, synthetic data: dense vs
                       DynamicSparsity(d = 0.2) images/s, interleaved (goal: sparse >= 0.95 x
                       dense), one mask update in steps, invariants
+  infer_slim          ResNet-50 bf16 inference: 3 channel-slim members (channel sparsity
+                      0.5) vs one dense model, images/s interleaved (goal: >= 1.0 x dense)
   ray_demo            configs/demo_edst.yaml through Ray with ray.use_gpu=true (shortened),
                       then `ft-dist evaluate` and `ft-dist export` of its tickets; runs in
                       the background beside the checks after it
@@ -38,6 +40,7 @@ from typing import Any
 CHECKS: list[tuple[str, int, bool]] = [
     ("env", 60, False),
     ("train_eager", 120, False),
+    ("infer_slim", 120, False),
     ("ray_demo", 240, True),
     ("strategy_ddp", 90, False),
     ("strategy_deepspeed", 120, False),

@@ -169,8 +169,8 @@ def check_train_compiled(device, sizes: Sizes, workdir: Path) -> dict[str, Any]:
 
 
 CHECK_NAMES = [
-    "env", "train_eager", "strategy_ddp", "strategy_deepspeed", "decode", "ray_demo",
-    "train_compiled",
+    "env", "train_eager", "infer_slim", "strategy_ddp", "strategy_deepspeed", "decode",
+    "ray_demo", "train_compiled",
 ]  # fmt: skip
 
 
@@ -178,10 +178,12 @@ def _registry() -> dict[str, Callable[..., dict[str, Any]]]:
     from ft_dist.bench.gpu_decode import check_decode
     from ft_dist.bench.gpu_demo import check_ray_demo
     from ft_dist.bench.gpu_strategy import check_ddp, check_deepspeed
+    from ft_dist.bench.slim_infer import check_infer_slim
 
     return {
         "env": check_env,
         "train_eager": check_train,
+        "infer_slim": check_infer_slim,
         "strategy_ddp": check_ddp,
         "strategy_deepspeed": check_deepspeed,
         "decode": check_decode,

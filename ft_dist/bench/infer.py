@@ -9,6 +9,12 @@ over repeats are compared.
 
 1. Per layer: a square Linear (default 4096 x 4096, batch 256) at each density.
 2. Whole model: an ensemble of M members (ERK masks at the density), images/s.
+
+Channel-slim ensembles (bench/slim_infer.py), instead of the above:
+  --export DIR          the exported program of DIR vs one dense model of its architecture
+  --synthetic resnet50  M ResNet-50 members at 224 px cut by --channel-sparsity, exported,
+                        vs one dense ResNet-50 (no training needed)
+Both print ensemble images/s / dense images/s (>= 1.0: the ensemble is as fast as one model).
 """
 
 from __future__ import annotations
@@ -30,7 +36,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--features", type=int, default=4096, help="per-layer Linear side")
-    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument(
+        "--batch-size", type=int, default=None, help="256; 32 with --export, 16 --synthetic"
+    )
     parser.add_argument("--densities", type=float, nargs="+", default=[0.2, 0.1])
     parser.add_argument("--model", default="small-cnn", help="whole-model benchmark model")
     parser.add_argument("--num-classes", type=int, default=10)
@@ -39,6 +47,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--members", type=int, default=3, help="ensemble size M")
     parser.add_argument("--model-density", type=float, default=0.2, help="ERK density")
     parser.add_argument("--repeats", type=int, default=5, help="timed runs per variant")
+    parser.add_argument("--export", metavar="DIR", help="time the exported ensemble of DIR")
+    parser.add_argument("--synthetic", metavar="MODEL", help="e.g. resnet50: synthetic slim")
+    parser.add_argument(
+        "--channel-sparsity", type=float, nargs="+", default=[0.0, 0.3, 0.5, 0.6],
+        help="--synthetic: removed channel fractions, one row each",
+    )  # fmt: skip
+    parser.add_argument("--synthetic-image-size", type=int, default=224)
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.set_defaults(func=run)
 
@@ -46,6 +61,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
+    if args.export or args.synthetic:
+        return run_slim(args)
+    args.batch_size = args.batch_size or 256
     warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
     with torch.inference_mode():
         layers = [
@@ -54,6 +72,30 @@ def run(args: argparse.Namespace) -> int:
         model = measure_model(args)
     result = {"torch_threads": torch.get_num_threads(), "layers": layers, "model": model}
     print(json.dumps(result, indent=2) if args.json else format_table(result))
+    return 0
+
+
+def run_slim(args: argparse.Namespace) -> int:
+    import torch
+
+    from ft_dist.bench import slim_infer
+
+    rows = []
+    if args.export:
+        rows.append(slim_infer.measure_export(args.export, args.batch_size or 32, args.repeats))
+    if args.synthetic:
+        rows += slim_infer.measure_synthetic(
+            args.synthetic,
+            args.members,
+            args.model_density,
+            args.channel_sparsity,
+            args.batch_size or 16,
+            args.repeats,
+            image_size=args.synthetic_image_size,
+        )
+    result = {"torch_threads": torch.get_num_threads(), "device": "cpu", "rows": rows}
+    title = f"CPU inference, {result['torch_threads']} threads: slim ensemble vs one dense model"
+    print(json.dumps(result, indent=2) if args.json else slim_infer.format_rows(rows, title))
     return 0
 
 

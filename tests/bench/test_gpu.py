@@ -142,6 +142,6 @@ def test_ray_demo_check_on_cpu(tmp_path: Path) -> None:
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_gpu_checks_on_the_gpu(tmp_path: Path) -> None:
-    for name in ("env", "strategy_ddp", "strategy_deepspeed", "decode"):
+    for name in ("env", "infer_slim", "strategy_ddp", "strategy_deepspeed", "decode"):
         result = run_check(name, "cuda", "tiny", tmp_path / name)
         assert result["passed"] is True, (name, result.get("error"), result.get("traceback"))

@@ -1,0 +1,258 @@
+"""Channel-slim ensembles against one dense model, side by side in one process.
+
+* ``ft-dist bench infer --export DIR``: the exported program (``DIR/ensemble.pt2``: M slim
+  members, normalisation and softmax averaging inside) against one dense model of the same
+  architecture wrapped the same way and exported the same way (`torch.export`), on the same
+  random batch, runs interleaved, medians compared.
+* ``ft-dist bench infer --synthetic resnet50``: the same at 224 px with no training: M
+  ResNet-50 members with ERK masks at the density, each cut channel-slim by one removal of
+  channel-level DST (`sparsity.channel_sparsity`, unmasked mean magnitude of the freshly
+  initialised masked weights, the same global selection as in training), exported as an
+  ensemble program. At initialisation UMM mostly follows the ERK densities, so which
+  channels go differs from a trained run; the slim shapes, and so the speed, depend only on
+  how many go where.
+
+The ratio reported is ensemble images/s ÷ dense images/s (>= 1.0: the M-member ensemble is
+at least as fast as one dense model).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+
+def _exported(module: nn.Module, shape: Sequence[int]) -> nn.Module:
+    """``module`` through torch.export (dynamic batch), as `ft-dist export` ships it."""
+    example = torch.rand(2, *shape, generator=torch.Generator().manual_seed(0))
+    batch = torch.export.Dim("batch", min=1, max=65536)
+    with torch.no_grad():
+        program = torch.export.export(
+            module.eval(), (example,), dynamic_shapes={"images": {0: batch}}
+        )
+    return program.module()
+
+
+def _parameters(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def compare(
+    ensemble: Callable[[torch.Tensor], torch.Tensor],
+    dense: Callable[[torch.Tensor], torch.Tensor],
+    images: torch.Tensor,
+    repeats: int,
+) -> dict[str, float]:
+    """Median seconds of each over interleaved runs (after a warm-up), as images/s."""
+    from ft_dist.bench.infer import time_pair
+
+    with torch.inference_mode():
+        ensemble_s, dense_s = time_pair(lambda: ensemble(images), lambda: dense(images), repeats)
+    batch = images.shape[0]
+    return {
+        "ensemble_images_per_s": batch / ensemble_s,
+        "dense_images_per_s": batch / dense_s,
+        "ensemble_vs_dense": dense_s / ensemble_s,
+        "ensemble_ms_per_image": 1e3 * ensemble_s / batch,
+        "dense_ms_per_image": 1e3 * dense_s / batch,
+    }
+
+
+def measure_export(directory: str | Path, batch_size: int, repeats: int) -> dict[str, Any]:
+    """The exported ensemble of ``directory`` against one dense model of its architecture."""
+    from ft_dist.export import EnsembleProgram, read_artifact
+    from ft_dist.models import build_model_from_config, model_config_from_meta
+
+    artifact = read_artifact(directory)
+    if not artifact.manifest.get("program"):
+        raise ValueError(f"{directory} has no ensemble.pt2 (exported with --no-program)")
+    facts = artifact.preprocessing
+    shape = (facts["in_channels"], facts["image_size"], facts["image_size"])
+    meta = artifact.members[0].meta
+    torch.manual_seed(0)
+    dense = build_model_from_config(model_config_from_meta(meta, str(directory)))
+    dense_program = _exported(EnsembleProgram([dense], facts["mean"], facts["std"]), shape)
+    program = torch.export.load(str(Path(directory) / "ensemble.pt2")).module()
+    images = torch.rand(batch_size, *shape, generator=torch.Generator().manual_seed(1))
+    channels = [m.channels or {} for m in artifact.members]
+    return {
+        "source": str(directory),
+        "model": meta["model"],
+        "members": len(artifact.members),
+        "batch_size": batch_size,
+        "image_shape": list(shape),
+        "dense_parameters": _parameters(dense),
+        "member_parameters": [c.get("parameters") for c in channels],
+        "kept_channels": channels[0].get("kept"),
+        "group_channels": channels[0].get("size"),
+        **compare(program, dense_program, images, repeats),
+    }
+
+
+def synthetic_members(
+    model: str,
+    num_classes: int,
+    image_size: int,
+    members: int,
+    density: float,
+    channel_sparsity: float,
+    in_channels: int = 3,
+) -> list[nn.Module]:
+    """M members with ERK masks, each cut channel-slim by one channel-level DST removal."""
+    from ft_dist.models import build_model
+    from ft_dist.sparse import DynamicSparsity, SparsityConfig
+    from ft_dist.sparse.slim import slim_model
+
+    shape = (in_channels, image_size, image_size)
+    result = []
+    for member in range(members):
+        torch.manual_seed(member)
+        network = build_model(model, num_classes, in_channels, image_size)
+        channels = {"channel_sparsity": channel_sparsity, "channel_end_step": 1}
+        config = SparsityConfig(
+            density=density,
+            update_every_steps=1,
+            growth="random",
+            drop_fraction=0.0,
+            seed=member,
+            **(channels if channel_sparsity > 0 else {}),
+        )
+        sparsity = DynamicSparsity(network, None, config)
+        if channel_sparsity > 0:
+            network.eval()
+            with torch.no_grad():
+                network(torch.zeros(1, *shape))  # the first forward traces the structure
+            sparsity.step()  # one update: the removal
+            network = slim_model(network, sparsity.masks, torch.zeros(1, *shape)).model
+        result.append(network.eval())
+    return result
+
+
+def measure_synthetic(
+    model: str,
+    members: int,
+    density: float,
+    channel_sparsities: Sequence[float],
+    batch_size: int,
+    repeats: int,
+    image_size: int = 224,
+    num_classes: int = 1000,
+) -> list[dict[str, Any]]:
+    """One row per channel sparsity: exported slim ensemble vs one dense model."""
+    from ft_dist.export import EnsembleProgram
+
+    shape = (3, image_size, image_size)
+    mean, std = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
+    from ft_dist.models import build_model
+
+    torch.manual_seed(0)
+    dense = build_model(model, num_classes, 3, image_size)
+    dense_program = _exported(EnsembleProgram([dense], mean, std), shape)
+    images = torch.rand(batch_size, *shape, generator=torch.Generator().manual_seed(1))
+    rows = []
+    for fraction in channel_sparsities:
+        start = time.perf_counter()
+        slim = synthetic_members(model, num_classes, image_size, members, density, fraction)
+        program = _exported(EnsembleProgram(slim, mean, std), shape)
+        rows.append(
+            {
+                "model": model,
+                "members": members,
+                "density": density,
+                "channel_sparsity": fraction,
+                "batch_size": batch_size,
+                "image_shape": list(shape),
+                "dense_parameters": _parameters(dense),
+                "member_parameters": [_parameters(m) for m in slim],
+                "build_seconds": time.perf_counter() - start,
+                **compare(program, dense_program, images, repeats),
+            }
+        )
+    return rows
+
+
+def format_rows(rows: list[dict[str, Any]], title: str) -> str:
+    lines = [
+        title,
+        f"{'model':<18}{'M':>3}{'ch.sp':>7}{'batch':>7}{'params/member':>15}"
+        f"{'dense img/s':>13}{'ens. img/s':>12}{'ens/dense':>11}{'ms/img':>8}",
+    ]
+    for row in rows:
+        params = row["member_parameters"][0] or 0
+        fraction = row.get("channel_sparsity")
+        label = "-" if fraction is None else f"{fraction:.2f}"
+        lines.append(
+            f"{row['model'][:17]:<18}{row['members']:>3}{label:>7}{row['batch_size']:>7}"
+            f"{params / max(row['dense_parameters'], 1):>14.2f}x"
+            f"{row['dense_images_per_s']:>13.1f}{row['ensemble_images_per_s']:>12.1f}"
+            f"{row['ensemble_vs_dense']:>10.2f}x{row['ensemble_ms_per_image']:>8.2f}"
+        )
+    return "\n".join(lines)
+
+
+GPU_GOAL = 1.0  # M = 3 slim members at least as fast as one dense model
+GPU_CHANNEL_SPARSITY = 0.5
+
+
+def check_infer_slim(device, sizes, workdir: Path) -> dict[str, Any]:
+    """`ft-dist bench gpu` check: M = 3 channel-slim members (channel sparsity 0.5, ERK
+    d = 0.2) vs one dense model, bf16 autocast and channels_last on CUDA, eager, same batch,
+    interleaved images/s (ResNet-50 at 224 px on the GPU; the tiny size on a CPU)."""
+    from ft_dist.bench.infer import time_pair
+    from ft_dist.export import EnsembleProgram
+    from ft_dist.models import build_model
+
+    del workdir
+    cuda = device.type == "cuda"
+    shape = (sizes.in_channels, sizes.image_size, sizes.image_size)
+    members = synthetic_members(
+        sizes.model, sizes.num_classes, sizes.image_size, 3, 0.2, GPU_CHANNEL_SPARSITY,
+        in_channels=sizes.in_channels,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    dense = build_model(sizes.model, sizes.num_classes, sizes.in_channels, sizes.image_size)
+    mean, std = [0.5] * sizes.in_channels, [0.25] * sizes.in_channels
+    layout = torch.channels_last if cuda else torch.contiguous_format
+    ensemble = EnsembleProgram(members, mean, std).to(device, memory_format=layout).eval()
+    single = EnsembleProgram([dense], mean, std).to(device, memory_format=layout).eval()
+    images = torch.rand(sizes.batch_size, *shape, device=device)
+    images = images.contiguous(memory_format=layout)
+
+    def timed(module: nn.Module) -> Callable[[], None]:
+        def forward() -> None:
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda):
+                module(images)
+            if cuda:
+                torch.cuda.synchronize(device)
+
+        return forward
+
+    with torch.inference_mode():
+        for _ in range(sizes.warmup):
+            timed(ensemble)(), timed(single)()
+        ensemble_s, dense_s = time_pair(timed(ensemble), timed(single), max(sizes.steps, 3))
+    ratio = dense_s / ensemble_s
+    params = sum(_parameters(m) for m in members) / (3 * _parameters(dense))
+    return {
+        "model": sizes.model,
+        "members": 3,
+        "channel_sparsity": GPU_CHANNEL_SPARSITY,
+        "batch_size": sizes.batch_size,
+        "bf16": cuda,
+        "dense_images_per_s": sizes.batch_size / dense_s,
+        "ensemble_images_per_s": sizes.batch_size / ensemble_s,
+        "ensemble_vs_dense": ratio,
+        "member_parameters_vs_dense": params,
+        "passed": True,
+        "goals": {f"3 slim members >= {GPU_GOAL} x one dense model's images/s": ratio >= GPU_GOAL},
+        "summary": (
+            f"dense {sizes.batch_size / dense_s:.0f} img/s, 3 slim members "
+            f"{sizes.batch_size / ensemble_s:.0f} img/s (x{ratio:.2f}; members "
+            f"{params:.2f}x the dense parameters)"
+        ),
+    }

@@ -1,0 +1,51 @@
+"""`ft-dist bench infer --export DIR / --synthetic MODEL` and the `infer_slim` GPU check, on
+tiny sizes (they check what is measured and reported, never how fast)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from ft_dist.bench.gpu_checks import SIZES
+from ft_dist.bench.slim_infer import check_infer_slim
+from ft_dist.cli import main
+from tests.export.test_export import mnist_root  # noqa: F401  (fixture)
+from tests.export.test_export_slim import slim_export  # noqa: F401  (fixture)
+
+
+def _json(capsys) -> dict:
+    return json.loads(capsys.readouterr().out)
+
+
+def test_export_mode_times_the_program_against_one_dense_model(slim_export, capsys) -> None:  # noqa: F811
+    _, out, _ = slim_export
+    argv = ["bench", "infer", "--export", str(out), "--batch-size", "4", "--repeats", "1"]
+    assert main([*argv, "--json"]) == 0
+    (row,) = _json(capsys)["rows"]
+    assert row["members"] == 3 and row["model"] == "small-cnn" and row["batch_size"] == 4
+    assert row["ensemble_images_per_s"] > 0 and row["dense_images_per_s"] > 0
+    ratio = row["ensemble_images_per_s"] / row["dense_images_per_s"]
+    assert abs(ratio - row["ensemble_vs_dense"]) < 1e-9
+    assert max(row["member_parameters"]) < row["dense_parameters"]
+    assert main(argv) == 0
+    assert "ens/dense" in capsys.readouterr().out
+
+
+def test_synthetic_mode_cuts_each_member_by_the_channel_sparsity(capsys) -> None:
+    argv = ["bench", "infer", "--synthetic", "small-cnn", "--synthetic-image-size", "28"]
+    argv += ["--channel-sparsity", "0", "0.5", "--members", "2", "--batch-size", "2"]
+    assert main([*argv, "--repeats", "1", "--json"]) == 0
+    rows = _json(capsys)["rows"]
+    assert [r["channel_sparsity"] for r in rows] == [0.0, 0.5]
+    unstructured, slim = rows
+    assert unstructured["member_parameters"] == [unstructured["dense_parameters"]] * 2
+    assert all(p < slim["dense_parameters"] for p in slim["member_parameters"])
+
+
+def test_gpu_check_runs_on_the_cpu_at_the_tiny_size() -> None:
+    result = check_infer_slim(torch.device("cpu"), SIZES["tiny"], Path("."))
+    assert result["passed"] is True and result["bf16"] is False
+    assert result["ensemble_vs_dense"] > 0 and result["member_parameters_vs_dense"] < 1
+    assert list(result["goals"]) == ["3 slim members >= 1.0 x one dense model's images/s"]
