@@ -256,3 +256,34 @@ def check_infer_slim(device, sizes, workdir: Path) -> dict[str, Any]:
             f"{params:.2f}x the dense parameters)"
         ),
     }
+
+
+def time_programs(
+    directories: dict[str, Path], batch_size: int = 256, repeats: int = 7
+) -> dict[str, float]:
+    """Milliseconds per image of each exported ensemble (``DIR/ensemble.pt2``), all timed in
+    one interleaved loop (each repeat runs every program once, in a rotating order), so
+    their figures compare on a machine whose load changes; medians over the repeats."""
+    import statistics
+
+    from ft_dist.export import read_artifact
+
+    programs, shapes = {}, {}
+    for key, directory in directories.items():
+        facts = read_artifact(directory).preprocessing
+        shapes[key] = (facts["in_channels"], facts["image_size"], facts["image_size"])
+        programs[key] = torch.export.load(str(Path(directory) / "ensemble.pt2")).module()
+    generator = torch.Generator().manual_seed(1)
+    images = {k: torch.rand(batch_size, *s, generator=generator) for k, s in shapes.items()}
+    times: dict[str, list[float]] = {key: [] for key in programs}
+    keys = list(programs)
+    with torch.inference_mode():
+        for key in keys:  # warm-up
+            programs[key](images[key])
+        for repeat in range(repeats):
+            shift = repeat % len(keys)
+            for key in keys[shift:] + keys[:shift]:
+                start = time.perf_counter()
+                programs[key](images[key])
+                times[key].append(time.perf_counter() - start)
+    return {key: 1e3 * statistics.median(t) / batch_size for key, t in times.items()}

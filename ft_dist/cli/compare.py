@@ -47,6 +47,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="also train a deep ensemble (M dense models, t_ex + t_re epochs each): the "
         "dense curve for each row's deep-ensemble equivalent (DEE)",
     )
+    parser.add_argument(
+        "--channel-sparsity",
+        type=float,
+        default=0.8,
+        metavar="S",
+        help="also train channel-level EDST removing this fraction of channels during the "
+        "exploration phase (0.8; 0 = no such row)",
+    )
     parser.add_argument("--no-wandb", action="store_true", help="do not log evaluations to W&B")
     parser.add_argument("--json", action="store_true", help="print the rows as JSON")
     parser.set_defaults(func=handler)
@@ -58,6 +66,15 @@ def _ood_argument(value: str, data_root: str) -> str | None:
     if value == "auto":
         return "ood" if (Path(data_root) / "ood" / "manifest.json").is_file() else None
     return value
+
+
+def _channels(fraction: float, cfg) -> tuple[float, int] | None:
+    """(channel sparsity, removal end step = the end of the EDST exploration), or None."""
+    if fraction <= 0 or cfg.ensemble.edst is None:
+        return None
+    from ft_dist.bench.channels import steps_per_epoch
+
+    return fraction, cfg.ensemble.edst.exploration_epochs * steps_per_epoch(cfg)
 
 
 def handler(args: argparse.Namespace) -> int:
@@ -81,6 +98,7 @@ def handler(args: argparse.Namespace) -> int:
             ood=_ood_argument(args.ood, cfg.data.root),
             track=not args.no_wandb,
             deep_ensemble=args.deep_ensemble,
+            channels=_channels(args.channel_sparsity, cfg),
         )
     finally:
         if ray.is_initialized():

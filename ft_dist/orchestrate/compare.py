@@ -44,8 +44,15 @@ class Variant:
     cfg: RunConfig
 
 
-def plan_variants(base: RunConfig, out_dir: Path, deep_ensemble: bool = False) -> list[Variant]:
-    """The five runs of the comparison (six with the deep ensemble), from an EDST config."""
+def plan_variants(
+    base: RunConfig,
+    out_dir: Path,
+    deep_ensemble: bool = False,
+    channels: tuple[float, int] | None = None,
+) -> list[Variant]:
+    """The five runs of the comparison (six with the deep ensemble, one more with
+    ``channels`` = (channel sparsity, the step its removal ends: channel-level EDST)), from an
+    EDST config."""
     edst = base.ensemble.edst
     if base.ensemble.method != "edst" or edst is None:
         raise ValueError(
@@ -62,6 +69,12 @@ def plan_variants(base: RunConfig, out_dir: Path, deep_ensemble: bool = False) -
         ("dst", "DST (single)", {}, "single", 1, epochs),
         ("static_ensemble", f"static sparse ensemble (M={members})", static, "pdst", members, epochs),
         ("edst", f"EDST (M={members})", {}, "edst", members, None),
+        *(
+            [("edst_channels", f"channel-level EDST (M={members}, {channels[0]:g} of channels)",
+              {"channel_sparsity": channels[0], "channel_end_step": channels[1]}, "edst",
+              members, None)]
+            if channels else []
+        ),
         ("dst_ensemble", f"DST Ensemble (M={members})", {}, "pdst", members, epochs),
     ]  # fmt: skip
     if deep_ensemble:
@@ -160,6 +173,20 @@ def table_row(variant: Variant, report: dict[str, Any], wall_s: float) -> dict[s
     }
 
 
+def add_exported_inference_times(variants: list[Variant], rows: list[dict[str, Any]]) -> None:
+    """Wall-clock ms per image of each variant's `ft-dist export` program (channel-slim
+    members), all timed in one interleaved loop on this machine's CPU."""
+    from ft_dist.bench.slim_infer import time_programs
+    from ft_dist.export import export_run
+
+    exports = {v.key: run_dir(v.cfg.train) / "export" for v in variants}
+    for variant in variants:
+        export_run(run_dir(variant.cfg.train), exports[variant.key], force=True)
+    times = time_programs(exports)
+    for row in rows:
+        row["inference_ms_per_image"] = times[row["variant"]]
+
+
 def add_relative_costs(rows: list[dict[str, Any]]) -> None:
     """Training FLOPs relative to the dense run; inference FLOPs relative to one dense model."""
     dense = next((row for row in rows if row["variant"] == "dense"), None)
@@ -201,14 +228,15 @@ def add_deep_ensemble_equivalents(rows: list[dict[str, Any]]) -> None:
 
 
 def run_comparison(
-    base: RunConfig, out_dir: Path, *, ood: str | None, track: bool, deep_ensemble: bool = False
-) -> tuple[list[dict[str, Any]], dict[str, Path]]:
+    base: RunConfig, out_dir: Path, *, ood: str | None, track: bool, deep_ensemble: bool = False,
+    channels: tuple[float, int] | None = None,
+) -> tuple[list[dict[str, Any]], dict[str, Path]]:  # fmt: skip
     """Train (or resume) and evaluate every variant; write OUT/compare.json and .md."""
     from ft_dist.orchestrate.compare_table import render_table, table_notes
     from ft_dist.preflight import check_cluster, check_inputs
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    variants = plan_variants(base, out_dir, deep_ensemble)
+    variants = plan_variants(base, out_dir, deep_ensemble, channels)
     for variant in variants:  # every variant's data, splits and room, before any trains
         check_inputs(variant.cfg)
         check_cluster(variant.cfg)
@@ -220,6 +248,7 @@ def run_comparison(
             run_dir(variant.cfg.train), EvalOptions(ood=ood, track=track, batch_size=500)
         )
         rows.append(table_row(variant, json.loads(written["json"].read_text()), wall))
+    add_exported_inference_times(variants, rows)
     add_relative_costs(rows)
     add_deep_ensemble_equivalents(rows)
     json_path = out_dir / "compare.json"

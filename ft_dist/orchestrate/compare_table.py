@@ -15,6 +15,7 @@ COLUMNS = (
     ("dee", "DEE", "{:.2f}"),
     ("train_flops_vs_dense", "train FLOPs (× dense)", "{:.3f}×"),
     ("inference_flops_vs_dense", "inference FLOPs (× dense)", "{:.3f}×"),
+    ("inference_ms_per_image", "inference ms/image (exported)", "{:.3f}"),
     ("parameters_vs_dense", "parameters (× dense)", "{:.3f}×"),
     ("train_images_per_s", "train images/s", "{:.0f}"),
     ("inference_images_per_s", "inference images/s", "{:.0f}"),
@@ -39,7 +40,9 @@ def render_table(rows: list[dict[str, Any]]) -> str:
     equivalent (dense members matching the calibrated NLL); parameters = active weights of
     all members over one dense model; train images/s: images seen / seconds in training
     steps, summed over a variant's runs (one run's throughput); inference images/s: test
-    images through every member, as measured by `ft-dist evaluate` on this machine.
+    images through every member, as measured by `ft-dist evaluate` on this machine;
+    inference ms/image: the `ft-dist export` program (channel-slim members), batch 256, all
+    rows timed in one interleaved loop on this machine's CPU.
     """
     header = "| " + " | ".join(title for _, title, _ in COLUMNS) + " |"
     rule = "|" + "---|" * len(COLUMNS)

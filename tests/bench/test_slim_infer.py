@@ -13,6 +13,7 @@ from ft_dist.bench.slim_infer import check_infer_slim
 from ft_dist.cli import main
 from tests.export.test_export import mnist_root  # noqa: F401  (fixture)
 from tests.export.test_export_slim import slim_export  # noqa: F401  (fixture)
+from tests.train.conftest import tiny_mnist  # noqa: F401  (fixture)
 
 
 def _json(capsys) -> dict:
@@ -49,3 +50,29 @@ def test_gpu_check_runs_on_the_cpu_at_the_tiny_size() -> None:
     assert result["passed"] is True and result["bf16"] is False
     assert result["ensemble_vs_dense"] > 0 and result["member_parameters_vs_dense"] < 1
     assert list(result["goals"]) == ["3 slim members >= 1.0 x one dense model's images/s"]
+
+
+def test_programs_are_timed_in_one_interleaved_loop(slim_export) -> None:  # noqa: F811
+    from ft_dist.bench.slim_infer import time_programs
+
+    _, out, _ = slim_export
+    times = time_programs({"a": out, "b": out}, batch_size=4, repeats=2)
+    assert set(times) == {"a", "b"} and all(ms > 0 for ms in times.values())
+
+
+def test_channel_curve_plans_edst_runs_and_a_dense_reference(tiny_mnist, tmp_path) -> None:  # noqa: F811
+    from ft_dist.bench.channels import variant_configs
+    from tests.train.conftest import tiny_config
+
+    edst = {"method": "edst", "num_members": 2}
+    edst["edst"] = {"exploration_epochs": 2, "refinement_epochs": 1}
+    base = tiny_config(tiny_mnist, tmp_path, ensemble=edst)  # 8 steps per epoch
+    runs = variant_configs(base, tmp_path / "curve", [0.0, 0.5], dense=True)
+    assert [name for name, _, _ in runs] == ["edst_channels_00", "edst_channels_50", "dense"]
+    _, _, unstructured = runs[0]
+    _, _, channels = runs[1]
+    _, _, dense = runs[2]
+    assert unstructured.sparsity.channel_sparsity == 0.0
+    assert channels.sparsity.channel_sparsity == 0.5 and channels.sparsity.channel_end_step == 16
+    assert dense.sparsity.density == 1.0 and dense.ensemble.method == "single"
+    assert dense.num_epochs == 2 + base.ensemble.edst.refinement_epochs

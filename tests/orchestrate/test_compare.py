@@ -83,7 +83,7 @@ def test_relative_costs_and_table() -> None:
     )
     assert table[3].startswith(
         "| EDST (M=3) | 0.9100 | 0.2500 | 0.0100 | 0.2400 | 0.0080 | 0.9900 | >1 | 0.600× "
-        "| 0.750× | 0.600× | 1234 | 5000 |"
+        "| 0.750× | – | 0.600× | 1234 | 5000 |"
     )
     assert "| dense |" in table[2] and "| – |" in table[2]  # no OoD figure: a dash
     assert "one dense model only" in table_notes(rows)
@@ -108,3 +108,14 @@ def test_deep_ensemble_equivalent_from_the_dense_curve() -> None:
     rows[1]["calibrated_nll"] = None  # one row without calibration: raw NLL for every row
     add_deep_ensemble_equivalents(rows)
     assert rows[1]["dee_metric"] == "nll" and rows[1]["dee"] == pytest.approx(2.0)  # 0.46
+
+
+def test_channel_level_edst_variant(tmp_path: Path) -> None:
+    base = load_config(REPO / "configs" / "demo_edst.yaml")
+    variants = {v.key: v.cfg for v in plan_variants(base, tmp_path, channels=(0.8, 81))}
+    assert list(variants)[3:5] == ["edst", "edst_channels"]
+    channels = variants["edst_channels"]
+    assert channels.sparsity.channel_sparsity == 0.8 and channels.sparsity.channel_end_step == 81
+    assert channels.num_epochs == variants["edst"].num_epochs
+    assert variants["edst"].sparsity.channel_sparsity == 0.0
+    assert "inference ms/image" in render_table([])

@@ -1,0 +1,158 @@
+"""`ft-dist bench channels CONFIG`: the channel-sparsity trade-off curve of an EDST config.
+
+For each ``--channel-sparsity`` s, one EDST run of CONFIG with ``sparsity.channel_sparsity =
+s`` (s = 0: the unstructured run) whose removal ends with the exploration phase
+(``channel_end_step`` = t_ex epochs of steps, so every ticket has the same channels), plus
+one dense model trained for t_ex + t_re epochs (the reference for NLL and speed). Each run is
+trained on the Ray cluster (a finished run is reused), evaluated as `ft-dist evaluate` does,
+exported channel-slim as `ft-dist export` does, and its exported ensemble is timed against
+one dense model of the same architecture (`ft-dist bench infer --export`): images/s of the
+ensemble ÷ images/s of one dense model, same batch, interleaved, on this machine's CPU.
+
+Prints a table (or --json) with accuracy, NLL, ECE, the ratio, ms per image, parameters per
+member and the kept channels per group of ticket 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "channels",
+        help="channel sparsity vs accuracy, NLL and ensemble/dense images/s (EDST, trained)",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("config", help="an EDST run config, e.g. configs/demo_edst.yaml")
+    parser.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides")
+    parser.add_argument(
+        "--channel-sparsity", type=float, nargs="+", default=[0.0, 0.5, 0.7, 0.8, 0.9]
+    )
+    parser.add_argument("--out", metavar="DIR", help="default: <train.output_dir>/channels")
+    parser.add_argument("--batch-size", type=int, default=256, help="timing batch")
+    parser.add_argument("--repeats", type=int, default=9, help="timed runs per variant")
+    parser.add_argument("--no-dense", action="store_true", help="skip the dense reference")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.set_defaults(func=run)
+
+
+def steps_per_epoch(cfg) -> int:
+    from ft_dist.data import describe
+    from ft_dist.train.setup import batch_arithmetic
+
+    info = describe(cfg.data)
+    workers = cfg.train.num_workers
+    _, global_batch = batch_arithmetic(cfg.train, cfg.data.batch_size_per_worker, workers)
+    return info.num_train_samples // global_batch
+
+
+def variant_configs(base, out: Path, fractions: list[float], dense: bool) -> list[tuple]:
+    """(label, channel sparsity or None for dense, RunConfig) of every run of the curve."""
+    from ft_dist.config import config_from_dict, config_to_dict
+
+    edst = base.ensemble.edst
+    if base.ensemble.method != "edst" or edst is None:
+        raise ValueError("ft-dist bench channels needs an EDST config (ensemble.method: edst)")
+    end_step = edst.exploration_epochs * steps_per_epoch(base)
+    runs = []
+    for fraction in fractions:
+        data = config_to_dict(base)
+        if fraction > 0:
+            data["sparsity"].update(channel_sparsity=fraction, channel_end_step=end_step)
+        name = f"edst_channels_{round(100 * fraction):02d}"
+        data["train"].update(run_name=name, output_dir=str(out))
+        runs.append((name, fraction, config_from_dict(data, source=f"bench channels {name}")))
+    if dense:
+        data = config_to_dict(base)
+        data["sparsity"].update(density=1.0)
+        data["ensemble"] = {"method": "single", "num_members": 1}
+        epochs = edst.exploration_epochs + edst.refinement_epochs
+        data["train"].update(run_name="dense", output_dir=str(out), epochs=epochs)
+        runs.append(("dense", None, config_from_dict(data, source="bench channels dense")))
+    return runs
+
+
+def measure_run(name: str, fraction: float | None, cfg, args) -> dict[str, Any]:
+    from ft_dist.bench.slim_infer import measure_export
+    from ft_dist.ensemble.run_eval import EvalOptions, evaluate_run
+    from ft_dist.export import export_run
+    from ft_dist.layout import run_dir
+    from ft_dist.orchestrate.compare import Variant, train_variant
+
+    wall = train_variant(Variant(name, name, cfg))
+    root = run_dir(cfg.train)
+    written = evaluate_run(root, EvalOptions(track=False, batch_size=500))
+    report = json.loads(written["json"].read_text())
+    test = report["ensemble"]["test"]
+    export = root / "export"
+    export_run(root, export, force=True)
+    speed = measure_export(export, args.batch_size, args.repeats)
+    summary = json.loads((root / "summary.json").read_text())
+    return {
+        "run": name,
+        "channel_sparsity": fraction,
+        "members": report["num_members"],
+        "accuracy": test["accuracy"],
+        "nll": test["nll"],
+        "ece": test["ece"],
+        "ensemble_vs_dense": speed["ensemble_vs_dense"],
+        "ensemble_ms_per_image": speed["ensemble_ms_per_image"],
+        "dense_ms_per_image": speed["dense_ms_per_image"],
+        "member_parameters": speed["member_parameters"],
+        "dense_parameters": speed["dense_parameters"],
+        "kept_channels": speed["kept_channels"],
+        "group_channels": speed["group_channels"],
+        "slim_dense_flops_ratio": summary.get("sparse/channels/slim_dense_flops_ratio"),
+        "train_seconds": summary.get("train_seconds"),
+        "wall_seconds": wall,
+        "run_dir": str(root),
+    }
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from ft_dist.config import load_config
+    from ft_dist.train.worker import absolute_paths, connect
+
+    base = absolute_paths(load_config(args.config, args.overrides))
+    out = Path(args.out).resolve() if args.out else Path(base.train.output_dir) / "channels"
+    runs = variant_configs(base, out, list(args.channel_sparsity), not args.no_dense)
+    connect(base.ray.address)
+    rows = []
+    for name, fraction, cfg in runs:
+        print(f"== bench channels: {name}", flush=True)
+        rows.append(measure_run(name, fraction, cfg, args))
+    result = {"torch_threads": torch.get_num_threads(), "rows": rows}
+    (out / "channels.json").write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result, indent=2) if args.json else format_table(result))
+    print(out / "channels.json")
+    return 0
+
+
+def format_table(result: dict[str, Any]) -> str:
+    lines = [
+        f"channel-level EDST trade-off, CPU inference with {result['torch_threads']} threads",
+        f"{'run':<20}{'ch.sp':>6}{'acc':>8}{'NLL':>8}{'ECE':>8}{'params/mem':>11}"
+        f"{'ens/dense':>10}{'ms/img':>8}",
+    ]
+    for row in result["rows"]:
+        fraction = "-" if row["channel_sparsity"] is None else f"{row['channel_sparsity']:.2f}"
+        params = max(p or 0 for p in row["member_parameters"]) / row["dense_parameters"]
+        lines.append(
+            f"{row['run']:<20}{fraction:>6}{row['accuracy']:>8.4f}{row['nll']:>8.4f}"
+            f"{row['ece']:>8.4f}{params:>10.3f}x{row['ensemble_vs_dense']:>9.2f}x"
+            f"{row['ensemble_ms_per_image']:>8.3f}"
+        )
+    for row in result["rows"]:
+        if row["channel_sparsity"]:
+            kept = ", ".join(
+                f"{g} {row['kept_channels'][g]}/{n}" for g, n in row["group_channels"].items()
+            )
+            lines.append(f"kept channels, {row['run']} ticket 1: {kept}")
+    return "\n".join(lines)
