@@ -36,6 +36,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--out", metavar="DIR", help="default: <train.output_dir>/channels")
     parser.add_argument("--batch-size", type=int, default=256, help="timing batch")
     parser.add_argument("--repeats", type=int, default=9, help="timed runs per variant")
+    parser.add_argument("--train-batch-size", type=int, default=128, help="step-time batch")
     parser.add_argument("--no-dense", action="store_true", help="skip the dense reference")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.set_defaults(func=run)
@@ -78,8 +79,9 @@ def variant_configs(base, out: Path, fractions: list[float], dense: bool) -> lis
 
 
 def measure_run(name: str, fraction: float | None, cfg, args) -> dict[str, Any]:
-    from ft_dist.bench.slim_infer import measure_export
+    from ft_dist.bench.slim_infer import measure_export, train_step_times
     from ft_dist.ensemble.run_eval import EvalOptions, evaluate_run
+    from ft_dist.ensemble.tickets import find_tickets
     from ft_dist.export import export_run
     from ft_dist.layout import run_dir
     from ft_dist.orchestrate.compare import Variant, train_variant
@@ -93,6 +95,8 @@ def measure_run(name: str, fraction: float | None, cfg, args) -> dict[str, Any]:
     export_run(root, export, force=True)
     speed = measure_export(export, args.batch_size, args.repeats)
     summary = json.loads((root / "summary.json").read_text())
+    ticket = find_tickets(root)[0][-1]  # the run's last ticket: its end-of-training network
+    step = train_step_times(ticket, args.train_batch_size, args.repeats)
     return {
         "run": name,
         "channel_sparsity": fraction,
@@ -108,6 +112,12 @@ def measure_run(name: str, fraction: float | None, cfg, args) -> dict[str, Any]:
         "kept_channels": speed["kept_channels"],
         "group_channels": speed["group_channels"],
         "slim_dense_flops_ratio": summary.get("sparse/channels/slim_dense_flops_ratio"),
+        "train_step_slim_vs_masked": step["slim_vs_masked_step_time"],
+        "train_step_masked_ms": step["masked_step_ms"],
+        "train_step_slim_ms": step["slim_step_ms"],
+        "removal_end_fraction_of_steps": (
+            cfg.sparsity.channel_end_step / summary["steps"] if fraction else None
+        ),
         "train_seconds": summary.get("train_seconds"),
         "wall_seconds": wall,
         "run_dir": str(root),
@@ -139,7 +149,7 @@ def format_table(result: dict[str, Any]) -> str:
     lines = [
         f"channel-level EDST trade-off, CPU inference with {result['torch_threads']} threads",
         f"{'run':<20}{'ch.sp':>6}{'acc':>8}{'NLL':>8}{'ECE':>8}{'params/mem':>11}"
-        f"{'ens/dense':>10}{'ms/img':>8}",
+        f"{'ens/dense':>10}{'ms/img':>8}{'step slim/masked':>17}",
     ]
     for row in result["rows"]:
         fraction = "-" if row["channel_sparsity"] is None else f"{row['channel_sparsity']:.2f}"
@@ -147,7 +157,7 @@ def format_table(result: dict[str, Any]) -> str:
         lines.append(
             f"{row['run']:<20}{fraction:>6}{row['accuracy']:>8.4f}{row['nll']:>8.4f}"
             f"{row['ece']:>8.4f}{params:>10.3f}x{row['ensemble_vs_dense']:>9.2f}x"
-            f"{row['ensemble_ms_per_image']:>8.3f}"
+            f"{row['ensemble_ms_per_image']:>8.3f}{row['train_step_slim_vs_masked']:>16.2f}x"
         )
     for row in result["rows"]:
         if row["channel_sparsity"]:

@@ -287,3 +287,38 @@ def time_programs(
                 programs[key](images[key])
                 times[key].append(time.perf_counter() - start)
     return {key: 1e3 * statistics.median(t) / batch_size for key, t in times.items()}
+
+
+def train_step_times(ticket_path: str | Path, batch_size: int, repeats: int = 7) -> dict:
+    """One SGD training step (forward, backward, update) of a ticket's masked network
+    against the same network with its removed channels cut out, same batch, interleaved:
+    what training would gain on slimmed layers once the channels are gone."""
+    from ft_dist.bench.infer import time_pair
+    from ft_dist.ensemble.tickets import build_member, load_ticket
+    from ft_dist.sparse.slim import slim_model
+
+    ticket = load_ticket(ticket_path)
+    shape = ticket.input_shape()
+    masked = build_member(ticket).train()
+    slim = slim_model(build_member(ticket), ticket.masks, torch.zeros(1, *shape)).model.train()
+    generator = torch.Generator().manual_seed(0)
+    images = torch.rand(batch_size, *shape, generator=generator)
+    labels = torch.randint(0, int(ticket.meta["num_classes"]), (batch_size,), generator=generator)
+
+    def stepper(model: nn.Module) -> Callable[[], None]:
+        optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
+
+        def step() -> None:
+            optimizer.zero_grad(set_to_none=True)
+            nn.functional.cross_entropy(model(images), labels).backward()
+            optimizer.step()
+
+        return step
+
+    masked_s, slim_s = time_pair(stepper(masked), stepper(slim), repeats)
+    return {
+        "batch_size": batch_size,
+        "masked_step_ms": 1e3 * masked_s,
+        "slim_step_ms": 1e3 * slim_s,
+        "slim_vs_masked_step_time": slim_s / masked_s,
+    }

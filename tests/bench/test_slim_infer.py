@@ -76,3 +76,12 @@ def test_channel_curve_plans_edst_runs_and_a_dense_reference(tiny_mnist, tmp_pat
     assert channels.sparsity.channel_sparsity == 0.5 and channels.sparsity.channel_end_step == 16
     assert dense.sparsity.density == 1.0 and dense.ensemble.method == "single"
     assert dense.num_epochs == 2 + base.ensemble.edst.refinement_epochs
+
+
+def test_train_step_of_the_slim_network_against_the_masked_one(slim_export) -> None:  # noqa: F811
+    from ft_dist.bench.slim_infer import train_step_times
+
+    run, _, _ = slim_export
+    result = train_step_times(run / "tickets" / "ticket_01.pt", batch_size=4, repeats=1)
+    assert result["masked_step_ms"] > 0 and result["slim_step_ms"] > 0
+    assert result["slim_vs_masked_step_time"] == result["slim_step_ms"] / result["masked_step_ms"]
