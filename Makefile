@@ -45,6 +45,13 @@ imagenet-edst imagenet-pdst: | $(STAMP)
 
 # The main job: EDST (M=3, density 0.2) on bundled MNIST through a local Ray cluster,
 # evaluated, with a report; prints the path of report.json last. RUN_NAME=x for a new run.
+# Fault injection (not part of `make test`; minutes): an EDST run on the local multi-node
+# cluster through a seeded schedule of faults, checked bit-identical against an
+# uninterrupted run; prints a table of the faults. SEED=n for another schedule.
+.PHONY: chaos
+chaos: $(STAMP)
+	$(BIN)/python launch/chaos.py --seed $(or $(SEED),0)
+
 .PHONY: demo compare
 demo: $(STAMP)
 	bash launch/demo.sh
