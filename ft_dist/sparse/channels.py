@@ -308,6 +308,9 @@ class ChannelSparsity:
         current = int(mask.sum())
         if allowed is None and current == target:
             return prune_and_grow(mask, drop_score, grow_score, num_swap)
+        # ``num_swap`` is the drop fraction of the new count; a layer that lost weights to a
+        # removal swaps that fraction of the weights it still has, not more.
+        num_swap = min(num_swap, math.ceil(num_swap * min(current, target) / max(target, 1)))
         num_drop = min(current, num_swap + max(0, current - target))
         num_grow = target - (current - num_drop)
         flat = mask.reshape(-1)

@@ -4,6 +4,7 @@ removed and zero, the masked network equals its slim cut, resume, and two gloo r
 from __future__ import annotations
 
 import copy
+import math
 
 import pytest
 import torch
@@ -222,3 +223,18 @@ def test_first_forward_is_needed_before_removal() -> None:
     sparsity = DynamicSparsity(model, None, channel_config(update_every_steps=1, growth="random"))
     with pytest.raises(RuntimeError, match="first forward"):
         sparsity.step()
+
+
+def test_a_removal_update_keeps_the_surviving_weights_of_a_layer() -> None:
+    """At a removal, a layer that lost weights swaps the drop fraction of what it still has
+    (never drops all of it because its new count is larger)."""
+    config = channel_config(growth="random", drop_fraction=0.3, channel_end_step=2)
+    model, opt, sparsity = run(1, config)
+    before = {n: m.clone() for n, m in sparsity.masks.items()}
+    train_step(model, opt, sparsity, 1)  # step 2: every channel to remove goes at once
+    params = dict(model.named_parameters())
+    assert sparsity.channels.num_removed() == 12
+    for name in sparsity.sparse_names:
+        survivors = int((before[name] & sparsity.channels.keep[name]).sum())
+        kept = min(survivors, sparsity.num_active[name])
+        assert int((params[name] != 0).sum()) >= kept - math.ceil(0.3 * kept) - 1, name
