@@ -47,10 +47,11 @@ imagenet-edst imagenet-pdst: | $(STAMP)
 # evaluated, with a report; prints the path of report.json last. RUN_NAME=x for a new run.
 # Fault injection (not part of `make test`; minutes): an EDST run on the local multi-node
 # cluster through a seeded schedule of faults, checked bit-identical against an
-# uninterrupted run; prints a table of the faults. SEED=n for another schedule.
+# uninterrupted run and every sample counted once per epoch; prints a table of the faults.
+# SEED=n for another schedule, KEEP=1 to keep the runs and logs (/tmp/ftchaos).
 .PHONY: chaos
 chaos: $(STAMP)
-	$(BIN)/python launch/chaos.py --seed $(or $(SEED),0)
+	$(BIN)/python launch/chaos.py --seed $(or $(SEED),0) $(if $(KEEP),--keep)
 
 .PHONY: demo compare
 demo: $(STAMP)

@@ -6,16 +6,18 @@ faults, checked bit-identical against an uninterrupted run of the same config.
 1. a local cluster (launch/local_cluster.py: head + 2 worker nodes, 1 CPU each, token auth)
    and the bundled MNIST digits as shards;
 2. the reference: the config submitted once (`launch/submit.sh`), uninterrupted;
-3. the same config under another run name, with these faults at seeded checkpoint steps:
+3. the same config under another run name, with these faults at seeded checkpoint steps
+   (FAULT_GAP apart, each at a checkpoint written after the previous fault recovered):
    SIGKILL a Ray Train worker; kill a worker node (started again once the run resumed);
    SIGKILL the job driver, damage the newest checkpoint, re-submit; fill the run's disk (a
    tmpfs of its own) until a checkpoint write fails, free it, re-submit;
 4. checks: every ticket's weights and masks bit-identical to the reference, the run's
-   record complete (config.yaml, summary.json with all steps, the W&B run's files);
+   record complete (config.yaml, summary.json with all steps, the W&B run's files), every
+   sample counted once per epoch (`sample_accounting`), the faults at distinct checkpoints;
    prints a table: fault, when (step), how it was detected, seconds to recover, steps lost.
 
 Needs root for the tmpfs (without it the disk fault is skipped and says so). Minutes: on a
-2-core machine shared with other work, about 15.
+2-core machine shared with other work, about 7.
 """
 
 from __future__ import annotations
@@ -38,16 +40,25 @@ REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 CLUSTER = REPO / "launch" / "local_cluster.py"
 STEPS_PER_EPOCH = 27  # 3,500 digits / global batch 128
+GLOBAL_BATCH = 128
+CHECKPOINT_EVERY = 9
+EPOCHS = 7  # 1 exploration epoch + 2 members x 3 refinement epochs
 OVERRIDES = [
     "ensemble.num_members=2",
     "ensemble.edst.exploration_epochs=1",
-    "ensemble.edst.refinement_epochs=1",
-    "train.checkpoint_every_steps=9",
+    "ensemble.edst.refinement_epochs=3",
+    # A fixed global batch: the training stream's elastic order (pipeline._ElasticSource),
+    # world-size independent, each sample read at most once per epoch.
+    f"train.global_batch_size={GLOBAL_BATCH}",
+    f"train.checkpoint_every_steps={CHECKPOINT_EVERY}",
     "train.keep_checkpoints=2",
     "data.verify=size",
     "tracking.wandb=offline",
 ]
-TOTAL_STEPS = 3 * STEPS_PER_EPOCH  # 1 exploration + 2 refinement epochs
+TOTAL_STEPS = EPOCHS * STEPS_PER_EPOCH
+# Faults at seeded checkpoint steps at least this far apart, none in the first or last
+# epoch; each is injected at a checkpoint written after the previous one had recovered.
+FAULT_GAP = 4 * CHECKPOINT_EVERY
 
 
 @dataclass
@@ -153,16 +164,32 @@ def log_text(path: Path) -> str:
     return path.read_text(errors="replace") if path.exists() else ""
 
 
-def wait_until(condition, what: str, timeout: float = 900, poll: float = 0.5) -> None:
+def wait_until(condition, what: str, timeout: float = 900, poll: float = 0.5, alive=None) -> None:
+    """Poll ``condition``; ``alive`` (optional): False once waiting longer is pointless."""
     deadline = time.monotonic() + timeout
     while not condition():
         if time.monotonic() > deadline:
             raise TimeoutError(f"chaos: waited {timeout:.0f} s for {what}")
+        if alive is not None and not alive() and not condition():
+            raise RuntimeError(f"chaos: the run ended before {what}")
         time.sleep(poll)
 
 
+RESUMED = r"resumed from \S+: epoch \d+, step (\d+) of \d+, (\d+) images seen"
+
+
 def resumes(log: Path) -> list[int]:
-    return [int(s) for s in re.findall(r"resumed from \S+: epoch \d+, step (\d+)", log_text(log))]
+    return [int(s) for s, _ in re.findall(RESUMED, log_text(log))]
+
+
+def fault_steps(rng: random.Random, count: int) -> list[int]:
+    """``count`` seeded checkpoint steps, FAULT_GAP apart, past the first epoch and before
+    the last."""
+    candidates = range(STEPS_PER_EPOCH, TOTAL_STEPS - STEPS_PER_EPOCH, CHECKPOINT_EVERY)
+    while True:
+        steps = sorted(rng.sample(candidates, count))
+        if all(b - a >= FAULT_GAP for a, b in zip(steps, steps[1:], strict=False)):
+            return steps
 
 
 def flip_middle_bytes(path: Path) -> None:
@@ -188,8 +215,16 @@ def chaos_run(root: Path, data: Path, out: Path, faults: list[Fault], disk: bool
     name, log = "chaos", root / "chaos.log"
     run_dir = out / name
     submission = Submission(root, name, out, data, log)
+    recovered = -1  # the newest checkpoint once the previous fault had recovered
     for fault in faults:
-        wait_until(lambda f=fault: newest_step(run_dir) >= f.at_step, f"step {fault.at_step}")
+        # Not before its seeded step, and at a checkpoint written after the previous fault
+        # had recovered (a node restart takes a while; the run goes on meanwhile).
+        target = max(fault.at_step, recovered + CHECKPOINT_EVERY)
+        wait_until(
+            lambda t=target: newest_step(run_dir) >= t,
+            f"the checkpoint at step {target} ({fault.name})",
+            alive=lambda s=submission: s.running(),
+        )
         fault.step, fault.injected_s = newest_step(run_dir), time.monotonic()
         fault.reached = max(map(int, re.findall(r"\| step (\d+)/", log_text(log))), default=-1)
         before = len(resumes(log))
@@ -227,10 +262,61 @@ def chaos_run(root: Path, data: Path, out: Path, faults: list[Fault], disk: bool
         wait_until(lambda b=before: len(resumes(log)) > b, "the resume", timeout=900)
         # Ray delivers workers' lines late and out of order: the newest resume is the max.
         fault.resumed_s, fault.resumed_step = time.monotonic(), max(resumes(log)[before:])
+        recovered = newest_step(run_dir)
     code = submission.wait()
     if code != 0:
         raise RuntimeError(f"chaos: the last submission failed ({code}); see {log}")
     return run_dir
+
+
+def sample_accounting(run: Path, log: Path) -> list[str]:
+    """Every sample counted once per epoch: problems (none: all checked).
+
+    1. The loop's own count: ``images_seen`` (checkpointed, +global batch per optimizer
+       step) at every resume equals the resumed step x the global batch, and at the end
+       (summary.json) all steps x the global batch: no step counted twice or skipped.
+    2. The order the stream reads, from its own code (``_ElasticSource.raw_batches``, the
+       run's config.yaml and data): for every epoch, at world size 1 and 2, step k takes
+       the same samples, and no sample is taken twice in the epoch; so the steps of any
+       chain of resumes, on either world size, read each sample of the epoch once.
+    """
+    from ft_dist.config import load_config
+    from ft_dist.data.pipeline import TrainStream, _ElasticSource
+    from ft_dist.utils import derive_seed
+
+    problems = []
+    for step, seen in re.findall(RESUMED, log_text(log)):
+        if int(seen) != int(step) * GLOBAL_BATCH:
+            problems.append(f"resumed at step {step} with {seen} images seen")
+    summary = json.loads((run / "summary.json").read_text())
+    if summary.get("images_seen") != TOTAL_STEPS * GLOBAL_BATCH:
+        problems.append(f"summary.json: {summary.get('images_seen')} images seen, not "
+                        f"{TOTAL_STEPS} x {GLOBAL_BATCH}")  # fmt: skip
+    cfg = load_config(run / "config.yaml")
+    seed = derive_seed("data", cfg.data.seed, cfg.train.seed, cfg.train.member)
+    for epoch in range(EPOCHS):
+        orders = {}
+        for world_size in (1, 2):
+            steps: dict[int, list[tuple[str, str]]] = {}
+            for rank in range(world_size):
+                stream = TrainStream(
+                    cfg.data, rank=rank, world_size=world_size, seed=seed,
+                    global_batch=GLOBAL_BATCH,
+                )  # fmt: skip
+                source = _ElasticSource(stream, epoch, 0)
+                for index, items in source.raw_batches(0):
+                    keys = [(url, key) for url, key, _ in items]
+                    steps.setdefault(index // source.accum, []).extend(keys)
+            orders[world_size] = {k: sorted(v) for k, v in steps.items()}
+        one, two = orders[1], orders[2]
+        if one != two:
+            problems.append(f"epoch {epoch}: world sizes 1 and 2 take different samples")
+        taken = [key for step in sorted(two) for key in two[step]]
+        if len(two) != STEPS_PER_EPOCH or len(taken) != STEPS_PER_EPOCH * GLOBAL_BATCH:
+            problems.append(f"epoch {epoch}: {len(two)} steps, {len(taken)} samples")
+        if len(set(taken)) != len(taken):
+            problems.append(f"epoch {epoch}: {len(taken) - len(set(taken))} samples twice")
+    return problems
 
 
 def compare(reference: Path, chaos: Path) -> list[str]:
@@ -301,17 +387,22 @@ def main(argv: list[str] | None = None) -> int:
             "kill a worker node",
             "SIGKILL the job driver, damage the newest checkpoint",
         ] + (["fill the disk, free it"] if disk else [])
-        checkpoints = sorted(rng.sample(range(9, TOTAL_STEPS - 9, 9), len(names)))
-        faults = [Fault(name, step) for name, step in zip(names, checkpoints, strict=True)]
+        steps = fault_steps(rng, len(names))
+        faults = [Fault(name, step) for name, step in zip(names, steps, strict=True)]
         chaos = chaos_run(root, data, out, faults, disk)
         print(table(faults))
         if not disk:
             print("fill the disk, free it: skipped (mounting a tmpfs needs root)")
         problems = compare(out / "reference", chaos)
+        landed = [f.step for f in faults]
+        if len(set(landed)) != len(landed) or max(landed) >= TOTAL_STEPS:
+            problems.append(f"faults landed at checkpoints {landed}: not distinct points")
+        problems += sample_accounting(chaos, root / "chaos.log")
         for problem in problems:
             print(f"chaos: {problem}")
         print("chaos: tickets (weights and masks) bit-identical to the uninterrupted run; "
-              "config.yaml, summary.json and the W&B run complete" if not problems else
+              "every sample counted once per epoch; config.yaml, summary.json and the "
+              "W&B run complete" if not problems else
               "chaos: FAILED")  # fmt: skip
         return 1 if problems else 0
     finally:
