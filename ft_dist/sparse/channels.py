@@ -19,6 +19,10 @@ How ft_dist does it (``sparsity.channel_sparsity`` > 0), inside `DynamicSparsity
   so it reaches ``channel_sparsity`` at the first update at or after ``channel_end_step``.
   The lowest-UMM channels go, globally across groups (ties by group order, then index), but
   each group keeps at least ``max(1, ceil(channel_min_fraction · (1 − s_f) · size))``.
+  With ``channel_allocation: uniform`` every group loses ``round(s(t) · size)`` of its own
+  channels instead (lowest UMM first inside the group): the FLOPs of every layer shrink
+  alike, where the global order would first take cheap channels (a classifier's hidden
+  units) that save parameters but little time.
 * **What removal means**: every slice of a removed channel (conv/linear rows and columns,
   BatchNorm weight and bias, biases) is zero, inactive in the masks (ERK-dense layers'
   masks included), has zero optimizer state and zero gradient forever after; growth never
@@ -130,6 +134,7 @@ class ChannelSparsity:
         self.final = config.channel_sparsity
         self.start, self.end = config.channel_start_step, config.channel_end_step
         self.min_fraction = config.channel_min_fraction
+        self.uniform = config.channel_allocation == "uniform"
         self.named = {strip_wrapper_prefixes(n): p for n, p in model.named_parameters()}
         self.budget = sum(engine.num_active[n] for n in engine.sparse_names)
         self.structure: Structure | None = None
@@ -220,16 +225,22 @@ class ChannelSparsity:
         if step <= self.start:
             return {}
         structure = self._require()
-        if self.num_removed() >= round(self.final * self._total()):
-            return {}
-        target = round(removed_fraction(step, self.final, self.start, self.end) * self._total())
-        count = target - self.num_removed()
-        if count <= 0:
-            return {}
+        fraction = removed_fraction(step, self.final, self.start, self.end)
         params = {n: p for n, p in self.named.items()}
-        scores = {g.name: umm_scores(g, params) for g in structure.groups}
-        minimum = {g.name: self.minimum(g) for g in structure.groups}
-        chosen = select_channels(scores, self.alive, minimum, count)
+        if self.uniform:  # every group loses the same fraction, lowest UMM first inside it
+            chosen = {}
+            for group in structure.groups:
+                count = round(fraction * group.size) - int((~self.alive[group.name]).sum())
+                if count > 0:
+                    scores = {group.name: umm_scores(group, params)}
+                    chosen |= select_channels(scores, self.alive, {group.name: 1}, count)
+        else:  # Chase: the lowest UMM over all groups, each group above its floor
+            count = round(fraction * self._total()) - self.num_removed()
+            if count <= 0:
+                return {}
+            scores = {g.name: umm_scores(g, params) for g in structure.groups}
+            minimum = {g.name: self.minimum(g) for g in structure.groups}
+            chosen = select_channels(scores, self.alive, minimum, count)
         if not any(chosen.values()):
             return {}
         old_keep = self.keep

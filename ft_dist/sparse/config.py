@@ -108,6 +108,13 @@ class SparsityConfig(Section):
         "after this step (cubic schedule from channel_start_step); EDST: end it inside the "
         "exploration phase so that every ticket has the same channels",
     )
+    channel_allocation: Literal["global", "uniform"] = Field(
+        "global",
+        description="which channels go: global = the lowest unmasked mean magnitude over all "
+        "groups, each group above channel_min_fraction (Chase); uniform = every group loses "
+        "channel_sparsity of its channels, lowest first inside the group (cuts the FLOPs of "
+        "every layer alike, e.g. when a classifier's cheap hidden units would go first)",
+    )
     channel_min_fraction: float = Field(
         0.5,
         gt=0.0,

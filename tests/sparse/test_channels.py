@@ -238,3 +238,11 @@ def test_a_removal_update_keeps_the_surviving_weights_of_a_layer() -> None:
         survivors = int((before[name] & sparsity.channels.keep[name]).sum())
         kept = min(survivors, sparsity.num_active[name])
         assert int((params[name] != 0).sum()) >= kept - math.ceil(0.3 * kept) - 1, name
+
+
+def test_uniform_allocation_takes_the_same_share_of_every_group() -> None:
+    _, _, sparsity = run(8, channel_config(channel_allocation="uniform", channel_sparsity=0.5))
+    kept = {name: int(alive.sum()) for name, alive in sparsity.channels.alive.items()}
+    assert kept == {name: size // 2 for name, size in GROUP_SIZES.items()}
+    for name in sparsity.sparse_names:
+        assert int(sparsity.masks[name].sum()) == sparsity.num_active[name]
