@@ -50,10 +50,16 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--channel-sparsity",
         type=float,
-        default=0.8,
+        default=0.5,
         metavar="S",
         help="also train channel-level EDST removing this fraction of channels during the "
-        "exploration phase (0.8; 0 = no such row)",
+        "exploration phase (0.5; 0 = no such row)",
+    )
+    parser.add_argument(
+        "--channel-allocation",
+        choices=["uniform", "global"],
+        default="uniform",
+        help="sparsity.channel_allocation of that row (uniform)",
     )
     parser.add_argument("--no-wandb", action="store_true", help="do not log evaluations to W&B")
     parser.add_argument("--json", action="store_true", help="print the rows as JSON")
@@ -68,13 +74,17 @@ def _ood_argument(value: str, data_root: str) -> str | None:
     return value
 
 
-def _channels(fraction: float, cfg) -> tuple[float, int] | None:
-    """(channel sparsity, removal end step = the end of the EDST exploration), or None."""
-    if fraction <= 0 or cfg.ensemble.edst is None:
+def _channels(args: argparse.Namespace, cfg) -> dict | None:
+    """The channel-level EDST row's sparsity settings (removal ends with the exploration)."""
+    if args.channel_sparsity <= 0 or cfg.ensemble.edst is None:
         return None
     from ft_dist.bench.channels import steps_per_epoch
 
-    return fraction, cfg.ensemble.edst.exploration_epochs * steps_per_epoch(cfg)
+    return {
+        "channel_sparsity": args.channel_sparsity,
+        "channel_end_step": cfg.ensemble.edst.exploration_epochs * steps_per_epoch(cfg),
+        "channel_allocation": args.channel_allocation,
+    }
 
 
 def handler(args: argparse.Namespace) -> int:
@@ -98,7 +108,7 @@ def handler(args: argparse.Namespace) -> int:
             ood=_ood_argument(args.ood, cfg.data.root),
             track=not args.no_wandb,
             deep_ensemble=args.deep_ensemble,
-            channels=_channels(args.channel_sparsity, cfg),
+            channels=_channels(args, cfg),
         )
     finally:
         if ray.is_initialized():

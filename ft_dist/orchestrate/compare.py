@@ -48,11 +48,10 @@ def plan_variants(
     base: RunConfig,
     out_dir: Path,
     deep_ensemble: bool = False,
-    channels: tuple[float, int] | None = None,
+    channels: dict[str, Any] | None = None,
 ) -> list[Variant]:
     """The five runs of the comparison (six with the deep ensemble, one more with
-    ``channels`` = (channel sparsity, the step its removal ends: channel-level EDST)), from an
-    EDST config."""
+    ``channels``: the sparsity settings of channel-level EDST), from an EDST config."""
     edst = base.ensemble.edst
     if base.ensemble.method != "edst" or edst is None:
         raise ValueError(
@@ -70,9 +69,9 @@ def plan_variants(
         ("static_ensemble", f"static sparse ensemble (M={members})", static, "pdst", members, epochs),
         ("edst", f"EDST (M={members})", {}, "edst", members, None),
         *(
-            [("edst_channels", f"channel-level EDST (M={members}, {channels[0]:g} of channels)",
-              {"channel_sparsity": channels[0], "channel_end_step": channels[1]}, "edst",
-              members, None)]
+            [("edst_channels",
+              f"channel-level EDST (M={members}, {channels['channel_sparsity']:g} of channels)",
+              channels, "edst", members, None)]
             if channels else []
         ),
         ("dst_ensemble", f"DST Ensemble (M={members})", {}, "pdst", members, epochs),
@@ -229,7 +228,7 @@ def add_deep_ensemble_equivalents(rows: list[dict[str, Any]]) -> None:
 
 def run_comparison(
     base: RunConfig, out_dir: Path, *, ood: str | None, track: bool, deep_ensemble: bool = False,
-    channels: tuple[float, int] | None = None,
+    channels: dict[str, Any] | None = None,
 ) -> tuple[list[dict[str, Any]], dict[str, Path]]:  # fmt: skip
     """Train (or resume) and evaluate every variant; write OUT/compare.json and .md."""
     from ft_dist.orchestrate.compare_table import render_table, table_notes
