@@ -54,6 +54,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="--synthetic: removed channel fractions, one row each",
     )  # fmt: skip
     parser.add_argument("--synthetic-image-size", type=int, default=224)
+    parser.add_argument(
+        "--channel-allocation", choices=["uniform", "global"], default="uniform",
+        help="--synthetic: sparsity.channel_allocation of the removal",
+    )  # fmt: skip
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.set_defaults(func=run)
 
@@ -92,6 +96,7 @@ def run_slim(args: argparse.Namespace) -> int:
             args.batch_size or 16,
             args.repeats,
             image_size=args.synthetic_image_size,
+            allocation=args.channel_allocation,
         )
     result = {"torch_threads": torch.get_num_threads(), "device": "cpu", "rows": rows}
     title = f"CPU inference, {result['torch_threads']} threads: slim ensemble vs one dense model"

@@ -102,6 +102,7 @@ def synthetic_members(
     density: float,
     channel_sparsity: float,
     in_channels: int = 3,
+    allocation: str = "uniform",
 ) -> list[nn.Module]:
     """M members with ERK masks, each cut channel-slim by one channel-level DST removal."""
     from ft_dist.models import build_model
@@ -113,7 +114,11 @@ def synthetic_members(
     for member in range(members):
         torch.manual_seed(member)
         network = build_model(model, num_classes, in_channels, image_size)
-        channels = {"channel_sparsity": channel_sparsity, "channel_end_step": 1}
+        channels = {
+            "channel_sparsity": channel_sparsity,
+            "channel_end_step": 1,
+            "channel_allocation": allocation,
+        }
         config = SparsityConfig(
             density=density,
             update_every_steps=1,
@@ -142,6 +147,7 @@ def measure_synthetic(
     repeats: int,
     image_size: int = 224,
     num_classes: int = 1000,
+    allocation: str = "uniform",
 ) -> list[dict[str, Any]]:
     """One row per channel sparsity: exported slim ensemble vs one dense model."""
     from ft_dist.export import EnsembleProgram
@@ -157,7 +163,9 @@ def measure_synthetic(
     rows = []
     for fraction in channel_sparsities:
         start = time.perf_counter()
-        slim = synthetic_members(model, num_classes, image_size, members, density, fraction)
+        slim = synthetic_members(
+            model, num_classes, image_size, members, density, fraction, allocation=allocation
+        )
         program = _exported(EnsembleProgram(slim, mean, std), shape)
         rows.append(
             {
@@ -165,6 +173,7 @@ def measure_synthetic(
                 "members": members,
                 "density": density,
                 "channel_sparsity": fraction,
+                "channel_allocation": allocation,
                 "batch_size": batch_size,
                 "image_shape": list(shape),
                 "dense_parameters": _parameters(dense),
