@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 if TYPE_CHECKING:  # torch is imported when a distributed check runs, not by file helpers
     import torch.distributed as dist
@@ -42,3 +42,15 @@ def write_atomic(path: str | os.PathLike[str], write: Callable[[Path], object]) 
 
 def write_text_atomic(path: str | os.PathLike[str], text: str) -> Path:
     return write_atomic(path, lambda tmp: tmp.write_text(text))
+
+
+Entry = TypeVar("Entry")
+
+
+def table_entry(table: Mapping[str, Entry], name: str, key: str) -> Entry:
+    """The entry ``name`` of a registry table; an unknown name is a ValueError naming the
+    config key and every choice (the tables: criteria, strategies, ensemble methods)."""
+    try:
+        return table[name]
+    except KeyError:
+        raise ValueError(f"{key}={name!r} is unknown; choose one of {', '.join(table)}") from None

@@ -130,16 +130,27 @@ def build_member(ticket: Ticket, device: torch.device | str = "cpu") -> nn.Modul
 
     meta = ticket.meta
     model = build_model_from_config(model_config_from_meta(meta, str(ticket.path)))
+    what = f"model {meta['model']!r}"
+    return load_masked(model, ticket.model_state, ticket.masks, ticket.path, what).to(device)
+
+
+def load_masked(
+    model: nn.Module,
+    state: dict[str, torch.Tensor],
+    masks: dict[str, torch.Tensor],
+    where: str | Path,
+    what: str,
+) -> nn.Module:
+    """``model`` with ``state`` loaded (strictly) and every mask applied, in eval mode; a
+    mismatch is a ValueError naming ``where`` (the ticket or artifact) and ``what`` model."""
     try:
-        model.load_state_dict(ticket.model_state, strict=True)
+        model.load_state_dict(state, strict=True)
     except RuntimeError as error:
-        raise ValueError(
-            f"{ticket.path}: weights do not fit model {meta['model']!r}: {error}"
-        ) from error
+        raise ValueError(f"{where}: weights do not fit {what}: {error}") from error
     params = dict(model.named_parameters())
     with torch.no_grad():
-        for name, mask in ticket.masks.items():
+        for name, mask in masks.items():
             if name not in params:
-                raise ValueError(f"{ticket.path}: mask for unknown parameter {name!r}")
+                raise ValueError(f"{where}: mask for unknown parameter {name!r}")
             params[name].mul_(mask.to(params[name].dtype))
-    return model.to(device).eval()
+    return model.eval()

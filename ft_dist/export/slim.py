@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ft_dist.ensemble.tickets import Ticket, build_member
+from ft_dist.ensemble.tickets import Ticket, build_member, load_masked
 from ft_dist.sparse.slim import slim_model
 
 
@@ -55,14 +55,4 @@ def member_model(
     removed = (channels or {}).get("removed") or {}
     if removed:
         model = slim_model(model, {}, _example(meta), removed=removed).model
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as error:
-        raise ValueError(
-            f"{where}: weights do not fit the slim {meta['model']!r}: {error}"
-        ) from error
-    params = dict(model.named_parameters())
-    with torch.no_grad():
-        for name, mask in masks.items():
-            params[name].mul_(mask.to(params[name].dtype))
-    return model.eval()
+    return load_masked(model, state, masks, where, f"the slim {meta['model']!r}")

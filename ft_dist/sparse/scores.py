@@ -28,6 +28,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from ft_dist.utils import table_entry
+
 if TYPE_CHECKING:  # torch is imported by the scores when they run, not by the table
     import torch
 
@@ -134,23 +136,12 @@ DROP_SCORES: dict[str, Criterion] = {
 }
 
 
-def _lookup(table: dict[str, Criterion], name: str, key: str) -> Criterion:
-    try:
-        return table[name]
-    except KeyError:
-        raise ValueError(f"{key}={name!r} is unknown; choose one of {choices(table)}") from None
-
-
-def choices(table: dict[str, Criterion]) -> str:
-    return ", ".join(sorted(table))
-
-
 def growth_criterion(name: str) -> Criterion:
-    return _lookup(GROWTH_SCORES, name, "sparsity.growth")
+    return table_entry(GROWTH_SCORES, name, "sparsity.growth")
 
 
 def drop_criterion(name: str) -> Criterion:
-    return _lookup(DROP_SCORES, name, "sparsity.drop")
+    return table_entry(DROP_SCORES, name, "sparsity.drop")
 
 
 def check_growth_name(name: str) -> str:

@@ -13,6 +13,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from ft_dist.utils import table_entry
+
 if TYPE_CHECKING:
     from ft_dist.config import RunConfig
     from ft_dist.sparse.flops import RunCost
@@ -187,12 +189,7 @@ ENSEMBLE_METHODS: dict[str, EnsembleMethod] = {
 
 
 def ensemble_method(name: str) -> EnsembleMethod:
-    try:
-        return ENSEMBLE_METHODS[name]
-    except KeyError:
-        raise ValueError(
-            f"ensemble.method={name!r} is unknown; choose one of {', '.join(ENSEMBLE_METHODS)}"
-        ) from None
+    return table_entry(ENSEMBLE_METHODS, name, "ensemble.method")
 
 
 def method_epochs(cfg: RunConfig) -> MethodEpochs:

@@ -33,6 +33,7 @@ from ft_dist.sparse import DynamicSparsity, SparsityConfig
 from ft_dist.sparse.scores import GROWTH_SCORES, drop_criterion, growth_criterion
 from ft_dist.train.config import OptimConfig, TrainConfig
 from ft_dist.train.optim import build_optimizer, set_learning_rate_
+from ft_dist.utils import table_entry
 
 Grads = dict[str, torch.Tensor]
 
@@ -367,12 +368,7 @@ STRATEGIES: dict[str, StrategyEntry] = {
 
 
 def strategy_entry(name: str) -> StrategyEntry:
-    try:
-        return STRATEGIES[name]
-    except KeyError:
-        raise ValueError(
-            f"train.strategy={name!r} is unknown; choose one of {', '.join(STRATEGIES)}"
-        ) from None
+    return table_entry(STRATEGIES, name, "train.strategy")
 
 
 def check_strategy_supports(name: str, sparsity: SparsityConfig) -> None:
