@@ -61,7 +61,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "flops",
         help="forward FLOPs per layer of a sparse model and training FLOPs of whole runs",
         description=(
-            "Count dense forward FLOPs per Conv/Linear layer with torch.utils.flop_counter,\n"
+            "Count dense forward FLOPs per sparse weight with torch.utils.flop_counter,\n"
             "scale each by its density (SPEC §8, RigL convention) and price dense, static,\n"
             "DST, EDST and DST Ensemble runs relative to one dense run. Run defaults are the\n"
             "FreeTickets CIFAR setting (250 epochs, ΔT=1000, t_ex=150, t_re=100, M=3).\n\n"

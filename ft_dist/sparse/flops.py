@@ -154,7 +154,7 @@ def _count_forward(
 
 
 def layer_flops(model: nn.Module, input_shape: Sequence[int]) -> dict[str, int]:
-    """Dense forward FLOPs of one example (shape C, H, W) per Conv/Linear weight name."""
+    """Dense forward FLOPs of one example (shape C, H, W) per sparse weight of the default rule."""
     return _count_forward(model, input_shape, maskable_parameters(model))[1]
 
 

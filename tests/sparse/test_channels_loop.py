@@ -9,15 +9,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from ft_dist.layout import checkpoints_dir, run_dir, ticket_path
-from ft_dist.train.checkpoint import checkpoint_name
+from ft_dist.layout import run_dir, ticket_path
 from tests.gloo_workers import run_workers
 from tests.train.conftest import tiny_config
 from tests.train.test_loop import (
-    _assert_equal,
     assert_same_training_state,
     final_state,
     resume_copy,
+    resume_on_every_rank,
     run_loop,
 )
 
@@ -85,18 +84,7 @@ def _deepspeed_worker(rank: int, world_size: int, root: Path, out: Path) -> None
     cfg = tiny_config(root, out / "a", train=train, sparsity=sparsity)
     summary, _, _ = run_loop(cfg)  # 2 ranks x 32: 4 steps; removals at steps 1-3
     assert summary["steps"] == 4 and summary["sparse/channels/removed_fraction"] == 0.5
-    if rank == 0:
-        resume_copy(cfg, 2, out / "b")
-    torch.distributed.barrier()
-    resumed = cfg.model_copy(
-        update={"train": cfg.train.model_copy(update={"output_dir": str(out / "b")})}
-    )
-    run_loop(resumed)
-    a, b = (checkpoints_dir(run_dir(c.train)) / checkpoint_name(4) for c in (cfg, resumed))
-    own = f"rank_{rank:05d}.pt"  # this rank's ZeRO partition: fp32 masters + optimizer state
-    _assert_equal(
-        torch.load(a / own, weights_only=True), torch.load(b / own, weights_only=True), own
-    )
+    resumed = resume_on_every_rank(cfg, rank, 2, 4, out / "b")
     state = final_state(cfg)
     alive = state["sparsity"]["channels"]["alive"]["features.0"]
     model = state["model"]

@@ -177,20 +177,29 @@ def _deepspeed_worker(rank: int, world_size: int, root: Path, out: Path) -> None
     cfg = tiny_config(root, out / "a", train=train, sparsity={"update_every_steps": 1})
     summary, _, _ = run_loop(cfg)
     assert summary["steps"] == 4 and summary["sparse/num_updates"] == 4
+    resumed = resume_on_every_rank(cfg, rank, 2, 4, out / "b")
     if rank == 0:
-        resume_copy(cfg, 2, out / "b")
+        assert_same_training_state(final_state(cfg), final_state(resumed))
+
+
+def resume_on_every_rank(cfg, rank: int, step: int, last_step: int, out: Path):
+    """Under a process group: rank 0 copies checkpoint ``step`` of ``cfg``'s finished run to
+    ``out``, every rank resumes and finishes it, and this rank's own ZeRO partition (fp32
+    masters + optimizer state) at ``last_step`` must equal the uninterrupted run's.
+    Returns the resumed config."""
+    if rank == 0:
+        resume_copy(cfg, step, out)
     torch.distributed.barrier()
     resumed = cfg.model_copy(
-        update={"train": cfg.train.model_copy(update={"output_dir": str(out / "b")})}
+        update={"train": cfg.train.model_copy(update={"output_dir": str(out)})}
     )
     run_loop(resumed)
-    a, b = (checkpoints_dir(run_dir(c.train)) / checkpoint_name(4) for c in (cfg, resumed))
-    own = f"rank_{rank:05d}.pt"  # this rank's ZeRO partition: fp32 masters + optimizer state
+    a, b = (checkpoints_dir(run_dir(c.train)) / checkpoint_name(last_step) for c in (cfg, resumed))
+    own = f"rank_{rank:05d}.pt"
     _assert_equal(
         torch.load(a / own, weights_only=True), torch.load(b / own, weights_only=True), own
     )
-    if rank == 0:
-        assert_same_training_state(final_state(cfg), final_state(resumed))
+    return resumed
 
 
 @pytest.mark.dist
