@@ -20,15 +20,6 @@ from ft_dist.cli import main
 from tests.data.helpers import make_split
 
 
-@pytest.fixture
-def dataset(tmp_path: Path) -> Path:
-    root = tmp_path / "data"
-    make_split(root, "train", [16, 16, 16, 16])
-    make_split(root, "val", [8])
-    make_split(root, "test", [8])
-    return root
-
-
 def write_config(tmp_path: Path, root: Path, **train) -> Path:
     path = tmp_path / "cfg.yaml"
     config = {

@@ -12,16 +12,6 @@ from ft_dist import preflight
 from ft_dist.cli import main
 from ft_dist.train import worker
 from tests.cli.test_train_errors import write_config
-from tests.data.helpers import make_split
-
-
-@pytest.fixture
-def dataset(tmp_path: Path) -> Path:
-    root = tmp_path / "data"
-    make_split(root, "train", [16, 16, 16, 16])
-    make_split(root, "val", [8])
-    make_split(root, "test", [8])
-    return root
 
 
 def _interrupted_fit(exc: BaseException, checkpoint_step: int | None):

@@ -11,7 +11,6 @@ import ray
 
 from ft_dist.cli import main
 from tests.cli.test_train_errors import write_config
-from tests.data.helpers import make_split
 
 BUILDERS = {
     "returns_int.py": "def build(num_classes, in_channels, image_size):\n    return 42\n",
@@ -57,16 +56,15 @@ CASES = {
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
-def test_bad_model_is_one_line_before_any_worker(case: str, tmp_path: Path, capsys) -> None:
-    root = tmp_path / "data"
-    for split in ("train", "val", "test"):
-        make_split(root, split, [12, 12])
+def test_bad_model_is_one_line_before_any_worker(
+    case: str, dataset: Path, tmp_path: Path, capsys
+) -> None:
     builders = tmp_path / "builders"
     builders.mkdir()
     for name, text in BUILDERS.items():
         (builders / name).write_text(textwrap.dedent(text))
     name, kwargs, expected = CASES[case]
-    config = write_config(tmp_path, root)
+    config = write_config(tmp_path, dataset)
     overrides = [f"model.name={name.replace('FILE', str(builders))}", f"model.kwargs={kwargs}"]
     assert main(["train", str(config), *overrides]) == 2
     err = capsys.readouterr().err.strip()
