@@ -27,8 +27,14 @@ import torch
 from torch import nn
 
 
-def _exported(module: nn.Module, shape: Sequence[int]) -> nn.Module:
-    """``module`` through torch.export (dynamic batch), as `ft-dist export` ships it."""
+def _exported(
+    members: Sequence[nn.Module], mean: Sequence[float], std: Sequence[float], shape: Sequence[int]
+) -> nn.Module:
+    """The serving program of ``members`` through torch.export (dynamic batch), as
+    `ft-dist export` ships it."""
+    from ft_dist.export import serving_program
+
+    module, _ = serving_program(members, mean, std)
     example = torch.rand(2, *shape, generator=torch.Generator().manual_seed(0))
     batch = torch.export.Dim("batch", min=1, max=65536)
     with torch.no_grad():
@@ -65,7 +71,8 @@ def compare(
 
 def measure_export(directory: str | Path, batch_size: int, repeats: int) -> dict[str, Any]:
     """The exported ensemble of ``directory`` against one dense model of its architecture."""
-    from ft_dist.export import EnsembleProgram, read_artifact
+    from ft_dist.export import read_artifact
+    from ft_dist.export.program import load_program
     from ft_dist.models import build_model_from_config, model_config_from_meta
 
     artifact = read_artifact(directory)
@@ -76,8 +83,8 @@ def measure_export(directory: str | Path, batch_size: int, repeats: int) -> dict
     meta = artifact.members[0].meta
     torch.manual_seed(0)
     dense = build_model_from_config(model_config_from_meta(meta, str(directory)))
-    dense_program = _exported(EnsembleProgram([dense], facts["mean"], facts["std"]), shape)
-    program = torch.export.load(str(Path(directory) / "ensemble.pt2")).module()
+    dense_program = _exported([dense], facts["mean"], facts["std"], shape)
+    program = load_program(Path(directory) / "ensemble.pt2")
     images = torch.rand(batch_size, *shape, generator=torch.Generator().manual_seed(1))
     channels = [m.channels or {} for m in artifact.members]
     return {
@@ -150,15 +157,13 @@ def measure_synthetic(
     allocation: str = "uniform",
 ) -> list[dict[str, Any]]:
     """One row per channel sparsity: exported slim ensemble vs one dense model."""
-    from ft_dist.export import EnsembleProgram
-
     shape = (3, image_size, image_size)
     mean, std = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
     from ft_dist.models import build_model
 
     torch.manual_seed(0)
     dense = build_model(model, num_classes, 3, image_size)
-    dense_program = _exported(EnsembleProgram([dense], mean, std), shape)
+    dense_program = _exported([dense], mean, std, shape)
     images = torch.rand(batch_size, *shape, generator=torch.Generator().manual_seed(1))
     rows = []
     for fraction in channel_sparsities:
@@ -166,7 +171,7 @@ def measure_synthetic(
         slim = synthetic_members(
             model, num_classes, image_size, members, density, fraction, allocation=allocation
         )
-        program = _exported(EnsembleProgram(slim, mean, std), shape)
+        program = _exported(slim, mean, std, shape)
         rows.append(
             {
                 "model": model,
@@ -210,10 +215,11 @@ GPU_CHANNEL_SPARSITY = 0.5
 
 def check_infer_slim(device, sizes, workdir: Path) -> dict[str, Any]:
     """`ft-dist bench gpu` check: M = 3 channel-slim members (channel sparsity 0.5, ERK
-    d = 0.2) vs one dense model, bf16 autocast and channels_last on CUDA, eager, same batch,
-    interleaved images/s (ResNet-50 at 224 px on the GPU; the tiny size on a CPU)."""
+    d = 0.2) vs one dense model, both as serving programs (norms folded, channels_last),
+    bf16 autocast on CUDA, eager, same batch, interleaved images/s (ResNet-50 at 224 px on
+    the GPU; the tiny size on a CPU)."""
     from ft_dist.bench.infer import time_pair
-    from ft_dist.export import EnsembleProgram
+    from ft_dist.export import serving_program
     from ft_dist.models import build_model
 
     del workdir
@@ -226,11 +232,9 @@ def check_infer_slim(device, sizes, workdir: Path) -> dict[str, Any]:
     torch.manual_seed(0)
     dense = build_model(sizes.model, sizes.num_classes, sizes.in_channels, sizes.image_size)
     mean, std = [0.5] * sizes.in_channels, [0.25] * sizes.in_channels
-    layout = torch.channels_last if cuda else torch.contiguous_format
-    ensemble = EnsembleProgram(members, mean, std).to(device, memory_format=layout).eval()
-    single = EnsembleProgram([dense], mean, std).to(device, memory_format=layout).eval()
+    ensemble = serving_program(members, mean, std)[0].to(device)
+    single = serving_program([dense], mean, std)[0].to(device)
     images = torch.rand(sizes.batch_size, *shape, device=device)
-    images = images.contiguous(memory_format=layout)
 
     def timed(module: nn.Module) -> Callable[[], None]:
         def forward() -> None:
@@ -276,12 +280,13 @@ def time_programs(
     import statistics
 
     from ft_dist.export import read_artifact
+    from ft_dist.export.program import load_program
 
     programs, shapes = {}, {}
     for key, directory in directories.items():
         facts = read_artifact(directory).preprocessing
         shapes[key] = (facts["in_channels"], facts["image_size"], facts["image_size"])
-        programs[key] = torch.export.load(str(Path(directory) / "ensemble.pt2")).module()
+        programs[key] = load_program(Path(directory) / "ensemble.pt2")
     generator = torch.Generator().manual_seed(1)
     images = {k: torch.rand(batch_size, *s, generator=generator) for k, s in shapes.items()}
     times: dict[str, list[float]] = {key: [] for key in programs}

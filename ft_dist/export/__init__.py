@@ -5,7 +5,7 @@ from ft_dist.export import export_run, read_artifact
 
 from ft_dist.export.artifact import Artifact, ArtifactMember, read_artifact
 from ft_dist.export.format import ArtifactError
-from ft_dist.export.program import EnsembleProgram, export_program
+from ft_dist.export.program import EnsembleProgram, export_program, serving_program
 from ft_dist.export.run import export_run
 
 __all__ = [
@@ -16,4 +16,5 @@ __all__ = [
     "export_program",
     "export_run",
     "read_artifact",
+    "serving_program",
 ]

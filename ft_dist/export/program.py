@@ -7,6 +7,13 @@ The program normalises with the training mean/std itself and returns the mean of
 members' softmax probabilities (SPEC §7), exactly what `ft-dist evaluate` scores. The
 graph holds only ATen operators and dense (masked) weights, so loading it imports nothing
 from ft_dist; the batch dimension is dynamic.
+
+`serving_program` is the form `ft-dist export` ships and `ft-dist bench infer` times (the
+dense baseline included): each BatchNorm that directly follows a conv or linear layer is
+folded into that layer's weight and bias, and weights and activations are channels_last.
+Both compute the same function up to float rounding and speed up a dense model as much as
+the members on CPU (oneDNN), so the ensemble is compared against a dense model served as
+well as it is.
 """
 
 from __future__ import annotations
@@ -24,9 +31,14 @@ class EnsembleProgram(nn.Module):
     """Normalise, run every member, average their softmax probabilities."""
 
     def __init__(
-        self, members: Sequence[nn.Module], mean: Sequence[float], std: Sequence[float]
+        self,
+        members: Sequence[nn.Module],
+        mean: Sequence[float],
+        std: Sequence[float],
+        channels_last: bool = False,
     ) -> None:
         super().__init__()
+        self.channels_last = channels_last
         if not members:
             raise ValueError("an ensemble program needs at least one member")
         self.members = nn.ModuleList(members)
@@ -35,8 +47,46 @@ class EnsembleProgram(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         inputs = (images - self.mean) / self.std
+        if self.channels_last:
+            inputs = inputs.contiguous(memory_format=torch.channels_last)
         probs = [member(inputs).float().softmax(dim=1) for member in self.members]
         return torch.stack(probs).mean(dim=0)
+
+
+def fold_norms(member: nn.Module) -> tuple[nn.Module, int]:
+    """(``member`` with every BatchNorm that directly follows a conv/linear layer folded into
+    it, how many were folded), in eval mode. A model torch.fx cannot trace symbolically
+    (data-dependent control flow) comes back unchanged with 0."""
+    from torch.fx.experimental.optimization import fuse
+
+    def norms(module: nn.Module) -> int:
+        return sum(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in module.modules())
+
+    try:
+        folded = fuse(member.eval())
+    except Exception:  # noqa: BLE001 - any tracing failure: serve the member as it is
+        return member.eval(), 0
+    return folded.eval(), norms(member) - norms(folded)
+
+
+def serving_program(
+    members: Sequence[nn.Module], mean: Sequence[float], std: Sequence[float]
+) -> tuple[EnsembleProgram, list[int]]:
+    """(The ensemble program with norms folded and channels_last weights, the number of
+    norms folded per member)."""
+    folded = [fold_norms(member) for member in members]
+    program = EnsembleProgram([m for m, _ in folded], mean, std, channels_last=True)
+    return program.to(memory_format=torch.channels_last).eval(), [n for _, n in folded]
+
+
+def load_program(path: str | Path) -> nn.Module:
+    """``torch.export.load(path).module()``, without the loader's warning about channels_last
+    weights ("No complete tensor found in the group"): they load intact, strides and all."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="No complete tensor found")
+        return torch.export.load(str(path)).module()
 
 
 def export_program(

@@ -35,7 +35,7 @@ from ft_dist.export.artifact import (
     write_manifest_and_sums,
 )
 from ft_dist.export.format import decode_member, encode_member, sha256_hex
-from ft_dist.export.program import EnsembleProgram, export_program
+from ft_dist.export.program import export_program, serving_program
 from ft_dist.export.slim import member_model, slim_ticket
 
 PROGRAM_INPUT = "float32 images [N, C, H, W] in [0, 1], after eval_transform (not normalised)"
@@ -162,7 +162,7 @@ def export_run(
         "program": None,
     }
     if program:
-        ensemble = EnsembleProgram(decoded, facts["mean"], facts["std"])
+        ensemble, folded = serving_program(decoded, facts["mean"], facts["std"])
         shape = (facts["in_channels"], facts["image_size"], facts["image_size"])
         export_program(ensemble, shape, out / PROGRAM_FILE)
         manifest["program"] = {
@@ -171,6 +171,8 @@ def export_run(
             "input": PROGRAM_INPUT,
             "output": PROGRAM_OUTPUT,
             "load": "torch.export.load(path).module()",
+            "folded_norms": folded,
+            "memory_format": "channels_last",
         }
     write_manifest_and_sums(out, manifest)
     read_artifact(out)  # what was written reads back and verifies, end to end

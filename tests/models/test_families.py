@@ -111,6 +111,9 @@ def test_family_trains_tickets_evaluates_and_exports(
 
     out = tmp_path / "export"
     assert main(["export", str(run), "--out", str(out)]) == 0
+    norms = sum(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules())
+    program_facts = json.loads((out / "artifact.json").read_text())["program"]
+    assert program_facts["folded_norms"] == [norms]  # every BatchNorm here follows a conv
     images = torch.rand(4, 1, 28, 28, generator=torch.Generator().manual_seed(0))
     program = torch.export.load(str(out / "ensemble.pt2")).module()
     member = build_member(ticket)
