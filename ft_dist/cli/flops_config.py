@@ -58,6 +58,7 @@ class ConfigRun:
     train_samples: int | None = None
     examples_per_epoch: int | None = None
     shape_source: dict[str, str] = field(default_factory=dict)
+    channel_sparsity: float = 0.0
 
 
 def handle_config(path: str, overrides: list[str], *, as_json: bool = False) -> int:
@@ -133,6 +134,7 @@ def run_from_config(cfg: RunConfig, source: str = "config") -> ConfigRun:
         train_samples=train_samples,
         examples_per_epoch=examples_per_epoch,
         shape_source=shape_source,
+        channel_sparsity=cfg.sparsity.channel_sparsity,
     )
 
 
@@ -210,6 +212,13 @@ def format_config_run(path: str, run: ConfigRun, cost: RunCost, train_flops: flo
         f"inference       {human(cost.inference_flops)} per example = "
         f"{cost.inference_relative:.3f}x one dense forward",
     ]
+    if run.channel_sparsity > 0:
+        lines.append(
+            f"channels        {run.channel_sparsity:g} of the removable channels go during "
+            "training: priced above as if none did (which go, and the per-layer densities "
+            "they lead to, are decided by the run); the run's summary.json and tickets price "
+            "each stretch between removals (train_flops)"
+        )
     if train_flops is None:
         lines.append(
             "training FLOPs  unknown: no local training manifest (train FLOPs per example x "

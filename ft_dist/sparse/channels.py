@@ -140,7 +140,8 @@ class ChannelSparsity:
         self.structure: Structure | None = None
         self.alive: dict[str, torch.Tensor] = {}
         self.keep: dict[str, torch.Tensor] = {}  # bool, param shape; False = removed position
-        self.flops_history: list[tuple[int, float]] = []  # (step, sparse forward FLOPs)
+        # (first step, sparse forward FLOPs, slim dense forward FLOPs) from each removal on
+        self.flops_history: list[tuple[int, float, float]] = []
         self.dense_flops = 0.0
         self.layer_flops: dict[str, int] = {}
         self._hook = model.register_forward_pre_hook(self._build_on_first_forward)
@@ -181,7 +182,7 @@ class ChannelSparsity:
         self.dense_flops = float(report.dense_forward_flops)
         self._refresh_keep()
         if not self.flops_history:
-            self.flops_history.append((self.engine.num_steps, self.sparse_forward_flops()))
+            self.flops_history.append(self._flops_now(self.engine.num_steps))
 
     def _require(self) -> Structure:
         if self.structure is None:
@@ -250,7 +251,7 @@ class ChannelSparsity:
         resets = {n: old_keep[n] & ~k for n, k in self.keep.items()}
         self._apply_removal(resets)
         self._reallocate()
-        self.flops_history.append((step, self.sparse_forward_flops()))
+        self.flops_history.append(self._flops_now(step))
         return resets
 
     def _total(self) -> int:
@@ -395,15 +396,26 @@ class ChannelSparsity:
             slim += flops * math.prod(self.slim_shape(name)) / param.numel()
         return self.dense_flops_rest() + slim
 
+    def _flops_now(self, step: int) -> tuple[int, float, float]:
+        return step, self.sparse_forward_flops(), self.slim_dense_flops()
+
+    def segments(self, step: int) -> list[tuple[int, float, float]]:
+        """(steps, sparse forward FLOPs, slim dense forward FLOPs) of each stretch of the
+        steps before ``step`` that ran between two removals."""
+        history = self.flops_history
+        ends = [begin for begin, _, _ in history[1:]] + [step]
+        return [
+            (max(0, min(end, step) - begin), sparse, slim)
+            for (begin, sparse, slim), end in zip(history, ends, strict=True)
+        ]
+
     def mean_sparse_forward_flops(self, step: int) -> float:
         """Sparse forward FLOPs averaged over steps [0, step): what training has cost."""
-        history = self.flops_history
-        if not history or step <= 0:
-            return history[-1][1] if history else 0.0
-        total = 0.0
-        for (begin, flops), (end, _) in zip(history, [*history[1:], (step, 0.0)], strict=True):
-            total += flops * max(0, min(end, step) - begin)
-        return total / step
+        segments = self.segments(step)
+        steps = sum(n for n, _, _ in segments)
+        if steps <= 0:
+            return self.flops_history[-1][1] if self.flops_history else 0.0
+        return sum(n * sparse for n, sparse, _ in segments) / steps
 
     def stats(self) -> dict[str, float]:
         if self.structure is None:
@@ -448,8 +460,12 @@ class ChannelSparsity:
             )
         self.alive = {n: v.clone().bool() for n, v in state["alive"].items()}
         self.engine.num_active.update({n: int(c) for n, c in state["num_active"].items()})
-        self.flops_history = [(int(s), float(f)) for s, f in state["flops_history"]]
         self.dense_flops = float(state["dense_flops"])
+        # Checkpoints before the slim price kept (step, sparse): their stretches priced full.
+        self.flops_history = [
+            (int(x[0]), float(x[1]), float(x[2] if len(x) > 2 else self.dense_flops))
+            for x in state["flops_history"]
+        ]
         if self.structure is not None:
             self.build_from_alive()
 

@@ -33,7 +33,7 @@ from ft_dist.train.finite import check_loss, check_weights
 from ft_dist.train.optim import learning_rate
 from ft_dist.train.plan import EpochActions
 from ft_dist.train.session import Session, latest_complete_checkpoint
-from ft_dist.train.setup import Context, build_context, model_facts
+from ft_dist.train.setup import Context, build_context, flops_per_example_so_far, model_facts
 from ft_dist.train.state import RNGState, TrainStates
 from ft_dist.train.strategy import Strategy, strategy_entry
 from ft_dist.train.validate import evaluate_split, prepare_images, sync_buffers_
@@ -205,8 +205,8 @@ def finish(ctx: Context) -> dict[str, Any]:
         "images_seen": state.images_seen,
         "train_seconds": state.train_seconds,
         "images_per_s": state.images_seen / max(state.train_seconds, 1e-9),
-        "train_flops": ctx.flops_per_example * state.images_seen,
-        "train_flops_per_example": ctx.flops_per_example,
+        "train_flops": flops_per_example_so_far(ctx) * state.images_seen,
+        "train_flops_per_example": flops_per_example_so_far(ctx),
         "tickets": [ticket_relpath(n) for n in ctx.tickets.written],
         "metrics": metrics,
         **_sparse_totals(strategy),
@@ -289,7 +289,7 @@ def _write_ticket(
         module=ctx.strategy.module,
         masks=_masks(ctx),
         member=actions.member,
-        train_flops=ctx.flops_per_example * ctx.state.images_seen,
+        train_flops=flops_per_example_so_far(ctx) * ctx.state.images_seen,
         write=ctx.session.rank == 0,
     )
 
@@ -307,7 +307,7 @@ def log_progress(ctx: Context, epoch: int, lr: float, loss: torch.Tensor, rate: 
         "train/loss": float(loss),
         "train/lr": lr,
         "train/images_per_s": rate,
-        "train/flops": ctx.flops_per_example * state.images_seen,
+        "train/flops": flops_per_example_so_far(ctx) * state.images_seen,
         **ctx.strategy.sparsity.stats(),
     }
     ctx.tracker.log(metrics, step=state.global_step)
@@ -344,7 +344,7 @@ def _progress_metrics(ctx: Context, epoch: float) -> dict[str, float]:
     state = ctx.state
     return {
         "epoch": float(epoch),
-        "train/flops": ctx.flops_per_example * state.images_seen,
+        "train/flops": flops_per_example_so_far(ctx) * state.images_seen,
     }
 
 

@@ -193,6 +193,30 @@ def training_flops(cfg: RunConfig, strategy: Strategy) -> float:
     )
 
 
+def flops_per_example_so_far(ctx: Context) -> float:
+    """Training FLOPs of one example-step, averaged over the steps run so far. Under
+    channel-level DST each stretch between two removals is priced at its own sparse and
+    slim dense forward FLOPs (a removed channel costs nothing, in the dense gradient of
+    gradient growth either); otherwise the run's fixed price (`training_flops`)."""
+    sparsity = ctx.strategy.sparsity
+    channels = sparsity.channels
+    if channels is None or not channels.flops_history:
+        return ctx.flops_per_example
+    segments = channels.segments(sparsity.num_steps)
+    steps = sum(n for n, _, _ in segments)
+    if steps == 0:
+        return ctx.flops_per_example
+    cfg = ctx.cfg.sparsity
+    every, dynamic = sparsity.schedule.every_steps, cfg.is_dynamic
+    return (
+        sum(
+            n * training_flops_per_example(slim, sparse, cfg.growth, every, dynamic=dynamic)
+            for n, sparse, slim in segments
+        )
+        / steps
+    )
+
+
 def model_facts(cfg: RunConfig) -> dict[str, Any]:
     """What a checkpoint or ticket must agree with to be loaded into this run's model."""
     source = cfg.model.source

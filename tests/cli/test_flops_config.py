@@ -100,3 +100,16 @@ def test_user_errors_name_the_fix(capsys, tmp_path):
     assert "sparsity.density" in capsys.readouterr().err
     assert main(["flops", "sparsity.density=0.1"]) == 2
     assert "need --config" in capsys.readouterr().err
+
+
+def test_channel_level_config_says_removals_are_priced_by_the_run(capsys):
+    shape = ["model.num_classes=10", "model.in_channels=1", "model.image_size=28"]
+    channels = ["sparsity.channel_sparsity=0.5", "sparsity.channel_end_step=81"]
+    plain = _price(capsys, "demo_edst.yaml", *shape)
+    priced = _price(capsys, "demo_edst.yaml", *shape, *channels)
+    assert priced["settings"]["channel_sparsity"] == 0.5
+    assert priced["run"] == plain["run"]  # the config alone cannot know what goes
+    assert main(["flops", "--config", str(CONFIGS / "demo_edst.yaml"), *shape, *channels]) == 0
+    assert "summary.json and tickets price each stretch between removals" in (
+        capsys.readouterr().out
+    )

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from ft_dist.layout import run_dir, ticket_path
+from ft_dist.sparse.flops import training_flops_per_example
 from tests.gloo_workers import run_workers
 from tests.train.conftest import tiny_config
 from tests.train.test_loop import (
@@ -66,9 +67,26 @@ def test_edst_resumes_mid_schedule_and_tickets_share_the_removed_channels(
         assert torch.all(model["features.1.bias"][gone] == 0)
     assert any(not torch.equal(tickets[0]["masks"][n], m) for n, m in tickets[1]["masks"].items())
 
+    # Training FLOPs price each stretch between removals at its own sparse and slim size
+    # (a removed channel costs nothing, in the dense gradient of RigL growth either).
+    history = final_state(cfg)["sparsity"]["channels"]["flops_history"]
+    assert [step for step, _, _ in history] == [0, 3, 6] and history[-1][2] < history[0][2]
+
+    def price(sparse: float, slim: float) -> float:  # RigL, ΔT = 3 (SPEC §8)
+        return training_flops_per_example(slim, sparse, "gradient", 3)
+
+    steps = [3, 3, 18]  # 24 steps: [0, 3), [3, 6), [6, 24)
+    expected = sum(n * price(sp, sl) for n, (_, sp, sl) in zip(steps, history, strict=True)) / 24
+    assert summary["train_flops_per_example"] == pytest.approx(expected, rel=1e-12)
+    # Not the price before any removal: the same budget of active weights moved into the
+    # slim convs, which cost more FLOPs per weight than the linear layers.
+    assert summary["train_flops_per_example"] > 1.2 * price(*history[0][1:])
+    assert summary["train_flops"] == pytest.approx(expected * summary["images_seen"], rel=1e-12)
+
     resumed = resume_copy(cfg, 4, tmp_path / "b")  # after the first removal, before the rest
-    run_loop(resumed)
+    resumed_summary, _, _ = run_loop(resumed)
     assert_same_training_state(final_state(cfg), final_state(resumed))
+    assert resumed_summary["train_flops"] == pytest.approx(summary["train_flops"], rel=1e-12)
 
 
 def _deepspeed_worker(rank: int, world_size: int, root: Path, out: Path) -> None:
