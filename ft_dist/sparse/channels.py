@@ -45,6 +45,7 @@ How ft_dist does it (``sparsity.channel_sparsity`` > 0), inside `DynamicSparsity
 
 from __future__ import annotations
 
+import fnmatch
 import math
 from collections.abc import Callable
 from typing import TYPE_CHECKING
@@ -111,6 +112,11 @@ def select_channels(
     return chosen
 
 
+def _matching(key: str, groups) -> list[str]:
+    """Names of the ``groups`` that a channel_group_sparsity key (name or glob) names."""
+    return [g.name for g in groups if g.name == key or fnmatch.fnmatchcase(g.name, key)]
+
+
 def bare_module(model: nn.Module) -> nn.Module:
     """The model inside DDP / DeepSpeed (``.module``) and torch.compile (``._orig_mod``)
     wrappers: its forward is traced without the wrapper's collectives."""
@@ -135,6 +141,7 @@ class ChannelSparsity:
         self.start, self.end = config.channel_start_step, config.channel_end_step
         self.min_fraction = config.channel_min_fraction
         self.uniform = config.channel_allocation == "uniform"
+        self.group_final = dict(config.channel_group_sparsity)
         self.named = {strip_wrapper_prefixes(n): p for n, p in model.named_parameters()}
         self.budget = sum(engine.num_active[n] for n in engine.sparse_names)
         self.structure: Structure | None = None
@@ -175,6 +182,12 @@ class ChannelSparsity:
                     "another model?); resume with the same model"
                 )
             self.alive = {name: v.clone() for name, v in loaded.items()}
+        unmatched = [key for key in self.group_final if not _matching(key, structure.groups)]
+        if unmatched:
+            raise ValueError(
+                f"sparsity.channel_group_sparsity: {unmatched} name no channel group of this "
+                f"model; its groups are {[g.name for g in structure.groups]}"
+            )
         self.structure = structure
         dense = dict.fromkeys(self.engine.params, 1.0)
         report = flops_report(self.model, tuple(example.shape[1:]), dense)
@@ -214,6 +227,13 @@ class ChannelSparsity:
             self.keep[name] = keep.to(param.device)
 
     # ------------------------------------------------------------------ removal
+    def final_fraction(self, group: ChannelGroup) -> float:
+        """The fraction of ``group`` removed by the end (uniform allocation)."""
+        for key, fraction in self.group_final.items():
+            if group.name in _matching(key, [group]):
+                return fraction
+        return self.final
+
     def minimum(self, group: ChannelGroup) -> int:
         return max(1, math.ceil(self.min_fraction * (1.0 - self.final) * group.size))
 
@@ -226,16 +246,17 @@ class ChannelSparsity:
         if step <= self.start:
             return {}
         structure = self._require()
-        fraction = removed_fraction(step, self.final, self.start, self.end)
         params = {n: p for n, p in self.named.items()}
         if self.uniform:  # every group loses the same fraction, lowest UMM first inside it
             chosen = {}
             for group in structure.groups:
-                count = round(fraction * group.size) - int((~self.alive[group.name]).sum())
+                share = removed_fraction(step, self.final_fraction(group), self.start, self.end)
+                count = round(share * group.size) - int((~self.alive[group.name]).sum())
                 if count > 0:
                     scores = {group.name: umm_scores(group, params)}
                     chosen |= select_channels(scores, self.alive, {group.name: 1}, count)
         else:  # Chase: the lowest UMM over all groups, each group above its floor
+            fraction = removed_fraction(step, self.final, self.start, self.end)
             count = round(fraction * self._total()) - self.num_removed()
             if count <= 0:
                 return {}

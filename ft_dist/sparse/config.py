@@ -115,6 +115,13 @@ class SparsityConfig(Section):
         "channel_sparsity of its channels, lowest first inside the group (cuts the FLOPs of "
         "every layer alike, e.g. when a classifier's cheap hidden units would go first)",
     )
+    channel_group_sparsity: dict[str, float] = Field(
+        default_factory=dict,
+        description="channel_allocation=uniform: per-group fractions that replace "
+        "channel_sparsity for the groups they name (a group is named by its root layer, e.g. "
+        "features.0; glob patterns allowed; the first matching key wins), e.g. to cut a "
+        "memory-bound first layer deeper; `ft-dist bench channels` lists a model's groups",
+    )
     channel_min_fraction: float = Field(
         0.5,
         gt=0.0,
@@ -180,6 +187,17 @@ class SparsityConfig(Section):
                 f"channel_start_step={self.channel_start_step} (the step by which the "
                 "channels are removed)"
             )
+        if self.channel_group_sparsity:
+            if self.channel_allocation != "uniform":
+                raise ValueError(
+                    "sparsity.channel_group_sparsity sets per-group fractions of the uniform "
+                    "allocation: set sparsity.channel_allocation=uniform, or remove it"
+                )
+            bad = {k: v for k, v in self.channel_group_sparsity.items() if not 0.0 <= v < 1.0}
+            if bad:
+                raise ValueError(
+                    f"sparsity.channel_group_sparsity: fractions must be in [0, 1), got {bad}"
+                )
         if self.stop_step is not None and self.stop_step < self.channel_end_step:
             raise ValueError(
                 f"sparsity.stop_step={self.stop_step} ends the updates before "

@@ -185,6 +185,11 @@ def test_a_checkpoint_without_channels_is_refused() -> None:
         ({"update": "none"}, "dynamic updates"),
         ({"stop_step": 4}, "stop_step"),
         ({"channel_sparsity": 1.0}, "less than 1"),
+        ({"channel_group_sparsity": {"0": 0.75}}, "channel_allocation=uniform"),
+        (
+            {"channel_allocation": "uniform", "channel_group_sparsity": {"0": 1.0}},
+            r"fractions must be in \[0, 1\)",
+        ),
     ],
 )
 def test_config_errors_name_the_fix(overrides: dict, match: str) -> None:
@@ -246,3 +251,21 @@ def test_uniform_allocation_takes_the_same_share_of_every_group() -> None:
     assert kept == {name: size // 2 for name, size in GROUP_SIZES.items()}
     for name in sparsity.sparse_names:
         assert int(sparsity.masks[name].sum()) == sparsity.num_active[name]
+
+
+def test_group_fractions_replace_the_uniform_share_for_the_groups_they_name() -> None:
+    config = channel_config(channel_allocation="uniform", channel_group_sparsity={"0": 0.75})
+    _, _, sparsity = run(8, config)
+    kept = {name: int(alive.sum()) for name, alive in sparsity.channels.alive.items()}
+    assert kept == {"0": 2, "3": 8}  # the first conv keeps a quarter, the rest half
+    for name in sparsity.sparse_names:
+        assert int(sparsity.masks[name].sum()) == sparsity.num_active[name]
+    globbed = channel_config(channel_allocation="uniform", channel_group_sparsity={"*": 0.25})
+    _, _, sparsity = run(8, globbed)
+    assert {n: int(a.sum()) for n, a in sparsity.channels.alive.items()} == {"0": 6, "3": 12}
+
+
+def test_a_group_fraction_for_no_group_names_the_groups() -> None:
+    config = channel_config(channel_allocation="uniform", channel_group_sparsity={"conv9": 0.5})
+    with pytest.raises(ValueError, match=r"\['conv9'\] name no channel group.*\['3', '0'\]"):
+        run(1, config)
