@@ -111,6 +111,8 @@ def measure_run(name: str, fraction: float | None, cfg, args) -> dict[str, Any]:
         "dense_parameters": speed["dense_parameters"],
         "kept_channels": speed["kept_channels"],
         "group_channels": speed["group_channels"],
+        "removed_fraction": summary.get("sparse/channels/removed_fraction"),
+        "group_sparsity": dict(cfg.sparsity.channel_group_sparsity) if fraction else None,
         "slim_dense_flops_ratio": summary.get("sparse/channels/slim_dense_flops_ratio"),
         "train_step_slim_vs_masked": step["slim_vs_masked_step_time"],
         "train_step_masked_ms": step["masked_step_ms"],
@@ -148,14 +150,16 @@ def run(args: argparse.Namespace) -> int:
 def format_table(result: dict[str, Any]) -> str:
     lines = [
         f"channel-level EDST trade-off, CPU inference with {result['torch_threads']} threads",
-        f"{'run':<20}{'ch.sp':>6}{'acc':>8}{'NLL':>8}{'ECE':>8}{'params/mem':>11}"
+        f"{'run':<20}{'ch.sp':>6}{'removed':>8}{'acc':>8}{'NLL':>8}{'ECE':>8}{'params/mem':>11}"
         f"{'ens/dense':>10}{'ms/img':>8}{'step slim/masked':>17}",
     ]
     for row in result["rows"]:
         fraction = "-" if row["channel_sparsity"] is None else f"{row['channel_sparsity']:.2f}"
         params = max(p or 0 for p in row["member_parameters"]) / row["dense_parameters"]
+        removed = row.get("removed_fraction")
+        removed = "-" if removed is None else f"{removed:.3f}"
         lines.append(
-            f"{row['run']:<20}{fraction:>6}{row['accuracy']:>8.4f}{row['nll']:>8.4f}"
+            f"{row['run']:<20}{fraction:>6}{removed:>8}{row['accuracy']:>8.4f}{row['nll']:>8.4f}"
             f"{row['ece']:>8.4f}{params:>10.3f}x{row['ensemble_vs_dense']:>9.2f}x"
             f"{row['ensemble_ms_per_image']:>8.3f}{row['train_step_slim_vs_masked']:>16.2f}x"
         )
@@ -165,4 +169,6 @@ def format_table(result: dict[str, Any]) -> str:
                 f"{g} {row['kept_channels'][g]}/{n}" for g, n in row["group_channels"].items()
             )
             lines.append(f"kept channels, {row['run']} ticket 1: {kept}")
+            if row.get("group_sparsity"):
+                lines.append(f"  sparsity.channel_group_sparsity: {row['group_sparsity']}")
     return "\n".join(lines)

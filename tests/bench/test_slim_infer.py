@@ -86,3 +86,20 @@ def test_train_step_of_the_slim_network_against_the_masked_one(slim_export) -> N
     assert result["masked_step_ms"] > 0 and result["slim_step_ms"] > 0
     ratio = result["slim_step_ms"] / result["masked_step_ms"]
     assert abs(result["slim_vs_masked_step_time"] - ratio) < 1e-9
+
+
+def test_channel_curve_table_shows_the_removed_fraction_and_group_fractions() -> None:
+    from ft_dist.bench.channels import format_table
+
+    row = {
+        "run": "edst_channels_50", "channel_sparsity": 0.5, "removed_fraction": 0.5357,
+        "accuracy": 0.97, "nll": 0.1, "ece": 0.01, "member_parameters": [50, 40],
+        "dense_parameters": 200, "ensemble_vs_dense": 1.1, "ensemble_ms_per_image": 0.05,
+        "train_step_slim_vs_masked": 0.4, "kept_channels": {"features.0": 8, "features.4": 32},
+        "group_channels": {"features.0": 32, "features.4": 64},
+        "group_sparsity": {"features.0": 0.75},
+    }  # fmt: skip
+    table = format_table({"torch_threads": 2, "rows": [row]})
+    assert "0.536" in table and "0.250x" in table  # removed fraction; largest member / dense
+    assert "features.0 8/32, features.4 32/64" in table
+    assert "channel_group_sparsity: {'features.0': 0.75}" in table
