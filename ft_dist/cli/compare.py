@@ -61,6 +61,15 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         default="uniform",
         help="sparsity.channel_allocation of that row (uniform)",
     )
+    parser.add_argument(
+        "--channel-group-sparsity",
+        nargs="+",
+        default=[],
+        metavar="GROUP=FRACTION",
+        help="per-group fractions of that row (sparsity.channel_group_sparsity, uniform "
+        "allocation), e.g. features.0=0.75 to cut the demo model's memory-bound first conv "
+        "deeper (what `make compare` does)",
+    )
     parser.add_argument("--no-wandb", action="store_true", help="do not log evaluations to W&B")
     parser.add_argument("--json", action="store_true", help="print the rows as JSON")
     parser.set_defaults(func=handler)
@@ -84,13 +93,32 @@ def _channels(args: argparse.Namespace, cfg) -> dict | None:
         "channel_sparsity": args.channel_sparsity,
         "channel_end_step": cfg.ensemble.edst.exploration_epochs * steps_per_epoch(cfg),
         "channel_allocation": args.channel_allocation,
+        "channel_group_sparsity": group_fractions(args.channel_group_sparsity),
     }
+
+
+def group_fractions(pairs: list[str]) -> dict[str, float]:
+    """``["features.0=0.75"]`` -> ``{"features.0": 0.75}``; a malformed pair is an error
+    naming the flag."""
+    fractions = {}
+    for pair in pairs:
+        group, _, value = pair.rpartition("=")
+        try:
+            fractions[group] = float(value)
+        except ValueError:
+            group = ""
+        if not group:
+            raise ValueError(
+                f"--channel-group-sparsity: {pair!r} is not GROUP=FRACTION (e.g. features.0=0.75)"
+            )
+    return fractions
 
 
 def handler(args: argparse.Namespace) -> int:
     from ft_dist.config import load_config
 
     cfg = load_config(args.config, args.overrides)
+    channels = _channels(args, cfg)  # a malformed flag fails before Ray starts
 
     import ray
 
@@ -108,7 +136,7 @@ def handler(args: argparse.Namespace) -> int:
             ood=_ood_argument(args.ood, cfg.data.root),
             track=not args.no_wandb,
             deep_ensemble=args.deep_ensemble,
-            channels=_channels(args, cfg),
+            channels=channels,
         )
     finally:
         if ray.is_initialized():

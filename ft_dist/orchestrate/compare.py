@@ -44,6 +44,13 @@ class Variant:
     cfg: RunConfig
 
 
+def _channel_label(channels: dict[str, Any]) -> str:
+    """'0.5 of channels', with any per-group fractions: '0.5 of channels, features.0 0.75'."""
+    groups = channels.get("channel_group_sparsity") or {}
+    parts = [f"{channels['channel_sparsity']:g} of channels"]
+    return ", ".join(parts + [f"{group} {fraction:g}" for group, fraction in groups.items()])
+
+
 def plan_variants(
     base: RunConfig,
     out_dir: Path,
@@ -69,8 +76,7 @@ def plan_variants(
         ("static_ensemble", f"static sparse ensemble (M={members})", static, "pdst", members, epochs),
         ("edst", f"EDST (M={members})", {}, "edst", members, None),
         *(
-            [("edst_channels",
-              f"channel-level EDST (M={members}, {channels['channel_sparsity']:g} of channels)",
+            [("edst_channels", f"channel-level EDST (M={members}, {_channel_label(channels)})",
               channels, "edst", members, None)]
             if channels else []
         ),

@@ -121,3 +121,21 @@ def test_channel_level_edst_variant(tmp_path: Path) -> None:
     assert channels.num_epochs == variants["edst"].num_epochs
     assert variants["edst"].sparsity.channel_sparsity == 0.0
     assert "inference ms/image" in render_table([])
+
+
+def test_channel_row_takes_per_group_fractions_and_names_them() -> None:
+    from ft_dist.cli.compare import group_fractions
+
+    base = load_config(REPO / "configs" / "demo_edst.yaml")
+    settings = {"channel_sparsity": 0.5, "channel_end_step": 81, "channel_allocation": "uniform"}
+    settings["channel_group_sparsity"] = group_fractions(["features.0=0.75"])
+    (channels,) = [
+        v
+        for v in plan_variants(base, Path("."), channels=settings)
+        if v.cfg.sparsity.channel_sparsity
+    ]
+    assert channels.cfg.sparsity.channel_group_sparsity == {"features.0": 0.75}
+    assert channels.label == "channel-level EDST (M=3, 0.5 of channels, features.0 0.75)"
+    for bad in (["features.0"], ["features.0=most"], ["=0.5"]):
+        with pytest.raises(ValueError, match="--channel-group-sparsity: .* is not GROUP=FRACTION"):
+            group_fractions(bad)
