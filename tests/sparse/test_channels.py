@@ -169,6 +169,18 @@ def test_resume_mid_schedule_is_bit_identical() -> None:
         assert torch.equal(alive, sparsity2.channels.alive[name])
 
 
+def test_an_older_flops_history_without_the_slim_price_reads_as_full() -> None:
+    _, _, sparsity = run(4, channel_config())
+    state = copy.deepcopy(sparsity.state_dict())
+    history = state["channels"]["flops_history"]
+    assert {len(entry) for entry in history} == {3} and history[-1][2] < history[0][2]
+    state["channels"]["flops_history"] = [entry[:2] for entry in history]  # as written before
+    _, _, restored = run(0, channel_config())
+    restored.load_state_dict(state)
+    dense = sparsity.channels.dense_flops
+    assert restored.channels.flops_history == [(s, f, dense) for s, f, _ in history]
+
+
 def test_a_checkpoint_without_channels_is_refused() -> None:
     _, _, plain = run(2, SparsityConfig(density=0.3, update_every_steps=2, seed=3))
     model = tiny_cnn()
