@@ -22,7 +22,8 @@ How ft_dist does it (``sparsity.channel_sparsity`` > 0), inside `DynamicSparsity
   With ``channel_allocation: uniform`` every group loses ``round(s(t) · size)`` of its own
   channels instead (lowest UMM first inside the group): the FLOPs of every layer shrink
   alike, where the global order would first take cheap channels (a classifier's hidden
-  units) that save parameters but little time.
+  units) that save parameters but little time. ``channel_group_sparsity`` gives named
+  groups (names or globs) their own final fraction under the uniform allocation.
 * **What removal means**: every slice of a removed channel (conv/linear rows and columns,
   BatchNorm weight and bias, biases) is zero, inactive in the masks (ERK-dense layers'
   masks included), has zero optimizer state and zero gradient forever after; growth never
@@ -40,7 +41,9 @@ How ft_dist does it (``sparsity.channel_sparsity`` > 0), inside `DynamicSparsity
   engine's state_dict, so a resume continues bit-identically.
 * **FLOPs**: a removed channel has no active weight, so the RigL accounting (d_l · F_l)
   prices it at nothing; the slim network's dense FLOPs (what dense kernels execute) and the
-  step-averaged sparse FLOPs of training are reported in ``stats()``.
+  step-averaged sparse FLOPs of training are reported in ``stats()``, and ``segments()``
+  gives both per stretch between removals, from which the loop prices the run's training
+  FLOPs (`ft_dist.train.setup.flops_per_example_so_far`).
 """
 
 from __future__ import annotations
