@@ -72,7 +72,6 @@ def compare(
 def measure_export(directory: str | Path, batch_size: int, repeats: int) -> dict[str, Any]:
     """The exported ensemble of ``directory`` against one dense model of its architecture."""
     from ft_dist.export import read_artifact
-    from ft_dist.export.program import load_program
     from ft_dist.models import build_model_from_config, model_config_from_meta
 
     artifact = read_artifact(directory)
@@ -84,7 +83,7 @@ def measure_export(directory: str | Path, batch_size: int, repeats: int) -> dict
     torch.manual_seed(0)
     dense = build_model_from_config(model_config_from_meta(meta, str(directory)))
     dense_program = _exported([dense], facts["mean"], facts["std"], shape)
-    program = load_program(Path(directory) / "ensemble.pt2")
+    program = torch.export.load(str(Path(directory) / "ensemble.pt2")).module()
     images = torch.rand(batch_size, *shape, generator=torch.Generator().manual_seed(1))
     channels = [m.channels or {} for m in artifact.members]
     return {
@@ -280,13 +279,12 @@ def time_programs(
     import statistics
 
     from ft_dist.export import read_artifact
-    from ft_dist.export.program import load_program
 
     programs, shapes = {}, {}
     for key, directory in directories.items():
         facts = read_artifact(directory).preprocessing
         shapes[key] = (facts["in_channels"], facts["image_size"], facts["image_size"])
-        programs[key] = load_program(Path(directory) / "ensemble.pt2")
+        programs[key] = torch.export.load(str(Path(directory) / "ensemble.pt2")).module()
     generator = torch.Generator().manual_seed(1)
     images = {k: torch.rand(batch_size, *s, generator=generator) for k, s in shapes.items()}
     times: dict[str, list[float]] = {key: [] for key in programs}

@@ -18,6 +18,7 @@ well as it is.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -79,16 +80,6 @@ def serving_program(
     return program.to(memory_format=torch.channels_last).eval(), [n for _, n in folded]
 
 
-def load_program(path: str | Path) -> nn.Module:
-    """``torch.export.load(path).module()``, without the loader's warning about channels_last
-    weights ("No complete tensor found in the group"): they load intact, strides and all."""
-    import warnings
-
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="No complete tensor found")
-        return torch.export.load(str(path)).module()
-
-
 def export_program(
     program: EnsembleProgram, input_shape: tuple[int, int, int], path: Path
 ) -> torch.export.ExportedProgram:
@@ -98,5 +89,7 @@ def export_program(
     batch = torch.export.Dim("batch", min=1, max=MAX_BATCH)
     with torch.no_grad():
         exported = torch.export.export(program, (example,), dynamic_shapes={"images": {0: batch}})
-    torch.export.save(exported, str(path))
+    with warnings.catch_warnings():  # torch's note on channels_last weights: they save intact
+        warnings.filterwarnings("ignore", message="No complete tensor found")
+        torch.export.save(exported, str(path))
     return exported
