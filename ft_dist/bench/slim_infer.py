@@ -33,15 +33,9 @@ def _exported(
     """The serving program of ``members`` through torch.export (dynamic batch), as
     `ft-dist export` ships it."""
     from ft_dist.export import serving_program
+    from ft_dist.export.program import trace_program
 
-    module, _ = serving_program(members, mean, std)
-    example = torch.rand(2, *shape, generator=torch.Generator().manual_seed(0))
-    batch = torch.export.Dim("batch", min=1, max=65536)
-    with torch.no_grad():
-        program = torch.export.export(
-            module.eval(), (example,), dynamic_shapes={"images": {0: batch}}
-        )
-    return program.module()
+    return trace_program(serving_program(members, mean, std)[0], shape).module()
 
 
 def _parameters(module: nn.Module) -> int:

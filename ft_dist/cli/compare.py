@@ -104,13 +104,14 @@ def group_fractions(pairs: list[str]) -> dict[str, float]:
     for pair in pairs:
         group, _, value = pair.rpartition("=")
         try:
-            fractions[group] = float(value)
+            fraction = float(value)
         except ValueError:
-            group = ""
-        if not group:
+            fraction = None
+        if not group or fraction is None:
             raise ValueError(
                 f"--channel-group-sparsity: {pair!r} is not GROUP=FRACTION (e.g. features.0=0.75)"
             )
+        fractions[group] = fraction
     return fractions
 
 

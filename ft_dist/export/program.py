@@ -80,15 +80,22 @@ def serving_program(
     return program.to(memory_format=torch.channels_last).eval(), [n for _, n in folded]
 
 
-def export_program(
-    program: EnsembleProgram, input_shape: tuple[int, int, int], path: Path
+def trace_program(
+    program: EnsembleProgram, input_shape: Sequence[int]
 ) -> torch.export.ExportedProgram:
-    """Trace ``program`` (eval mode, CPU) with a dynamic batch and save it to ``path``."""
+    """``program`` (eval mode, CPU) through torch.export with a dynamic batch."""
     program = program.eval().cpu()
     example = torch.rand(2, *input_shape, generator=torch.Generator().manual_seed(0))
     batch = torch.export.Dim("batch", min=1, max=MAX_BATCH)
     with torch.no_grad():
-        exported = torch.export.export(program, (example,), dynamic_shapes={"images": {0: batch}})
+        return torch.export.export(program, (example,), dynamic_shapes={"images": {0: batch}})
+
+
+def export_program(
+    program: EnsembleProgram, input_shape: tuple[int, int, int], path: Path
+) -> torch.export.ExportedProgram:
+    """Trace ``program`` (`trace_program`) and save it to ``path``."""
+    exported = trace_program(program, input_shape)
     with warnings.catch_warnings():  # torch's note on channels_last weights: they save intact
         warnings.filterwarnings("ignore", message="No complete tensor found")
         torch.export.save(exported, str(path))

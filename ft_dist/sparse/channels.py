@@ -115,9 +115,9 @@ def select_channels(
     return chosen
 
 
-def _matching(key: str, groups) -> list[str]:
-    """Names of the ``groups`` that a channel_group_sparsity key (name or glob) names."""
-    return [g.name for g in groups if g.name == key or fnmatch.fnmatchcase(g.name, key)]
+def _names(key: str, group: ChannelGroup) -> bool:
+    """Whether a channel_group_sparsity key (a group name or a glob) names ``group``."""
+    return group.name == key or fnmatch.fnmatchcase(group.name, key)
 
 
 def bare_module(model: nn.Module) -> nn.Module:
@@ -185,7 +185,7 @@ class ChannelSparsity:
                     "another model?); resume with the same model"
                 )
             self.alive = {name: v.clone() for name, v in loaded.items()}
-        unmatched = [key for key in self.group_final if not _matching(key, structure.groups)]
+        unmatched = [k for k in self.group_final if not any(_names(k, g) for g in structure.groups)]
         if unmatched:
             raise ValueError(
                 f"sparsity.channel_group_sparsity: {unmatched} name no channel group of this "
@@ -232,10 +232,8 @@ class ChannelSparsity:
     # ------------------------------------------------------------------ removal
     def final_fraction(self, group: ChannelGroup) -> float:
         """The fraction of ``group`` removed by the end (uniform allocation)."""
-        for key, fraction in self.group_final.items():
-            if group.name in _matching(key, [group]):
-                return fraction
-        return self.final
+        matches = (f for key, f in self.group_final.items() if _names(key, group))
+        return next(matches, self.final)
 
     def minimum(self, group: ChannelGroup) -> int:
         return max(1, math.ceil(self.min_fraction * (1.0 - self.final) * group.size))

@@ -193,6 +193,7 @@ def finish(ctx: Context) -> dict[str, Any]:
     for split in (cfg.data.val_split, cfg.data.test_split):
         if split:
             metrics.update(_evaluate(ctx, split))
+    price = flops_per_example_so_far(ctx)
     summary = {
         "run_name": cfg.train.run_name,
         "method": cfg.ensemble.method,
@@ -205,8 +206,8 @@ def finish(ctx: Context) -> dict[str, Any]:
         "images_seen": state.images_seen,
         "train_seconds": state.train_seconds,
         "images_per_s": state.images_seen / max(state.train_seconds, 1e-9),
-        "train_flops": flops_per_example_so_far(ctx) * state.images_seen,
-        "train_flops_per_example": flops_per_example_so_far(ctx),
+        "train_flops": price * state.images_seen,
+        "train_flops_per_example": price,
         "tickets": [ticket_relpath(n) for n in ctx.tickets.written],
         "metrics": metrics,
         **_sparse_totals(strategy),
