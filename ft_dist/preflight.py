@@ -20,7 +20,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from ft_dist.compat import autoscaler_max_resources
+from ft_dist.private_api import autoscaler_max_resources
 from ft_dist.config import RunConfig
 from ft_dist.layout import run_dir
 from ft_dist.train.config import RayConfig

@@ -32,7 +32,7 @@ class CompileCount:
 
 @contextlib.contextmanager
 def count_compiles() -> Iterator[CompileCount]:
-    from ft_dist.compat import dynamo_graph_count
+    from ft_dist.private_api import dynamo_graph_count
 
     count = CompileCount()
     before = dynamo_graph_count()

@@ -21,8 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
-import time
 import warnings
 from collections.abc import Callable
 from typing import Any
@@ -104,23 +102,11 @@ def run_slim(args: argparse.Namespace) -> int:
     return 0
 
 
-def time_pair(dense: Callable[[], Any], sparse: Callable[[], Any], repeats: int) -> tuple:
-    """Median seconds of each, interleaved (alternating which runs first) after a warm-up."""
-    dense(), sparse()
-    times: dict[str, list[float]] = {"dense": [], "sparse": []}
-    for i in range(repeats):
-        order = [("dense", dense), ("sparse", sparse)]
-        for name, fn in order if i % 2 == 0 else reversed(order):
-            start = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - start)
-    return statistics.median(times["dense"]), statistics.median(times["sparse"])
-
-
 def measure_layer(features: int, batch: int, density: float, repeats: int) -> dict[str, Any]:
     import torch
 
     from ft_dist.bench.sparse_kernels import SparseLinear
+    from ft_dist.export.timing import time_pair
 
     generator = torch.Generator().manual_seed(0)
     layer = torch.nn.Linear(features, features)
@@ -147,6 +133,7 @@ def measure_model(args: argparse.Namespace) -> dict[str, Any]:
     import torch
 
     from ft_dist.bench.sparse_kernels import with_sparse_linears
+    from ft_dist.export.timing import time_pair
     from ft_dist.models import build_model
     from ft_dist.sparse import DynamicSparsity, SparsityConfig
 

@@ -26,6 +26,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from ft_dist.export.timing import time_pair
+
 
 def _exported(
     members: Sequence[nn.Module], mean: Sequence[float], std: Sequence[float], shape: Sequence[int]
@@ -49,8 +51,6 @@ def compare(
     repeats: int,
 ) -> dict[str, float]:
     """Median seconds of each over interleaved runs (after a warm-up), as images/s."""
-    from ft_dist.bench.infer import time_pair
-
     with torch.inference_mode():
         ensemble_s, dense_s = time_pair(lambda: ensemble(images), lambda: dense(images), repeats)
     batch = images.shape[0]
@@ -211,7 +211,6 @@ def check_infer_slim(device, sizes, workdir: Path) -> dict[str, Any]:
     d = 0.2) vs one dense model, both as serving programs (norms folded, channels_last),
     bf16 autocast on CUDA, eager, same batch, interleaved images/s (ResNet-50 at 224 px on
     the GPU; the tiny size on a CPU)."""
-    from ft_dist.bench.infer import time_pair
     from ft_dist.export import serving_program
     from ft_dist.models import build_model
 
@@ -264,42 +263,10 @@ def check_infer_slim(device, sizes, workdir: Path) -> dict[str, Any]:
     }
 
 
-def time_programs(
-    directories: dict[str, Path], batch_size: int = 256, repeats: int = 7
-) -> dict[str, float]:
-    """Milliseconds per image of each exported ensemble (``DIR/ensemble.pt2``), all timed in
-    one interleaved loop (each repeat runs every program once, in a rotating order), so
-    their figures compare on a machine whose load changes; medians over the repeats."""
-    import statistics
-
-    from ft_dist.export import read_artifact
-
-    programs, shapes = {}, {}
-    for key, directory in directories.items():
-        facts = read_artifact(directory).preprocessing
-        shapes[key] = (facts["in_channels"], facts["image_size"], facts["image_size"])
-        programs[key] = torch.export.load(str(Path(directory) / "ensemble.pt2")).module()
-    generator = torch.Generator().manual_seed(1)
-    images = {k: torch.rand(batch_size, *s, generator=generator) for k, s in shapes.items()}
-    times: dict[str, list[float]] = {key: [] for key in programs}
-    keys = list(programs)
-    with torch.inference_mode():
-        for key in keys:  # warm-up
-            programs[key](images[key])
-        for repeat in range(repeats):
-            shift = repeat % len(keys)
-            for key in keys[shift:] + keys[:shift]:
-                start = time.perf_counter()
-                programs[key](images[key])
-                times[key].append(time.perf_counter() - start)
-    return {key: 1e3 * statistics.median(t) / batch_size for key, t in times.items()}
-
-
 def train_step_times(ticket_path: str | Path, batch_size: int, repeats: int = 7) -> dict:
     """One SGD training step (forward, backward, update) of a ticket's masked network
     against the same network with its removed channels cut out, same batch, interleaved:
     what training would gain on slimmed layers once the channels are gone."""
-    from ft_dist.bench.infer import time_pair
     from ft_dist.ensemble.tickets import build_member, load_ticket
     from ft_dist.sparse.slim import slim_model
 

@@ -2,7 +2,8 @@
 
 Same model shape (from the config, the data recipe or the local manifest), layer densities,
 ΔT, epochs and ensemble plan as `ft-dist train CONFIG`, so the cost is known before any GPU
-is booked. The flag mode and the shared table formatting live in `ft_dist.cli.flops`.
+is booked. The flag mode lives in `ft_dist.cli.flops`, the shared report and table in
+`ft_dist.cli.flops_report`.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING
 
-from ft_dist.cli.flops import (
+from ft_dist.cli.flops_report import (
     SHAPE_HINTS,
     SHAPE_KEYS,
     format_layers,

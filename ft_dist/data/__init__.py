@@ -21,7 +21,8 @@ fast; the streams live in submodules that import torch:
 
 from ft_dist.data.config import DataConfig
 from ft_dist.data.decoding import DataInfo, describe
-from ft_dist.data.manifest import Manifest, ShardInfo, read_manifest, verify_shards
+from ft_dist.data.integrity import verify_shards
+from ft_dist.data.manifest import Manifest, ShardInfo, read_manifest
 from ft_dist.data.reader import DataError
 
 __all__ = [

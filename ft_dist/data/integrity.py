@@ -38,6 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ft_dist.data.manifest import Manifest, ShardInfo, local_path
+from ft_dist.data.tarstream import HashingReader, group_samples, iter_members
 from ft_dist.utils import write_text_atomic
 
 STAMP_NAME = ".ft_dist_verified.json"
@@ -55,6 +56,16 @@ class VerifyReport:
     num_hashed: int
     num_cached: int
     stamp: Path | None
+
+
+def verify_shards(manifest: Manifest, level: str = "checksum") -> None:
+    """Check that every local shard exists with the recorded size and (``checksum``, ``full``)
+    sha256; ``checksum`` re-hashes only shards changed since their last match.
+
+    Remote shards cannot be checked without downloading them; the reader verifies their
+    digest while streaming instead.
+    """
+    verify_local_shards(manifest, level)
 
 
 def verify_local_shards(manifest: Manifest, level: str = "checksum") -> VerifyReport:
@@ -130,13 +141,10 @@ def _entry(stat: os.stat_result, shard: ShardInfo) -> dict:
 def digest_and_count(path: Path) -> tuple[str, int | None]:
     """(sha256 of the file, samples in it) in one read; the count is None for a file that
     is not a readable tar (its digest cannot match then either)."""
-    from ft_dist.data.reader import _group, _HashingReader  # the streams' own parsing
-    from ft_dist.data.tarstream import iter_members
-
     with open(path, "rb") as stream:
-        reader = _HashingReader(stream)
+        reader = HashingReader(stream)
         try:
-            count = sum(1 for _ in _group(iter_members(reader), [""]))
+            count = sum(1 for _ in group_samples(iter_members(reader), [""]))
         except (tarfile.TarError, UnicodeDecodeError):
             count = None
         reader.drain()

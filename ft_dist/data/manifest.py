@@ -208,18 +208,6 @@ def check_manifest(manifest: Manifest, where: str) -> None:
             )
 
 
-def verify_shards(manifest: Manifest, level: str = "checksum") -> None:
-    """Check that every local shard exists with the recorded size and (``checksum``, ``full``)
-    sha256; ``checksum`` re-hashes only shards changed since their last match (integrity.py).
-
-    Remote shards cannot be checked without downloading them; the reader verifies their
-    digest while streaming instead.
-    """
-    from ft_dist.data.integrity import verify_local_shards  # it imports this module
-
-    verify_local_shards(manifest, level)
-
-
 def file_sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as stream:

@@ -45,7 +45,8 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from ft_dist.data.config import DataConfig
 from ft_dist.data.decoding import BatchDecoder, DataInfo, RawItem, check_same_classes, describe
-from ft_dist.data.manifest import Manifest, read_manifest, verify_shards
+from ft_dist.data.integrity import verify_shards
+from ft_dist.data.manifest import Manifest, read_manifest
 from ft_dist.data.plan import (
     elastic_lane,
     epoch_assignment,

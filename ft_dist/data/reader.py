@@ -10,39 +10,19 @@ reads like a complete, shorter archive).
 
 from __future__ import annotations
 
-import hashlib
 import io
 import tarfile
 from collections.abc import Iterator
 from typing import Any
 
 from ft_dist.data.manifest import ShardInfo
-from ft_dist.data.tarstream import iter_members
+from ft_dist.data.tarstream import HashingReader, Sample, group_samples, iter_members
 
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "bmp", "ppm")
-Sample = dict[str, bytes]
 
 
 class DataError(ValueError):
     """Bad data met while streaming: the message names the shard, the key and the fix."""
-
-
-class _HashingReader:
-    """A read-only stream wrapper that hashes every byte handed to the tar parser."""
-
-    def __init__(self, stream: Any) -> None:
-        self.stream = stream
-        self.digest = hashlib.sha256()
-
-    def read(self, size: int = -1) -> bytes:
-        data = self.stream.read(size)
-        self.digest.update(data)
-        return data
-
-    def drain(self) -> None:
-        # Parsing stops at the end-of-archive marker; the padding after it is hashed too.
-        while self.read(1 << 20):
-            pass
 
 
 class _CountingReader:
@@ -82,10 +62,10 @@ def iter_shard(
         raise DataError(f"cannot open shard {url} ({error}); check data.root") from error
     if counter is not None:
         stream = _CountingReader(stream, counter)
-    reader = _HashingReader(stream) if verify_digest else stream
+    reader = HashingReader(stream) if verify_digest else stream
     position, last_member, completed = 0, [""], False
     try:
-        for key, sample in _group(iter_members(reader), last_member):
+        for key, sample in group_samples(iter_members(reader), last_member):
             yield position, key, sample
             position += 1
         if verify_digest:
@@ -127,31 +107,6 @@ def _close(stream: Any, url: str, check: bool) -> None:
 def _first_line(error: BaseException) -> str:
     # webdataset's pipes append " @ <stream object>" to messages; keep only the cause.
     return str(error.args[0] if error.args else error).split(" @ ")[0]
-
-
-def _group(
-    members: Iterator[tuple[str, bytes]], last_member: list[str]
-) -> Iterator[tuple[str, Sample]]:
-    """Consecutive tar members ``<key>.<ext>`` -> one sample per key (webdataset convention).
-
-    ``last_member[0]`` tracks the last member read completely, for error messages.
-    """
-    current_key: str | None = None
-    current: Sample = {}
-    for name, data in members:
-        last_member[0] = name
-        folder, _, base = name.rpartition("/")
-        stem, dot, ext = base.partition(".")
-        if not dot:
-            continue
-        key = f"{folder}/{stem}" if folder else stem
-        if key != current_key:
-            if current_key is not None:
-                yield current_key, current
-            current_key, current = key, {}
-        current[ext.lower()] = data
-    if current_key is not None:
-        yield current_key, current
 
 
 def decode_image(sample: Sample, mode: str) -> Any:

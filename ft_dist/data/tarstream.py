@@ -6,10 +6,14 @@ around 5% of decoding a 400×350 JPEG, which is the whole margin between a shard
 reading loose files. Shards are plain sequential tars, so this reader parses each 512-byte
 header directly (ustar and GNU/pax long names, checksum verified) and reads member data in
 one call. Anything it cannot read is a ``tarfile.ReadError`` naming the problem.
+
+``group_samples`` turns members into samples and ``HashingReader`` hashes the bytes parsed:
+the streams (reader.py) and the up-front shard check (integrity.py) share both.
 """
 
 from __future__ import annotations
 
+import hashlib
 import tarfile
 from collections.abc import Iterator
 from typing import Any
@@ -17,6 +21,7 @@ from typing import Any
 BLOCK = 512
 _REGULAR = {b"0", b"\0", b"7"}  # regular file, old-style regular, contiguous file
 _GZIP_MAGIC = b"\x1f\x8b"
+Sample = dict[str, bytes]
 
 
 def iter_members(stream: Any) -> Iterator[tuple[str, bytes]]:
@@ -51,6 +56,49 @@ def iter_members(stream: Any) -> Iterator[tuple[str, bytes]]:
             long_name = None
         else:
             long_name = None
+
+
+class HashingReader:
+    """A read-only stream wrapper that hashes every byte handed to the tar parser."""
+
+    def __init__(self, stream: Any) -> None:
+        self.stream = stream
+        self.digest = hashlib.sha256()
+
+    def read(self, size: int = -1) -> bytes:
+        data = self.stream.read(size)
+        self.digest.update(data)
+        return data
+
+    def drain(self) -> None:
+        # Parsing stops at the end-of-archive marker; the padding after it is hashed too.
+        while self.read(1 << 20):
+            pass
+
+
+def group_samples(
+    members: Iterator[tuple[str, bytes]], last_member: list[str]
+) -> Iterator[tuple[str, Sample]]:
+    """Consecutive tar members ``<key>.<ext>`` -> one sample per key (webdataset convention).
+
+    ``last_member[0]`` tracks the last member read completely, for error messages.
+    """
+    current_key: str | None = None
+    current: Sample = {}
+    for name, data in members:
+        last_member[0] = name
+        folder, _, base = name.rpartition("/")
+        stem, dot, ext = base.partition(".")
+        if not dot:
+            continue
+        key = f"{folder}/{stem}" if folder else stem
+        if key != current_key:
+            if current_key is not None:
+                yield current_key, current
+            current_key, current = key, {}
+        current[ext.lower()] = data
+    if current_key is not None:
+        yield current_key, current
 
 
 def read_exact(stream: Any, size: int) -> bytes:

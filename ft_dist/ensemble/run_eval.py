@@ -14,7 +14,7 @@ from typing import Any
 import yaml
 
 from ft_dist.data.config import DataConfig
-from ft_dist.data.manifest import verify_shards
+from ft_dist.data.integrity import verify_shards
 from ft_dist.ensemble.corruptions import check_corruptions
 from ft_dist.ensemble.data import (
     GAUSSIAN_OOD,

@@ -181,8 +181,8 @@ def table_row(variant: Variant, report: dict[str, Any], wall_s: float) -> dict[s
 def add_exported_inference_times(variants: list[Variant], rows: list[dict[str, Any]]) -> None:
     """Wall-clock ms per image of each variant's `ft-dist export` program (channel-slim
     members), all timed in one interleaved loop on this machine's CPU."""
-    from ft_dist.bench.slim_infer import time_programs
     from ft_dist.export import export_run
+    from ft_dist.export.timing import time_programs
 
     exports = {v.key: run_dir(v.cfg.train) / "export" for v in variants}
     for variant in variants:

@@ -35,7 +35,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from ft_dist.compat import TorchDispatchMode
+from ft_dist.private_api import TorchDispatchMode
 from ft_dist.sparse.allocation import (
     layer_densities,
     maskable_parameters,

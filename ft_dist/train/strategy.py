@@ -28,7 +28,7 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from ft_dist.compat import zero_wrapped_optimizer
+from ft_dist.private_api import zero_wrapped_optimizer
 from ft_dist.sparse import DynamicSparsity, SparsityConfig
 from ft_dist.sparse.scores import GROWTH_SCORES, drop_criterion, growth_criterion
 from ft_dist.train.config import OptimConfig, TrainConfig

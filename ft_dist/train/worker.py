@@ -47,7 +47,7 @@ import torch
 from ray.train import Checkpoint, CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchConfig, TorchTrainer
 
-from ft_dist.compat import is_worker_group_start_timeout
+from ft_dist.private_api import is_worker_group_start_timeout
 from ft_dist.layout import run_dir
 from ft_dist.models.config import with_builder_source
 from ft_dist.preflight import format_resources, worker_resources

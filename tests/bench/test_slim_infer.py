@@ -53,7 +53,7 @@ def test_gpu_check_runs_on_the_cpu_at_the_tiny_size() -> None:
 
 
 def test_programs_are_timed_in_one_interleaved_loop(slim_export) -> None:  # noqa: F811
-    from ft_dist.bench.slim_infer import time_programs
+    from ft_dist.export.timing import time_programs
 
     _, out, _ = slim_export
     times = time_programs({"a": out, "b": out}, batch_size=4, repeats=2)

@@ -1,5 +1,5 @@
-"""One test per private dependency API in ft_dist/compat.py: each fails, by name, when an
-upgrade moves or renames what ft_dist relies on; and nothing outside compat.py uses one."""
+"""One test per private dependency API in ft_dist/private_api.py: each fails, by name, when an
+upgrade moves or renames what ft_dist relies on; and nothing outside private_api.py uses one."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from ft_dist import compat
+from ft_dist import private_api
 
 PACKAGE = Path(__file__).resolve().parents[1] / "ft_dist"
 PRIVATE = re.compile(
@@ -17,11 +17,11 @@ PRIVATE = re.compile(
 )
 
 
-def test_no_private_import_outside_compat() -> None:
+def test_no_private_import_outside_private_api() -> None:
     offenders = [
         f"{path.relative_to(PACKAGE.parent)}:{number}"
         for path in PACKAGE.rglob("*.py")
-        if path.name != "compat.py"
+        if path.name != "private_api.py"
         for number, line in enumerate(path.read_text().splitlines(), 1)
         if PRIVATE.match(line)
     ]
@@ -31,7 +31,7 @@ def test_no_private_import_outside_compat() -> None:
 def test_torch_dispatch_mode_sees_aten_ops() -> None:
     seen = []
 
-    class Record(compat.TorchDispatchMode):
+    class Record(private_api.TorchDispatchMode):
         def __torch_dispatch__(self, func, types, args=(), kwargs=None):
             seen.append(func)
             return func(*args, **(kwargs or {}))
@@ -44,24 +44,24 @@ def test_torch_dispatch_mode_sees_aten_ops() -> None:
 def test_ray_worker_group_start_timeout_class_is_where_we_import_it() -> None:
     from ray.train.v2._internal.exceptions import WorkerGroupStartupTimeoutError
 
-    assert not compat.is_worker_group_start_timeout(RuntimeError("other"))
-    assert compat.is_worker_group_start_timeout(
+    assert not private_api.is_worker_group_start_timeout(RuntimeError("other"))
+    assert private_api.is_worker_group_start_timeout(
         WorkerGroupStartupTimeoutError.__new__(WorkerGroupStartupTimeoutError)
     )
 
 
 def test_ray_autoscaler_limit_reader_exists() -> None:
     # Calling it needs a connected Ray (tests/train/test_failures_ray.py does); here: it is
-    # still there with the name compat.autoscaler_max_resources calls.
+    # still there with the name private_api.autoscaler_max_resources calls.
     from ray._private.state import state
 
     assert callable(state.get_max_resources_from_cluster_config)
 
 
 def test_dynamo_graph_counter_counts_a_compile() -> None:
-    before = compat.dynamo_graph_count()
+    before = private_api.dynamo_graph_count()
     torch.compile(lambda x: x * 2 + 1, backend="eager")(torch.ones(3))
-    assert compat.dynamo_graph_count() == before + 1
+    assert private_api.dynamo_graph_count() == before + 1
 
 
 def test_zero_wrapped_optimizer_unwraps_a_wrapper_and_passes_a_torch_optimizer() -> None:
@@ -70,5 +70,5 @@ def test_zero_wrapped_optimizer_unwraps_a_wrapper_and_passes_a_torch_optimizer()
     class Wrapper:  # the shape of DeepSpeed's ZeRO optimizers: the torch one in .optimizer
         optimizer = sgd
 
-    assert compat.zero_wrapped_optimizer(sgd) is sgd
-    assert compat.zero_wrapped_optimizer(Wrapper()) is sgd
+    assert private_api.zero_wrapped_optimizer(sgd) is sgd
+    assert private_api.zero_wrapped_optimizer(Wrapper()) is sgd

@@ -1,6 +1,6 @@
 """Every use of a dependency's private API, in one place.
 
-Each has no public route in the versions we pin (pyproject.toml); tests/test_compat.py
+Each has no public route in the versions we pin (pyproject.toml); tests/test_private_api.py
 exercises every one, so an upgrade that moves or renames one fails there, by name, instead
 of deep inside a run. Nothing else in ft_dist imports a private module of a dependency:
 `grep -rn "_private\\|_internal\\|torch\\._\\|torch\\.utils\\._" ft_dist` finds only this file.
