@@ -11,7 +11,7 @@ its owner defines (unknown keys, wrong types and out-of-range values are errors)
     tracking  ft_dist.tracking.TrackingConfig   ensemble  ft_dist.train.ensemble_config.EnsembleConfig
 
 Every error is a ValueError naming the file, the dotted key and what is allowed, e.g.
-``configs/x.yaml: optim.name: Input should be 'sgd', 'sgd-nesterov' or 'adamw' (got 'adam')``.
+``configs/x.yaml: train.zero_stage: Input should be 0, 1 or 2 (got 5)``.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ from ft_dist.tracking import TrackingConfig
 from ft_dist.train.config import OptimConfig, RayConfig, TrainConfig
 from ft_dist.train.ensemble_config import EnsembleConfig
 from ft_dist.train.methods import ensemble_method, method_epochs
-from ft_dist.train.strategy import check_strategy_supports
+from ft_dist.train.strategies import check_strategy_supports
 from ft_dist.utils import write_text_atomic
 
 

@@ -55,9 +55,10 @@ def steps_per_epoch(cfg) -> int:
 def variant_configs(base, out: Path, fractions: list[float], dense: bool) -> list[tuple]:
     """(label, channel sparsity or None for dense, RunConfig) of every run of the curve."""
     from ft_dist.config import config_from_dict, config_to_dict
+    from ft_dist.train.methods import ensemble_method
 
     edst = base.ensemble.edst
-    if base.ensemble.method != "edst" or edst is None:
+    if not ensemble_method(base.ensemble.method).phased or edst is None:
         raise ValueError("ft-dist bench channels needs an EDST config (ensemble.method: edst)")
     end_step = edst.exploration_epochs * steps_per_epoch(base)
     runs = []

@@ -117,7 +117,7 @@ def build(device, sizes, kind: str):
     from ft_dist.models import build_model
     from ft_dist.sparse import SparsityConfig
     from ft_dist.train.config import OptimConfig, TrainConfig
-    from ft_dist.train.strategy import build_strategy
+    from ft_dist.train.strategies.base import build_strategy
 
     cuda = device.type == "cuda"
     torch.manual_seed(0)

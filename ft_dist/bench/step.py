@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from ft_dist.sparse.scores import DROP_SCORES, GROWTH_SCORES
+from ft_dist.train.optimizers import OPTIMIZERS
 
 
 @dataclass(frozen=True)
@@ -72,7 +73,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="builder keywords, e.g. '{patch_size: 7, depth: 4}' for a timm ViT",
     )
     parser.add_argument(
-        "--optimizer", default="sgd", choices=["sgd", "adamw"], help="default: %(default)s"
+        "--optimizer", default="sgd", choices=list(OPTIMIZERS), help="default: %(default)s"
     )
     parser.add_argument("--num-classes", type=int, default=10)
     parser.add_argument("--image-size", type=int, default=32)
@@ -145,6 +146,9 @@ def _build(setup: StepSetup, device, sparse: bool) -> _Trainer:
     from ft_dist.bench.compile import compile_model_
     from ft_dist.models import build_model
     from ft_dist.sparse import DynamicSparsity, SparsityConfig
+    from ft_dist.train.config import OptimConfig
+    from ft_dist.train.optim import build_optimizer
+    from ft_dist.train.optimizers import optimizer_entry
 
     torch.manual_seed(0)
     model = build_model(
@@ -153,10 +157,9 @@ def _build(setup: StepSetup, device, sparse: bool) -> _Trainer:
     model = model.to(device)
     if setup.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    if setup.optimizer == "adamw":
-        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.05)
-    else:
-        optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
+    # The optimizer's typical settings (SGD: lr 0.1, momentum 0.9, weight decay 5e-4).
+    settings = OptimConfig(name=setup.optimizer, **optimizer_entry(setup.optimizer).typical)
+    optimizer = build_optimizer(settings, model.parameters())
     sparsity = None
     if sparse:
         # Regular updates are pushed past the timed window: step times are pure training

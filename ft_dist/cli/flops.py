@@ -183,7 +183,7 @@ def handle(args: argparse.Namespace) -> int:
 def handle_flags(args: argparse.Namespace) -> int:
     """The paper's comparison (dense ... DST Ensemble) for the model given by flags."""
     from ft_dist.models.names import check_model_name
-    from ft_dist.train.methods import price_paper_runs
+    from ft_dist.train.methods.pricing import price_paper_runs
 
     check_model_name(args.model)
     defaults = model_shape_defaults(args.model)

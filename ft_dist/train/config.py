@@ -12,6 +12,8 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 
 from ft_dist.configbase import Section
+from ft_dist.train.optimizers import optimizer_entry
+from ft_dist.train.strategies import STRATEGIES, strategy_entry
 
 _RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
@@ -31,7 +33,7 @@ class OptimConfig(Section):
     warm-up still applies.
     """
 
-    name: Literal["sgd", "sgd-nesterov", "adamw"] = "sgd"
+    name: str = Field("sgd", description="an entry of train/optimizers.py OPTIMIZERS")
     lr: float = Field(
         0.1, gt=0.0, description="base learning rate (at base_batch_size, when that is set)"
     )
@@ -67,6 +69,12 @@ class OptimConfig(Section):
     )
     gamma: float = Field(0.1, gt=0.0, le=1.0, description="step schedule: LR factor per milestone")
 
+    @field_validator("name")
+    @classmethod
+    def _known_optimizer(cls, name: str) -> str:
+        optimizer_entry(name)
+        return name
+
     @field_validator("betas")
     @classmethod
     def _check_betas(cls, betas: tuple[float, float]) -> tuple[float, float]:
@@ -98,8 +106,8 @@ class OptimConfig(Section):
 
     @model_validator(mode="after")
     def _check_combinations(self) -> OptimConfig:
-        if self.name == "sgd-nesterov" and self.momentum == 0.0:
-            raise ValueError("optim.name=sgd-nesterov needs optim.momentum > 0 (e.g. 0.9)")
+        if optimizer_entry(self.name).needs_momentum and self.momentum == 0.0:
+            raise ValueError(f"optim.name={self.name} needs optim.momentum > 0 (e.g. 0.9)")
         if self.milestone_epochs is not None and "milestones" in self.model_fields_set:
             raise ValueError(
                 "set only one of optim.milestones (fractions) and optim.milestone_epochs (epochs)"
@@ -121,7 +129,7 @@ class TrainConfig(Section):
 
     epochs: int = Field(10, ge=1, description="training epochs (EDST: derived from ensemble.edst)")
     strategy: str = Field(
-        "ddp", description="data-parallel strategy, an entry of train/strategy.py STRATEGIES"
+        "ddp", description="data-parallel strategy, an entry of train/strategies STRATEGIES"
     )
     zero_stage: Literal[0, 1, 2] = Field(0, description="DeepSpeed ZeRO stage")
     grad_accum_steps: int = Field(1, ge=1, description="micro-batches per optimizer step")
@@ -194,25 +202,19 @@ class TrainConfig(Section):
                 f"train.min_workers={self.min_workers} exceeds train.num_workers="
                 f"{self.num_workers}; give the range as num_workers: [min, max]"
             )
-        if self.elastic and self.zero_stage:
-            raise ValueError(
-                "elastic train.num_workers needs train.zero_stage=0 (or strategy=ddp): ZeRO "
-                "checkpoints are partitioned per rank and cannot resume on another world size"
-            )
+        entry = strategy_entry(self.strategy)
+        if self.elastic and not entry.resumes_at_any_world_size(self):
+            raise ValueError(f"elastic train.num_workers: {entry.world_size_rule}")
         return self
 
     @field_validator("strategy")
     @classmethod
     def _known_strategy(cls, name: str) -> str:
-        from ft_dist.train.strategy import strategy_entry  # the table imports this module
-
         strategy_entry(name)
         return name
 
     @model_validator(mode="after")
-    def _check_precision(self) -> TrainConfig:
-        from ft_dist.train.strategy import STRATEGIES, strategy_entry
-
+    def _check_zero_stage(self) -> TrainConfig:
         zero_set = "zero_stage" in self.model_fields_set and self.zero_stage
         if zero_set and not strategy_entry(self.strategy).zero_stages:
             with_zero = [name for name, entry in STRATEGIES.items() if entry.zero_stages]

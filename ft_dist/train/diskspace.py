@@ -108,13 +108,14 @@ def run_bytes(cfg: Any, model: torch.nn.Module) -> tuple[int, int]:
     """(one checkpoint, one ticket) in bytes, estimated from the model's size: fp32 weights
     and buffers, optimizer slots (momentum; AdamW two), DeepSpeed's fp32 masters, a bool
     mask per weight and the best-so-far ticket candidate; a ticket is weights + masks."""
-    from ft_dist.train.plan import build_plan
-    from ft_dist.train.strategy import strategy_entry
+    from ft_dist.train.methods import build_plan
+    from ft_dist.train.optimizers import optimizer_entry
+    from ft_dist.train.strategies import strategy_entry
 
     params = sum(p.numel() for p in model.parameters())
     weights = 4 * (params + sum(b.numel() for b in model.buffers()))
     masks = params if cfg.sparsity.density < 1.0 else 0
-    slots = 2 if cfg.optim.name == "adamw" else 1
+    slots = len(optimizer_entry(cfg.optim.name).state_keys(cfg.optim))
     checkpoint = weights + 4 * params * slots + masks
     if strategy_entry(cfg.train.strategy).fp32_masters:
         checkpoint += 4 * params

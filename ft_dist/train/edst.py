@@ -24,8 +24,10 @@ resumed at any epoch recomputes exactly where it is.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from ft_dist.train.ensemble_config import EDSTConfig
+if TYPE_CHECKING:
+    from ft_dist.train.ensemble_config import EDSTConfig
 
 EXPLORATION_LR_SCALE = 1.0
 

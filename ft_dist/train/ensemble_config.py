@@ -13,6 +13,7 @@ from pydantic import Field, field_validator, model_validator
 
 from ft_dist.configbase import Section
 from ft_dist.sparse.scores import check_growth_name
+from ft_dist.train.methods import ENSEMBLE_METHODS, ensemble_method
 
 
 class EDSTConfig(Section):
@@ -90,9 +91,7 @@ class PDSTConfig(Section):
 class EnsembleConfig(Section):
     """The `ensemble:` section of a run config."""
 
-    method: str = Field(
-        "single", description="an entry of train/methods.py ENSEMBLE_METHODS: single, edst, pdst"
-    )
+    method: str = Field("single", description=f"an ensemble method: {', '.join(ENSEMBLE_METHODS)}")
     num_members: int = Field(default=1, ge=1, le=64)
     edst: EDSTConfig | None = None
     pdst: PDSTConfig = PDSTConfig()
@@ -100,14 +99,10 @@ class EnsembleConfig(Section):
     @field_validator("method")
     @classmethod
     def _known_method(cls, name: str) -> str:
-        from ft_dist.train.methods import ensemble_method  # the table reads this module
-
         ensemble_method(name)
         return name
 
     @model_validator(mode="after")
     def _check_method(self) -> EnsembleConfig:
-        from ft_dist.train.methods import ensemble_method
-
         ensemble_method(self.method).check_section(self)
         return self

@@ -30,12 +30,13 @@ from ft_dist.config import RunConfig, save_config
 from ft_dist.layout import CONFIG_FILE, SUMMARY_FILE, checkpoints_dir, ticket_relpath
 from ft_dist.sparse.scores import growth_criterion
 from ft_dist.train.finite import check_loss, check_weights
+from ft_dist.train.methods.base import EpochActions
 from ft_dist.train.optim import learning_rate
-from ft_dist.train.plan import EpochActions
 from ft_dist.train.session import Session, latest_complete_checkpoint
 from ft_dist.train.setup import Context, build_context, flops_per_example_so_far, model_facts
 from ft_dist.train.state import RNGState, TrainStates
-from ft_dist.train.strategy import Strategy, strategy_entry
+from ft_dist.train.strategies import strategy_entry
+from ft_dist.train.strategies.base import Strategy
 from ft_dist.train.validate import evaluate_split, prepare_images, sync_buffers_
 from ft_dist.utils import is_distributed, write_text_atomic
 
@@ -251,8 +252,7 @@ def run_meta(ctx: Context) -> dict[str, Any]:
     cfg = ctx.cfg
     meta = {
         **model_facts(cfg),
-        "strategy": cfg.train.strategy,
-        "zero_stage": cfg.train.zero_stage if strategy_entry(cfg.train.strategy).zero_stages else 0,
+        **strategy_entry(cfg.train.strategy).checkpoint_meta(cfg.train),
         "world_size": ctx.session.world_size,
     }
     if cfg.train.elastic or cfg.train.global_batch_size is not None:

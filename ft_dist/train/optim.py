@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from ft_dist.train.config import OptimConfig
+from ft_dist.train.optimizers import optimizer_entry
 
 # Public normalisation layer types (their weight and bias are "norm" parameters).
 NORM_LAYERS: tuple[type[nn.Module], ...] = (
@@ -32,23 +33,14 @@ NORM_LAYERS: tuple[type[nn.Module], ...] = (
 def build_optimizer(
     cfg: OptimConfig, module_or_params: nn.Module | Iterable[torch.nn.Parameter]
 ) -> torch.optim.Optimizer:
-    """SGD (optionally Nesterov) or AdamW.
+    """The optimizer ``cfg.name`` names (an entry of train/optimizers.py OPTIMIZERS).
 
     Weight decay applies to every parameter, as in the published CIFAR code (SPEC §4 keeps
     it from moving inactive weights), unless ``cfg.no_decay`` names parameters to exempt:
     then group 0 holds the decayed parameters and group 1 the exempt ones (weight decay 0).
     Finding norms and biases needs the module, so that form needs an ``nn.Module``.
     """
-    groups = _param_groups(cfg, module_or_params)
-    if cfg.name == "adamw":
-        return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
-    return torch.optim.SGD(
-        groups,
-        lr=cfg.lr,
-        momentum=cfg.momentum,
-        weight_decay=cfg.weight_decay,
-        nesterov=cfg.name == "sgd-nesterov",
-    )
+    return optimizer_entry(cfg.name).build(_param_groups(cfg, module_or_params), cfg)
 
 
 def no_decay_parameter_names(module: nn.Module, no_decay: str) -> set[str]:

@@ -24,9 +24,10 @@ from ft_dist.models import build_model_from_config
 from ft_dist.models.builders import source_sha256
 from ft_dist.sparse.flops import forward_flops, training_flops_per_example
 from ft_dist.train.config import TrainConfig
-from ft_dist.train.plan import RunPlan, build_plan
+from ft_dist.train.methods import build_plan
+from ft_dist.train.methods.base import RunPlan
 from ft_dist.train.session import Session
-from ft_dist.train.strategy import Strategy, build_strategy
+from ft_dist.train.strategies.base import Strategy, build_strategy
 from ft_dist.train.tickets import TicketKeeper
 from ft_dist.utils import derive_seed
 

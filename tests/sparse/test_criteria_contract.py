@@ -14,7 +14,7 @@ from ft_dist.cli import main
 from ft_dist.config import save_config
 from ft_dist.sparse.config import SparsityConfig
 from ft_dist.sparse.scores import DROP_SCORES, GROWTH_SCORES
-from ft_dist.train.strategy import STRATEGIES, check_strategy_supports
+from ft_dist.train.strategies import STRATEGIES, check_strategy_supports
 from tests.train.conftest import tiny_config
 from tests.train.test_loop import assert_same_training_state, final_state, resume_copy, run_loop
 

@@ -16,15 +16,19 @@ from torch import nn
 
 from ft_dist.cli import main
 from ft_dist.models import build_model
+from ft_dist.models.config import ModelConfig
 from ft_dist.sparse.flops import (
     allocated_flops_report,
     forward_flops,
     layer_flops,
+    mean_over_steps,
+    mean_training_flops_per_example,
+    model_forward_flops,
     price_run,
     training_flops_per_example,
 )
 from ft_dist.train.ensemble_config import EDSTConfig, EnsembleConfig
-from ft_dist.train.methods import price_method, price_paper_runs
+from ft_dist.train.methods.pricing import price_method, price_paper_runs
 
 
 def _meta_model(name: str, num_classes: int, in_channels: int, image_size: int) -> nn.Module:
@@ -131,6 +135,23 @@ def test_training_step_formulas():
         training_flops_per_example(dense, sparse, "gradient", None)
     with pytest.raises(ValueError, match="growth"):
         training_flops_per_example(dense, sparse, "no-such-criterion", 10)
+
+
+def test_stretches_of_steps_are_priced_at_their_own_forward_flops():
+    assert mean_over_steps([(3, 1.0), (1, 5.0)]) == 2.0
+    assert mean_over_steps([(0, 1.0)]) is None and mean_over_steps([]) is None
+    # (steps, f_S, f_D): 2 steps at 2/10, then 2 at 1/4 (channels removed) -> the mean price
+    segments = [(2, 2.0, 10.0), (2, 1.0, 4.0)]
+    first, second = (training_flops_per_example(d, s, "gradient", 1) for _, s, d in segments)
+    assert mean_training_flops_per_example(segments, "gradient", 1) == (first + second) / 2
+    assert mean_training_flops_per_example([(0, 2.0, 10.0)], "gradient", 1) is None
+
+
+def test_model_forward_flops_counts_the_configured_network_on_meta():
+    cfg = ModelConfig(name="small-cnn", num_classes=10, in_channels=1, image_size=28)
+    densities = {"features.4.weight": 0.5, "classifier.1.weight": 0.25}
+    expected = forward_flops(build_model("small-cnn", 10, 1, 28), (1, 28, 28), densities)
+    assert model_forward_flops(cfg, densities) == expected
 
 
 def test_price_method_counts_epochs_and_members():

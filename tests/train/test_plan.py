@@ -5,7 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from ft_dist.config import load_config
-from ft_dist.train.plan import EDSTPlan, SinglePlan, build_plan
+from ft_dist.train.methods import build_plan
+from ft_dist.train.methods.edst import EDSTPlan
+from ft_dist.train.methods.single import SinglePlan
 from tests.train.conftest import tiny_config
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"

@@ -178,7 +178,7 @@ def test_imagenet_pdst_lr_and_drop_fraction() -> None:
     # period is the one the run plan hands the engine (`DynamicSparsity(decay_period=...)`),
     # not one this test chooses; the engine's `drop_fraction_now` turns it into the value.
     from ft_dist.sparse import DynamicSparsity
-    from ft_dist.train.plan import build_plan
+    from ft_dist.train.methods import build_plan
 
     plan = build_plan(cfg, steps_per_epoch=7)
     engine = DynamicSparsity(

@@ -9,7 +9,7 @@ from torch import nn
 
 from ft_dist.sparse import SparsityConfig
 from ft_dist.train.config import OptimConfig, TrainConfig
-from ft_dist.train.strategy import build_strategy
+from ft_dist.train.strategies.base import build_strategy
 from tests.gloo_workers import run_workers
 
 NUM_STEPS = 6

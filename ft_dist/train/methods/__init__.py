@@ -1,0 +1,39 @@
+"""Ensemble methods: one table, `ENSEMBLE_METHODS`, the only list of them; one module each.
+
+An entry (methods/base.py `EnsembleMethod`) says how many epochs its run trains and how
+many models it yields (FLOPs pricing, `ft-dist flops`), which cross-section rules its config
+must meet (validation), which run plan the loop follows, whether it is phased (explores and
+refines from ``ensemble.edst``) and whether its members are separate runs (the CLI then
+hands the config to `orchestrate/pdst.py`). Nothing else branches on a method name. A new
+method is one module here plus its line in the table (docs/architecture.md). Torch-free.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from ft_dist.train.methods import dst_ensemble, edst, single
+from ft_dist.train.methods.base import EnsembleMethod, MethodEpochs, RunPlan
+from ft_dist.utils import table_entry
+
+if TYPE_CHECKING:
+    from ft_dist.config import RunConfig
+
+ENSEMBLE_METHODS: dict[str, EnsembleMethod] = {
+    "single": single.ENTRY,
+    "edst": edst.ENTRY,
+    "pdst": dst_ensemble.ENTRY,
+}
+
+
+def ensemble_method(name: str) -> EnsembleMethod:
+    return table_entry(ENSEMBLE_METHODS, name, "ensemble.method")
+
+
+def method_epochs(cfg: RunConfig) -> MethodEpochs:
+    return ensemble_method(cfg.ensemble.method).epochs(cfg.ensemble, cfg.train.epochs)
+
+
+def build_plan(cfg: RunConfig, steps_per_epoch: int) -> RunPlan:
+    """The plan of this run's method."""
+    return ensemble_method(cfg.ensemble.method).plan(cfg, steps_per_epoch)
