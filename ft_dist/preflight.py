@@ -20,10 +20,10 @@ import os
 from pathlib import Path
 from typing import Any
 
-from ft_dist.private_api import autoscaler_max_resources
 from ft_dist.config import RunConfig
 from ft_dist.layout import run_dir
-from ft_dist.train.config import RayConfig
+from ft_dist.private_api import autoscaler_max_resources
+from ft_dist.train.config import format_resources, worker_resources
 
 
 def check_inputs(cfg: RunConfig) -> Any:
@@ -179,14 +179,6 @@ def check_disk_space(cfg: RunConfig, model: Any) -> None:
 
 
 # --------------------------------------------------------------------------- cluster
-def worker_resources(ray_cfg: RayConfig) -> dict[str, float]:
-    """What one Ray Train worker reserves (the ScalingConfig of worker.build_trainer)."""
-    resources = {"CPU": ray_cfg.cpus_per_worker}
-    if ray_cfg.use_gpu:
-        resources["GPU"] = ray_cfg.gpus_per_worker
-    return resources
-
-
 def workers_to_start(train: Any) -> int:
     """The workers a run needs to start: an elastic run (train.num_workers: [min, max])
     starts on its minimum (a node may be down) and grows later; others need them all."""
@@ -239,8 +231,3 @@ def cluster_message(
         f"train.num_workers={num_workers} workers x {format_resources(need)} each do not fit the Ray "
         f"cluster, which {where} {format_resources(have)} in all (room for {room}); {fix}, or add nodes"
     )
-
-
-def format_resources(resources: dict[str, float]) -> str:
-    """{"CPU": 2.0, "GPU": 1.0} -> "2 CPU, 1 GPU"."""
-    return ", ".join(f"{value:g} {name}" for name, value in resources.items())

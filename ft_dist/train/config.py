@@ -243,3 +243,16 @@ class RayConfig(Section):
         description="elastic train.num_workers: how often Ray looks for room to grow the "
         "worker group back (each resize restarts it from the newest checkpoint)",
     )
+
+
+def worker_resources(ray_cfg: RayConfig) -> dict[str, float]:
+    """What one Ray Train worker reserves (the ScalingConfig of worker.build_trainer)."""
+    resources = {"CPU": ray_cfg.cpus_per_worker}
+    if ray_cfg.use_gpu:
+        resources["GPU"] = ray_cfg.gpus_per_worker
+    return resources
+
+
+def format_resources(resources: dict[str, float]) -> str:
+    """{"CPU": 2.0, "GPU": 1.0} -> "2 CPU, 1 GPU"."""
+    return ", ".join(f"{value:g} {name}" for name, value in resources.items())

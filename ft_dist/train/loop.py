@@ -9,18 +9,20 @@ inside Ray Train (`RaySession`). Read `train` top to bottom:
 2. resume after everything exists, so a checkpoint restores into the same objects (all of
    them listed once, in `checkpoint_states`); only then is config.yaml written, so a
    refused resume leaves the run's record as it was;
-3. each epoch: the run plan (plan.py: single run or EDST) says the LR factor, the ticket
-   and an exploration; micro-batches, one optimizer step, logs; at its end validation,
-   ticket candidates and writes, exploration, then a checkpoint;
+3. each epoch: the run plan (train/methods) says the LR factor, the ticket and an
+   exploration; micro-batches, one optimizer step, logs; at its end the subscribers
+   (callbacks.py: validation, tickets, exploration, the non-finite guard, tracking) act
+   on the ``epoch_end`` event, then a checkpoint;
 4. finish: final metrics and summary.json.
+
+The loop raises the events of events.py and never asks which method, strategy or criterion
+runs: a new one changes no line here.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -28,24 +30,27 @@ import torch.distributed as dist
 
 from ft_dist.config import RunConfig, save_config
 from ft_dist.layout import CONFIG_FILE, SUMMARY_FILE, checkpoints_dir, ticket_relpath
-from ft_dist.sparse.scores import growth_criterion
-from ft_dist.train.finite import check_loss, check_weights
-from ft_dist.train.methods.base import EpochActions
+from ft_dist.train.callbacks import evaluate, sparse_totals, standard_callbacks
+from ft_dist.train.events import Callback, Events
+from ft_dist.train.meter import Meter
 from ft_dist.train.optim import learning_rate
-from ft_dist.train.session import Session, latest_complete_checkpoint
+from ft_dist.train.session import Session
 from ft_dist.train.setup import Context, build_context, flops_per_example_so_far, model_facts
 from ft_dist.train.state import RNGState, TrainStates
 from ft_dist.train.strategies import strategy_entry
 from ft_dist.train.strategies.base import Strategy
-from ft_dist.train.validate import evaluate_split, prepare_images, sync_buffers_
+from ft_dist.train.validate import prepare_images, sync_buffers_
 from ft_dist.utils import is_distributed, write_text_atomic
 
 
-def train(cfg: RunConfig, session: Session, tracker: Any) -> dict[str, Any]:
-    """Train this rank's share of the run; returns the summary (identical on every rank)."""
+def train(
+    cfg: RunConfig, session: Session, tracker: Any, callbacks: Sequence[Callback] = ()
+) -> dict[str, Any]:
+    """Train this rank's share of the run; returns the summary (identical on every rank).
+    ``callbacks`` subscribe to the loop's events after the standard ones."""
     # Data, seeds, model, masks and strategy, in the order that keeps ranks identical.
     ctx = build_context(cfg, session, tracker)
-    cfg = ctx.cfg  # with the model's shape resolved from the data manifest
+    events = Events([*standard_callbacks(), *callbacks])
     # Resume after everything exists, so the checkpoint restores into the same objects.
     resume_from = session.latest_checkpoint_dir()
     if resume_from is not None:
@@ -59,27 +64,23 @@ def train(cfg: RunConfig, session: Session, tracker: Any) -> dict[str, Any]:
             f"of {ctx.steps_per_epoch * ctx.num_epochs}, {state.images_seen} images seen"
         )
     if session.rank == 0:
-        save_config(cfg, ctx.run / CONFIG_FILE)
+        save_config(ctx.cfg, ctx.run / CONFIG_FILE)  # with the model's shape from the data
     tracker.set_total(ctx.steps_per_epoch * ctx.num_epochs, ctx.num_epochs)
     for epoch in range(ctx.state.epoch, ctx.num_epochs):
         actions = ctx.plan.epoch(epoch)
-        train_epoch(ctx, epoch, actions)
-        end_epoch(ctx, epoch, actions)
-    return finish(ctx)
+        events.fire("epoch_start", ctx, epoch, actions)
+        train_epoch(ctx, events, epoch, actions.lr_scale)
+        end_epoch(ctx, events, epoch, actions)
+    return finish(ctx, events)
 
 
-# --------------------------------------------------------------------------- one epoch
-def train_epoch(ctx: Context, epoch: int, actions: EpochActions) -> None:
+def train_epoch(ctx: Context, events: Events, epoch: int, lr_scale: float | None) -> None:
     """The optimizer steps of one epoch, from the resume position: LR, step, logs, and
     mid-epoch checkpoints."""
     cfg, state = ctx.cfg, ctx.state
     # Fixed per run when elastic: the accumulation makes up for a smaller world size.
     accum, global_batch = ctx.grad_accum_steps, ctx.global_batch_size
     batches = iter(ctx.stream.epoch(epoch, start_step=state.step_in_epoch * accum))
-    # An exploration that grows by gradient reads the dense gradient of the epoch's last step.
-    explore_growth = actions.explore[1] if actions.explore else None
-    needs_gradient = explore_growth is not None and growth_criterion(explore_growth).needs_gradient
-    capture_at = ctx.steps_per_epoch - 1 if needs_gradient else -1
     meter = Meter(ctx.session.device)
     while state.step_in_epoch < ctx.steps_per_epoch:
         lr = learning_rate(
@@ -87,68 +88,34 @@ def train_epoch(ctx: Context, epoch: int, actions: EpochActions) -> None:
             state.global_step,
             ctx.steps_per_epoch,
             ctx.num_epochs,
-            actions.lr_scale,
+            lr_scale,
             global_batch_size=global_batch,
         )
         ctx.strategy.set_lr(lr)
-        micro_batches = [next(batches) for _ in range(accum)]
-        loss = train_step(ctx, micro_batches, capture_grads=state.step_in_epoch == capture_at)
+        loss = train_step(ctx, events, [next(batches) for _ in range(accum)])
         state.step_in_epoch, state.global_step = state.step_in_epoch + 1, state.global_step + 1
         state.images_seen += global_batch
         meter.add(loss, global_batch)
+        events.fire("after_step", ctx, loss)
         epoch_done = state.step_in_epoch == ctx.steps_per_epoch
         if epoch_done or state.global_step % cfg.train.log_every_steps == 0:
             mean_loss, images_per_s, seconds = meter.read()
             state.train_seconds += seconds
-            # The loss is synced here anyway: a NaN/inf one stops the run (finite.py).
-            check_loss(log_progress(ctx, epoch, lr, mean_loss, images_per_s), _where(ctx, lr))
+            events.fire("log", ctx, step_metrics(ctx, epoch, lr, mean_loss, images_per_s))
         every = cfg.train.checkpoint_every_steps
         if every and not epoch_done and state.global_step % every == 0:
-            check_weights(ctx.strategy.module, "checkpoint", _where(ctx, lr))
+            events.fire("before_checkpoint", ctx, lr)
             with meter.excluded():
-                ctx.session.report(_progress_metrics(ctx, epoch), save(ctx))
+                ctx.session.report(progress_metrics(ctx, epoch), save(ctx, events))
     batches.close()  # stop the loader's worker processes now, not at garbage collection
 
 
-class Meter:
-    """Mean training loss and images/s since the last read, not counting excluded time
-    (checkpoints); the loss stays on the device until read, so steps never sync for it."""
-
-    def __init__(self, device: torch.device) -> None:
-        self.device = device
-        self._reset()
-
-    def _reset(self) -> None:
-        self.loss_sum = torch.zeros((), device=self.device)
-        self.steps, self.images, self.skipped = 0, 0, 0.0
-        self.start = time.perf_counter()
-
-    def add(self, loss: torch.Tensor, images: int) -> None:
-        self.loss_sum += loss.detach().float()
-        self.steps, self.images = self.steps + 1, self.images + images
-
-    @contextlib.contextmanager
-    def excluded(self) -> Iterator[None]:
-        start = time.perf_counter()
-        yield
-        self.skipped += time.perf_counter() - start
-
-    def read(self) -> tuple[torch.Tensor, float, float]:
-        """(mean loss, images/s, training seconds) since the last read; then reset."""
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-        seconds = max(time.perf_counter() - self.start - self.skipped, 1e-9)
-        values = (self.loss_sum / max(self.steps, 1), self.images / seconds, seconds)
-        self._reset()
-        return values
-
-
-def train_step(ctx: Context, micro_batches: list, capture_grads: bool) -> torch.Tensor:
+def train_step(ctx: Context, events: Events, micro_batches: list) -> torch.Tensor:
     """Forward/backward every micro-batch, then one optimizer step (masks, prune/grow)."""
     strategy, device = ctx.strategy, ctx.session.device
     channels_last = ctx.fast_path and ctx.cfg.train.channels_last
     total = torch.zeros((), device=device)
-    strategy.begin_step(capture_grads)
+    events.fire("step_start", ctx)
     for index, (images, labels) in enumerate(micro_batches):
         last = index == len(micro_batches) - 1
         images = prepare_images(images, device, strategy.input_dtype, channels_last)
@@ -156,44 +123,32 @@ def train_step(ctx: Context, micro_batches: list, capture_grads: bool) -> torch.
             loss = ctx.criterion(strategy.model(images).float(), labels.to(device))
             strategy.backward(loss, last)
         total += loss.detach()
+    events.fire("before_optimizer_step", ctx)
     strategy.step()
     return total / len(micro_batches)
 
 
-def end_epoch(ctx: Context, epoch: int, actions: EpochActions) -> None:
-    """Validate, keep/write the plan's ticket, explore if planned, checkpoint, report."""
-    cfg, state, strategy = ctx.cfg, ctx.state, ctx.strategy
-    sync_buffers_(strategy.module)
-    # Before any ticket candidate, ticket or checkpoint is taken from these weights.
-    check_weights(strategy.module, "ticket and checkpoint", _where(ctx, actions))
-    last_epoch = epoch == ctx.num_epochs - 1
-    metrics = _progress_metrics(ctx, epoch + 1)
-    scheduled = (epoch + 1) % cfg.train.eval_every_epochs == 0 or last_epoch
-    if cfg.data.val_split and (scheduled or actions.validate):
-        metrics.update(_evaluate(ctx, cfg.data.val_split))
-    val_accuracy = metrics.get(f"{cfg.data.val_split}/accuracy")
-    if actions.ticket is not None and val_accuracy is not None:
-        ctx.tickets.observe(actions.ticket, epoch, val_accuracy, strategy.module, _masks(ctx))
-    if actions.write_ticket:
-        _write_ticket(ctx, actions, epoch, val_accuracy)
-    if actions.explore is not None:
-        strategy.explore(*actions.explore)
-        metrics.update({f"explore/{k}": v for k, v in _sparse_totals(strategy).items()})
-    state.epoch, state.step_in_epoch = epoch + 1, 0
-    ctx.tracker.log(metrics, step=state.global_step)
-    every = cfg.train.checkpoint_every_epochs
-    saved = save(ctx) if last_epoch or (epoch + 1) % every == 0 else None
+def end_epoch(ctx: Context, events: Events, epoch: int, actions) -> None:
+    """The subscribers' epoch end (guard, validation, tickets, exploration), then the
+    epoch's metrics, a checkpoint when due, and the report to the session."""
+    sync_buffers_(ctx.strategy.module)
+    metrics = progress_metrics(ctx, epoch + 1)
+    events.fire("epoch_end", ctx, epoch, actions, metrics)
+    ctx.state.epoch, ctx.state.step_in_epoch = epoch + 1, 0
+    events.fire("log", ctx, metrics)
+    every, last_epoch = ctx.cfg.train.checkpoint_every_epochs, epoch == ctx.num_epochs - 1
+    saved = save(ctx, events) if last_epoch or (epoch + 1) % every == 0 else None
     ctx.session.report(metrics, saved)
 
 
-def finish(ctx: Context) -> dict[str, Any]:
+def finish(ctx: Context, events: Events) -> dict[str, Any]:
     """Final metrics and RUN_DIR/summary.json."""
-    cfg, state, strategy = ctx.cfg, ctx.state, ctx.strategy
-    sync_buffers_(strategy.module)
+    cfg, state = ctx.cfg, ctx.state
+    sync_buffers_(ctx.strategy.module)
     metrics: dict[str, float] = {}
     for split in (cfg.data.val_split, cfg.data.test_split):
         if split:
-            metrics.update(_evaluate(ctx, split))
+            metrics.update(evaluate(ctx, split))
     price = flops_per_example_so_far(ctx)
     summary = {
         "run_name": cfg.train.run_name,
@@ -211,12 +166,19 @@ def finish(ctx: Context) -> dict[str, Any]:
         "train_flops_per_example": price,
         "tickets": [ticket_relpath(n) for n in ctx.tickets.written],
         "metrics": metrics,
-        **_sparse_totals(strategy),
+        **sparse_totals(ctx.strategy),
     }
     if ctx.session.rank == 0:
         write_text_atomic(ctx.run / SUMMARY_FILE, json.dumps(summary, indent=2) + "\n")
-    ctx.tracker.summary({**metrics, "train/flops": summary["train_flops"]})
+    events.fire("finish", ctx, summary)
     return summary
+
+
+def replace_model(ctx: Context, events: Events, strategy: Strategy) -> None:
+    """Swap in a strategy holding a new model (same step, every rank) and tell the
+    subscribers, so that nothing keeps the old one."""
+    old, ctx.strategy = ctx.strategy, strategy
+    events.fire("model_replaced", ctx, old)
 
 
 # --------------------------------------------------------------------------- checkpoints
@@ -229,7 +191,7 @@ def checkpoint_states(ctx: Context) -> TrainStates:
     )
 
 
-def save(ctx: Context) -> str:
+def save(ctx: Context, events: Events) -> str:
     """Write a checkpoint of everything that changes training (collective: every rank)."""
     state = ctx.state
     position = {  # for people and `ft-dist train`'s stop line, not checked on resume
@@ -244,6 +206,7 @@ def save(ctx: Context) -> str:
         rank=ctx.session.rank,
         keep=ctx.cfg.train.keep_checkpoints,
     )
+    events.fire("checkpoint", ctx, str(path))
     return str(path)
 
 
@@ -260,50 +223,17 @@ def run_meta(ctx: Context) -> dict[str, Any]:
     return meta
 
 
-# --------------------------------------------------------------------------- helpers
-def _evaluate(ctx: Context, split: str) -> dict[str, float]:
-    return evaluate_split(
-        ctx.strategy.module,
-        ctx.cfg.data,
-        split,
-        info=ctx.info,
-        rank=ctx.session.rank,
-        world_size=ctx.session.world_size,
-        device=ctx.session.device,
-        input_dtype=ctx.strategy.input_dtype,
-        channels_last=ctx.fast_path and ctx.cfg.train.channels_last,
-    )
-
-
-def _masks(ctx: Context) -> dict[str, torch.Tensor]:
-    return ctx.strategy.sparsity.masks
-
-
-def _write_ticket(
-    ctx: Context, actions: EpochActions, epoch: int, val_accuracy: float | None
-) -> None:
-    ctx.tickets.finalise(
-        actions.ticket,
-        phase=actions.ticket,
-        epoch=epoch,
-        val_accuracy=val_accuracy,
-        module=ctx.strategy.module,
-        masks=_masks(ctx),
-        member=actions.member,
-        train_flops=flops_per_example_so_far(ctx) * ctx.state.images_seen,
-        write=ctx.session.rank == 0,
-    )
-
-
-def log_progress(ctx: Context, epoch: int, lr: float, loss: torch.Tensor, rate: float) -> float:
-    """Log the loss averaged over ranks, LR, throughput, FLOPs so far and the masks'
-    statistics; returns that loss."""
+# --------------------------------------------------------------------------- metrics
+def step_metrics(
+    ctx: Context, epoch: int, lr: float, loss: torch.Tensor, rate: float
+) -> dict[str, Any]:
+    """The loss averaged over ranks, LR, throughput, FLOPs so far and the masks' statistics."""
     if is_distributed():
         loss = loss.clone()
         dist.all_reduce(loss)
         loss /= dist.get_world_size()
     state = ctx.state
-    metrics = {
+    return {
         "epoch": epoch + state.step_in_epoch / ctx.steps_per_epoch,
         "train/loss": float(loss),
         "train/lr": lr,
@@ -311,44 +241,10 @@ def log_progress(ctx: Context, epoch: int, lr: float, loss: torch.Tensor, rate: 
         "train/flops": flops_per_example_so_far(ctx) * state.images_seen,
         **ctx.strategy.sparsity.stats(),
     }
-    ctx.tracker.log(metrics, step=state.global_step)
-    return metrics["train/loss"]
 
 
-def _where(ctx: Context, lr: float | EpochActions) -> Callable[[], dict[str, Any]]:
-    """Where the run is, for a divergence message (finite.py): the LR given, or the LR of
-    the epoch's last step under these actions; read only when the message is needed."""
-
-    def where() -> dict[str, Any]:
-        state = ctx.state
-        if isinstance(lr, EpochActions):
-            steps = (ctx.steps_per_epoch, ctx.num_epochs, lr.lr_scale)
-            rate = learning_rate(
-                ctx.cfg.optim,
-                max(state.global_step - 1, 0),
-                *steps,
-                global_batch_size=ctx.global_batch_size,
-            )
-        else:
-            rate = lr
-        return {
-            "step": state.global_step,
-            "epoch": state.epoch,
-            "lr": rate,
-            "last_checkpoint": latest_complete_checkpoint(ctx.run),
-        }
-
-    return where
-
-
-def _progress_metrics(ctx: Context, epoch: float) -> dict[str, float]:
-    state = ctx.state
+def progress_metrics(ctx: Context, epoch: float) -> dict[str, float]:
     return {
         "epoch": float(epoch),
-        "train/flops": flops_per_example_so_far(ctx) * state.images_seen,
+        "train/flops": flops_per_example_so_far(ctx) * ctx.state.images_seen,
     }
-
-
-def _sparse_totals(strategy: Strategy) -> dict[str, float]:
-    stats = strategy.sparsity.stats()
-    return {k: v for k, v in stats.items() if k.startswith("sparse/") and "/layer/" not in k}

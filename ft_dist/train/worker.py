@@ -47,11 +47,11 @@ import torch
 from ray.train import Checkpoint, CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchConfig, TorchTrainer
 
-from ft_dist.private_api import is_worker_group_start_timeout
 from ft_dist.layout import run_dir
 from ft_dist.models.config import with_builder_source
-from ft_dist.preflight import format_resources, worker_resources
+from ft_dist.private_api import is_worker_group_start_timeout
 from ft_dist.tracking import make_tracker
+from ft_dist.train.config import format_resources, worker_resources
 from ft_dist.train.diskspace import DiskFullError, dir_bytes, disk_full_message, is_disk_full
 from ft_dist.train.session import latest_complete_checkpoint
 

@@ -35,7 +35,10 @@ RUNS = {
         "demo_edst.yaml",
         {
             "sparsity": {"update_every_steps": 3},
-            "ensemble": {"num_members": 2, "edst": {"exploration_epochs": 1, "refinement_epochs": 1}},
+            "ensemble": {
+                "num_members": 2,
+                "edst": {"exploration_epochs": 1, "refinement_epochs": 1},
+            },
         },
     ),
     "adamw-set": (
@@ -50,7 +53,10 @@ RUNS = {
         "demo_edst.yaml",
         {
             "sparsity": {"update_every_steps": 3, "channel_sparsity": 0.5, "channel_end_step": 6},
-            "ensemble": {"num_members": 2, "edst": {"exploration_epochs": 1, "refinement_epochs": 1}},
+            "ensemble": {
+                "num_members": 2,
+                "edst": {"exploration_epochs": 1, "refinement_epochs": 1},
+            },
         },
     ),
 }
