@@ -165,23 +165,6 @@ def test_edst_two_ranks_tickets_and_mid_phase_resume(tiny_mnist: Path, tmp_path:
     run_workers(_edst_worker, 2, tiny_mnist, tmp_path)
 
 
-def _deepspeed_worker(rank: int, world_size: int, root: Path, out: Path) -> None:
-    torch.distributed.init_process_group("gloo", rank=rank, world_size=world_size)
-    train = {
-        "epochs": 1,
-        "strategy": "deepspeed",
-        "zero_stage": 2,
-        "checkpoint_every_steps": 2,
-        "keep_checkpoints": 5,
-    }
-    cfg = tiny_config(root, out / "a", train=train, sparsity={"update_every_steps": 1})
-    summary, _, _ = run_loop(cfg)
-    assert summary["steps"] == 4 and summary["sparse/num_updates"] == 4
-    resumed = resume_on_every_rank(cfg, rank, 2, 4, out / "b")
-    if rank == 0:
-        assert_same_training_state(final_state(cfg), final_state(resumed))
-
-
 def resume_on_every_rank(cfg, rank: int, step: int, last_step: int, out: Path):
     """Under a process group: rank 0 copies checkpoint ``step`` of ``cfg``'s finished run to
     ``out``, every rank resumes and finishes it, and this rank's own ZeRO partition (fp32
@@ -200,9 +183,3 @@ def resume_on_every_rank(cfg, rank: int, step: int, last_step: int, out: Path):
         torch.load(a / own, weights_only=True), torch.load(b / own, weights_only=True), own
     )
     return resumed
-
-
-@pytest.mark.dist
-@pytest.mark.slow
-def test_deepspeed_zero2_two_ranks_resume_is_exact(tiny_mnist: Path, tmp_path: Path) -> None:
-    run_workers(_deepspeed_worker, 2, tiny_mnist, tmp_path)

@@ -10,7 +10,7 @@ recomputes exactly where it is, so they hold nothing for the checkpoint.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
@@ -65,6 +65,9 @@ class EnsembleMethod:
     check_section: Callable[[EnsembleConfig], None]  # rules within the ensemble: section
     check: Callable[[RunConfig], None]  # rules across sections
     plan: Callable[[RunConfig, int], RunPlan]
+    # An `ensemble:` section (without the method) that runs it in a few steps: the contract
+    # tests (tests/train/test_contracts.py) train, resume and price every entry with it.
+    example: dict = field(default_factory=dict)
 
 
 def check_ticket(cfg: RunConfig) -> None:

@@ -38,4 +38,5 @@ ENTRY = EnsembleMethod(
     check_section=lambda ensemble: None,
     check=_check,
     plan=single_plan,
+    example={"num_members": 2},
 )

@@ -115,4 +115,5 @@ ENTRY = EnsembleMethod(
     check_section=_section,
     check=_check,
     plan=EDSTPlan,
+    example={"num_members": 2, "edst": {"exploration_epochs": 1, "refinement_epochs": 1}},
 )

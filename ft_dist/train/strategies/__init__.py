@@ -11,7 +11,7 @@ one module here (a `Strategy` subclass, see base.py) plus its line in the table.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from ft_dist.sparse.scores import GROWTH_SCORES, drop_criterion, growth_criterion
@@ -39,6 +39,9 @@ class StrategyEntry:
     # written at? Then a resume, and an elastic run, needs that same world size.
     per_rank_partitions: Callable[[TrainConfig], bool]
     world_size_rule: str  # what to change when per_rank_partitions refuses a world size
+    # `train:` options that run it at its most demanding, for the contract tests
+    # (tests/train/test_contracts.py)
+    example: dict = field(default_factory=dict)
 
     @property
     def zero_stages(self) -> bool:
@@ -87,6 +90,7 @@ STRATEGIES: dict[str, StrategyEntry] = {
         per_rank_partitions=lambda train: train.zero_stage > 0,
         world_size_rule="needs train.zero_stage=0 (or strategy=ddp): ZeRO checkpoints are "
         "partitioned per rank and cannot resume on another world size",
+        example={"zero_stage": 2},
     ),
 }
 
