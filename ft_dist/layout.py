@@ -5,10 +5,15 @@ path below is built here and nowhere else.
 
 RUN_DIR/config.yaml                 resolved config (written once a resume is accepted)
 RUN_DIR/summary.json                final metrics, images/s, training FLOPs
-RUN_DIR/checkpoints/<step>/         atomic: written to a temp dir, then renamed
+RUN_DIR/checkpoints/<step>/         atomic: written to a temp dir, then renamed (the files
+                                    inside are train/checkpoint.py's format)
 RUN_DIR/tickets/ticket_<m>.pt       m = 01..M, never overwritten
-RUN_DIR/eval/                       `ft-dist evaluate` report (report.json, report.md, plots)
+RUN_DIR/eval/                       `ft-dist evaluate` report: report.json, report.md,
+                                    plots/<name>.png (the same names under any --out)
+RUN_DIR/export/                     where `ft-dist compare` / `bench channels` export a run
+                                    (export/artifact.py's format)
 EXP_DIR/members/member_<i>/         DST Ensemble: one RUN_DIR per member i = 1..M
+EXP_DIR/tune/                       DST Ensemble: Ray Tune's experiment state
 """
 
 from __future__ import annotations
@@ -24,6 +29,11 @@ TICKET_GLOB = "ticket_*.pt"
 MEMBERS_DIR = "members"
 MEMBER_PREFIX = "member_"
 EVAL_DIR = "eval"
+REPORT_FILE = "report.json"
+REPORT_MD_FILE = "report.md"
+PLOTS_DIR = "plots"
+EXPORT_DIR = "export"
+TUNE_DIR = "tune"
 
 
 def run_dir(cfg: Any) -> Path:
@@ -31,10 +41,48 @@ def run_dir(cfg: Any) -> Path:
     return Path(cfg.output_dir).expanduser() / cfg.run_name
 
 
+def config_path(run: Path) -> Path:
+    """RUN_DIR/config.yaml (also EXP_DIR/config.yaml of a DST Ensemble)."""
+    return Path(run) / CONFIG_FILE
+
+
+def summary_path(run: Path) -> Path:
+    return Path(run) / SUMMARY_FILE
+
+
+# --------------------------------------------------------------------------- checkpoints
 def checkpoints_dir(run: Path) -> Path:
     return Path(run) / CHECKPOINTS_DIR
 
 
+def checkpoint_name(step: int) -> str:
+    """Zero-padded so that a directory listing sorts in step order."""
+    return f"{step:09d}"
+
+
+def checkpoint_dir(checkpoints: Path, step: int) -> Path:
+    """checkpoints/<step>/ under a `checkpoints_dir`."""
+    return Path(checkpoints) / checkpoint_name(step)
+
+
+def checkpoint_step(path: Path) -> int | None:
+    """The step of a checkpoints/<step> path, None for any other name (the temp dirs of a
+    write in progress among them)."""
+    name = Path(path).name
+    return int(name) if name.isdigit() else None
+
+
+def checkpoint_dirs(checkpoints: Path) -> list[Path]:
+    """The complete checkpoint directories under a `checkpoints_dir`, oldest step first
+    (none when it does not exist)."""
+    root = Path(checkpoints)
+    if not root.is_dir():
+        return []
+    steps = {p: checkpoint_step(p) for p in root.iterdir() if p.is_dir()}
+    return sorted((p for p, step in steps.items() if step is not None), key=steps.__getitem__)
+
+
+# --------------------------------------------------------------------------- tickets
 def tickets_dir(run: Path) -> Path:
     return Path(run) / TICKETS_DIR
 
@@ -55,6 +103,7 @@ def run_tickets(run: Path) -> list[Path]:
     return sorted(tickets_dir(run).glob(TICKET_GLOB))
 
 
+# --------------------------------------------------------------------------- DST Ensemble
 def members_dir(exp_dir: Path) -> Path:
     return Path(exp_dir) / MEMBERS_DIR
 
@@ -68,22 +117,67 @@ def member_dir(exp_dir: Path, member: int) -> Path:
     return members_dir(exp_dir) / member_name(member)
 
 
-def member_summaries(exp_dir: Path) -> list[Path]:
-    """EXP_DIR/members/member_<i>/summary.json of the members that have one."""
-    return sorted(members_dir(exp_dir).glob(f"{MEMBER_PREFIX}*/{SUMMARY_FILE}"))
-
-
-def eval_dir(run: Path) -> Path:
-    """Where `ft-dist evaluate` writes its report by default."""
-    return Path(run) / EVAL_DIR
-
-
 def member_number(path: Path) -> int | None:
     """i of a ``member_<i>`` directory, None for any other name."""
     suffix = Path(path).name.removeprefix(MEMBER_PREFIX)
     return int(suffix) if Path(path).name.startswith(MEMBER_PREFIX) and suffix.isdigit() else None
 
 
-def checkpoint_name(step: int) -> str:
-    """Zero-padded so that a directory listing sorts in step order."""
-    return f"{step:09d}"
+def _member_order(path: Path) -> tuple[int, str]:
+    """member_2 before member_10 (numeric order), unparsable names last."""
+    number = member_number(path)
+    return (number, "") if number is not None else (1 << 30, path.name)
+
+
+def member_dirs(exp_dir: Path) -> list[Path]:
+    """EXP_DIR/members/member_*/ directories in member order (member_2 before member_10;
+    a ``member_`` name without a number last); none when there is no members/."""
+    members = members_dir(exp_dir)
+    if not members.is_dir():
+        return []
+    return sorted((p for p in members.glob(f"{MEMBER_PREFIX}*") if p.is_dir()), key=_member_order)
+
+
+def member_summaries(exp_dir: Path) -> list[Path]:
+    """EXP_DIR/members/member_<i>/summary.json of the members that have one."""
+    return [path for path in map(summary_path, member_dirs(exp_dir)) if path.is_file()]
+
+
+def members_storage_path(storage_path: str, run_name: str) -> str:
+    """Where Ray persists the members of experiment ``run_name`` under ``ray.storage_path``
+    (a local path or a URI): <storage>/<run_name>/members, apart from other experiments'."""
+    return f"{storage_path.rstrip('/')}/{run_name}/{MEMBERS_DIR}"
+
+
+def tune_dir(exp_dir: Path) -> Path:
+    """EXP_DIR/tune: Ray Tune's experiment state of a DST Ensemble."""
+    return Path(exp_dir) / TUNE_DIR
+
+
+# --------------------------------------------------------------------------- evaluation, export
+def eval_dir(run: Path) -> Path:
+    """Where `ft-dist evaluate` writes its report by default."""
+    return Path(run) / EVAL_DIR
+
+
+def report_path(out_dir: Path) -> Path:
+    """report.json of an evaluation written to ``out_dir`` (`eval_dir` by default)."""
+    return Path(out_dir) / REPORT_FILE
+
+
+def report_md_path(out_dir: Path) -> Path:
+    return Path(out_dir) / REPORT_MD_FILE
+
+
+def plots_dir(out_dir: Path) -> Path:
+    return Path(out_dir) / PLOTS_DIR
+
+
+def eval_report(run: Path) -> Path:
+    """RUN_DIR/eval/report.json: the report `ft-dist evaluate RUN_DIR` writes by default."""
+    return report_path(eval_dir(run))
+
+
+def export_dir(run: Path) -> Path:
+    """RUN_DIR/export: where `ft-dist compare` and `bench channels` export a run."""
+    return Path(run) / EXPORT_DIR

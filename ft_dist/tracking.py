@@ -47,7 +47,6 @@ EPOCH_KEY = "epoch"
 LOSS_KEY = "train/loss"
 LR_KEY = "train/lr"
 THROUGHPUT_KEY = "train/images_per_s"
-FLOPS_KEY = "train/flops"
 STEP_METRIC = "trainer/step"
 # Metric namespaces printed on their own line as soon as they are logged (end of an eval).
 EVAL_PREFIXES = ("val/", "eval/", "test/")
@@ -483,21 +482,3 @@ def _apply(run: LoggedRun, record: dict[str, Any]) -> None:
         run.files.extend(record["names"])
     elif kind == "finish":
         run.exit_code = record["exit_code"]
-
-
-def wandb_offline_log(tracking_dir: str | Path, run_id: str, wait_s: float = 30.0) -> Path:
-    """W&B's own log of offline run `run_id` (`offline-run-*-<id>/run-<id>.wandb`, the newest
-    if the run was resumed), once it is non-empty: the file `wandb sync` uploads.
-
-    Its content is W&B's private format and stays opaque to us; this only finds it. W&B's
-    writer may still be flushing for a moment after `finish()` returns, hence the wait.
-    """
-    wandb_dir = _wandb_dir(tracking_dir)
-    deadline = time.monotonic() + wait_s
-    while True:
-        logs = sorted(wandb_dir.glob(f"offline-run-*-{run_id}/run-{run_id}.wandb"))
-        if logs and logs[-1].stat().st_size > 0:
-            return logs[-1]
-        if time.monotonic() >= deadline:
-            raise FileNotFoundError(f"{wandb_dir}: no non-empty offline W&B log of run {run_id}")
-        time.sleep(0.1)

@@ -48,7 +48,10 @@ def test_yaml_and_overrides_become_typed_values(tmp_path: Path) -> None:
             "sparsity.update_every_steps=-5",
             r"sparsity\.update_every_steps: .*greater than or equal to 1",
         ),
-        ("optim.name=adam", r"optim\.name: .*'adam' is unknown; choose one of sgd, sgd-nesterov, adamw"),
+        (
+            "optim.name=adam",
+            r"optim\.name: .*'adam' is unknown; choose one of sgd, sgd-nesterov, adamw",
+        ),
         ("optim.lrr=0.1", r"optim\.lrr: unknown key; allowed keys of optim: name, lr, "),
         ("train.zero_stage=3", r"train\.zero_stage: .*0, 1 or 2"),
         ("train.epochs=many", r"train\.epochs: .*valid integer"),

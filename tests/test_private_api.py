@@ -3,17 +3,30 @@ upgrade moves or renames what ft_dist relies on; and nothing outside private_api
 
 from __future__ import annotations
 
+import importlib
+import pickle
+import pickletools
 import re
+import subprocess
+import sys
 from pathlib import Path
 
+import numpy as np
 import torch
+from torch import nn
 
 from ft_dist import private_api
 
-PACKAGE = Path(__file__).resolve().parents[1] / "ft_dist"
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGE = ROOT / "ft_dist"
 PRIVATE = re.compile(
     r"^\s*(from|import)\s+(ray\._private|ray\.\S*\._internal|torch\._|torch\.utils\._|"
     r"deepspeed\.\S*\._)"
+)
+# Private classes and attributes reached without a private import: torch's norm and conv
+# bases, the torch.compile wrapper's attribute (or its name as a string), numpy's _core.
+PRIVATE_ATTRIBUTE = re.compile(
+    r"\._(BatchNorm|InstanceNorm|ConvNd|orig_mod)\b|[\"']_orig_mod\b|numpy\._core"
 )
 
 
@@ -26,6 +39,25 @@ def test_no_private_import_outside_private_api() -> None:
         if PRIVATE.match(line)
     ]
     assert offenders == []
+
+
+def test_no_private_attribute_outside_private_api() -> None:
+    here = Path(__file__).resolve()
+    files = [*PACKAGE.rglob("*.py"), *(ROOT / "tests").rglob("*.py")]
+    offenders = [
+        f"{path.relative_to(ROOT)}:{number}: {line.strip()}"
+        for path in files
+        if path.name != "private_api.py" and path.resolve() != here
+        for number, line in enumerate(path.read_text().splitlines(), 1)
+        if PRIVATE_ATTRIBUTE.search(line)
+    ]
+    assert offenders == []
+
+
+def test_private_api_imports_without_torch() -> None:
+    code = "import sys, ft_dist.private_api; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
 
 
 def test_torch_dispatch_mode_sees_aten_ops() -> None:
@@ -72,3 +104,55 @@ def test_zero_wrapped_optimizer_unwraps_a_wrapper_and_passes_a_torch_optimizer()
 
     assert private_api.zero_wrapped_optimizer(sgd) is sgd
     assert private_api.zero_wrapped_optimizer(Wrapper()) is sgd
+
+
+def test_batch_norm_base_matches_every_batch_norm_and_nothing_else() -> None:
+    base = private_api.batch_norm_base()
+    norms = [nn.BatchNorm1d(2), nn.BatchNorm2d(2), nn.BatchNorm3d(2), nn.SyncBatchNorm(2)]
+    assert all(isinstance(norm, base) for norm in norms)
+    assert not isinstance(nn.InstanceNorm2d(2), base)
+    assert not isinstance(nn.LayerNorm(2), base) and not isinstance(nn.GroupNorm(1, 2), base)
+
+
+def test_instance_norm_base_matches_every_instance_norm_and_nothing_else() -> None:
+    base = private_api.instance_norm_base()
+    norms = [nn.InstanceNorm1d(2), nn.InstanceNorm2d(2), nn.InstanceNorm3d(2)]
+    assert all(isinstance(norm, base) for norm in norms)
+    assert not isinstance(nn.BatchNorm2d(2), base) and not isinstance(nn.LayerNorm(2), base)
+
+
+def test_conv_base_matches_convolutions_with_the_attributes_we_read() -> None:
+    base = private_api.conv_base()
+    convs = [
+        nn.Conv1d(2, 2, 1),
+        nn.Conv2d(2, 2, 1),
+        nn.Conv3d(2, 2, 1),
+        nn.ConvTranspose2d(2, 2, 1),
+    ]
+    assert all(isinstance(conv, base) for conv in convs)
+    assert not isinstance(nn.Linear(2, 2), base)
+    for conv in convs:  # what sparse/structure.py reads of a convolution
+        assert {"groups", "in_channels", "out_channels", "transposed"} <= set(vars(conv))
+
+
+def test_compiled_module_attribute_and_parameter_prefix() -> None:
+    model = nn.Linear(2, 2)
+    compiled = torch.compile(model, backend="eager")  # compiles on the first call only
+    assert private_api.compiled_inner_module(compiled) is model
+    assert private_api.compiled_inner_module(model) is None
+    names = [name for name, _ in compiled.named_parameters()]
+    assert names == [f"{private_api.COMPILED_PARAMETER_PREFIX}{n}" for n in ("weight", "bias")]
+
+
+def test_numpy_pickles_name_a_listed_module_that_loads() -> None:
+    for value in (np.arange(3), np.float32(1.5)):  # an array (_reconstruct) and a scalar
+        data = pickle.dumps(value, protocol=2)
+        found = {
+            arg.split(" ")[0]
+            for op, arg, _ in pickletools.genops(data)
+            if op.name == "GLOBAL" and arg.split(" ")[1] in ("_reconstruct", "scalar")
+        }
+        assert found and found <= set(private_api.NUMPY_PICKLE_MODULES)
+    for module in private_api.NUMPY_PICKLE_MODULES:  # old pickles (CIFAR's) name the other
+        loaded = importlib.import_module(module)
+        assert callable(loaded._reconstruct) and callable(loaded.scalar)

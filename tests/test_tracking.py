@@ -24,9 +24,9 @@ from ft_dist.tracking import (
     read_logged_run,
     redact_secrets,
     resolve_wandb_mode,
-    wandb_offline_log,
     wandb_run_id,
 )
+from tests.wandb_logs import wandb_offline_log
 
 CANARY_KEY = "canary0123456789abcdef0123456789abcdef01"
 

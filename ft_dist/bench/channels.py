@@ -84,7 +84,7 @@ def measure_run(name: str, fraction: float | None, cfg, args) -> dict[str, Any]:
     from ft_dist.ensemble.run_eval import EvalOptions, evaluate_run
     from ft_dist.ensemble.tickets import find_tickets
     from ft_dist.export import export_run
-    from ft_dist.layout import run_dir
+    from ft_dist.layout import export_dir, run_dir, summary_path
     from ft_dist.orchestrate.compare import Variant, train_variant
 
     wall = train_variant(Variant(name, name, cfg))
@@ -92,10 +92,10 @@ def measure_run(name: str, fraction: float | None, cfg, args) -> dict[str, Any]:
     written = evaluate_run(root, EvalOptions(track=False, batch_size=500))
     report = json.loads(written["json"].read_text())
     test = report["ensemble"]["test"]
-    export = root / "export"
+    export = export_dir(root)
     export_run(root, export, force=True)
     speed = measure_export(export, args.batch_size, args.repeats)
-    summary = json.loads((root / "summary.json").read_text())
+    summary = json.loads(summary_path(root).read_text())
     ticket = find_tickets(root)[0][-1]  # the run's last ticket: its end-of-training network
     step = train_step_times(ticket, args.train_batch_size, args.repeats)
     return {

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import ft_dist
-from ft_dist.layout import SUMMARY_FILE
+from ft_dist.layout import summary_path
 
 DEMO_CONFIG = Path(ft_dist.__file__).resolve().parent.parent / "configs" / "demo_edst.yaml"
 NUM_MEMBERS = 2
@@ -75,7 +75,7 @@ def check_ray_demo(device, sizes, workdir: Path) -> dict[str, Any]:
     overrides = demo_overrides(data, runs, use_gpu=device.type == "cuda")
     out = run_step("train", ft_dist_command("train", str(DEMO_CONFIG), *overrides), workdir, steps)
     run_dir = Path(out.strip().splitlines()[-1])
-    summary = json.loads((run_dir / SUMMARY_FILE).read_text())
+    summary = json.loads(summary_path(run_dir).read_text())
     evaluate = ft_dist_command("evaluate", str(run_dir), "--device", str(device), "--no-wandb")
     report = Path(run_step("evaluate", evaluate, workdir, steps).strip().splitlines()[-1])
     ensemble = json.loads(report.read_text())["ensemble"]["test"]

@@ -21,7 +21,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ft_dist.layout import SUMMARY_FILE
+from ft_dist.layout import run_dir, summary_path
+
+# Written into RUN_DIR by `measure_consistency_for`'s loop, read back by `consistency_cost`.
+CONSISTENCY_FILE = "mask_consistency.json"
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -113,7 +116,7 @@ def throughput(args: argparse.Namespace, data: Path, out: Path, num_workers: int
 
     name = f"scaling-{num_workers}w-{time.strftime('%Y%m%d-%H%M%S')}"
     run = fit(run_config(args, data, out, num_workers, name))
-    summary = json.loads((run / SUMMARY_FILE).read_text())
+    summary = json.loads(summary_path(run).read_text())
     return {
         "num_workers": num_workers,
         "global_batch": args.batch_size * num_workers,
@@ -139,7 +142,7 @@ def consistency_cost(args: argparse.Namespace, data: Path, out: Path) -> dict:
     )
     cfg = cfg.model_copy(update={"model": model})
     run = fit(cfg, measure_consistency_for(args.repeats))
-    return json.loads((run / "mask_consistency.json").read_text())
+    return json.loads((run / CONSISTENCY_FILE).read_text())
 
 
 def measure_consistency_for(repeats: int):
@@ -189,9 +192,9 @@ def measure_consistency(cfg: Any, session: Any, repeats: int) -> None:
     }
     result["checksum_share_of_update"] = result["checksum_ms"] / result["update_ms"]
     if session.rank == 0:
-        run = Path(cfg.train.output_dir) / cfg.train.run_name
+        run = run_dir(cfg.train)
         run.mkdir(parents=True, exist_ok=True)
-        (run / "mask_consistency.json").write_text(json.dumps(result, indent=2) + "\n")
+        (run / CONSISTENCY_FILE).write_text(json.dumps(result, indent=2) + "\n")
 
 
 def format_table(result: dict) -> str:

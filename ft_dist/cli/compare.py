@@ -79,7 +79,9 @@ def _ood_argument(value: str, data_root: str) -> str | None:
     if value == "none":
         return None
     if value == "auto":
-        return "ood" if (Path(data_root) / "ood" / "manifest.json").is_file() else None
+        from ft_dist.data.manifest import MANIFEST_NAME
+
+        return "ood" if (Path(data_root) / "ood" / MANIFEST_NAME).is_file() else None
     return value
 
 

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-# ft_dist.ensemble.corruptions imports torch; `ft-dist --help` must not. These mirror its
-# CORRUPTIONS keys and SEVERITIES (tests/cli/test_help.py keeps them in step).
-CORRUPTION_NAMES = ("gaussian_noise", "gaussian_blur", "contrast", "jpeg", "pixelate", "rotate")
-SEVERITIES = (1, 2, 3, 4, 5)
+# The corruptions' torch-free table (ensemble/corruptions.py imports torch; `--help` must not).
+from ft_dist.ensemble.corruption_table import CORRUPTION_LEVELS, SEVERITIES
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -40,7 +38,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "--corruptions",
         nargs="*",
         metavar="NAME",
-        help=f"built-in corruptions to test ({', '.join(CORRUPTION_NAMES)}); the flag alone "
+        help=f"built-in corruptions to test ({', '.join(CORRUPTION_LEVELS)}); the flag alone "
         "or 'all' = all. With --corruptions-from: which of the directory's corruptions",
     )
     parser.add_argument(
@@ -91,9 +89,7 @@ def _corruption_names(values: list[str] | None, from_files: bool) -> tuple[str, 
     if values is None or (from_files and values in ([], ["all"])):
         return ()  # from files: every corruption the directory holds
     if not values or values == ["all"]:
-        from ft_dist.ensemble.corruptions import CORRUPTIONS
-
-        return tuple(CORRUPTIONS)
+        return tuple(CORRUPTION_LEVELS)
     return tuple(values)
 
 

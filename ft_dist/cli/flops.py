@@ -15,6 +15,7 @@ import json
 from typing import TYPE_CHECKING
 
 from ft_dist.cli.flops_report import format_layers, model_flops_report
+from ft_dist.sparse.choices import SPARSE_INITS
 from ft_dist.sparse.scores import GROWTH_SCORES
 
 if TYPE_CHECKING:
@@ -104,7 +105,7 @@ def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--sparse-init",
         default="erk",
-        choices=["erk", "er", "uniform"],
+        choices=list(SPARSE_INITS),
         help="default: %(default)s",
     )
     parser.add_argument(

@@ -65,22 +65,21 @@ class ConfigRun:
 def handle_config(path: str, overrides: list[str], *, as_json: bool = False) -> int:
     """Price the run that `ft-dist train path overrides...` would train."""
     from ft_dist.config import load_config
-    from ft_dist.sparse.flops import price_run
+    from ft_dist.train.methods.pricing import price_method
 
-    run = run_from_config(load_config(path, overrides), source=path)
+    cfg = load_config(path, overrides)
+    run = run_from_config(cfg, source=path)
     report = model_flops_report(
         run.model, run.num_classes, run.in_channels, run.image_size,
         run.density, run.sparse_init, run.dense_layers,
         kwargs=run.model_kwargs, include=run.include, exclude=run.exclude,
     )  # fmt: skip
-    cost = price_run(
+    cost = price_method(
+        run.method,
         report.dense_forward_flops,
         report.sparse_forward_flops,
-        method=run.method,
-        epochs_per_run=run.epochs,
-        total_epochs=run.total_epochs,
-        members=run.num_members,
-        reference_epochs=run.reference_epochs,
+        ensemble=cfg.ensemble,
+        epochs=cfg.train.epochs,
         dynamic=run.dynamic,
         growth=run.growth,
         update_every_steps=run.update_every_steps,
@@ -176,10 +175,9 @@ def model_shape(cfg: RunConfig, source: str) -> tuple[dict[str, int], dict[str, 
 def _local_data_info(data: DataConfig) -> tuple[DataInfo | None, str]:
     """(`describe(data)`, "") when the training manifest is a local file, else (None, why)."""
     from ft_dist.data import describe
-    from ft_dist.data.manifest import MANIFEST_NAME, local_path
+    from ft_dist.data.manifest import local_path, manifest_relpath
 
-    relpath = f"{data.train_split}/{MANIFEST_NAME}"
-    path = local_path(data.root, relpath)
+    path = local_path(data.root, manifest_relpath(data.train_split))
     if path is None:
         return None, f"data.root {data.root} is remote and is not read here"
     if not path.is_file():

@@ -18,7 +18,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from ft_dist.layout import SUMMARY_FILE
+from ft_dist.layout import summary_path
 
 EXAMPLES = """\
 examples:
@@ -49,7 +49,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def summary_lines(run: Path) -> list[str]:
     """A few human lines from RUN_DIR/summary.json (nothing if the loop wrote none)."""
-    path = run / SUMMARY_FILE
+    path = summary_path(run)
     if not path.is_file():
         return []
     summary = json.loads(path.read_text())
@@ -146,8 +146,10 @@ def stopped_line(cfg, args: argparse.Namespace) -> str:
 def checkpoint_position(path: Path) -> str:
     """The step of a checkpoint, from its meta.json: "step 40 of 64 (2.50 of 4 epochs
     done)"; checkpoints of older versions name the step only."""
+    from ft_dist.train.checkpoint import META_FILE
+
     try:
-        meta = json.loads((path / "meta.json").read_text())
+        meta = json.loads((path / META_FILE).read_text())
     except (OSError, ValueError):
         meta = {}
     step = meta.get("step", path.name.lstrip("0") or "0")

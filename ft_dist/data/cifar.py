@@ -24,6 +24,7 @@ import numpy as np
 
 from ft_dist.data.arrays import check_labels, encode_arrays
 from ft_dist.data.shards import prepare_split_dir, write_split
+from ft_dist.private_api import NUMPY_PICKLE_MODULES
 
 VAL_SIZE = 5000  # the last 5,000 training images, as in FreeTickets' datasets.py
 
@@ -63,8 +64,7 @@ class _ArrayUnpickler(pickle.Unpickler):
         ("numpy", "ndarray"),
         ("numpy", "dtype"),
         ("_codecs", "encode"),  # bytes in protocol-2 pickles written by Python 3
-        *((module, name) for module in ("numpy.core.multiarray", "numpy._core.multiarray")
-          for name in ("_reconstruct", "scalar")),
+        *((module, name) for module in NUMPY_PICKLE_MODULES for name in ("_reconstruct", "scalar")),
     }  # fmt: skip
 
     def find_class(self, module: str, name: str) -> Any:

@@ -12,8 +12,8 @@ from typing import Literal
 from pydantic import Field, field_validator
 
 from ft_dist.configbase import Section
-
-Recipe = Literal["mnist", "cifar", "cifar100", "imagenet"]  # transforms.RECIPES
+from ft_dist.data.transforms import RECIPES  # no torch: transforms import it when they run
+from ft_dist.utils import known_name
 
 
 class DataConfig(Section):
@@ -34,10 +34,11 @@ class DataConfig(Section):
     train_split: str = "train"
     val_split: str | None = Field("val", description="model selection split; None = none")
     test_split: str | None = Field("test", description="final evaluation split; None = none")
-    recipe: Recipe | None = Field(
+    recipe: str | None = Field(
         None,
-        description="named recipe (cifar = CIFAR-10); None = the manifest's hint, else one "
-        "derived from the manifest (mode, native size, train-split mean/std)",
+        description=f"named recipe, an entry of data/transforms.py RECIPES ({', '.join(RECIPES)}; "
+        "cifar = CIFAR-10); None = the manifest's hint, else one derived from the manifest "
+        "(mode, native size, train-split mean/std)",
     )
     image_size: int | None = Field(
         None,
@@ -98,6 +99,11 @@ class DataConfig(Section):
                 "write it like 'pipe:aws s3 cp s3://bucket/dataset/{path} -'"
             )
         return root
+
+    @field_validator("recipe")
+    @classmethod
+    def _known_recipe(cls, name: str | None) -> str | None:
+        return name if name is None else known_name(RECIPES, name, "data.recipe")
 
     @property
     def batch_size_eval(self) -> int:

@@ -23,6 +23,11 @@ MANIFEST_FORMAT = "ft_dist.shards/1"
 _URL_SCHEME = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")
 
 
+def manifest_relpath(split: str) -> str:
+    """<split>/manifest.json relative to a dataset root (local path or URL)."""
+    return f"{split}/{MANIFEST_NAME}"
+
+
 @dataclass(frozen=True)
 class ShardInfo:
     """One tar shard: its file name inside the split and what the writer put in it."""
@@ -104,7 +109,7 @@ def local_path(root: str, relpath: str) -> Path | None:
 def read_manifest(root: str | os.PathLike[str], split: str) -> Manifest:
     """Read and validate ``<root>/<split>/manifest.json`` (local path or any gopen URL)."""
     root = str(root)
-    relpath = f"{split}/{MANIFEST_NAME}"
+    relpath = manifest_relpath(split)
     text = _read_text(root, relpath, split)
     where = resolve(root, relpath)
     try:

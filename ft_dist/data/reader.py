@@ -17,6 +17,7 @@ from typing import Any
 
 from ft_dist.data.manifest import ShardInfo
 from ft_dist.data.tarstream import HashingReader, Sample, group_samples, iter_members
+from ft_dist.utils import first_line
 
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "bmp", "ppm")
 
@@ -74,7 +75,7 @@ def iter_shard(
     except (tarfile.TarError, OSError, EOFError) as error:
         after = f"after member {last_member[0]!r}" if last_member[0] else "at its start"
         raise DataError(
-            f"shard {url} is truncated or unreadable {after} ({_first_line(error)}); "
+            f"shard {url} is truncated or unreadable {after} ({_cause(error)}); "
             "re-copy or rewrite it"
         ) from error
     finally:
@@ -101,12 +102,12 @@ def _close(stream: Any, url: str, check: bool) -> None:
         stream.close()
     except Exception as error:
         if check:
-            raise DataError(f"reading shard {url} failed: {_first_line(error)}") from error
+            raise DataError(f"reading shard {url} failed: {_cause(error)}") from error
 
 
-def _first_line(error: BaseException) -> str:
+def _cause(error: BaseException) -> str:
     # webdataset's pipes append " @ <stream object>" to messages; keep only the cause.
-    return str(error.args[0] if error.args else error).split(" @ ")[0]
+    return first_line(error).split(" @ ")[0]
 
 
 def decode_image(sample: Sample, mode: str) -> Any:

@@ -23,6 +23,7 @@ from typing import Any
 
 from ft_dist.data.manifest import MANIFEST_NAME, file_sha256, write_manifest
 from ft_dist.data.pixelstats import PixelMoments, model_mode
+from ft_dist.utils import partial_path
 
 SHARD_PATTERN = "shard-{index:06d}.tar"
 # PIL format name -> file extension stored in the tar (what the reader dispatches on).
@@ -62,7 +63,9 @@ def prepare_split_dir(out: Path, split: str, overwrite: bool) -> Path:
             "replace it or choose another --out/--split"
         )
     split_dir.mkdir(parents=True, exist_ok=True)
-    for old in [*split_dir.glob("shard-*.tar"), split_dir / MANIFEST_NAME]:
+    # A killed write's partial shard (utils.partial_path) goes too: its name has the pid.
+    stale = [*split_dir.glob("shard-*.tar"), *split_dir.glob("shard-*.tar.*.partial")]
+    for old in [*stale, split_dir / MANIFEST_NAME]:
         old.unlink(missing_ok=True)
     return split_dir
 
@@ -131,7 +134,7 @@ class _ShardSink:
 
     def add(self, sample: EncodedImage) -> None:
         if self.tar is None:
-            tmp = self.split_dir / f".{self._name()}.tmp"
+            tmp = partial_path(self.split_dir / self._name())
             # Closed in _finish_shard: a shard spans many add() calls.
             self.tar = tarfile.open(tmp, "w", format=tarfile.USTAR_FORMAT)  # noqa: SIM115
         key = f"{self.total:09d}"
@@ -154,7 +157,7 @@ class _ShardSink:
         if self.tar is not None:
             with contextlib.suppress(OSError):  # the error may have come from this tar
                 self.tar.close()
-            (self.split_dir / f".{self._name()}.tmp").unlink(missing_ok=True)
+            partial_path(self.split_dir / self._name()).unlink(missing_ok=True)
             self.tar = None
         for shard in self.shards:
             (self.split_dir / shard["name"]).unlink(missing_ok=True)
@@ -168,7 +171,7 @@ class _ShardSink:
         self.tar.close()
         name = self._name()
         path = self.split_dir / name
-        os.replace(self.split_dir / f".{name}.tmp", path)
+        os.replace(partial_path(path), path)
         self.shards.append(
             {
                 "name": name,

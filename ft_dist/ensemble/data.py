@@ -17,7 +17,7 @@ import torch
 
 from ft_dist.data.config import DataConfig
 from ft_dist.data.evaluation import EvalStream
-from ft_dist.data.manifest import Manifest, read_manifest
+from ft_dist.data.manifest import MANIFEST_NAME, Manifest, read_manifest
 from ft_dist.ensemble.evaluate import Batches, BatchSource, Normalization
 
 GAUSSIAN_OOD = "gaussian"  # --ood gaussian: the paper's Gaussian-noise OoD set
@@ -111,9 +111,9 @@ def gaussian_noise_data(
 def locate_split(spec: str, default_root: str, default_split: str = "ood") -> tuple[str, str]:
     """(root, split) from an --ood argument: a split dir, a dataset root, or a split name."""
     path = Path(spec)
-    if (path / "manifest.json").is_file():
+    if (path / MANIFEST_NAME).is_file():
         return str(path.parent), path.name
-    if (path / default_split / "manifest.json").is_file():
+    if (path / default_split / MANIFEST_NAME).is_file():
         return str(path), default_split
     if "/" not in spec and "://" not in spec:
         return default_root, spec

@@ -10,7 +10,6 @@ members' softmax probabilities, never of their logits.
 from __future__ import annotations
 
 import itertools
-import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +23,7 @@ from ft_dist.ensemble.inputs import Batches, BatchSource, Normalization
 from ft_dist.ensemble.robustness import (
     CorruptionBenchmark,
     corruption_metrics,
+    member_log_probs,
     synthetic_benchmark,
 )
 from ft_dist.ensemble.tickets import Layout, Ticket, build_member, check_compatible
@@ -49,11 +49,6 @@ class Predictions:
         return self.member_log_probs.exp()
 
 
-def _synchronize(device: torch.device | str) -> None:
-    if torch.device(device).type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 @torch.no_grad()
 def predict(
     models: Sequence[nn.Module],
@@ -65,15 +60,12 @@ def predict(
     log_probs: list[torch.Tensor] = []
     targets: list[torch.Tensor] = []
     seconds = 0.0
-    for images, labels in batches:
-        inputs = normalize(images.to(device, torch.float32))
-        _synchronize(device)
-        start = time.perf_counter()
-        outputs = [model(inputs).float().log_softmax(dim=1) for model in models]
-        _synchronize(device)
-        seconds += time.perf_counter() - start
-        log_probs.append(torch.stack([output.cpu() for output in outputs]))
-        targets.append(labels.cpu().long())
+    for batch_log_probs, batch_targets, batch_seconds in member_log_probs(
+        models, batches, normalize, device
+    ):
+        log_probs.append(batch_log_probs)
+        targets.append(batch_targets)
+        seconds += batch_seconds
     if not log_probs:
         raise ValueError("the evaluation data yielded no batches")
     return Predictions(torch.cat(log_probs, dim=1), torch.cat(targets), seconds)
@@ -238,16 +230,14 @@ def _member_info(name: str, ticket: Ticket, run_root: Path) -> dict[str, Any]:
 
 def _flops(tickets: Sequence[Ticket], layout: Layout) -> dict[str, float | None]:
     """Inference FLOPs (M * f_S) and ensemble training FLOPs from the tickets' metadata."""
-    from ft_dist.models import build_model_from_config, model_config_from_meta
-    from ft_dist.sparse.flops import forward_flops
+    from ft_dist.models import model_config_from_meta
+    from ft_dist.sparse.flops import model_forward_flops
 
     sparse_total = 0.0
     dense = 0.0
     for ticket in tickets:
-        meta = ticket.meta
-        with torch.device("meta"):
-            model = build_model_from_config(model_config_from_meta(meta, str(ticket.path)))
-        dense, sparse = forward_flops(model, ticket.input_shape(), ticket.layer_densities())
+        model = model_config_from_meta(ticket.meta, str(ticket.path))
+        dense, sparse = model_forward_flops(model, ticket.layer_densities())
         sparse_total += sparse
     train = [ticket.meta.get("train_flops") for ticket in tickets]
     known = [float(value) for value in train if value is not None]

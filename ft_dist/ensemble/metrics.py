@@ -143,14 +143,6 @@ def _ood_inputs(
     return scores, labels
 
 
-def ood_auroc(in_probs: torch.Tensor, ood_probs: torch.Tensor, score: OodScore) -> float:
-    """AUROC of telling in-distribution (positive) from OoD inputs by `score`."""
-    scores, labels = _ood_inputs(in_probs, ood_probs, score)
-    # torchmetrics treats scores outside [0, 1] as logits and applies a sigmoid: monotone,
-    # so the AUROC of -entropy is unchanged.
-    return float(binary_auroc(scores, labels, thresholds=None))
-
-
 def fpr_at_tpr(scores: torch.Tensor, labels: torch.Tensor, tpr: float = 0.95) -> float:
     """False-positive rate at the highest threshold whose true-positive rate is >= `tpr`.
 
@@ -179,6 +171,8 @@ def ood_detection(
     ``average_precision_score``), not a trapezoid under an interpolated PR curve.
     """
     scores, labels = _ood_inputs(in_probs, ood_probs, score)
+    # torchmetrics treats scores outside [0, 1] as logits and applies a sigmoid: monotone,
+    # so the AUROC of -entropy is unchanged.
     return {
         "auroc": float(binary_auroc(scores, labels, thresholds=None)),
         "aupr_in": float(binary_average_precision(scores, labels, thresholds=None)),
@@ -200,11 +194,6 @@ def classification_metrics(
 
 
 # --- temperature scaling (Guo et al. 2017; for ensembles as in Ashukha et al. 2020) -----
-
-
-def log_probs_of(probs: torch.Tensor) -> torch.Tensor:
-    """log p in float64, with probabilities that underflowed to 0 floored at 1e-300."""
-    return probs.detach().to(torch.float64).clamp_min(_TINY).log()
 
 
 def ensemble_log_probs(member_log_probs: torch.Tensor) -> torch.Tensor:

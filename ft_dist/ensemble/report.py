@@ -16,8 +16,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from ft_dist.ensemble.report_md import render_markdown
-
-PLOTS = ("reliability", "layer_density", "disagreement", "accuracy_vs_flops")
+from ft_dist.layout import plots_dir, report_md_path, report_path
+from ft_dist.utils import write_text_atomic
 
 
 def _new_figure(width: float = 6.0, height: float = 4.5) -> Figure:
@@ -158,14 +158,14 @@ def _finite(value: Any) -> Any:
 def write_report(report: dict[str, Any], out_dir: str | Path) -> dict[str, Path]:
     """Write report.json, report.md and plots/<name>.png under `out_dir`; return their paths."""
     out = Path(out_dir)
-    plots_dir = out / "plots"
-    plots_dir.mkdir(parents=True, exist_ok=True)
-    paths = {name: plot(report, plots_dir / f"{name}.png") for name, plot in PLOTTERS.items()}
+    plots = plots_dir(out)
+    plots.mkdir(parents=True, exist_ok=True)
+    paths = {name: plot(report, plots / f"{name}.png") for name, plot in PLOTTERS.items()}
     report = {**report, "plots": {name: str(p.relative_to(out)) for name, p in paths.items()}}
-    json_path = out / "report.json"
-    json_path.write_text(json.dumps(_finite(report), indent=2, allow_nan=False) + "\n")
-    md_path = out / "report.md"
-    md_path.write_text(render_markdown(report))
+    json_path = report_path(out)
+    write_text_atomic(json_path, json.dumps(_finite(report), indent=2, allow_nan=False) + "\n")
+    md_path = report_md_path(out)
+    write_text_atomic(md_path, render_markdown(report))
     return {"json": json_path, "markdown": md_path, **paths}
 
 

@@ -12,6 +12,7 @@ million inputs. The mean over cells and every cell are reported too.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -63,6 +64,32 @@ def synthetic_benchmark(
     return CorruptionBenchmark("synthetic (torchvision.transforms.v2 ops)", cells)
 
 
+def _synchronize(device: torch.device | str) -> None:
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+@torch.no_grad()
+def member_log_probs(
+    models: Sequence[nn.Module],
+    batches: Batches,
+    normalize: Callable[[torch.Tensor], torch.Tensor],
+    device: torch.device | str = "cpu",
+) -> Iterator[tuple[torch.Tensor, torch.Tensor, float]]:
+    """Every member on each batch of raw images, normalised first: per batch the members'
+    log-softmax [M, B, K] (float32, CPU), the targets [B] (int64, CPU) and the seconds the
+    members' forward passes took (data loading and copies excluded). The one member loop of
+    evaluation (`evaluate.predict`) and of the corruption benchmark (`stream_sums`)."""
+    for images, labels in batches:
+        inputs = normalize(images.to(device, torch.float32))
+        _synchronize(device)
+        start = time.perf_counter()
+        outputs = [model(inputs).float().log_softmax(dim=1) for model in models]
+        _synchronize(device)
+        seconds = time.perf_counter() - start
+        yield torch.stack([output.cpu() for output in outputs]), labels.cpu().long(), seconds
+
+
 @torch.no_grad()
 def stream_sums(
     models: Sequence[nn.Module],
@@ -81,12 +108,7 @@ def stream_sums(
     count = len(models) + 1
     sums = [metrics.MetricSums(num_bins) for _ in range(count)]
     calibrated = [metrics.MetricSums(num_bins) for _ in range(count)] if temperatures else None
-    for images, labels in batches:
-        inputs = normalize(images.to(device, torch.float32))
-        log_probs = torch.stack(
-            [model(inputs).float().log_softmax(dim=1).cpu() for model in models]
-        )
-        targets = labels.cpu().long()
+    for log_probs, targets, _ in member_log_probs(models, batches, normalize, device):
         all_log_probs = [*log_probs, metrics.ensemble_log_probs(log_probs)]
         for index, model_log_probs in enumerate(all_log_probs):
             sums[index].add_(model_log_probs.exp(), targets)

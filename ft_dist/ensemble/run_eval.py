@@ -29,7 +29,7 @@ from ft_dist.ensemble.metrics import NUM_ECE_BINS, OFFICIAL_ECE_BINS
 from ft_dist.ensemble.report import summary_metrics, write_report
 from ft_dist.ensemble.robustness import CorruptionBenchmark, CorruptionCell
 from ft_dist.ensemble.tickets import find_tickets, load_ticket
-from ft_dist.layout import CONFIG_FILE, MEMBER_PREFIX, eval_dir, members_dir
+from ft_dist.layout import CONFIG_FILE, config_path, eval_dir, member_dirs
 
 ALL_SEVERITIES = (1, 2, 3, 4, 5)
 
@@ -65,10 +65,7 @@ class EvalOptions:
 
 def read_run_config(path: Path) -> dict[str, Any]:
     """The resolved config.yaml of a run, or of an experiment (or its first member)."""
-    candidates = [
-        path / CONFIG_FILE,
-        *sorted(members_dir(path).glob(f"{MEMBER_PREFIX}*/{CONFIG_FILE}")),
-    ]
+    candidates = [config_path(path), *map(config_path, member_dirs(path))]
     for candidate in candidates:
         if candidate.is_file():
             raw = yaml.safe_load(candidate.read_text()) or {}
@@ -76,7 +73,7 @@ def read_run_config(path: Path) -> dict[str, Any]:
                 raise ValueError(f"{candidate}: a run config with a 'data:' section is expected")
             return raw
     raise FileNotFoundError(
-        f"{path}: no config.yaml (written by `ft-dist train` with every run); pass the run dir"
+        f"{path}: no {CONFIG_FILE} (written by `ft-dist train` with every run); pass the run dir"
     )
 
 

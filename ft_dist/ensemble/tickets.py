@@ -17,7 +17,8 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from ft_dist.layout import MEMBER_PREFIX, member_number, members_dir, run_tickets
+from ft_dist.layout import member_dirs, members_dir, run_tickets
+from ft_dist.utils import first_line
 
 META_KEYS = ("model", "num_classes", "in_channels", "image_size", "member", "density")
 SHAPE_KEYS = ("num_classes", "in_channels", "image_size")
@@ -43,12 +44,6 @@ class Ticket:
         return (int(self.meta["in_channels"]), size, size)
 
 
-def _member_order(path: Path) -> tuple[int, str]:
-    """member_2 before member_10 (numeric order), unparsable names last."""
-    number = member_number(path)
-    return (number, "") if number is not None else (1 << 30, path.name)
-
-
 def find_tickets(path: str | Path) -> tuple[list[Path], Layout]:
     """The ticket files to ensemble in `path`, and which layout `path` has."""
     root = Path(path)
@@ -56,11 +51,9 @@ def find_tickets(path: str | Path) -> tuple[list[Path], Layout]:
         raise FileNotFoundError(f"{root}: no such run or experiment directory")
     members = members_dir(root)
     if members.is_dir():
-        member_dirs = sorted(
-            (p for p in members.glob(f"{MEMBER_PREFIX}*") if p.is_dir()), key=_member_order
-        )
-        chosen = [tickets[-1] for tickets in map(run_tickets, member_dirs) if tickets]
-        missing = [d.name for d in member_dirs if not run_tickets(d)]
+        dirs = member_dirs(root)
+        chosen = [tickets[-1] for tickets in map(run_tickets, dirs) if tickets]
+        missing = [d.name for d in dirs if not run_tickets(d)]
         if missing:
             raise FileNotFoundError(
                 f"{members}: members {missing} have no tickets/ticket_*.pt yet; "
@@ -86,7 +79,7 @@ def load_ticket(path: str | Path) -> Ticket:
     except pickle.UnpicklingError as error:
         raise ValueError(untrusted_message(path, error)) from None
     except Exception as error:  # noqa: BLE001 - any unpickling failure is a bad file
-        raise ValueError(f"{path}: not a readable ticket ({_first_line(error)})") from None
+        raise ValueError(f"{path}: not a readable ticket ({first_line(error)})") from None
     if not isinstance(data, dict) or not {"model", "masks", "meta"} <= set(data):
         raise ValueError(f"{path}: a ticket is a dict with keys 'model', 'masks' and 'meta'")
     missing = [key for key in META_KEYS if key not in data["meta"]]
@@ -105,11 +98,6 @@ def untrusted_message(path: Path, error: pickle.UnpicklingError) -> str:
         "strings, so it was not loaded (loading could run code); use the tickets "
         "`ft-dist train` wrote"
     )
-
-
-def _first_line(error: BaseException) -> str:
-    lines = str(error).strip().splitlines()
-    return lines[0][:200] if lines else type(error).__name__
 
 
 def check_compatible(tickets: list[Ticket]) -> None:

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 from ft_dist.export.format import ArtifactError, decode_member, sha256_hex
-from ft_dist.utils import write_atomic
+from ft_dist.utils import write_bytes_atomic
 
 FORMAT = "ft_dist.sparse-ensemble"
 VERSION = 2  # 2: members are channel-slim (their cut channels in artifact.json)
@@ -29,10 +29,19 @@ READABLE_VERSIONS = (1, 2)
 MANIFEST_FILE = "artifact.json"
 SUMS_FILE = "SHA256SUMS"
 PROGRAM_FILE = "ensemble.pt2"
+MEMBER_FILE_PREFIX = "member_"
+MEMBER_FILE_SUFFIX = ".bin"
 
 
 def member_file(number: int) -> str:
-    return f"member_{number:02d}.bin"
+    return f"{MEMBER_FILE_PREFIX}{number:02d}{MEMBER_FILE_SUFFIX}"
+
+
+def is_artifact_file(name: str) -> bool:
+    """A file name an export writes (and `ft-dist export --force` may replace)."""
+    if name in (MANIFEST_FILE, PROGRAM_FILE, SUMS_FILE):
+        return True
+    return name.startswith(MEMBER_FILE_PREFIX) and name.endswith(MEMBER_FILE_SUFFIX)
 
 
 @dataclass(frozen=True)
@@ -64,11 +73,6 @@ class Artifact:
         return self.manifest["preprocessing"]
 
 
-def write_file(path: Path, data: bytes) -> None:
-    """Readers see no file or the whole file, never a half-written one."""
-    write_atomic(path, lambda partial: partial.write_bytes(data))
-
-
 def json_safe(value: Any) -> Any:
     """Metadata for JSON: NaN/inf become null (strict JSON has no NaN)."""
     if isinstance(value, float) and not math.isfinite(value):
@@ -83,12 +87,12 @@ def json_safe(value: Any) -> Any:
 def write_manifest_and_sums(out: Path, manifest: dict[str, Any]) -> None:
     """artifact.json, then SHA256SUMS over every file the manifest names (written last)."""
     text = json.dumps(json_safe(manifest), indent=1, allow_nan=False) + "\n"
-    write_file(out / MANIFEST_FILE, text.encode())
+    write_bytes_atomic(out / MANIFEST_FILE, text.encode())
     names = [MANIFEST_FILE, *(m["file"] for m in manifest["members"])]
     if manifest.get("program"):
         names.append(manifest["program"]["file"])
     lines = [f"{sha256_hex((out / name).read_bytes())}  {name}\n" for name in names]
-    write_file(out / SUMS_FILE, "".join(lines).encode())
+    write_bytes_atomic(out / SUMS_FILE, "".join(lines).encode())
 
 
 def read_sums(root: Path) -> dict[str, str]:

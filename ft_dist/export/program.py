@@ -25,6 +25,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ft_dist.private_api import batch_norm_base
+
 MAX_BATCH = 65536
 
 
@@ -61,7 +63,7 @@ def fold_norms(member: nn.Module) -> tuple[nn.Module, int]:
     from torch.fx.experimental.optimization import fuse
 
     def norms(module: nn.Module) -> int:
-        return sum(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in module.modules())
+        return sum(isinstance(m, batch_norm_base()) for m in module.modules())
 
     try:
         folded = fuse(member.eval())

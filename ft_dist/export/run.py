@@ -29,14 +29,15 @@ from ft_dist.export.artifact import (
     PROGRAM_FILE,
     SUMS_FILE,
     VERSION,
+    is_artifact_file,
     member_file,
     read_artifact,
-    write_file,
     write_manifest_and_sums,
 )
 from ft_dist.export.format import decode_member, encode_member, sha256_hex
 from ft_dist.export.program import export_program, serving_program
 from ft_dist.export.slim import member_model, slim_ticket
+from ft_dist.utils import write_bytes_atomic
 
 PROGRAM_INPUT = "float32 images [N, C, H, W] in [0, 1], after eval_transform (not normalised)"
 PROGRAM_OUTPUT = "float32 [N, num_classes]: the mean of the members' softmax probabilities"
@@ -92,9 +93,7 @@ def prepare_out(out: Path, force: bool) -> Path:
                 "an earlier export there"
             )
         for path in out.iterdir():  # only what an export writes
-            if path.name in (MANIFEST_FILE, PROGRAM_FILE, SUMS_FILE) or (
-                path.name.startswith("member_") and path.suffix == ".bin"
-            ):
+            if is_artifact_file(path.name):
                 path.unlink()
     out.mkdir(parents=True, exist_ok=True)
     return out
@@ -119,7 +118,7 @@ def write_members(
             state, masks, channels = slim_ticket(ticket)
         data, index = encode_member(state, masks)
         name = member_file(number)
-        write_file(out / name, data)
+        write_bytes_atomic(out / name, data)
         state, masks = decode_member(data, index, str(out / name))
         decoded.append(member_model(ticket.meta, state, masks, channels, out / name))
         entries.append(

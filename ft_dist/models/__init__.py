@@ -26,7 +26,19 @@ _EXPORTS = {
     "verify_model_name": "ft_dist.models.registry",
     "with_builder_source": "ft_dist.models.config",
 }
-__all__ = sorted(_EXPORTS)
+__all__ = [
+    "MODEL_BUILDERS",
+    "MODEL_FAMILIES",
+    "ModelConfig",
+    "build_model",
+    "build_model_from_config",
+    "check_model_name",
+    "known_model_names",
+    "model_config_from_meta",
+    "model_family",
+    "verify_model_name",
+    "with_builder_source",
+]
 
 if TYPE_CHECKING:
     from ft_dist.models.config import ModelConfig, model_config_from_meta, with_builder_source

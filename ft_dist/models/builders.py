@@ -18,7 +18,7 @@ import importlib
 import inspect
 import sys
 import types
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -27,15 +27,19 @@ from torch import nn
 from ft_dist.models.names import is_file_spec, split_spec
 
 
+def _no_such_model(library: str, name: str, names: Sequence[str]) -> ValueError:
+    """The error for a ``library:name`` the library does not have, with its closest names."""
+    close = difflib.get_close_matches(name, names, n=5, cutoff=0.6)
+    hint = f"; close matches: {', '.join(close)}" if close else ""
+    return ValueError(f"model.name={library}:{name}: {library} has no model {name!r}{hint}")
+
+
 # --------------------------------------------------------------------------- timm
 def check_timm_name(name: str) -> None:
     import timm
 
-    if timm.is_model(name):
-        return
-    close = difflib.get_close_matches(name, timm.list_models(), n=5, cutoff=0.6)
-    hint = f"; close matches: {', '.join(close)}" if close else ""
-    raise ValueError(f"model.name=timm:{name}: timm has no model {name!r}{hint}")
+    if not timm.is_model(name):
+        raise _no_such_model("timm", name, timm.list_models())
 
 
 def build_timm(name: str, num_classes: int, in_channels: int, image_size: int, **kwargs):
@@ -59,11 +63,8 @@ def check_torchvision_name(name: str) -> None:
     from torchvision import models
 
     names = models.list_models()
-    if name in names:
-        return
-    close = difflib.get_close_matches(name, names, n=5, cutoff=0.6)
-    hint = f"; close matches: {', '.join(close)}" if close else ""
-    raise ValueError(f"model.name=torchvision:{name}: torchvision has no model {name!r}{hint}")
+    if name not in names:
+        raise _no_such_model("torchvision", name, names)
 
 
 def build_torchvision(name: str, num_classes: int, in_channels: int, image_size: int, **kwargs):

@@ -32,7 +32,7 @@ from typing import Any
 from ft_dist.config import RunConfig, config_from_dict, config_to_dict
 from ft_dist.ensemble.metrics import deep_ensemble_equivalent
 from ft_dist.ensemble.run_eval import EvalOptions, evaluate_run
-from ft_dist.layout import SUMMARY_FILE, eval_dir, member_summaries, run_dir
+from ft_dist.layout import eval_report, export_dir, member_summaries, run_dir, summary_path
 from ft_dist.orchestrate.pdst import fit_pdst, is_finished
 from ft_dist.train.methods import ensemble_method
 
@@ -60,7 +60,7 @@ def plan_variants(
     """The five runs of the comparison (six with the deep ensemble, one more with
     ``channels``: the sparsity settings of channel-level EDST), from an EDST config."""
     edst = base.ensemble.edst
-    if base.ensemble.method != "edst" or edst is None:
+    if not ensemble_method(base.ensemble.method).phased or edst is None:
         raise ValueError(
             "ft-dist compare needs an EDST config (ensemble.method: edst with an ensemble.edst "
             "section, e.g. configs/demo_edst.yaml): its M, t_ex and t_re set every budget"
@@ -138,7 +138,7 @@ def train_variant(variant: Variant) -> float:
 
 
 def _summaries(path: Path) -> list[dict[str, Any]]:
-    files = [path / SUMMARY_FILE, *member_summaries(path)]
+    files = [summary_path(path), *member_summaries(path)]
     return [json.loads(f.read_text()) for f in files if f.is_file()]
 
 
@@ -174,7 +174,7 @@ def table_row(variant: Variant, report: dict[str, Any], wall_s: float) -> dict[s
         # NLL of sub-ensembles of 1..M members, raw and calibrated (averaged over subsets)
         "size_curve_nll": [point["nll"] for point in curve],
         "size_curve_calibrated_nll": [point.get("calibrated_nll") for point in curve],
-        "report": str(eval_dir(run_dir(variant.cfg.train)) / "report.json"),
+        "report": str(eval_report(run_dir(variant.cfg.train))),
     }
 
 
@@ -184,7 +184,7 @@ def add_exported_inference_times(variants: list[Variant], rows: list[dict[str, A
     from ft_dist.export import export_run
     from ft_dist.export.timing import time_programs
 
-    exports = {v.key: run_dir(v.cfg.train) / "export" for v in variants}
+    exports = {v.key: export_dir(run_dir(v.cfg.train)) for v in variants}
     for variant in variants:
         export_run(run_dir(variant.cfg.train), exports[variant.key], force=True)
     times = time_programs(exports)

@@ -24,17 +24,17 @@ from typing import Any
 
 from ft_dist.config import RunConfig, config_from_dict, config_to_dict, save_config
 from ft_dist.layout import (
-    CONFIG_FILE,
-    MEMBERS_DIR,
-    SUMMARY_FILE,
+    config_path,
     member_dir,
     member_name,
     members_dir,
+    members_storage_path,
     run_dir,
+    summary_path,
+    tune_dir,
 )
 from ft_dist.train.methods import ensemble_method
 
-TUNE_DIR = "tune"
 # Ray gives the head node this resource. A member's trial drives its TorchTrainer, whose
 # controller Ray places on the trial's node: on a spot worker node, losing that node would
 # fail the member outright; on the head, it only costs the member a restart of its workers.
@@ -52,14 +52,13 @@ def member_config(cfg: RunConfig, member: int) -> RunConfig:
         member=member, run_name=member_name(member), output_dir=str(members_dir(exp_dir))
     )
     if cfg.ray.storage_path:  # keep members of different experiments apart in shared storage
-        storage = cfg.ray.storage_path.rstrip("/")
-        data["ray"]["storage_path"] = f"{storage}/{cfg.train.run_name}/{MEMBERS_DIR}"
+        data["ray"]["storage_path"] = members_storage_path(cfg.ray.storage_path, cfg.train.run_name)
     return config_from_dict(data, source=f"{cfg.train.run_name} member {member}")
 
 
 def is_finished(member_cfg: RunConfig) -> bool:
     """A member whose summary.json records all its epochs needs no Ray Train fit at all."""
-    path = run_dir(member_cfg.train) / SUMMARY_FILE
+    path = summary_path(run_dir(member_cfg.train))
     if not path.is_file():
         return False
     try:
@@ -105,7 +104,7 @@ def fit_pdst(
             "trains methods whose members are separate runs"
         )
     exp_dir = run_dir(cfg.train)
-    save_config(cfg, exp_dir / CONFIG_FILE)
+    save_config(cfg, config_path(exp_dir))
     num_members = cfg.ensemble.num_members
     members = {m: member_config(cfg, m) for m in range(1, num_members + 1)}
     pending = {m: c for m, c in members.items() if not is_finished(c)}
@@ -128,7 +127,7 @@ def fit_pdst(
         ),
         run_config=tune.RunConfig(
             name=cfg.train.run_name,
-            storage_path=str((exp_dir / TUNE_DIR).resolve()),
+            storage_path=str(tune_dir(exp_dir).resolve()),
             failure_config=tune.FailureConfig(max_failures=0, fail_fast=False),
             verbose=0,
         ),

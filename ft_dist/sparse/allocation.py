@@ -29,18 +29,22 @@ from collections.abc import Iterable, Mapping, Sequence
 
 from torch import nn
 
+from ft_dist.private_api import COMPILED_PARAMETER_PREFIX
+from ft_dist.sparse.choices import SPARSE_INITS
+from ft_dist.utils import table_entry
+
 MASKED_MODULES = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 # Bare matmul weights of modules that do not call a Linear's forward (attention in_proj).
 MASKED_ATTRIBUTES = {
     nn.MultiheadAttention: ("in_proj_weight", "q_proj_weight", "k_proj_weight", "v_proj_weight")
 }
-# Wrappers that prefix parameter names: DDP (`module.`) and torch.compile (`_orig_mod.`).
-WRAPPER_PREFIXES = ("module.", "_orig_mod.")
-ALLOCATION_METHODS = ("erk", "er", "uniform")
+# Wrappers that prefix parameter names: DDP (`module.`) and torch.compile.
+WRAPPER_PREFIXES = ("module.", COMPILED_PARAMETER_PREFIX)
 
 
 def strip_wrapper_prefixes(name: str) -> str:
-    """`module._orig_mod.conv1.weight` -> `conv1.weight`, so names match with or without DDP."""
+    """`module.conv1.weight` -> `conv1.weight` (any WRAPPER_PREFIXES, nested too), so names
+    match with or without DDP and torch.compile."""
     stripped = True
     while stripped:
         stripped = False
@@ -136,10 +140,7 @@ def layer_densities(
     """Per-layer densities whose size-weighted mean is ``density`` (see module docstring)."""
     if not 0.0 < density <= 1.0:
         raise ValueError(f"sparsity.density must be in (0, 1], got {density}")
-    if method not in ALLOCATION_METHODS:
-        raise ValueError(
-            f"sparsity.sparse_init must be one of {ALLOCATION_METHODS}, got {method!r}"
-        )
+    table_entry(SPARSE_INITS, method, "sparsity.sparse_init")
     if method == "uniform" or density == 1.0:
         return {name: density for name in shapes}
 

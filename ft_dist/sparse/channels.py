@@ -56,6 +56,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
+from ft_dist.private_api import compiled_inner_module
 from ft_dist.sparse.allocation import active_counts, layer_densities, strip_wrapper_prefixes
 from ft_dist.sparse.structure import ChannelGroup, Structure, channel_structure
 from ft_dist.sparse.update import LayerUpdate, prune_and_grow
@@ -121,11 +122,11 @@ def _names(key: str, group: ChannelGroup) -> bool:
 
 
 def bare_module(model: nn.Module) -> nn.Module:
-    """The model inside DDP / DeepSpeed (``.module``) and torch.compile (``._orig_mod``)
-    wrappers: its forward is traced without the wrapper's collectives."""
+    """The model inside DDP / DeepSpeed (``.module``) and torch.compile wrappers: its
+    forward is traced without the wrapper's collectives."""
     while True:
         inner = getattr(model, "module", None)
-        inner = inner if isinstance(inner, nn.Module) else getattr(model, "_orig_mod", None)
+        inner = inner if isinstance(inner, nn.Module) else compiled_inner_module(model)
         if not isinstance(inner, nn.Module):
             return model
         model = inner
@@ -433,11 +434,12 @@ class ChannelSparsity:
 
     def mean_sparse_forward_flops(self, step: int) -> float:
         """Sparse forward FLOPs averaged over steps [0, step): what training has cost."""
-        segments = self.segments(step)
-        steps = sum(n for n, _, _ in segments)
-        if steps <= 0:
+        from ft_dist.sparse.flops import mean_over_steps
+
+        mean = mean_over_steps((n, sparse) for n, sparse, _ in self.segments(step))
+        if mean is None:
             return self.flops_history[-1][1] if self.flops_history else 0.0
-        return sum(n * sparse for n, sparse, _ in segments) / steps
+        return mean
 
     def stats(self) -> dict[str, float]:
         if self.structure is None:

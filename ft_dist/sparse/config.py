@@ -7,14 +7,9 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 
 from ft_dist.configbase import Section
-from ft_dist.sparse.official import resolve_compat
-from ft_dist.sparse.scores import (
-    DROP_SCORES,
-    GROWTH_SCORES,
-    check_drop_name,
-    check_growth_name,
-    table_help,
-)
+from ft_dist.sparse.choices import COMPAT_MODES, SPARSE_INITS, resolve_compat
+from ft_dist.sparse.scores import DROP_SCORES, GROWTH_SCORES, table_help
+from ft_dist.utils import known_name
 
 
 class SparsityConfig(Section):
@@ -29,7 +24,12 @@ class SparsityConfig(Section):
     """
 
     density: float = Field(0.2, gt=0.0, le=1.0, description="fraction of masked weights kept")
-    sparse_init: Literal["erk", "er", "uniform"] = "erk"
+    sparse_init: str = Field(
+        "erk",
+        description="per-layer densities (sparse/allocation.py), an entry of sparse/choices.py "
+        "SPARSE_INITS: "
+        + "; ".join(f"{name}: {init.summary}" for name, init in SPARSE_INITS.items()),
+    )
     update: Literal["dynamic", "none"] = Field("dynamic", description="'none' = static mask")
     growth: str = Field(
         "gradient",
@@ -71,13 +71,11 @@ class SparsityConfig(Section):
         "gradient, momentum of inactive weights builds up and is never reset, and a grown "
         "weight starts at 0 but moves on its first step",
     )
-    compat: Literal["none", "official-cifar", "official-imagenet"] = Field(
+    compat: str = Field(
         "none",
         description="reproduce the published FreeTickets code's update (sparse/official.py, "
-        "docs/fidelity.md). official-cifar: inactive_momentum keep, and ERK-dense layers lose "
-        "their ceil(f n) smallest weights at every update (mask kept all ones); "
-        "official-imagenet: a weight dropped and regrown in the same update keeps its value "
-        "and momentum. none: SPEC §4",
+        "docs/fidelity.md), an entry of sparse/choices.py COMPAT_MODES: "
+        + "; ".join(f"{name}: {mode.summary}" for name, mode in COMPAT_MODES.items()),
     )
     dense_layers: tuple[str, ...] = Field(
         (), description="weights kept dense, by parameter name (with or without .weight)"
@@ -132,15 +130,25 @@ class SparsityConfig(Section):
     seed: int = 0
     check_consistency: bool = True
 
+    @field_validator("sparse_init")
+    @classmethod
+    def _known_sparse_init(cls, name: str) -> str:
+        return known_name(SPARSE_INITS, name, "sparsity.sparse_init")
+
     @field_validator("growth")
     @classmethod
     def _known_growth(cls, name: str) -> str:
-        return check_growth_name(name)
+        return known_name(GROWTH_SCORES, name, "sparsity.growth")
 
     @field_validator("drop")
     @classmethod
     def _known_drop(cls, name: str) -> str:
-        return check_drop_name(name)
+        return known_name(DROP_SCORES, name, "sparsity.drop")
+
+    @field_validator("compat")
+    @classmethod
+    def _known_compat(cls, name: str) -> str:
+        return known_name(COMPAT_MODES, name, "sparsity.compat")
 
     @model_validator(mode="before")
     @classmethod

@@ -24,12 +24,19 @@ drop criteria score active weights only, whose gradients the sparse backward com
 anyway, so they add nothing.
 
 Run cost = per-step cost × examples seen (epochs × dataset size, summed over members).
+Under channel-level DST each stretch between two removals is priced at its own f_S and slim
+f_D, and the per-step cost is their step-weighted mean (`mean_training_flops_per_example`).
+
+This module is the one place the arithmetic lives: training (`ft_dist.train.setup`), the
+tickets and summary.json, `ft-dist flops` (through `ft_dist.train.methods.pricing`) and the
+evaluation report all price with the functions below.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -42,6 +49,9 @@ from ft_dist.sparse.allocation import (
     strip_wrapper_prefixes,
 )
 from ft_dist.sparse.scores import growth_criterion
+
+if TYPE_CHECKING:
+    from ft_dist.models.config import ModelConfig
 
 
 @dataclass(frozen=True)
@@ -200,6 +210,19 @@ def forward_flops(
     return report.dense_forward_flops, report.sparse_forward_flops
 
 
+def model_forward_flops(
+    model: ModelConfig, layer_densities: Mapping[str, float]
+) -> tuple[int, float]:
+    """(f_D, f_S) of the network a resolved `model:` section builds (shape C, H, W from it),
+    counted on a copy built on the meta device: no weights are allocated."""
+    from ft_dist.models import build_model_from_config
+
+    with torch.device("meta"):
+        network = build_model_from_config(model)
+    shape = (model.in_channels, model.image_size, model.image_size)
+    return forward_flops(network, shape, layer_densities)
+
+
 def training_flops_per_example(
     dense_fwd: float,
     sparse_fwd: float,
@@ -217,6 +240,31 @@ def training_flops_per_example(
         raise ValueError("gradient growth needs update_every_steps (ΔT) > 0 to be priced")
     delta_t = float(update_every_steps)
     return (3.0 * sparse_fwd * delta_t + 2.0 * sparse_fwd + dense_fwd) / (delta_t + 1.0)
+
+
+def mean_over_steps(values: Iterable[tuple[int, float]]) -> float | None:
+    """Σ n·v / Σ n over (steps n, value v) stretches; None when no step has run."""
+    values = list(values)
+    steps = sum(n for n, _ in values)
+    if steps <= 0:
+        return None
+    return sum(n * value for n, value in values) / steps
+
+
+def mean_training_flops_per_example(
+    segments: Iterable[tuple[int, float, float]],
+    growth: str = "gradient",
+    update_every_steps: float | None = None,
+    dynamic: bool = True,
+) -> float | None:
+    """Training FLOPs of one example-step averaged over stretches of steps, each priced at
+    its own forward FLOPs: ``segments`` holds (steps, f_S, f_D) per stretch (channel-level
+    DST: f_D is the slim network's dense forward FLOPs, so a removed channel costs nothing
+    in the dense gradient either). None when no step has run."""
+    return mean_over_steps(
+        (steps, training_flops_per_example(dense, sparse, growth, update_every_steps, dynamic))
+        for steps, sparse, dense in segments
+    )
 
 
 @dataclass(frozen=True)
@@ -258,8 +306,9 @@ def price_run(
 ) -> RunCost:
     """Price a run (SPEC §8) relative to one dense run of ``reference_epochs`` epochs
     (default: ``epochs_per_run``). The epoch counts come from the ensemble method's table
-    entry (`ft_dist.train.methods.price_method`); ``method`` only labels the result. A dense
-    run is ``sparse_fwd == dense_fwd, dynamic=False``."""
+    entry (`ft_dist.train.methods.pricing.price_method`, which every caller should use);
+    ``method`` only labels the result. A dense run is ``sparse_fwd == dense_fwd,
+    dynamic=False``."""
     reference_epochs = reference_epochs or epochs_per_run
     if min(epochs_per_run, total_epochs, members, reference_epochs) < 1:
         raise ValueError(

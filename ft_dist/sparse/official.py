@@ -24,7 +24,9 @@ commit e5540d1) change results and are reproduced here, each behind one compat m
     * inactive momentum is zeroed after every step (as ft_dist's default ``zero``).
 
 The engine calls ``before_update`` / ``after_update`` around each prune-and-grow
-(scheduled or exploration) and nowhere else; with ``compat: none`` it holds no object.
+(scheduled or exploration) and nowhere else; with ``compat: none`` it holds no object. The
+modes' names and the momentum each fixes (torch-free, for the config) are
+sparse/choices.py ``COMPAT_MODES``.
 The fixtures in tests/fixtures/official_compat were produced by running the official
 code; tests/sparse/test_official_compat.py replays them through the engine.
 """
@@ -32,38 +34,12 @@ code; tests/sparse/test_official_compat.py replays them through the engine.
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING
 
 import torch
 
 if TYPE_CHECKING:
     from ft_dist.sparse.dynamic import DynamicSparsity
-
-Compat = Literal["none", "official-cifar", "official-imagenet"]
-COMPAT_MOMENTUM = {"official-cifar": "keep", "official-imagenet": "zero"}
-
-
-def resolve_compat(data: Any) -> Any:
-    """SparsityConfig 'before' validator: a compat mode fixes ``inactive_momentum``.
-
-    Unset, it takes the mode's value; set to the other value, it is an error naming both.
-    """
-    if not isinstance(data, dict):
-        return data
-    compat = data.get("compat") or "none"
-    wanted = COMPAT_MOMENTUM.get(compat)
-    if wanted is None:
-        return data
-    given = data.get("inactive_momentum")
-    if given is None:
-        return {**data, "inactive_momentum": wanted}
-    if given != wanted:
-        raise ValueError(
-            f"sparsity.compat={compat} reproduces the official code, whose momentum of "
-            f"inactive weights is '{wanted}': remove sparsity.inactive_momentum={given} or "
-            "set sparsity.compat=none"
-        )
-    return data
 
 
 class OfficialCifar:

@@ -144,17 +144,6 @@ def drop_criterion(name: str) -> Criterion:
     return table_entry(DROP_SCORES, name, "sparsity.drop")
 
 
-def check_growth_name(name: str) -> str:
-    """Validator for config fields naming a growth criterion."""
-    growth_criterion(name)
-    return name
-
-
-def check_drop_name(name: str) -> str:
-    drop_criterion(name)
-    return name
-
-
 def table_help(table: dict[str, Criterion]) -> str:
     """'name: summary' for every entry, for config field descriptions and --help."""
     return "; ".join(f"{name}: {entry.summary}" for name, entry in sorted(table.items()))

@@ -32,9 +32,11 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from ft_dist.private_api import batch_norm_base, conv_base, instance_norm_base
 from ft_dist.sparse.allocation import strip_wrapper_prefixes
 
-PER_CHANNEL_NORMS = (nn.modules.batchnorm._BatchNorm, nn.modules.instancenorm._InstanceNorm)
+PER_CHANNEL_NORMS = (batch_norm_base(), instance_norm_base())
+CONVOLUTIONS = conv_base()  # Conv1d/2d/3d and ConvTranspose1d/2d/3d
 CROSS_CHANNEL_NORMS = (nn.LayerNorm, nn.GroupNorm, nn.LocalResponseNorm)
 
 
@@ -160,7 +162,7 @@ def _item_slices(
     def make(param: str, dim: int, producer: bool = False) -> ChannelSlice:
         return ChannelSlice(f"{name}.{param}" if name else param, dim, idxs, roots, producer)
 
-    if isinstance(module, nn.modules.conv._ConvNd):
+    if isinstance(module, CONVOLUTIONS):
         depthwise = module.groups == module.in_channels == module.out_channels
         if module.groups != 1 and not depthwise:
             raise _Unsupported(f"grouped convolution {name} (groups={module.groups})")
@@ -263,9 +265,3 @@ def trace_structure(model: nn.Module, example: torch.Tensor):
         for module, training in modes.items():
             module.training = training
     return Structure(tuple(groups), tuple(fixed)), dg
-
-
-def example_input(model: nn.Module, input_shape: tuple[int, ...]) -> torch.Tensor:
-    """One zero input of ``input_shape`` (C, H, W) on the model's device and dtype."""
-    param = next(model.parameters())
-    return torch.zeros(1, *input_shape, device=param.device, dtype=param.dtype)

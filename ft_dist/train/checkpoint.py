@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import pickle
 import random
 import shutil
@@ -36,7 +35,7 @@ import torch
 import torch.distributed as dist
 
 from ft_dist.data.manifest import file_sha256
-from ft_dist.layout import checkpoint_name
+from ft_dist.layout import checkpoint_dir, checkpoint_dirs, checkpoint_step
 from ft_dist.train.diskspace import (
     DiskFullError,
     dir_bytes,
@@ -44,7 +43,7 @@ from ft_dist.train.diskspace import (
     is_disk_full,
     tree_bytes,
 )
-from ft_dist.utils import is_distributed, write_atomic
+from ft_dist.utils import error_summary, is_distributed, partial_dir, replace_dir, write_atomic
 
 SHARED_FILE = "state.pt"
 META_FILE = "meta.json"
@@ -83,8 +82,8 @@ def save_checkpoint(
     Returns the final directory (the same path on every rank).
     """
     root = Path(root)
-    final = root / checkpoint_name(step)
-    tmp = root / f".tmp-{checkpoint_name(step)}"
+    final = checkpoint_dir(root, step)
+    tmp = partial_dir(final)
     if rank == 0 and shared is None:
         raise ValueError("rank 0 must pass the shared checkpoint state")
     needed = _checkpoint_bytes(root, shared, local)
@@ -97,7 +96,7 @@ def save_checkpoint(
 
     def publish() -> None:
         _write_index(tmp)  # last: it vouches for every file already there
-        _replace_dir(tmp, final)
+        replace_dir(tmp, final)
         _prune(root, keep)
 
     if rank == 0:
@@ -118,9 +117,9 @@ def save_checkpoint(
 
 def _checkpoint_bytes(root: Path, shared: dict | None, local: dict) -> int:
     """About what one checkpoint takes: the newest one on disk, else this rank's state."""
-    steps = [p for p in root.iterdir() if p.is_dir() and p.name.isdigit()] if root.is_dir() else []
-    if steps:
-        return dir_bytes(max(steps, key=lambda p: int(p.name)))
+    newest = _newest_complete(root)
+    if newest is not None:
+        return dir_bytes(newest)
     return tree_bytes(shared) + tree_bytes(local)
 
 
@@ -142,8 +141,8 @@ def _disk_problem(write: Callable[[], None], tmp: Path, needed: int) -> str | No
 
 
 def _newest_complete(root: Path) -> Path | None:
-    steps = [p for p in root.iterdir() if p.is_dir() and p.name.isdigit()]
-    return max(steps, key=lambda p: int(p.name)) if steps else None
+    steps = checkpoint_dirs(root)
+    return steps[-1] if steps else None
 
 
 def load_checkpoint(path: str | Path, rank: int) -> tuple[dict, dict | None]:
@@ -173,7 +172,7 @@ def load_newest_usable(path: str | Path, rank: int) -> tuple[Path, dict, dict | 
         if rank == 0:
             log.warning("skipping checkpoint: %s; trying the previous complete one", problem)
     older = f" (and the {len(problems) - 1} older one(s) beside it)" if len(problems) > 1 else ""
-    run = path.parent.parent if path.name.isdigit() else path
+    run = path.parent.parent if checkpoint_step(path) is not None else path
     raise CheckpointError(
         f"no usable checkpoint to resume from: {problems[0]}{older}; start afresh with a new "
         f"train.run_name, or move {run} away to reuse its name"
@@ -182,14 +181,11 @@ def load_newest_usable(path: str | Path, rank: int) -> tuple[Path, dict, dict | 
 
 def _candidates(path: Path) -> list[Path]:
     """``path``, then the older ``<step>`` dirs beside it, newest first."""
-    if not path.name.isdigit() or not path.parent.is_dir():
+    step = checkpoint_step(path)
+    if step is None:
         return [path]
-    older = [
-        p
-        for p in path.parent.iterdir()
-        if p.is_dir() and p.name.isdigit() and int(p.name) < int(path.name)
-    ]
-    return [path, *sorted(older, key=lambda p: int(p.name), reverse=True)]
+    older = [p for p in checkpoint_dirs(path.parent) if checkpoint_step(p) < step]
+    return [path, *reversed(older)]
 
 
 def _load_verified(path: Path, rank: int) -> tuple[dict, dict | None]:
@@ -227,9 +223,7 @@ def _load_file(path: Path, index: dict[str, dict] | None) -> Any:
             "tensors, numbers and strings, so it was not loaded (loading could run code)"
         ) from None
     except Exception as error:  # torch raises RuntimeError, UnicodeDecodeError, EOFError...
-        raise CheckpointError(
-            f"{path} cannot be read ({type(error).__name__}: {_first_line(error)})"
-        ) from None
+        raise CheckpointError(f"{path} cannot be read ({error_summary(error)})") from None
 
 
 def _read_index(path: Path) -> dict[str, dict] | None:
@@ -265,17 +259,12 @@ def _first_problem_on_any_rank(problem: str | None) -> str | None:
     return next((p for p in problems if p is not None), None)
 
 
-def _first_line(error: BaseException) -> str:
-    lines = str(error).strip().splitlines()
-    return lines[0][:200] if lines else "no details"
-
-
 def check_compatible(saved: dict, current: dict, path: str | Path) -> None:
     """Refuse a checkpoint written for another model, density or partition layout."""
     keys = ("model", "num_classes", "density", "sparse_init", "strategy", "zero_stage")
     keys += ("model_kwargs", "model_source_sha256")  # same builder arguments, same builder file
-    if current.get("zero_stage"):
-        keys += ("world_size",)  # ZeRO partitions are laid out per rank
+    if current.get("per_rank_partitions"):
+        keys += ("world_size",)  # the strategy's state is laid out per rank (ZeRO-1/2)
     # A key an older checkpoint lacks reads as empty.
     differ = {
         k: (saved.get(k), current.get(k))
@@ -303,21 +292,8 @@ def _save_file(obj: dict, path: Path) -> None:
     write_atomic(path, lambda tmp: torch.save(obj, tmp))
 
 
-def _replace_dir(tmp: Path, final: Path) -> None:
-    """Rename ``tmp`` to ``final``; an older directory of the same step is set aside first."""
-    old = final.with_name(f".old-{final.name}")
-    if final.exists():
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(final, old)
-    os.replace(tmp, final)
-    shutil.rmtree(old, ignore_errors=True)
-
-
 def _prune(root: Path, keep: int) -> None:
-    steps = sorted(
-        (p for p in root.iterdir() if p.is_dir() and p.name.isdigit()), key=lambda p: int(p.name)
-    )
-    for stale in steps[:-keep]:
+    for stale in checkpoint_dirs(root)[:-keep]:
         shutil.rmtree(stale, ignore_errors=True)
 
 

@@ -12,8 +12,9 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 
 from ft_dist.configbase import Section
-from ft_dist.train.optimizers import optimizer_entry
+from ft_dist.train.optimizers import OPTIMIZERS, optimizer_entry
 from ft_dist.train.strategies import STRATEGIES, strategy_entry
+from ft_dist.utils import known_name
 
 _RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
@@ -72,8 +73,7 @@ class OptimConfig(Section):
     @field_validator("name")
     @classmethod
     def _known_optimizer(cls, name: str) -> str:
-        optimizer_entry(name)
-        return name
+        return known_name(OPTIMIZERS, name, "optim.name")
 
     @field_validator("betas")
     @classmethod
@@ -210,8 +210,7 @@ class TrainConfig(Section):
     @field_validator("strategy")
     @classmethod
     def _known_strategy(cls, name: str) -> str:
-        strategy_entry(name)
-        return name
+        return known_name(STRATEGIES, name, "train.strategy")
 
     @model_validator(mode="after")
     def _check_zero_stage(self) -> TrainConfig:

@@ -132,7 +132,7 @@ def disk_space_problems(cfg: Any, model: torch.nn.Module) -> list[str]:
     count as written. Ray's copies cost nothing on the same file system (hard links), and
     keep_checkpoints + 1 copies on another one. A DST Ensemble has a run per member.
     """
-    from ft_dist.layout import checkpoints_dir, run_dir, run_tickets
+    from ft_dist.layout import checkpoint_dirs, checkpoints_dir, run_dir, run_tickets
     from ft_dist.train.methods import ensemble_method, method_epochs
 
     checkpoint, ticket = run_bytes(cfg, model)
@@ -142,7 +142,7 @@ def disk_space_problems(cfg: Any, model: torch.nn.Module) -> list[str]:
     tickets = 1 if separate else epochs.members  # tickets per run
     slots = cfg.train.keep_checkpoints + 1
     run = run_dir(cfg.train)
-    written = [p for p in checkpoints_dir(run).glob("*") if p.name.isdigit()]
+    written = checkpoint_dirs(checkpoints_dir(run))
     need_run = members * (
         max(slots - len(written), 1) * checkpoint + max(tickets - len(run_tickets(run)), 0) * ticket
     )

@@ -12,8 +12,9 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 
 from ft_dist.configbase import Section
-from ft_dist.sparse.scores import check_growth_name
+from ft_dist.sparse.scores import GROWTH_SCORES
 from ft_dist.train.methods import ENSEMBLE_METHODS, ensemble_method
+from ft_dist.utils import known_name
 
 
 class EDSTConfig(Section):
@@ -50,7 +51,7 @@ class EDSTConfig(Section):
     @field_validator("explore_growth")
     @classmethod
     def _known_growth(cls, name: str) -> str:
-        return check_growth_name(name)
+        return known_name(GROWTH_SCORES, name, "ensemble.edst.explore_growth")
 
     @field_validator("refinement_lr_scales")
     @classmethod
@@ -99,8 +100,7 @@ class EnsembleConfig(Section):
     @field_validator("method")
     @classmethod
     def _known_method(cls, name: str) -> str:
-        ensemble_method(name)
-        return name
+        return known_name(ENSEMBLE_METHODS, name, "ensemble.method")
 
     @model_validator(mode="after")
     def _check_method(self) -> EnsembleConfig:

@@ -29,7 +29,7 @@ import torch
 import torch.distributed as dist
 
 from ft_dist.config import RunConfig, save_config
-from ft_dist.layout import CONFIG_FILE, SUMMARY_FILE, checkpoints_dir, ticket_relpath
+from ft_dist.layout import checkpoints_dir, config_path, summary_path, ticket_relpath
 from ft_dist.train.callbacks import evaluate, sparse_totals, standard_callbacks
 from ft_dist.train.events import Callback, Events
 from ft_dist.train.meter import Meter
@@ -64,7 +64,7 @@ def train(
             f"of {ctx.steps_per_epoch * ctx.num_epochs}, {state.images_seen} images seen"
         )
     if session.rank == 0:
-        save_config(ctx.cfg, ctx.run / CONFIG_FILE)  # with the model's shape from the data
+        save_config(ctx.cfg, config_path(ctx.run))  # with the model's shape from the data
     tracker.set_total(ctx.steps_per_epoch * ctx.num_epochs, ctx.num_epochs)
     for epoch in range(ctx.state.epoch, ctx.num_epochs):
         actions = ctx.plan.epoch(epoch)
@@ -169,7 +169,7 @@ def finish(ctx: Context, events: Events) -> dict[str, Any]:
         **sparse_totals(ctx.strategy),
     }
     if ctx.session.rank == 0:
-        write_text_atomic(ctx.run / SUMMARY_FILE, json.dumps(summary, indent=2) + "\n")
+        write_text_atomic(summary_path(ctx.run), json.dumps(summary, indent=2) + "\n")
     events.fire("finish", ctx, summary)
     return summary
 

@@ -15,7 +15,7 @@ from typing import Protocol, runtime_checkable
 import torch
 import torch.distributed as dist
 
-from ft_dist.layout import checkpoints_dir
+from ft_dist.layout import checkpoint_dirs, checkpoints_dir
 
 
 @runtime_checkable
@@ -34,11 +34,8 @@ class Session(Protocol):
 
 def latest_complete_checkpoint(run: str | Path) -> str | None:
     """Newest RUN_DIR/checkpoints/<step> directory (temp dirs of torn writes are ignored)."""
-    root = checkpoints_dir(Path(run))
-    if not root.is_dir():
-        return None
-    steps = [p for p in root.iterdir() if p.is_dir() and p.name.isdigit()]
-    return str(max(steps, key=lambda p: int(p.name))) if steps else None
+    steps = checkpoint_dirs(checkpoints_dir(Path(run)))
+    return str(steps[-1]) if steps else None
 
 
 class LocalSession:

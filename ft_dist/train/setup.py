@@ -22,7 +22,11 @@ from ft_dist.data.pipeline import TrainStream
 from ft_dist.layout import run_dir
 from ft_dist.models import build_model_from_config
 from ft_dist.models.builders import source_sha256
-from ft_dist.sparse.flops import forward_flops, training_flops_per_example
+from ft_dist.sparse.flops import (
+    mean_training_flops_per_example,
+    model_forward_flops,
+    training_flops_per_example,
+)
 from ft_dist.train.config import TrainConfig
 from ft_dist.train.methods import build_plan
 from ft_dist.train.methods.base import RunPlan
@@ -181,10 +185,7 @@ def build_member(cfg: RunConfig, session: Session, plan: RunPlan, accum: int) ->
 
 def training_flops(cfg: RunConfig, strategy: Strategy) -> float:
     """SPEC §8 training FLOPs of one example-step under this run's layer densities."""
-    with torch.device("meta"):
-        meta_model = build_model_from_config(cfg.model)
-    shape = (cfg.model.in_channels, cfg.model.image_size, cfg.model.image_size)
-    dense, sparse = forward_flops(meta_model, shape, strategy.sparsity.layer_densities)
+    dense, sparse = model_forward_flops(cfg.model, strategy.sparsity.layer_densities)
     return training_flops_per_example(
         dense,
         sparse,
@@ -203,19 +204,14 @@ def flops_per_example_so_far(ctx: Context) -> float:
     channels = sparsity.channels
     if channels is None or not channels.flops_history:
         return ctx.flops_per_example
-    segments = channels.segments(sparsity.num_steps)
-    steps = sum(n for n, _, _ in segments)
-    if steps == 0:
-        return ctx.flops_per_example
     cfg = ctx.cfg.sparsity
-    every, dynamic = sparsity.schedule.every_steps, cfg.is_dynamic
-    return (
-        sum(
-            n * training_flops_per_example(slim, sparse, cfg.growth, every, dynamic=dynamic)
-            for n, sparse, slim in segments
-        )
-        / steps
+    price = mean_training_flops_per_example(
+        channels.segments(sparsity.num_steps),
+        cfg.growth,
+        sparsity.schedule.every_steps,
+        dynamic=cfg.is_dynamic,
     )
+    return ctx.flops_per_example if price is None else price
 
 
 def model_facts(cfg: RunConfig) -> dict[str, Any]:

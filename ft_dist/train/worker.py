@@ -54,6 +54,7 @@ from ft_dist.tracking import make_tracker
 from ft_dist.train.config import format_resources, worker_resources
 from ft_dist.train.diskspace import DiskFullError, dir_bytes, disk_full_message, is_disk_full
 from ft_dist.train.session import latest_complete_checkpoint
+from ft_dist.utils import partial_dir, write_dir_atomic
 
 # Where Ray's registered copies of checkpoints live, relative to the run directory.
 RAY_CHECKPOINTS = "ray_checkpoints"
@@ -108,22 +109,20 @@ def storage_root(cfg: Any) -> str:
 
 def link_tree(src: Path, dest: Path) -> None:
     """Mirror `src` into `dest` with hard links (copies across filesystems), atomically."""
-    tmp = dest.with_name(f".tmp-{dest.name}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    for path in sorted(src.rglob("*")):
-        target = tmp / path.relative_to(src)
-        if path.is_dir():
-            target.mkdir(parents=True, exist_ok=True)
-            continue
-        target.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            os.link(path, target)
-        except OSError:  # another filesystem, or links not supported
-            shutil.copy2(path, target)
-    tmp.mkdir(parents=True, exist_ok=True)  # an empty checkpoint is still a directory
-    if dest.exists():
-        shutil.rmtree(dest)
-    os.replace(tmp, dest)
+
+    def mirror(tmp: Path) -> None:
+        for path in sorted(src.rglob("*")):
+            target = tmp / path.relative_to(src)
+            if path.is_dir():
+                target.mkdir(parents=True, exist_ok=True)
+                continue
+            target.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                os.link(path, target)
+            except OSError:  # another filesystem, or links not supported
+                shutil.copy2(path, target)
+
+    write_dir_atomic(dest, mirror)  # an empty checkpoint is still a directory
 
 
 def raise_if_disk_full(error: OSError, src: Path, dest: Path) -> None:
@@ -131,7 +130,7 @@ def raise_if_disk_full(error: OSError, src: Path, dest: Path) -> None:
     removed; the run's own checkpoint in RUN_DIR stays."""
     needed = dir_bytes(src)
     if is_disk_full(error, dest.parent, needed):
-        shutil.rmtree(dest.with_name(f".tmp-{dest.name}"), ignore_errors=True)
+        shutil.rmtree(partial_dir(dest), ignore_errors=True)
         fix = "free space there or set ray.storage_path to a bigger disk"
         raise DiskFullError(
             disk_full_message(dest, needed, "Ray's copy of checkpoint", fix)

@@ -12,6 +12,7 @@ from ft_dist.bench.compile import compile_model_, count_compiles, inactive_nonze
 from ft_dist.bench.step import check_invariants
 from ft_dist.cli import main
 from ft_dist.models import build_model
+from ft_dist.private_api import COMPILED_PARAMETER_PREFIX
 from ft_dist.sparse import DynamicSparsity, SparsityConfig
 
 
@@ -75,7 +76,9 @@ def _train_with_updates(backend: str, num_updates: int = 4) -> None:
     assert recompiles.graphs == 0
     # The compiled model computes with the masked weights: same output as an eager copy.
     eager = build_model("small-cnn", 4, 1, 8)
-    eager.load_state_dict({k.removeprefix("_orig_mod."): v for k, v in model.state_dict().items()})
+    eager.load_state_dict(
+        {k.removeprefix(COMPILED_PARAMETER_PREFIX): v for k, v in model.state_dict().items()}
+    )
     masks = {n: sparsity.masks[n] for n in sparsity.sparse_names}
     assert inactive_nonzero(dict(eager.named_parameters()), masks) == 0
     with torch.no_grad():

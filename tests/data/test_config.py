@@ -6,6 +6,7 @@ import pytest
 from pydantic import ValidationError
 
 from ft_dist.data import DataConfig, describe
+from ft_dist.data.transforms import RECIPES
 from tests.data.helpers import make_split
 
 
@@ -29,6 +30,16 @@ def test_defaults_and_batch_size_eval() -> None:
 def test_bad_fields_are_named(fields: dict, message: str) -> None:
     with pytest.raises(ValidationError, match=message.replace("{", r"\{").replace("}", r"\}")):
         DataConfig(**fields)
+
+
+def test_recipe_is_a_recipes_key_and_an_unknown_one_lists_them_in_order() -> None:
+    assert all(DataConfig(root="x", recipe=name).recipe == name for name in RECIPES)
+    assert DataConfig(root="x").recipe is None
+    choices = ", ".join(RECIPES)
+    with pytest.raises(
+        ValidationError, match=f"data.recipe='coco' is unknown; choose one of {choices}"
+    ):
+        DataConfig(root="x", recipe="coco")
 
 
 def test_describe_reads_the_manifest(mnist_root) -> None:

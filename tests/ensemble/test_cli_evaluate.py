@@ -16,8 +16,9 @@ from ft_dist.data.config import DataConfig
 from ft_dist.ensemble.data import locate_split, split_data
 from ft_dist.models import build_model
 from ft_dist.sparse import DynamicSparsity, SparsityConfig
-from ft_dist.tracking import read_logged_run, wandb_offline_log
+from ft_dist.tracking import read_logged_run
 from tests.data.formats import write_cifar_c
+from tests.wandb_logs import wandb_offline_log
 
 
 @pytest.fixture(scope="module")

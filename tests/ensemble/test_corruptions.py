@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from ft_dist.ensemble.corruption_table import CORRUPTION_LEVELS, SEVERITIES
 from ft_dist.ensemble.corruptions import CORRUPTIONS, corrupt
 
 
@@ -30,3 +31,8 @@ def test_corruption_errors() -> None:
         corrupt(images, "contrast", 6)
     with pytest.raises(ValueError, match="float"):
         corrupt(images[0], "contrast", 1)
+
+
+def test_every_corruption_in_the_table_is_implemented() -> None:
+    assert list(CORRUPTIONS) == list(CORRUPTION_LEVELS)
+    assert all(len(levels) == len(SEVERITIES) for levels in CORRUPTION_LEVELS.values())

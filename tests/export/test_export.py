@@ -195,6 +195,21 @@ def test_cli_export(exported: tuple[Path, Path], tmp_path: Path, capsys) -> None
     assert "no such run" in capsys.readouterr().err
 
 
+def test_force_replaces_only_what_an_export_writes(tmp_path: Path) -> None:
+    from ft_dist.export.run import prepare_out
+
+    out = tmp_path / "out"
+    out.mkdir()
+    ours = ["artifact.json", "SHA256SUMS", "ensemble.pt2", "member_01.bin", "member_12.bin"]
+    theirs = ["notes.txt", "member_01.txt", "model.bin"]
+    for name in ours + theirs:
+        (out / name).write_text("x")
+    with pytest.raises(ValueError, match="not empty"):
+        prepare_out(out, force=False)
+    assert prepare_out(out, force=True) == out
+    assert sorted(p.name for p in out.iterdir()) == sorted(theirs)
+
+
 @pytest.mark.slow
 @pytest.mark.heavy
 def test_resnet50_three_erk_tickets_take_at_most_080_of_one_dense() -> None:

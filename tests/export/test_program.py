@@ -7,6 +7,7 @@ from torch import nn
 
 from ft_dist.export import EnsembleProgram, serving_program
 from ft_dist.export.program import fold_norms
+from ft_dist.private_api import batch_norm_base
 
 
 class Blocks(nn.Module):
@@ -46,7 +47,7 @@ def _trained_statistics(model: nn.Module) -> nn.Module:
     """Non-trivial running statistics and affine parameters, then eval mode."""
     torch.manual_seed(0)
     for module in model.modules():
-        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+        if isinstance(module, batch_norm_base()):
             module.running_mean.uniform_(-0.5, 0.5)
             module.running_var.uniform_(0.5, 2.0)
             nn.init.uniform_(module.weight, 0.5, 1.5)

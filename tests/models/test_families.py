@@ -20,6 +20,7 @@ from ft_dist.ensemble.tickets import build_member, load_ticket
 from ft_dist.layout import eval_dir, run_dir, run_tickets
 from ft_dist.models import MODEL_FAMILIES, build_model_from_config, model_family
 from ft_dist.models.config import with_builder_source
+from ft_dist.private_api import batch_norm_base
 from ft_dist.sparse.allocation import active_counts, layer_densities, maskable_parameters
 from ft_dist.sparse.flops import allocated_flops_report
 from ft_dist.train.loop import train
@@ -111,7 +112,7 @@ def test_family_trains_tickets_evaluates_and_exports(
 
     out = tmp_path / "export"
     assert main(["export", str(run), "--out", str(out)]) == 0
-    norms = sum(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules())
+    norms = sum(isinstance(m, batch_norm_base()) for m in model.modules())
     program_facts = json.loads((out / "artifact.json").read_text())["program"]
     assert program_facts["folded_norms"] == [norms]  # every BatchNorm here follows a conv
     images = torch.rand(4, 1, 28, 28, generator=torch.Generator().manual_seed(0))

@@ -4,12 +4,15 @@ import pytest
 import torch
 from torch import nn
 
+from ft_dist.private_api import COMPILED_PARAMETER_PREFIX
+from ft_dist.sparse import SparsityConfig
 from ft_dist.sparse.allocation import (
     active_counts,
     layer_densities,
     maskable_parameters,
     strip_wrapper_prefixes,
 )
+from ft_dist.sparse.choices import SPARSE_INITS
 
 
 def test_erk_solves_budget_and_is_proportional_to_raw_density():
@@ -71,9 +74,8 @@ def test_maskable_parameters_cover_conv_and_linear_weights_only():
 
 
 def test_wrapper_prefixes_are_stripped():
-    assert (
-        strip_wrapper_prefixes("module._orig_mod.layer1.0.conv1.weight") == "layer1.0.conv1.weight"
-    )
+    compiled = f"module.{COMPILED_PARAMETER_PREFIX}layer1.0.conv1.weight"
+    assert strip_wrapper_prefixes(compiled) == "layer1.0.conv1.weight"
 
     class Wrapper(nn.Module):
         def __init__(self):
@@ -82,3 +84,21 @@ def test_wrapper_prefixes_are_stripped():
 
     assert list(maskable_parameters(Wrapper())) == ["weight"]
     assert torch.is_tensor(maskable_parameters(Wrapper())["weight"])
+
+
+@pytest.mark.parametrize("method", list(SPARSE_INITS))
+def test_every_sparse_init_meets_the_budget(method: str) -> None:
+    shapes = {"conv": (16, 3, 3, 3), "fc1": (64, 256), "fc2": (10, 64)}
+    densities = layer_densities(shapes, 0.2, method)
+    active = sum(densities[n] * math.prod(shape) for n, shape in shapes.items())
+    assert active == pytest.approx(0.2 * sum(math.prod(shape) for shape in shapes.values()))
+    assert all(0.0 < d <= 1.0 for d in densities.values())
+    assert SparsityConfig(sparse_init=method).sparse_init == method
+
+
+def test_an_unknown_sparse_init_lists_the_table_keys_in_order() -> None:
+    message = "sparsity.sparse_init='erdos' is unknown; choose one of erk, er, uniform"
+    with pytest.raises(ValueError, match=message):
+        layer_densities({"a": (4, 4)}, 0.5, "erdos")
+    with pytest.raises(ValueError, match=message):
+        SparsityConfig(sparse_init="erdos")

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from ft_dist.sparse import DynamicSparsity, SparsityConfig
+from ft_dist.sparse.choices import COMPAT_MODES
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "official_compat"
 
@@ -151,5 +152,11 @@ def test_compat_fixes_inactive_momentum() -> None:
         SparsityConfig(compat="official-cifar", inactive_momentum="zero")
     with pytest.raises(ValueError, match="compat=official-imagenet"):
         SparsityConfig(compat="official-imagenet", inactive_momentum="keep")
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="compat='official' is unknown; choose one of none, "):
         SparsityConfig(compat="official")
+
+
+def test_every_compat_mode_is_accepted_with_the_momentum_it_fixes() -> None:
+    for name, mode in COMPAT_MODES.items():
+        config = SparsityConfig(compat=name)
+        assert config.inactive_momentum == (mode.inactive_momentum or "zero")

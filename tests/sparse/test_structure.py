@@ -14,6 +14,7 @@ from torch import nn
 
 from ft_dist.models import build_model, build_model_from_config
 from ft_dist.models.config import with_builder_source
+from ft_dist.private_api import batch_norm_base
 from ft_dist.sparse import DynamicSparsity, SparsityConfig
 from ft_dist.sparse.slim import dead_channels, slim_model
 from ft_dist.sparse.structure import channel_structure
@@ -73,7 +74,7 @@ def remove_and_slim(model: nn.Module, shape: tuple, fraction: float = 0.4):
     model.train()
     model(images)  # the first forward traces the structure
     for module in model.modules():  # trained-looking statistics
-        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+        if isinstance(module, batch_norm_base()):
             module.running_mean.uniform_(-0.5, 0.5)
             module.running_var.uniform_(0.5, 2.0)
     sparsity.step()  # the update removes the channels

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from ft_dist.layout import checkpoint_name
 from ft_dist.train import checkpoint as ckpt
 from ft_dist.train import diskspace
 from ft_dist.train.diskspace import DiskFullError, device_of, is_disk_full
@@ -88,7 +89,7 @@ def _rank1_disk_full(rank: int, world_size: int, root: Path) -> None:
         else:
             raise AssertionError(f"rank {rank} did not stop")
         ckpt.barrier()  # rank 0 has removed the partial checkpoint
-        assert sorted(p.name for p in root.iterdir()) == [ckpt.checkpoint_name(10)]
+        assert sorted(p.name for p in root.iterdir()) == [checkpoint_name(10)]
 
 
 @pytest.mark.dist

@@ -17,9 +17,9 @@ import pytest
 import ray
 import torch
 
-from ft_dist.private_api import autoscaler_max_resources
 from ft_dist.layout import checkpoints_dir, run_dir
 from ft_dist.preflight import check_cluster
+from ft_dist.private_api import autoscaler_max_resources
 from ft_dist.train import worker
 from ft_dist.train.checkpoint import SHARED_FILE, CheckpointError
 from ft_dist.train.worker import ClusterBusyError, fit

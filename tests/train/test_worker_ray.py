@@ -21,12 +21,13 @@ import ray
 import torch
 
 from ft_dist.layout import SUMMARY_FILE, run_dir, ticket_path
-from ft_dist.tracking import read_logged_run, wandb_offline_log
+from ft_dist.tracking import read_logged_run
 from ft_dist.train.checkpoint import SHARED_FILE
 from ft_dist.train.loop import train
 from ft_dist.train.worker import RAY_CHECKPOINTS, fit
 from tests.train.conftest import tiny_config
 from tests.train.test_loop import assert_same_training_state
+from tests.wandb_logs import wandb_offline_log
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
