@@ -24,6 +24,7 @@ on every rank, gradient growth reads the all-reduced gradient (DDP has averaged 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 
 import torch
 from torch import nn
@@ -75,11 +76,13 @@ class DynamicSparsity:
         self.growth = growth_criterion(config.growth)
         self.drop = drop_criterion(config.drop)
         self.compat = official_behaviour(config.compat)  # sparsity.compat: sparse/official.py
-        self.grad_ema = (
-            {name: torch.zeros_like(self.params[name]) for name in self.sparse_names}
-            if self.growth.ema_of is not None and self.schedule.every_steps
-            else {}
-        )
+        # role -> layer -> EMA of the criterion's ema_of(grad): growth and drop each read
+        # their own (an EMA criterion as drop must not read the growth criterion's EMA).
+        self.grad_emas: dict[str, dict[str, torch.Tensor]] = {
+            role: {name: torch.zeros_like(self.params[name]) for name in self.sparse_names}
+            for role, criterion in (("growth", self.growth), ("drop", self.drop))
+            if criterion.ema_of is not None and self.schedule.every_steps
+        }
         self.num_steps = 0
         self.num_updates = 0
         self._capture_requested = False  # keep_dense_gradients() for the coming step
@@ -115,7 +118,7 @@ class DynamicSparsity:
         asked for, or the official CIFAR behaviour feeds dense gradients to the optimizer."""
         return (
             self._capture_requested
-            or bool(self.grad_ema)
+            or bool(self.grad_emas)
             or self.config.inactive_momentum == "keep"
             or (self.update_due() and self._update_reads_gradient(self.growth))
         )
@@ -126,8 +129,8 @@ class DynamicSparsity:
         will read, feeds the momentum EMA, then zeroes inactive ``.grad`` entries so the
         optimizer cannot move inactive weights (unless ``inactive_momentum=keep``)."""
         grads = self._gradients(grads)
-        if self.grad_ema:
-            self._accumulate_grad_ema(grads)
+        if self.grad_emas:
+            self._accumulate_grad_emas(grads)
         due = self.update_due()
         self._update_grads = self._kept_gradients(grads, self.growth) if due else {}
         if self.config.inactive_momentum == "zero":
@@ -248,12 +251,12 @@ class DynamicSparsity:
                 weight, mask = self.params[name], self.masks[name]
                 num_swap = num_to_drop(self.num_active[name], drop_fraction)
                 inputs = ScoreInputs(
-                    weight, grads.get(name), self.grad_ema.get(name), self.generator, mask
+                    weight, grads.get(name), self._ema("drop", name), self.generator, mask
                 )
                 # Drop before growth: a random growth score draws from the shared generator
                 # after the drop's draws, in the same order on every rank.
                 drop_score = self.drop.score(inputs)
-                grow_score = growth.score(inputs)
+                grow_score = growth.score(replace(inputs, grad_ema=self._ema("growth", name)))
                 if self.channels is None:
                     result = prune_and_grow(mask, drop_score, grow_score, num_swap)
                 else:  # to the count after a reallocation, inside the remaining channels
@@ -317,12 +320,17 @@ class DynamicSparsity:
             return {}
         return {name: g.detach().clone() for name, g in self._gradients(grads).items()}
 
-    def _accumulate_grad_ema(self, grads: Mapping[str, torch.Tensor]) -> None:
-        beta, ema_of = self.config.momentum_beta, self.growth.ema_of
-        for name, ema in self.grad_ema.items():
-            grad = grads.get(name)
-            if grad is not None:
-                ema.mul_(beta).add_(ema_of(grad.detach()).to(ema.dtype), alpha=1.0 - beta)
+    def _ema(self, role: str, name: str) -> torch.Tensor | None:
+        return self.grad_emas.get(role, {}).get(name)
+
+    def _accumulate_grad_emas(self, grads: Mapping[str, torch.Tensor]) -> None:
+        beta = self.config.momentum_beta
+        for role, emas in self.grad_emas.items():
+            ema_of = {"growth": self.growth, "drop": self.drop}[role].ema_of
+            for name, ema in emas.items():
+                grad = grads.get(name)
+                if grad is not None:
+                    ema.mul_(beta).add_(ema_of(grad.detach()).to(ema.dtype), alpha=1.0 - beta)
 
     def _optimizer_state(self, name: str) -> list[torch.Tensor]:
         """Per-weight optimizer tensors (momentum buffer, Adam moments) of one parameter."""
@@ -376,7 +384,11 @@ class DynamicSparsity:
             "generator": self.generator.get_state(),
             "masks": {n: m.cpu().clone() for n, m in self.masks.items()},
             "ever_active": {n: m.cpu().clone() for n, m in self.ever_active.items()},
-            "grad_ema": {n: t.cpu().clone() for n, t in self.grad_ema.items()},
+            # the growth criterion's EMA keeps its old key; a drop criterion's has its own
+            "grad_ema": {n: t.cpu().clone() for n, t in self.grad_emas.get("growth", {}).items()},
+            "drop_grad_ema": {
+                n: t.cpu().clone() for n, t in self.grad_emas.get("drop", {}).items()
+            },
             "last_update": {n: list(v) for n, v in self.last_update.items()},
         } | ({"channels": self.channels.state_dict()} if self.channels else {})
 
@@ -397,8 +409,9 @@ class DynamicSparsity:
             self.masks[name].copy_(mask)
         for name, mask in state["ever_active"].items():
             self.ever_active[name].copy_(mask)
-        for name, ema in state["grad_ema"].items():
-            self.grad_ema[name].copy_(ema)
+        for role, key in (("growth", "grad_ema"), ("drop", "drop_grad_ema")):
+            for name, ema in state.get(key, {}).items():
+                self.grad_emas[role][name].copy_(ema)
         self.last_update = {n: tuple(int(x) for x in v) for n, v in state["last_update"].items()}
         self._refresh_float_masks()
         self.apply_masks_()

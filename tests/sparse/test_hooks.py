@@ -7,7 +7,13 @@ import torch
 from torch import nn
 
 from ft_dist.sparse import DynamicSparsity, SparsityConfig
-from ft_dist.sparse.scores import GROWTH_SCORES, ScoreInputs, growth_criterion
+from ft_dist.sparse.scores import (
+    DROP_SCORES,
+    GROWTH_SCORES,
+    Criterion,
+    ScoreInputs,
+    growth_criterion,
+)
 from tests.sparse.helpers import batch, make_optimizer, tiny_cnn
 
 CONFIG = SparsityConfig(density=0.3, growth="gradient", update_every_steps=2, seed=3)
@@ -120,10 +126,39 @@ def test_fisher_growth_scores_the_ema_of_squared_gradients() -> None:
     # Before the hook masks .grad in place: the EMA reads the dense gradient.
     expected = (1 - sparsity.config.momentum_beta) * sparsity.params[name].grad.square()
     sparsity.before_optimizer_step()
-    torch.testing.assert_close(sparsity.grad_ema[name], expected)
+    torch.testing.assert_close(sparsity.grad_emas["growth"][name], expected)
 
 
 def test_unknown_growth_names_the_choices() -> None:
-    with pytest.raises(ValueError, match="fisher"):
+    with pytest.raises(ValueError, match=", ".join(GROWTH_SCORES)):
         growth_criterion("snip")
-    assert set(GROWTH_SCORES) == {"gradient", "random", "momentum", "fisher"}
+
+
+def test_a_drop_criterion_with_an_ema_reads_its_own(monkeypatch) -> None:
+    """Growth keeping an EMA of g and drop an EMA of g²: each score receives its own EMA."""
+    seen: dict[str, list[torch.Tensor]] = {"drop": [], "growth": []}
+
+    def score(role: str):
+        def read(inputs: ScoreInputs) -> torch.Tensor:
+            seen[role].append(inputs.grad_ema.clone())
+            return inputs.weight.abs() if role == "drop" else inputs.grad_ema.abs()
+
+        return read
+
+    monkeypatch.setitem(
+        DROP_SCORES, "test-ema-drop", Criterion(score("drop"), "g²", ema_of=torch.square)
+    )
+    monkeypatch.setitem(
+        GROWTH_SCORES, "test-ema-grow", Criterion(score("growth"), "g", ema_of=lambda g: g)
+    )
+    config = CONFIG.model_copy(update={"growth": "test-ema-grow", "drop": "test-ema-drop"})
+    model = tiny_cnn()
+    sparsity = DynamicSparsity(model, None, config)
+    backward(model, 0)
+    name = sparsity.sparse_names[0]
+    grad = sparsity.params[name].grad.clone()  # dense, before the hook masks it
+    sparsity.before_optimizer_step()
+    sparsity.explore(0.5, "test-ema-grow")
+    share = 1 - sparsity.config.momentum_beta
+    torch.testing.assert_close(seen["drop"][0], share * grad.square())
+    torch.testing.assert_close(seen["growth"][0], share * grad)
