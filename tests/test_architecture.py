@@ -91,34 +91,56 @@ def test_no_import_cycles() -> None:
     assert cycles(import_graph()) == []
 
 
-# Lower layers never import higher ones (the arrows of docs/architecture.md).
-LAYERS = {
-    "ft_dist.sparse": ("ft_dist.train", "ft_dist.ensemble", "ft_dist.orchestrate", "ft_dist.cli"),
-    "ft_dist.data": ("ft_dist.train", "ft_dist.ensemble", "ft_dist.orchestrate", "ft_dist.cli"),
-    "ft_dist.models": ("ft_dist.train", "ft_dist.ensemble", "ft_dist.orchestrate", "ft_dist.cli"),
-    "ft_dist.train": (
-        "ft_dist.ensemble",
-        "ft_dist.orchestrate",
-        "ft_dist.cli",
-        "ft_dist.bench",
-        "ft_dist.preflight",
-    ),
-    "ft_dist.ensemble": ("ft_dist.orchestrate", "ft_dist.cli", "ft_dist.bench"),
-    "ft_dist.export": ("ft_dist.orchestrate", "ft_dist.cli", "ft_dist.bench"),
-    "ft_dist.orchestrate": ("ft_dist.cli", "ft_dist.bench"),
-}
+DOC = PACKAGE.parent / "docs" / "architecture.md"
 
 
-def test_no_upward_imports() -> None:
+def documented_layers() -> list[list[str]]:
+    """The path tokens of each line of the layer diagram in docs/architecture.md, top first."""
+    text = DOC.read_text().split("## Layers", 1)[1]
+    block = text.split("```", 2)[1]
+    return [line.split("|", 1)[0].split() for line in block.strip().splitlines()]
+
+
+def layer_of(module: str, layers: list[list[str]]) -> int | None:
+    """The line whose path matches ``module`` longest (``dir/`` a package and everything
+    under it, ``file.py`` one module, ``pkg/__init__.py`` the package module only)."""
+    path = module.removeprefix("ft_dist").lstrip(".").replace(".", "/")
+    best, found = -1, None
+    for index, tokens in enumerate(layers):
+        for token in tokens:
+            if token.endswith("/"):
+                hit = (path + "/").startswith(token)
+            elif token.endswith("__init__.py"):
+                hit = path == token.removesuffix("/__init__.py").removesuffix("__init__.py")
+            else:
+                hit = path == token.removesuffix(".py")
+            if hit and len(token) > best:
+                best, found = len(token), index
+    return found
+
+
+def test_the_diagram_places_every_module() -> None:
+    layers = documented_layers()
+    assert [m for m in import_graph() if layer_of(m, layers) is None] == []
+
+
+def test_imports_follow_the_documented_layers() -> None:
+    layers = documented_layers()
     upward = [
         f"{source} -> {target}"
         for source, targets in import_graph().items()
-        for layer, above in LAYERS.items()
-        if source.startswith(layer + ".") or source == layer
         for target in targets
-        if target.startswith(above)
+        if layer_of(target, layers) < layer_of(source, layers)
     ]
     assert upward == []
+
+
+def test_the_layer_check_sees_an_upward_import() -> None:
+    layers = [["cli/"], ["train/strategies/__init__.py", "train/config.py"], ["train/"]]
+    assert layer_of("ft_dist.train.strategies.ddp", layers) == 2
+    assert layer_of("ft_dist.train.strategies", layers) == 1
+    assert layer_of("ft_dist.train.config", layers) == 1
+    assert layer_of("ft_dist.cli.train", layers) == 0
 
 
 NAMES = r"(edst|pdst|dst_ensemble|single|ddp|deepspeed|fsdp2?|gradient|momentum|random|magnitude|sgd|adamw?)"

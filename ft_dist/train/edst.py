@@ -115,17 +115,6 @@ def drop_decay_period(
     return DecayPeriod(start_epoch * steps_per_epoch, (end_epoch - start_epoch) * steps_per_epoch)
 
 
-def phase_epochs(phase: int, num_members: int, cfg: EDSTConfig) -> range:
-    """The epochs of `phase` (0 = exploration, 1..M refinement), e.g. to find its ticket."""
-    _check_members(num_members)
-    if not 0 <= phase <= num_members:
-        raise ValueError(f"EDST phase {phase} is outside 0..{num_members} (num_members)")
-    if phase == 0:
-        return range(0, cfg.exploration_epochs)
-    start = cfg.exploration_epochs + (phase - 1) * cfg.refinement_epochs
-    return range(start, start + cfg.refinement_epochs)
-
-
 def _refinement_scale(local_epoch: int, cfg: EDSTConfig) -> float:
     end = 0
     for scale, epochs in refinement_lr_parts(cfg):
