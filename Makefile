@@ -37,11 +37,17 @@ clean:
 # Submit the ImageNet ensembles (ResNet-50) to the Ray cluster at RAY_ADDRESS as Ray jobs:
 #   make imagenet-edst DATA=/shared/imagenet-shards RAY_ADDRESS=http://HEAD:8265 [ARGS="k=v ..."]
 # DATA: shards written by `ft-dist shards imagefolder`, readable from every node.
-.PHONY: imagenet-edst imagenet-pdst
-imagenet-edst imagenet-pdst: | $(STAMP)
+.PHONY: imagenet-edst imagenet-dst-ensemble
+imagenet-edst imagenet-dst-ensemble: | $(STAMP)
 	@if [ -z "$(RAY_ADDRESS)" ]; then echo "error: set RAY_ADDRESS=http://HEAD:8265, the dashboard address of the Ray cluster (see launch/README.md)" >&2; exit 2; fi
 	@if [ -z "$(DATA)" ]; then echo "error: set DATA=/path/to/imagenet-shards (from ft-dist shards imagefolder, on storage every node can read)" >&2; exit 2; fi
 	launch/submit.sh configs/$(subst -,_,$@).yaml data.root=$(DATA) $(ARGS)
+
+# The old name of imagenet-dst-ensemble; still works.
+.PHONY: imagenet-pdst
+imagenet-pdst:
+	@echo "note: make imagenet-pdst is now make imagenet-dst-ensemble" >&2
+	@$(MAKE) --no-print-directory imagenet-dst-ensemble
 
 # The main job: EDST (M=3, density 0.2) on bundled MNIST through a local Ray cluster,
 # evaluated, with a report; prints the path of report.json last. RUN_NAME=x for a new run.

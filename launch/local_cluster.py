@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """A multi-node Ray cluster on one machine: a head and worker nodes, each its own raylet
-with its own CPU count, so scheduling across nodes (PDST members, spread workers) can be
+with its own CPU count, so scheduling across nodes (DST Ensemble members, spread workers) can be
 exercised without a cloud account. Torn down by process id, never by name.
 
     python launch/local_cluster.py up [--dir D] [--worker-nodes 2] [--worker-cpus 1]

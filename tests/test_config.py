@@ -120,3 +120,19 @@ def test_an_empty_config_file_is_refused_even_with_overrides(tmp_path: Path, tex
     path = write(tmp_path, text)
     with pytest.raises(ValueError, match=r"run.yaml is empty: write at least the data section"):
         load_config(path, ["data.root=/data/mnist"])  # would train WRN-28-10 defaults
+
+
+def test_the_old_dst_ensemble_name_still_loads_with_a_note(tmp_path: Path) -> None:
+    config = write(
+        tmp_path,
+        BASE + "ensemble:\n  method: pdst\n  num_members: 2\n  pdst: {max_concurrent_members: 1}\n",
+    )
+    with pytest.warns(
+        FutureWarning, match="ensemble.method=pdst is now called ensemble.method=dst_ensemble"
+    ):
+        cfg = load_config(config)
+    assert cfg.ensemble.method == "dst_ensemble"
+    assert cfg.ensemble.dst_ensemble.max_concurrent_members == 1
+    both = write(tmp_path, BASE + "ensemble:\n  pdst: {}\n  dst_ensemble: {}\n")
+    with pytest.raises(ValueError, match="ensemble.pdst is the old name of ensemble.dst_ensemble"):
+        load_config(both)

@@ -47,7 +47,7 @@ def test_worker_resources_follow_the_ray_section(tmp_path: Path) -> None:
 def test_only_dst_ensemble_members_wait_for_room_without_limit(tmp_path: Path) -> None:
     single = config_from_dict({"data": {"root": str(tmp_path)}})
     pdst = config_from_dict(
-        {"data": {"root": str(tmp_path)}, "ensemble": {"method": "pdst", "num_members": 2}}
+        {"data": {"root": str(tmp_path)}, "ensemble": {"method": "dst_ensemble", "num_members": 2}}
     )
     assert start_up_limit(single) >= 1 and start_up_limit(pdst) == -1
 

@@ -6,7 +6,7 @@ Checks the data, splits, shards, model shape and the cluster's room for the work
 lines from rank 0 stream to this terminal while it runs; the run directory is printed as
 the very last line of output, so scripts can do `RUN=$(ft-dist train cfg.yaml | tail -n 1)`.
 
-With `ensemble.method: pdst` it trains all M members of a DST Ensemble concurrently
+With `ensemble.method: dst_ensemble` it trains all M members of a DST Ensemble concurrently
 (one worker group each, scheduled by Ray Tune) and prints the experiment directory last.
 """
 
@@ -171,10 +171,10 @@ def train_member(cfg, group: str | None) -> int:
 
 
 def train_ensemble(cfg) -> int:
-    """DST Ensemble: all members concurrently (ft_dist.orchestrate.pdst); prints EXP_DIR last."""
-    from ft_dist.orchestrate.pdst import fit_pdst
+    """DST Ensemble: all members concurrently (ft_dist.orchestrate.dst_ensemble); prints EXP_DIR last."""
+    from ft_dist.orchestrate.dst_ensemble import fit_dst_ensemble
 
-    exp_dir, outcomes = fit_pdst(cfg)
+    exp_dir, outcomes = fit_dst_ensemble(cfg)
     for outcome in outcomes:
         status = "ok" if outcome.error is None else f"FAILED: {outcome.error}"
         print(f"member {outcome.member}: {outcome.run_dir} {status}")

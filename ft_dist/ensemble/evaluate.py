@@ -241,7 +241,7 @@ def _flops(tickets: Sequence[Ticket], layout: Layout) -> dict[str, float | None]
         sparse_total += sparse
     train = [ticket.meta.get("train_flops") for ticket in tickets]
     known = [float(value) for value in train if value is not None]
-    # EDST tickets carry the run's cumulative FLOPs; PDST members are separate runs.
+    # EDST tickets carry the run's cumulative FLOPs; DST Ensemble members are separate runs.
     ensemble_train = (sum(known) if layout == "experiment" else max(known)) if known else None
     return {
         "dense_forward_flops": float(dense),

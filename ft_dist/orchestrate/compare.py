@@ -33,7 +33,7 @@ from ft_dist.config import RunConfig, config_from_dict, config_to_dict
 from ft_dist.ensemble.metrics import deep_ensemble_equivalent
 from ft_dist.ensemble.run_eval import EvalOptions, evaluate_run
 from ft_dist.layout import eval_report, export_dir, member_summaries, run_dir, summary_path
-from ft_dist.orchestrate.pdst import fit_pdst, is_finished
+from ft_dist.orchestrate.dst_ensemble import fit_dst_ensemble, is_finished
 from ft_dist.train.methods import ensemble_method
 
 
@@ -73,18 +73,25 @@ def plan_variants(
     rows = [
         ("dense", "dense", dense, "single", 1, epochs),
         ("dst", "DST (single)", {}, "single", 1, epochs),
-        ("static_ensemble", f"static sparse ensemble (M={members})", static, "pdst", members, epochs),
+        ("static_ensemble", f"static sparse ensemble (M={members})", static, "dst_ensemble", members, epochs),
         ("edst", f"EDST (M={members})", {}, "edst", members, None),
         *(
             [("edst_channels", f"channel-level EDST (M={members}, {_channel_label(channels)})",
               channels, "edst", members, None)]
             if channels else []
         ),
-        ("dst_ensemble", f"DST Ensemble (M={members})", {}, "pdst", members, epochs),
+        ("dst_ensemble", f"DST Ensemble (M={members})", {}, "dst_ensemble", members, epochs),
     ]  # fmt: skip
     if deep_ensemble:
         rows.append(
-            ("deep_ensemble", f"deep ensemble (dense, M={members})", dense, "pdst", members, epochs)
+            (
+                "deep_ensemble",
+                f"deep ensemble (dense, M={members})",
+                dense,
+                "dst_ensemble",
+                members,
+                epochs,
+            )
         )
     return [
         Variant(key, label, _variant_config(base, out_dir, key, sparsity, method, m, n_epochs))
@@ -108,7 +115,7 @@ def _variant_config(
     data["ensemble"] = {
         "method": method,
         "num_members": members,
-        "pdst": ensemble["pdst"],
+        "dst_ensemble": ensemble["dst_ensemble"],
         "edst": ensemble["edst"],
     }
     if ensemble_method(method).own_schedule:
@@ -125,7 +132,7 @@ def train_variant(variant: Variant) -> float:
     cfg = variant.cfg
     start = time.perf_counter()
     if ensemble_method(cfg.ensemble.method).separate_runs:
-        _, outcomes = fit_pdst(cfg)
+        _, outcomes = fit_dst_ensemble(cfg)
         failed = [o for o in outcomes if o.error is not None]
         if failed:
             raise RuntimeError(

@@ -2,18 +2,19 @@
 
 The YAML section is `ensemble:`. `method: single` trains one model (dense, DST or static,
 depending on the `sparsity` section); `edst` trains one run that yields M tickets
-(SPEC §5); `pdst` trains M independent runs that differ in seed (SPEC §6).
+(SPEC §5); `dst_ensemble` trains M independent runs that differ in seed (SPEC §6).
 """
 
 from __future__ import annotations
 
+import warnings
 from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
 from ft_dist.configbase import Section
 from ft_dist.sparse.scores import GROWTH_SCORES
-from ft_dist.train.methods import ENSEMBLE_METHODS, ensemble_method
+from ft_dist.train.methods import ENSEMBLE_METHODS, RENAMED_METHODS, ensemble_method
 from ft_dist.utils import known_name
 
 
@@ -79,7 +80,7 @@ class EDSTConfig(Section):
         return self
 
 
-class PDSTConfig(Section):
+class DSTEnsembleConfig(Section):
     """How the M independent members of a DST Ensemble share the cluster (SPEC §6)."""
 
     max_concurrent_members: int | None = Field(
@@ -95,7 +96,25 @@ class EnsembleConfig(Section):
     method: str = Field("single", description=f"an ensemble method: {', '.join(ENSEMBLE_METHODS)}")
     num_members: int = Field(default=1, ge=1, le=64)
     edst: EDSTConfig | None = None
-    pdst: PDSTConfig = PDSTConfig()
+    dst_ensemble: DSTEnsembleConfig = DSTEnsembleConfig()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed(cls, data: object) -> object:
+        """An old method name (``pdst``) and its section still load, with a note to rename."""
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        for old, new in RENAMED_METHODS.items():
+            if data.get("method") == old:
+                _note_renamed(f"ensemble.method={old}", f"ensemble.method={new}")
+                data["method"] = new
+            if old in data:
+                if new in data:
+                    raise ValueError(f"ensemble.{old} is the old name of ensemble.{new}: keep one")
+                _note_renamed(f"the ensemble.{old} section", f"ensemble.{new}")
+                data[new] = data.pop(old)
+        return data
 
     @field_validator("method")
     @classmethod
@@ -106,3 +125,11 @@ class EnsembleConfig(Section):
     def _check_method(self) -> EnsembleConfig:
         ensemble_method(self.method).check_section(self)
         return self
+
+
+def _note_renamed(old: str, new: str) -> None:
+    warnings.warn(
+        f"{old} is now called {new}; the old name still works for now: rename it in your config",
+        FutureWarning,
+        stacklevel=3,
+    )

@@ -422,7 +422,7 @@ def _first_failure(error: ray.train.WorkerGroupError) -> str:
 def start_up_limit(cfg: Any) -> int:
     """Ray's start-up retries (each waits RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S, 60 s).
 
-    DST Ensemble members queue for each other by design (ensemble.pdst), so they wait as
+    DST Ensemble members queue for each other by design (ensemble.dst_ensemble), so they wait as
     long as it takes; a single run gives up after START_UP_ATTEMPTS tries.
     """
     from ft_dist.train.methods import ensemble_method

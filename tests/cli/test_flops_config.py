@@ -39,9 +39,9 @@ def test_cifar100_edst_config_matches_check_figure(capsys):
     assert result["train_flops"] is None  # the split size is unknown without a manifest
 
 
-def test_cifar100_pdst_config_matches_check_figure(capsys):
-    run = _price(capsys, "cifar100_pdst.yaml", "model.num_classes=100")["run"]
-    assert (run["method"], run["num_members"], run["total_epochs"]) == ("pdst", 3, 750)
+def test_cifar100_dst_ensemble_config_matches_check_figure(capsys):
+    run = _price(capsys, "cifar100_dst_ensemble.yaml", "model.num_classes=100")["run"]
+    assert (run["method"], run["num_members"], run["total_epochs"]) == ("dst_ensemble", 3, 750)
     assert run["train_relative"] == pytest.approx(1.0, abs=0.03)
 
 

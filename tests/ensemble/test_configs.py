@@ -16,11 +16,11 @@ CONFIGS = Path(__file__).resolve().parents[2] / "configs"
     [
         ("demo_edst.yaml", "edst", 3, 9, "small-cnn"),
         ("cifar100_edst.yaml", "edst", 3, 450, "wrn-28-10"),
-        ("cifar100_pdst.yaml", "pdst", 3, 250, "wrn-28-10"),
+        ("cifar100_dst_ensemble.yaml", "dst_ensemble", 3, 250, "wrn-28-10"),
         ("cifar10_edst.yaml", "edst", 3, 450, "wrn-28-10"),
-        ("cifar10_pdst.yaml", "pdst", 3, 250, "wrn-28-10"),
+        ("cifar10_dst_ensemble.yaml", "dst_ensemble", 3, 250, "wrn-28-10"),
         ("imagenet_edst.yaml", "edst", 4, 310, "resnet50"),
-        ("imagenet_pdst.yaml", "pdst", 4, 100, "resnet50"),
+        ("imagenet_dst_ensemble.yaml", "dst_ensemble", 4, 100, "resnet50"),
     ],
 )
 def test_config_budgets(name: str, method: str, members: int, epochs: int, model: str) -> None:
@@ -49,7 +49,7 @@ def test_published_cifar_and_imagenet_settings() -> None:
         0.005,
     )
     assert imagenet.sparsity.stop_step is None  # updates (and the decay) run to the end
-    pdst = load_config(CONFIGS / "cifar100_pdst.yaml")
+    pdst = load_config(CONFIGS / "cifar100_dst_ensemble.yaml")
     assert pdst.optim.milestones == (0.5, 0.75) and pdst.optim.gamma == 0.1
     assert pdst.data.recipe == "cifar100"
 
@@ -60,7 +60,7 @@ def test_cifar10_configs_are_the_cifar100_ones_on_cifar10(dataset: str) -> None:
     data, the recipe (CIFAR-10 statistics, reflect padding), classes and names differ."""
     from ft_dist.config import config_to_dict
 
-    for method in ("edst", "pdst"):
+    for method in ("edst", "dst_ensemble"):
         ours = config_to_dict(load_config(CONFIGS / f"{dataset}_{method}.yaml"))
         other = config_to_dict(load_config(CONFIGS / f"cifar100_{method}.yaml"))
         expected_recipe = {"cifar10": "cifar", "cifar100": "cifar100"}[dataset]
@@ -85,7 +85,7 @@ def test_demos_set_their_own_update_interval(name: str) -> None:
     assert load_config(CONFIGS / name).sparsity.update_every_steps == 25
 
 
-@pytest.mark.parametrize(("method", "relative"), [("edst", 0.61), ("pdst", 1.0)])
+@pytest.mark.parametrize(("method", "relative"), [("edst", 0.61), ("dst_ensemble", 1.0)])
 def test_cifar10_configs_priced_by_flops_config(method: str, relative: float, capsys) -> None:
     """`ft-dist flops --config configs/cifar10_*.yaml` prices the paper's CIFAR-10 runs:
     WRN-28-10 with 10 classes, ERK d = 0.2 (f_S/f_D = 0.340), EDST 0.612x and the DST

@@ -53,7 +53,7 @@ def test_cluster_installs_the_pinned_torch(cluster_yaml: dict):
     ("target", "variables", "message"),
     [
         ("imagenet-edst", {}, "set RAY_ADDRESS="),
-        ("imagenet-pdst", {"RAY_ADDRESS": "http://127.0.0.1:1"}, "set DATA="),
+        ("imagenet-dst-ensemble", {"RAY_ADDRESS": "http://127.0.0.1:1"}, "set DATA="),
     ],
 )
 def test_make_submit_targets_name_the_missing_variable(target, variables, message):
@@ -66,10 +66,17 @@ def test_make_submit_targets_name_the_missing_variable(target, variables, messag
     assert message in result.stderr
 
 
-@pytest.mark.parametrize("kind", ["edst", "pdst"])
-def test_make_submit_targets_submit_the_imagenet_config_with_the_data(kind: str):
+@pytest.mark.parametrize(
+    ("target", "kind"),
+    [
+        ("imagenet-edst", "edst"),
+        ("imagenet-dst-ensemble", "dst_ensemble"),
+        ("imagenet-pdst", "dst_ensemble"),  # the old name still works
+    ],
+)
+def test_make_submit_targets_submit_the_imagenet_config_with_the_data(target: str, kind: str):
     result = subprocess.run(
-        ["make", "-n", f"imagenet-{kind}", "RAY_ADDRESS=http://head:8265", "DATA=/shared/in1k"],
+        ["make", "-n", target, "RAY_ADDRESS=http://head:8265", "DATA=/shared/in1k"],
         cwd=REPO,
         capture_output=True,
         text=True,

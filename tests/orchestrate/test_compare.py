@@ -29,7 +29,7 @@ def test_variants_have_matched_budgets(tmp_path: Path) -> None:
     for key in ("dense", "dst", "static_ensemble", "dst_ensemble"):
         assert variants[key].num_epochs == single_epochs
     assert variants["edst"].num_epochs == edst.exploration_epochs + 3 * edst.refinement_epochs
-    assert variants["static_ensemble"].ensemble.method == "pdst"
+    assert variants["static_ensemble"].ensemble.method == "dst_ensemble"
     assert variants["dst_ensemble"].ensemble.num_members == base.ensemble.num_members
     assert all(cfg.train.output_dir == str(tmp_path) for cfg in variants.values())
     assert {cfg.train.run_name for cfg in variants.values()} == set(variants)
@@ -45,7 +45,7 @@ def test_deep_ensemble_variant(tmp_path: Path) -> None:
     base = load_config(REPO / "configs" / "demo_edst.yaml")
     variants = {v.key: v.cfg for v in plan_variants(base, tmp_path, deep_ensemble=True)}
     deep = variants["deep_ensemble"]
-    assert deep.sparsity.density == 1.0 and deep.ensemble.method == "pdst"
+    assert deep.sparsity.density == 1.0 and deep.ensemble.method == "dst_ensemble"
     assert deep.ensemble.num_members == base.ensemble.num_members
     assert deep.num_epochs == variants["dense"].num_epochs
     assert "deep_ensemble" not in {v.key for v in plan_variants(base, tmp_path)}

@@ -117,9 +117,9 @@ def test_wrn_28_10_cifar_check_figures(num_classes):
     report = _erk_report("wrn-28-10", num_classes, 32)
     assert report.forward_flops_ratio == pytest.approx(0.34, abs=0.02)
     runs = price_paper_runs(report.dense_forward_flops, report.sparse_forward_flops)
-    assert runs["edst"].total_epochs == 450 and runs["pdst"].total_epochs == 750
+    assert runs["edst"].total_epochs == 450 and runs["dst_ensemble"].total_epochs == 750
     assert runs["edst"].train_relative == pytest.approx(0.61, abs=0.02)
-    assert runs["pdst"].train_relative == pytest.approx(1.0, abs=0.03)
+    assert runs["dst_ensemble"].train_relative == pytest.approx(1.0, abs=0.03)
     assert runs["edst"].inference_relative == pytest.approx(3 * report.forward_flops_ratio)
 
 
@@ -164,8 +164,8 @@ def test_price_method_counts_epochs_and_members():
     assert edst.total_epochs == 30 + 4 * 70 and edst.reference_epochs == 100
     assert edst.train_relative == pytest.approx(6.0 * 310 / (30.0 * 100))
     assert edst.inference_flops == 8.0
-    pdst_cfg = EnsembleConfig(method="pdst", num_members=3)
-    pdst = price_method("pdst", 10.0, 2.0, ensemble=pdst_cfg, epochs=50, dynamic=False)
+    pdst_cfg = EnsembleConfig(method="dst_ensemble", num_members=3)
+    pdst = price_method("dst_ensemble", 10.0, 2.0, ensemble=pdst_cfg, epochs=50, dynamic=False)
     assert pdst.total_epochs == 150 and pdst.train_relative == pytest.approx(3 * 0.2)
     single = price_method("single", 10.0, 10.0, ensemble=EnsembleConfig(), epochs=50, dynamic=False)
     assert single.train_relative == 1.0 and single.inference_relative == 1.0
@@ -187,9 +187,9 @@ def test_cli_json(capsys):
     )
     layer_sum = sum(layer["dense_flops"] for layer in result["layers"])
     assert 0 < layer_sum <= result["dense_forward_flops"]
-    assert set(result["runs"]) == {"dense", "static", "dst", "edst", "pdst"}
+    assert set(result["runs"]) == {"dense", "static", "dst", "edst", "dst_ensemble"}
     assert result["runs"]["dense"]["train_relative"] == 1.0
-    assert result["runs"]["pdst"]["num_members"] == 2
+    assert result["runs"]["dst_ensemble"]["num_members"] == 2
 
 
 def test_cli_table_and_user_errors(capsys):

@@ -37,7 +37,7 @@ from tests.launch.test_submit import (
     registered,
     wait_for,
 )
-from tests.orchestrate.pdst_driver import BARRIER_TIMEOUT_S, PausingSession
+from tests.orchestrate.dst_ensemble_driver import BARRIER_TIMEOUT_S, PausingSession
 from tests.train.conftest import tiny_config
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
@@ -181,9 +181,14 @@ def test_dst_ensemble_member_that_loses_its_node_resumes_and_all_finish(
     cfg = tiny_config(
         tiny_mnist,
         tmp_path / "runs",
-        train={"epochs": epochs, "run_name": "pdst", "num_workers": 1, "checkpoint_every_steps": 4},
+        train={
+            "epochs": epochs,
+            "run_name": "dst_ensemble",
+            "num_workers": 1,
+            "checkpoint_every_steps": 4,
+        },
         ray={"max_failures": 2},
-        ensemble={"method": "pdst", "num_members": 2},
+        ensemble={"method": "dst_ensemble", "num_members": 2},
     )
     exp_dir = run_dir(cfg.train)
     flags, log = exp_dir / "flags", []
@@ -195,7 +200,7 @@ def test_dst_ensemble_member_that_loses_its_node_resumes_and_all_finish(
     )
     events.start()
     driver = subprocess.run(
-        [sys.executable, "-m", "tests.orchestrate.pdst_driver", str(config), "lose_node"],
+        [sys.executable, "-m", "tests.orchestrate.dst_ensemble_driver", str(config), "lose_node"],
         env=cluster_env(cluster),
         cwd=REPO,
         capture_output=True,

@@ -1,4 +1,4 @@
-"""The shipped EDST/PDST configs reproduce the official FreeTickets schedules exactly.
+"""The shipped EDST/DST Ensemble configs reproduce the official FreeTickets schedules exactly.
 
 Each reference below transcribes the official code (VITA-Group/FreeTickets, commit
 e5540d1; file and lines cited) as it runs with the README's command lines, and the real
@@ -160,9 +160,9 @@ def test_imagenet_edst_update_interval_and_exploration_growth() -> None:
     assert cfg.optim.no_decay == "norm" and cfg.optim.weight_decay == 1e-4
 
 
-# --------------------------------------------------------------------------- ImageNet PDST
-def test_imagenet_pdst_lr_and_drop_fraction() -> None:
-    cfg = load_config(CONFIGS / "imagenet_pdst.yaml")
+# --------------------------------------------------------------------------- ImageNet DST Ensemble
+def test_imagenet_dst_ensemble_lr_and_drop_fraction() -> None:
+    cfg = load_config(CONFIGS / "imagenet_dst_ensemble.yaml")
 
     def official(epoch: int) -> float:  # main.py:812-832 adjust_learning_rate, multiplier 1
         if epoch < 5:
@@ -261,9 +261,9 @@ def test_cifar_edst_drop_fraction_update_interval_and_exploration() -> None:
     assert cfg.optim.no_decay == "none"  # main_EDST.py:257: weight decay on every parameter
 
 
-# --------------------------------------------------------------------------- CIFAR PDST
-def test_cifar_pdst_lr_is_the_official_multistep() -> None:
-    cfg = load_config(CONFIGS / "cifar100_pdst.yaml")
+# --------------------------------------------------------------------------- CIFAR DST Ensemble
+def test_cifar_dst_ensemble_lr_is_the_official_multistep() -> None:
+    cfg = load_config(CONFIGS / "cifar100_dst_ensemble.yaml")
     epochs = cfg.num_epochs
     # main_DST.py:253-254 and :299: MultiStepLR(milestones=[int(250/2), int(250*3/4)])
     # stepped after each epoch; torch itself is the reference.

@@ -4,7 +4,7 @@ An entry (methods/base.py `EnsembleMethod`) says how many epochs its run trains 
 many models it yields (FLOPs pricing, `ft-dist flops`), which cross-section rules its config
 must meet (validation), which run plan the loop follows, whether it is phased (explores and
 refines from ``ensemble.edst``) and whether its members are separate runs (the CLI then
-hands the config to `orchestrate/pdst.py`). Nothing else branches on a method name. A new
+hands the config to `orchestrate/dst_ensemble.py`). Nothing else branches on a method name. A new
 method is one module here plus its line in the table (docs/architecture.md). Torch-free.
 """
 
@@ -22,8 +22,10 @@ if TYPE_CHECKING:
 ENSEMBLE_METHODS: dict[str, EnsembleMethod] = {
     "single": single.ENTRY,
     "edst": edst.ENTRY,
-    "pdst": dst_ensemble.ENTRY,
+    "dst_ensemble": dst_ensemble.ENTRY,
 }
+# Old names that configs may still use: old -> new (ensemble_config.py says so when loading).
+RENAMED_METHODS: dict[str, str] = {"pdst": "dst_ensemble"}
 
 
 def ensemble_method(name: str) -> EnsembleMethod:

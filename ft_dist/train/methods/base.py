@@ -58,7 +58,7 @@ class EnsembleMethod:
 
     label: str
     summary: str
-    separate_runs: bool  # members are independent runs (orchestrate/pdst.py trains them)
+    separate_runs: bool  # members are independent runs (orchestrate/dst_ensemble.py trains them)
     own_schedule: bool  # the method derives train.epochs from its own section
     phased: bool  # explores, then refines M phases from ensemble.edst (compare, bench channels)
     epochs: Callable[[EnsembleConfig, int], MethodEpochs]

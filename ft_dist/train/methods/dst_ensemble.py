@@ -1,5 +1,5 @@
 """DST Ensemble (SPEC §6): M independent DST runs with their own seeds, trained concurrently
-by orchestrate/pdst.py; each member is a single run with its own member index."""
+by orchestrate/dst_ensemble.py; each member is a single run with its own member index."""
 
 from __future__ import annotations
 

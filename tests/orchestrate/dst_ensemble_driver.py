@@ -1,9 +1,9 @@
-"""Run `fit_pdst` with a test loop as a client process of a (token-auth) Ray cluster.
+"""Run `fit_dst_ensemble` with a test loop as a client process of a (token-auth) Ray cluster.
 
 Ray reads its auth settings when a process first loads them, so each test drives the
 cluster from a fresh process started with the cluster's environment:
 
-    python -m tests.orchestrate.pdst_driver CONFIG.yaml LOOP
+    python -m tests.orchestrate.dst_ensemble_driver CONFIG.yaml LOOP
 
 LOOP is `meet_fail2`: members wait for each other before training (proves they run at the
 same time) and record their node, then member 2 crashes. LOOP is `timeline`: each member
@@ -25,7 +25,7 @@ import cloudpickle
 import ray
 
 from ft_dist.config import load_config
-from ft_dist.orchestrate.pdst import fit_pdst
+from ft_dist.orchestrate.dst_ensemble import fit_dst_ensemble
 from ft_dist.train.loop import train
 
 # Ray workers get the loops below by value: they need not import the tests package.
@@ -138,7 +138,7 @@ def main(config_path: str, loop_name: str) -> int:
     cfg = load_config(config_path)
     ray.init(address=os.environ["RAY_GCS_ADDRESS"])
     try:
-        _, outcomes = fit_pdst(cfg, LOOPS[loop_name])
+        _, outcomes = fit_dst_ensemble(cfg, LOOPS[loop_name])
     finally:
         ray.shutdown()
     print(json.dumps([{"member": o.member, "error": o.error} for o in outcomes]))

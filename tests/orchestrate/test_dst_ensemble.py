@@ -16,27 +16,27 @@ import pytest
 
 from ft_dist.config import save_config
 from ft_dist.ensemble.run_eval import EvalOptions, evaluate_run
-from ft_dist.orchestrate.pdst import member_config
+from ft_dist.orchestrate.dst_ensemble import member_config
 from tests.launch.test_submit import cluster, cluster_env  # noqa: F401 (fixture)
 from tests.train.conftest import tiny_config, tiny_mnist  # noqa: F401 (fixture)
 
 REPO = Path(__file__).resolve().parents[2]
 
 
-def _pdst_config(root: Path, out: Path, name: str):
+def _dst_ensemble_config(root: Path, out: Path, name: str):
     return tiny_config(
         root,
         out,
         train={"epochs": 1, "run_name": name, "num_workers": 1},
         ray={"max_failures": 0},
-        ensemble={"method": "pdst", "num_members": 2},
+        ensemble={"method": "dst_ensemble", "num_members": 2},
     )
 
 
 def _drive(cluster_dir: Path, config: Path, loop: str) -> list[dict]:
-    """fit_pdst with a test loop, from a client process of the cluster."""
+    """fit_dst_ensemble with a test loop, from a client process of the cluster."""
     result = subprocess.run(
-        [sys.executable, "-m", "tests.orchestrate.pdst_driver", str(config), loop],
+        [sys.executable, "-m", "tests.orchestrate.dst_ensemble_driver", str(config), loop],
         env=cluster_env(cluster_dir),
         cwd=REPO,
         capture_output=True,
@@ -49,10 +49,10 @@ def _drive(cluster_dir: Path, config: Path, loop: str) -> list[dict]:
 
 
 def test_member_config_changes_member_and_paths(tiny_mnist: Path, tmp_path: Path) -> None:  # noqa: F811
-    cfg = _pdst_config(tiny_mnist, tmp_path, "pdst")
+    cfg = _dst_ensemble_config(tiny_mnist, tmp_path, "dst_ensemble")
     member = member_config(cfg, 2)
     assert member.train.member == 2 and member.train.run_name == "member_2"
-    assert Path(member.train.output_dir) == tmp_path / "pdst" / "members"
+    assert Path(member.train.output_dir) == tmp_path / "dst_ensemble" / "members"
     assert member.sparsity == cfg.sparsity and member.model == cfg.model
     with pytest.raises(ValueError, match="outside"):
         member_config(cfg, 3)
@@ -65,9 +65,9 @@ def test_members_run_concurrently_fail_alone_and_resume(
     tiny_mnist: Path,  # noqa: F811
     tmp_path: Path,
 ) -> None:
-    cfg = _pdst_config(tiny_mnist, tmp_path, "pdst")
+    cfg = _dst_ensemble_config(tiny_mnist, tmp_path, "dst_ensemble")
     config = save_config(cfg, tmp_path / "pdst.yaml")
-    exp_dir = tmp_path / "pdst"
+    exp_dir = tmp_path / "dst_ensemble"
     # Both members start together (a barrier in the loop), one per 1-CPU node; member 2
     # then crashes, member 1 trains to the end.
     outcomes = _drive(cluster, config, "meet_fail2")
@@ -117,7 +117,7 @@ def test_members_queue_when_the_cluster_is_full(
         data={"batch_size_per_worker": 128},  # 2 steps per epoch: the runs stay short
         train={"epochs": 1, "run_name": "queue", "num_workers": 1},
         ray={"max_failures": 0},
-        ensemble={"method": "pdst", "num_members": 3},
+        ensemble={"method": "dst_ensemble", "num_members": 3},
     )
     exp_dir = tmp_path / "queue"
     outcomes = _drive(cluster, save_config(cfg, tmp_path / "queue.yaml"), "timeline")

@@ -7,7 +7,7 @@ group, checkpoints and tickets, in EXP_DIR/members/member_<i>/, with `train.memb
 Scheduling is Ray Tune's, not ours: one Tune trial per member whose function launches
 that member's `TorchTrainer` (the Ray Train V2 + Tune pattern). The trial itself reserves
 (almost) no resources; the member's workers do, so members whose workers do not fit wait in
-Ray's queue until resources free up, and `ensemble.pdst.max_concurrent_members` caps how
+Ray's queue until resources free up, and `ensemble.dst_ensemble.max_concurrent_members` caps how
 many start at once. Tune runs trials independently: one member failing (after its own
 `ray.max_failures` restarts) stops neither the others nor their tickets. Re-running the
 same experiment resumes each unfinished member from its own checkpoints; members whose
@@ -87,7 +87,7 @@ def _train_member(
     fit(members[int(trial_config["member"])], loop, group=group)
 
 
-def fit_pdst(
+def fit_dst_ensemble(
     cfg: RunConfig, loop: Callable[..., Any] | None = None
 ) -> tuple[Path, list[MemberOutcome]]:
     """Train all members of a DST Ensemble; returns EXP_DIR and each member's outcome.
@@ -100,7 +100,7 @@ def fit_pdst(
 
     if not ensemble_method(cfg.ensemble.method).separate_runs:
         raise ValueError(
-            f"ensemble.method={cfg.ensemble.method!r} trains its members in one run; fit_pdst "
+            f"ensemble.method={cfg.ensemble.method!r} trains its members in one run; fit_dst_ensemble "
             "trains methods whose members are separate runs"
         )
     exp_dir = run_dir(cfg.train)
@@ -123,7 +123,7 @@ def fit_pdst(
         trainable,
         param_space={"member": tune.grid_search(list(pending))},
         tune_config=tune.TuneConfig(
-            max_concurrent_trials=cfg.ensemble.pdst.max_concurrent_members or num_members
+            max_concurrent_trials=cfg.ensemble.dst_ensemble.max_concurrent_members or num_members
         ),
         run_config=tune.RunConfig(
             name=cfg.train.run_name,
