@@ -29,7 +29,7 @@ from tests.train.test_loop import (
     run_loop,
 )
 
-# One epoch of 8 steps (EDST's example: 2); a DST update every 3 steps; a checkpoint at 4.
+# 8 steps per epoch; a DST update every 3 steps; a checkpoint at step 4 (mid-epoch).
 TRAIN = {"checkpoint_every_steps": 4, "keep_checkpoints": 10, "ticket": "last"}
 
 
@@ -53,7 +53,7 @@ def test_every_method_trains_resumes_and_is_priced(
     method: str, tiny_mnist: Path, tmp_path: Path, capsys
 ) -> None:
     entry = ENSEMBLE_METHODS[method]
-    train = TRAIN if entry.own_schedule else {**TRAIN, "epochs": 1}
+    train = TRAIN if entry.own_schedule else {**TRAIN, "epochs": 2}  # 2: room for 2 members
     ensemble = {"method": method, **entry.example}
     cfg = tiny_config(tiny_mnist, tmp_path / "a", train=train, ensemble=ensemble)
     summary = _trains_resumes_and_is_priced(cfg, tmp_path, capsys)
