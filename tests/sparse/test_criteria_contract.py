@@ -5,18 +5,15 @@ and is accepted or refused by each strategy as its table entry says."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
 
-from ft_dist.cli import main
-from ft_dist.config import save_config
 from ft_dist.sparse.config import SparsityConfig
 from ft_dist.sparse.scores import DROP_SCORES, GROWTH_SCORES
 from ft_dist.train.strategies import STRATEGIES, check_strategy_supports
 from tests.train.conftest import tiny_config
-from tests.train.test_loop import assert_same_training_state, final_state, resume_copy, run_loop
+from tests.train.test_loop import trains_resumes_and_is_priced
 
 CRITERIA = [("growth", name) for name in GROWTH_SCORES] + [("drop", name) for name in DROP_SCORES]
 
@@ -38,18 +35,9 @@ def test_criterion_trains_resumes_and_is_priced(
         sparsity={key: name, "update_every_steps": 3},
         train={"epochs": 1, "checkpoint_every_steps": 4, "keep_checkpoints": 5, "ticket": "last"},
     )
-    summary, tracker, _ = run_loop(cfg)
-    assert summary["steps"] == 8 and summary["train_flops"] > 0
+    _, tracker, priced = trains_resumes_and_is_priced(cfg, tmp_path, capsys)
     updates = [m["sparse/num_updates"] for _, m in tracker.logged if "sparse/num_updates" in m]
     assert updates and max(updates) >= 1  # the criterion really ran
-
-    resumed = resume_copy(cfg, 4, tmp_path / "b")
-    run_loop(resumed)
-    assert_same_training_state(final_state(cfg), final_state(resumed))
-
-    path = save_config(cfg, tmp_path / "run.yaml")
-    assert main(["flops", "--config", str(path), "--json"]) == 0
-    priced = json.loads(capsys.readouterr().out)
     assert priced["settings"][key if key == "growth" else "growth"] == cfg.sparsity.growth
     assert 0.0 < priced["run"]["train_relative"] < 1.0  # d = 0.2 costs less than dense
 

@@ -6,14 +6,11 @@ model families: tests/models/test_families.py)."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
 import torch
 
-from ft_dist.cli import main
-from ft_dist.config import save_config
 from ft_dist.data.transforms import RECIPES
 from ft_dist.train.methods import ENSEMBLE_METHODS
 from ft_dist.train.optim import build_optimizer
@@ -24,39 +21,25 @@ from tests.train.conftest import tiny_config
 from tests.train.test_loop import (
     assert_same_training_state,
     final_state,
-    resume_copy,
     resume_on_every_rank,
     run_loop,
+    trains_resumes_and_is_priced,
 )
 
 # 8 steps per epoch; a DST update every 3 steps; a checkpoint at step 4 (mid-epoch).
 TRAIN = {"checkpoint_every_steps": 4, "keep_checkpoints": 10, "ticket": "last"}
 
 
-def _trains_resumes_and_is_priced(cfg, tmp_path: Path, capsys) -> dict:
-    summary, tracker, _ = run_loop(cfg)
-    assert summary["steps"] == cfg.num_epochs * 8 and summary["train_flops"] > 0
-    assert summary["tickets"]  # every method writes at least one ticket
-    resumed = resume_copy(cfg, 4, tmp_path / "resumed")
-    run_loop(resumed)
-    assert_same_training_state(final_state(cfg), final_state(resumed))
-    path = save_config(cfg, tmp_path / "run.yaml")
-    assert main(["flops", "--config", str(path), "--json"]) == 0
-    priced = json.loads(capsys.readouterr().out)
-    assert priced["run"]["train_relative"] > 0.0
-    return summary
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("method", ENSEMBLE_METHODS)
-def test_every_method_trains_resumes_and_is_priced(
+def test_every_methodtrains_resumes_and_is_priced(
     method: str, tiny_mnist: Path, tmp_path: Path, capsys
 ) -> None:
     entry = ENSEMBLE_METHODS[method]
     train = TRAIN if entry.own_schedule else {**TRAIN, "epochs": 2}  # 2: room for 2 members
     ensemble = {"method": method, **entry.example}
     cfg = tiny_config(tiny_mnist, tmp_path / "a", train=train, ensemble=ensemble)
-    summary = _trains_resumes_and_is_priced(cfg, tmp_path, capsys)
+    summary, _, _ = trains_resumes_and_is_priced(cfg, tmp_path, capsys)
     # A run yields its share of the ensemble: all of it, or one member of separate runs.
     expected = 1 if entry.separate_runs else cfg.ensemble.num_members
     assert len(summary["tickets"]) == expected
@@ -64,12 +47,12 @@ def test_every_method_trains_resumes_and_is_priced(
 
 @pytest.mark.slow
 @pytest.mark.parametrize("optimizer", OPTIMIZERS)
-def test_every_optimizer_trains_resumes_and_is_priced(
+def test_every_optimizertrains_resumes_and_is_priced(
     optimizer: str, tiny_mnist: Path, tmp_path: Path, capsys
 ) -> None:
     optim = {"name": optimizer, **optimizer_entry(optimizer).typical}
     cfg = tiny_config(tiny_mnist, tmp_path / "a", train={**TRAIN, "epochs": 1}, optim=optim)
-    _trains_resumes_and_is_priced(cfg, tmp_path, capsys)
+    trains_resumes_and_is_priced(cfg, tmp_path, capsys)
 
 
 @pytest.mark.parametrize("optimizer", OPTIMIZERS)

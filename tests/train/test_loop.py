@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from ft_dist.cli import main
+from ft_dist.config import save_config
 from ft_dist.layout import checkpoint_name, checkpoints_dir, run_dir, ticket_path
 from ft_dist.models import build_model
 from ft_dist.sparse.flops import forward_flops
@@ -67,6 +69,23 @@ def resume_copy(cfg, step: int, out: Path):
     source = checkpoints_dir(run_dir(cfg.train)) / checkpoint_name(step)
     shutil.copytree(source, checkpoints_dir(run_dir(resumed.train)) / checkpoint_name(step))
     return resumed
+
+
+def trains_resumes_and_is_priced(cfg, tmp_path: Path, capsys) -> tuple[dict, object, dict]:
+    """The contract of a table entry: ``cfg`` trains and writes a ticket, a copy resumed from
+    its checkpoint at step 4 ends bit-identical, and `ft-dist flops --config` prices it.
+    Returns (summary, tracker, the price as JSON)."""
+    summary, tracker, _ = run_loop(cfg)
+    assert summary["steps"] == cfg.num_epochs * 8 and summary["train_flops"] > 0
+    assert summary["tickets"]
+    resumed = resume_copy(cfg, 4, tmp_path / "resumed")
+    run_loop(resumed)
+    assert_same_training_state(final_state(cfg), final_state(resumed))
+    path = save_config(cfg, tmp_path / "run.yaml")
+    assert main(["flops", "--config", str(path), "--json"]) == 0
+    priced = json.loads(capsys.readouterr().out)
+    assert priced["run"]["train_relative"] > 0.0
+    return summary, tracker, priced
 
 
 @pytest.mark.slow
