@@ -148,7 +148,25 @@ def check_model_builds(model: Any, sparsity: Any) -> Any:
                 "Conv/Linear or attention weight); add weights with sparsity.include "
                 "patterns, or set sparsity.density=1.0 for a dense run"
             )
+    if sparsity.channel_sparsity > 0:
+        check_channel_groups(model, sparsity)
     return network
+
+
+def check_channel_groups(model: Any, sparsity: Any) -> None:
+    """Channel-level DST can cut this model's channels: its groups trace, and every group the
+    config names by key verifies a trial cut (others that do not are kept whole, with a
+    warning). The same check every worker runs at its first forward, done here on CPU with
+    random weights, so that a model that cannot be cut is refused before any worker starts."""
+    import torch
+
+    from ft_dist.models import build_model_from_config
+    from ft_dist.sparse.channels import verified_structure
+
+    with torch.device("cpu"):
+        network = build_model_from_config(model)
+    example = torch.zeros(1, model.in_channels, model.image_size, model.image_size)
+    verified_structure(network, example, sparsity.channel_group_sparsity)
 
 
 def check_writable(cfg: RunConfig) -> None:

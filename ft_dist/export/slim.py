@@ -10,6 +10,7 @@ unstructured masks. The channels cut are recorded per member in artifact.json, a
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,10 @@ import torch
 from torch import nn
 
 from ft_dist.ensemble.tickets import Ticket, build_member, load_masked
-from ft_dist.sparse.slim import slim_model
+from ft_dist.sparse.allocation import strip_wrapper_prefixes
+from ft_dist.sparse.slim import dead_channels, slim_model
+from ft_dist.sparse.structure import ChannelTraceError, channel_structure
+from ft_dist.sparse.verify import cut_problem
 
 
 def _example(meta: dict[str, Any]) -> torch.Tensor:
@@ -25,11 +29,22 @@ def _example(meta: dict[str, Any]) -> torch.Tensor:
     return torch.zeros(1, int(meta["in_channels"]), size, size)
 
 
-def slim_ticket(ticket: Ticket) -> tuple[dict, dict, dict[str, Any]]:
-    """(slim state_dict, masks of the slim weights, channel record) of one ticket."""
+def slim_ticket(ticket: Ticket) -> tuple[dict, dict, dict[str, Any] | None]:
+    """(slim state_dict, masks of the slim weights, channel record) of one ticket; when its
+    dead channels cannot be cut exactly (the trial cut of sparse/verify.py fails), its masked
+    network as it is, with a warning, and no record."""
     model = build_member(ticket)
     full = sum(p.numel() for p in model.parameters())
-    cut = slim_model(model, ticket.masks, _example(ticket.meta))
+    example = _example(ticket.meta)
+    problem = cut_problem_of(model, ticket.masks, example)
+    if problem is not None:
+        warnings.warn(
+            f"{ticket.path}: exported with its channels kept (masked, not slim): {problem}",
+            UserWarning,
+            stacklevel=2,
+        )
+        return model.state_dict(), ticket.masks, None
+    cut = slim_model(model, ticket.masks, example)
     record = {
         "removed": cut.removed,
         "kept": cut.kept,
@@ -38,6 +53,20 @@ def slim_ticket(ticket: Ticket) -> tuple[dict, dict, dict[str, Any]]:
         "full_parameters": full,
     }
     return cut.model.state_dict(), cut.masks, record
+
+
+def cut_problem_of(
+    model: nn.Module, masks: dict[str, torch.Tensor], example: torch.Tensor
+) -> str | None:
+    """Why cutting the dead channels out of this masked network would not give the same
+    network (None: it would, or none are dead)."""
+    try:
+        structure = channel_structure(model, example)
+    except ChannelTraceError as error:
+        return str(error)
+    params = {strip_wrapper_prefixes(n): p for n, p in model.named_parameters()}
+    removed = dead_channels(structure, params, masks)
+    return cut_problem(model, structure, removed, example) if removed else None
 
 
 def member_model(

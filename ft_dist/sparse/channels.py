@@ -50,7 +50,8 @@ from __future__ import annotations
 
 import fnmatch
 import math
-from collections.abc import Callable
+import warnings
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING
 
 import torch
@@ -58,8 +59,14 @@ from torch import nn
 
 from ft_dist.private_api import compiled_inner_module
 from ft_dist.sparse.allocation import active_counts, layer_densities, strip_wrapper_prefixes
-from ft_dist.sparse.structure import ChannelGroup, Structure, channel_structure
+from ft_dist.sparse.structure import (
+    ChannelGroup,
+    ChannelTraceError,
+    Structure,
+    channel_structure,
+)
 from ft_dist.sparse.update import LayerUpdate, prune_and_grow
+from ft_dist.sparse.verify import verify_structure
 
 if TYPE_CHECKING:
     from ft_dist.sparse.dynamic import DynamicSparsity
@@ -170,12 +177,7 @@ class ChannelSparsity:
     def build(self, example: torch.Tensor) -> None:
         from ft_dist.sparse.flops import flops_report
 
-        structure = channel_structure(self.model, example)
-        if not structure.groups:
-            raise ValueError(
-                "sparsity.channel_sparsity: the model has no removable channel group "
-                f"(fixed: {[f'{root}: {why}' for root, why in structure.fixed]})"
-            )
+        structure = verified_structure(self.model, example, self.group_final)
         loaded = self.alive
         self.alive = {g.name: torch.ones(g.size, dtype=torch.bool) for g in structure.groups}
         if loaded:
@@ -495,3 +497,36 @@ class ChannelSparsity:
 
     def build_from_alive(self) -> None:
         self._refresh_keep()
+
+
+def verified_structure(
+    model: nn.Module, example: torch.Tensor, named: Mapping[str, float] | None = None
+) -> Structure:
+    """The model's channel groups whose trial cut verifies (sparse/verify.py). A group that
+    does not is kept whole, with a warning naming it; one that ``named`` (the keys of
+    sparsity.channel_group_sparsity) asks for by name is an error naming the fix."""
+    try:
+        structure = channel_structure(model, example)
+    except ChannelTraceError as error:
+        raise ValueError(
+            f"sparsity.channel_sparsity: this model's channels cannot be cut: {error}; "
+            "set sparsity.channel_sparsity=0 (unstructured DST works on it)"
+        ) from None
+    groups = {g.name: g for g in structure.groups}
+    structure, excluded = verify_structure(model, structure, example)
+    for name, problem in excluded:
+        asked = [key for key in named or {} if _names(key, groups[name])]
+        if asked:
+            raise ValueError(
+                f"sparsity.channel_group_sparsity: {asked[0]} names channel group {name}, "
+                f"which cannot be cut ({problem}); remove that key (the group is then kept "
+                "whole)"
+            )
+        warnings.warn(f"channel group {name} is kept whole: {problem}", UserWarning, stacklevel=2)
+    if not structure.groups:
+        raise ValueError(
+            "sparsity.channel_sparsity: the model has no removable channel group "
+            f"(fixed: {[f'{root}: {why}' for root, why in structure.fixed]}); set "
+            "sparsity.channel_sparsity=0"
+        )
+    return structure

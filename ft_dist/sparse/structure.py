@@ -34,6 +34,7 @@ from torch import nn
 
 from ft_dist.private_api import batch_norm_base, conv_base, instance_norm_base
 from ft_dist.sparse.allocation import strip_wrapper_prefixes
+from ft_dist.utils import error_summary
 
 PER_CHANNEL_NORMS = (batch_norm_base(), instance_norm_base())
 CONVOLUTIONS = conv_base()  # Conv1d/2d/3d and ConvTranspose1d/2d/3d
@@ -84,6 +85,11 @@ class Structure:
             if group.name == name:
                 return group
         raise KeyError(f"no removable channel group {name!r}")
+
+
+class ChannelTraceError(ValueError):
+    """torch-pruning could not trace the model's channel dependencies (e.g. a channel
+    shuffle): no channel of it can be cut."""
 
 
 class _Unsupported(Exception):
@@ -245,7 +251,13 @@ def trace_structure(model: nn.Module, example: torch.Tensor):
         blocks = attention_blocks(model)
         ignored = outputs + [block.qkv for block in blocks.values()]
         with torch.enable_grad():
-            dg = tp.DependencyGraph().build_dependency(model, example, verbose=False)
+            try:
+                dg = tp.DependencyGraph().build_dependency(model, example, verbose=False)
+            except Exception as error:  # torch-pruning's own failure, whatever its type
+                raise ChannelTraceError(
+                    "its channel dependencies cannot be traced (torch-pruning: "
+                    f"{error_summary(error)})"
+                ) from error
         names = {m: strip_wrapper_prefixes(n) for n, m in model.named_modules()}
         groups, fixed = [], []
         for group in dg.get_all_groups(ignored_layers=ignored):

@@ -145,3 +145,18 @@ def test_more_workers_than_the_machine_has_fail_at_once(tmp_path: Path) -> None:
         r"train.num_workers=\1 \(or fewer\), or add nodes",
         line,
     ), line
+
+
+def test_channel_sparsity_on_a_model_whose_channels_cannot_be_cut(
+    tmp_path: Path, dataset: Path, capsys
+) -> None:
+    # torchvision's ShuffleNet: torch-pruning cannot trace its channel shuffle (the workers
+    # used to fail there with a ZeroDivisionError, retried by Ray).
+    overrides = (
+        "model.name=torchvision:shufflenet_v2_x0_5",
+        "data.image_size=64",
+        "sparsity.channel_sparsity=0.5",
+        "sparsity.channel_end_step=4",
+    )
+    err = train_error(capsys, write_config(tmp_path, dataset), *overrides)
+    assert "this model's channels cannot be cut" in err and "channel_sparsity=0" in err
