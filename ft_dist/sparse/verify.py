@@ -34,10 +34,14 @@ from ft_dist.utils import error_summary
 TOLERANCE = 2e-5
 
 
-def trial_channels(group: ChannelGroup) -> list[int]:
-    """Every other channel (1, 3, 5, ...): each part of a split or concatenation loses some,
-    and the group keeps at least one."""
-    return list(range(1, group.size, 2))
+def trial_channels(group: ChannelGroup) -> list[list[int]]:
+    """The cuts tried on a group: one channel (a width that no longer divides, a layer cut
+    twice by two paths of the trace), and every other channel (each part of a split or
+    concatenation loses some); the group always keeps at least one."""
+    if group.size < 2:
+        return []
+    odd = list(range(1, group.size, 2))
+    return [[1], odd] if odd != [1] else [[1]]
 
 
 def zero_channels_(
@@ -72,8 +76,13 @@ def cut_problem(
     ).to(example.device)
     masked, slim = copy.deepcopy(model).eval(), copy.deepcopy(model).eval()
     zero_channels_(masked, structure, removed)
+    # Masks of every parameter: the cut must leave each exactly the shape its mask is cut to.
+    shapes = {
+        strip_wrapper_prefixes(n): torch.ones_like(p, dtype=torch.bool)
+        for n, p in model.named_parameters()
+    }
     try:
-        slim_model(slim, {}, example, dict(removed))
+        slim_model(slim, shapes, example, dict(removed))
         with torch.no_grad():
             want, got = masked(batch), slim(batch)
     except Exception as error:  # whatever the cut breaks: the group is not cut
@@ -90,19 +99,25 @@ def cut_problem(
 def verify_structure(
     model: nn.Module, structure: Structure, example: torch.Tensor
 ) -> tuple[Structure, tuple[tuple[str, str], ...]]:
-    """``structure`` without the groups whose trial cut fails (they join ``fixed`` with the
-    reason), and those (group, reason) pairs. One trial cuts every group at once; only when
-    it fails is each group tried alone, and the survivors again together."""
+    """``structure`` without the groups whose trial cuts fail (they join ``fixed`` with the
+    reason), and those (group, reason) pairs. Each kind of trial cuts every group at once;
+    only when one fails is each group tried alone, and the survivors again together."""
     trials = {g.name: trial_channels(g) for g in structure.groups if trial_channels(g)}
-    if cut_problem(model, structure, trials, example) is None:
+
+    def problem_of(names) -> str | None:
+        kinds = max((len(trials[n]) for n in names), default=0)
+        for kind in range(kinds):
+            cut = {n: trials[n][min(kind, len(trials[n]) - 1)] for n in names}
+            problem = cut_problem(model, structure, cut, example)
+            if problem is not None:
+                return problem
+        return None
+
+    if problem_of(list(trials)) is None:
         return structure, ()
-    excluded = []
-    for name, channels in trials.items():
-        problem = cut_problem(model, structure, {name: channels}, example)
-        if problem is not None:
-            excluded.append((name, problem))
-    survivors = {k: v for k, v in trials.items() if k not in dict(excluded)}
-    together = cut_problem(model, structure, survivors, example)
+    excluded = [(n, p) for n in trials if (p := problem_of([n])) is not None]
+    survivors = [n for n in trials if n not in dict(excluded)]
+    together = problem_of(survivors)
     if together is not None:  # groups fine alone but not together: keep them all whole
         excluded += [(name, f"cut with the others, {together}") for name in survivors]
     gone = dict(excluded)

@@ -64,7 +64,8 @@ def test_a_spatial_gate_over_the_channels_is_never_removable() -> None:
     verified, _ = verify_structure(model, channel_structure(model, example), example)
     assert "conv1" not in {g.name for g in verified.groups}  # the gate reads its mean
     for group in verified.groups:
-        assert cut_problem(model, verified, {group.name: trial_channels(group)}, example) is None
+        for channels in trial_channels(group):
+            assert cut_problem(model, verified, {group.name: channels}, example) is None
 
 
 def test_channel_dst_keeps_an_unverified_group_whole_with_a_warning() -> None:
@@ -143,8 +144,13 @@ def test_export_cuts_a_ticket_it_can_cut_without_a_warning() -> None:
     assert record is not None and record["removed"] == {"features.0": [1]}
 
 
-def test_ghostnet_groups_verify() -> None:
-    assert _excluded("timm:ghostnet_050", 32) == {}
+@pytest.mark.heavy  # a minute or two: each of its 31 groups tried alone
+def test_ghostnet_groups_that_the_cut_gets_wrong_are_kept_whole() -> None:
+    # torch-pruning cuts the stem of ghostnet_050 twice (two paths of its trace): cutting one
+    # channel of that group leaves 6 of 8, not 7 (its export failed after training).
+    excluded = _excluded("timm:ghostnet_050", 32)
+    assert "blocks.1.0.shortcut.0" in excluded
+    assert "slimming left conv_stem.weight at (6, 3, 3, 3)" in excluded["blocks.1.0.shortcut.0"]
 
 
 @pytest.mark.heavy
