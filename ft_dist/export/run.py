@@ -12,6 +12,8 @@ from the members *decoded back from the written bytes*, so it is what the artifa
 from __future__ import annotations
 
 import io
+import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +39,7 @@ from ft_dist.export.artifact import (
 from ft_dist.export.format import decode_member, encode_member, sha256_hex
 from ft_dist.export.program import export_program, serving_program
 from ft_dist.export.slim import member_model, slim_ticket
-from ft_dist.utils import write_bytes_atomic
+from ft_dist.utils import partial_dir, replace_dir, write_bytes_atomic
 
 PROGRAM_INPUT = "float32 images [N, C, H, W] in [0, 1], after eval_transform (not normalised)"
 PROGRAM_OUTPUT = "float32 [N, num_classes]: the mean of the members' softmax probabilities"
@@ -83,20 +85,31 @@ def preprocessing_facts(run_root: Path, ticket: Ticket, data_root: str | None) -
     }
 
 
-def prepare_out(out: Path, force: bool) -> Path:
+def check_out(out: Path, force: bool) -> None:
+    """``out`` may receive an export: a new or empty directory, or (``force``) one whose
+    export files are to be replaced."""
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {out} is a file; give a directory")
-    if out.is_dir() and any(out.iterdir()):
-        if not force:
-            raise ValueError(
-                f"--out {out} is not empty; choose a new directory or pass --force to replace "
-                "an earlier export there"
-            )
-        for path in out.iterdir():  # only what an export writes
-            if is_artifact_file(path.name):
-                path.unlink()
-    out.mkdir(parents=True, exist_ok=True)
-    return out
+    if out.is_dir() and any(out.iterdir()) and not force:
+        raise ValueError(
+            f"--out {out} is not empty; choose a new directory or pass --force to replace "
+            "an earlier export there"
+        )
+
+
+def publish(partial: Path, out: Path) -> None:
+    """Move the finished export in ``partial`` to ``out``: the whole directory at once, or,
+    when ``out`` holds files of the user's, the export's files replaced among them."""
+    foreign = [p for p in out.iterdir() if not is_artifact_file(p.name)] if out.is_dir() else []
+    if not foreign:
+        replace_dir(partial, out)
+        return
+    for path in out.iterdir():  # only what an export writes
+        if is_artifact_file(path.name):
+            path.unlink()
+    for path in partial.iterdir():
+        os.replace(path, out / path.name)
+    partial.rmdir()
 
 
 def _relative(path: Path, root: Path) -> str:
@@ -145,8 +158,28 @@ def export_run(
     tickets = [load_ticket(path) for path in paths]
     check_compatible(tickets)
     facts = preprocessing_facts(root, tickets[0], data_root)
-    out = prepare_out(out, force)
-    entries, decoded = write_members(tickets, out, root, slim)
+    check_out(out, force)
+    # All or nothing: built and verified in a hidden sibling, then moved in place; a failure
+    # leaves ``out`` as it was (an earlier export included) and no partial directory.
+    partial = partial_dir(out)
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True)
+    try:
+        manifest = _write_artifact(tickets, partial, root, layout, facts, program, slim)
+        read_artifact(partial)  # what was written reads back and verifies, end to end
+        publish(partial, out)
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+    return sizes(out, manifest, tickets[0])
+
+
+def _write_artifact(
+    tickets: list[Ticket], partial: Path, root: Path, layout: str, facts: dict[str, Any],
+    program: bool, slim: bool,
+) -> dict[str, Any]:  # fmt: skip
+    """The member files, the program and the manifest with its checksums, into ``partial``."""
+    entries, decoded = write_members(tickets, partial, root, slim)
     manifest: dict[str, Any] = {
         "format": FORMAT,
         "version": VERSION,
@@ -163,19 +196,18 @@ def export_run(
     if program:
         ensemble, folded = serving_program(decoded, facts["mean"], facts["std"])
         shape = (facts["in_channels"], facts["image_size"], facts["image_size"])
-        export_program(ensemble, shape, out / PROGRAM_FILE)
+        export_program(ensemble, shape, partial / PROGRAM_FILE)
         manifest["program"] = {
             "file": PROGRAM_FILE,
-            "nbytes": (out / PROGRAM_FILE).stat().st_size,
+            "nbytes": (partial / PROGRAM_FILE).stat().st_size,
             "input": PROGRAM_INPUT,
             "output": PROGRAM_OUTPUT,
             "load": "torch.export.load(path).module()",
             "folded_norms": folded,
             "memory_format": "channels_last",
         }
-    write_manifest_and_sums(out, manifest)
-    read_artifact(out)  # what was written reads back and verifies, end to end
-    return sizes(out, manifest, tickets[0])
+    write_manifest_and_sums(partial, manifest)
+    return manifest
 
 
 def dense_state_bytes(ticket: Ticket) -> int:

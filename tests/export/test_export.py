@@ -196,18 +196,46 @@ def test_cli_export(exported: tuple[Path, Path], tmp_path: Path, capsys) -> None
 
 
 def test_force_replaces_only_what_an_export_writes(tmp_path: Path) -> None:
-    from ft_dist.export.run import prepare_out
+    from ft_dist.export.run import check_out, publish
 
-    out = tmp_path / "out"
+    out, partial = tmp_path / "out", tmp_path / ".tmp-out"
     out.mkdir()
+    partial.mkdir()
     ours = ["artifact.json", "SHA256SUMS", "ensemble.pt2", "member_01.bin", "member_12.bin"]
     theirs = ["notes.txt", "member_01.txt", "model.bin"]
     for name in ours + theirs:
-        (out / name).write_text("x")
+        (out / name).write_text("old")
+    for name in ours[:4]:
+        (partial / name).write_text("new")
     with pytest.raises(ValueError, match="not empty"):
-        prepare_out(out, force=False)
-    assert prepare_out(out, force=True) == out
-    assert sorted(p.name for p in out.iterdir()) == sorted(theirs)
+        check_out(out, force=False)
+    check_out(out, force=True)
+    publish(partial, out)
+    assert sorted(p.name for p in out.iterdir()) == sorted(theirs + ours[:4])
+    assert {(out / n).read_text() for n in ours[:4]} == {"new"} and not partial.exists()
+
+
+def test_a_failed_export_leaves_the_earlier_one_and_no_debris(
+    mnist_root: Path, tmp_path: Path, monkeypatch
+) -> None:
+    import ft_dist.export.run as run
+
+    run_dir, out = tmp_path / "run", tmp_path / "export"
+    write_run(run_dir, mnist_root)
+    export_run(run_dir, out, program=False)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("the program cannot be exported")
+
+    monkeypatch.setattr(run, "export_program", broken)
+    with pytest.raises(RuntimeError, match="cannot be exported"):
+        export_run(run_dir, out, force=True)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
+    with pytest.raises(RuntimeError):
+        export_run(run_dir, tmp_path / "new")
+    assert not (tmp_path / "new").exists()
 
 
 @pytest.mark.slow
