@@ -74,11 +74,13 @@ def predict(
 OOD_SCORES: tuple[metrics.OodScore, ...] = ("max_prob", "entropy")
 
 
-def _ood_metrics(probs: torch.Tensor, ood: torch.Tensor) -> dict[str, float]:
-    """auroc / aupr_in / aupr_out / fpr95, each by max-prob and by entropy."""
+def _ood_metrics(log_probs: torch.Tensor, ood_log_probs: torch.Tensor) -> dict[str, float]:
+    """auroc / aupr_in / aupr_out / fpr95, each by max-prob and by entropy, scored from the
+    log-probabilities in float64 (a float32 softmax saturates at 1 for confident inputs)."""
     out: dict[str, float] = {}
     for score in OOD_SCORES:
-        for key, value in metrics.ood_detection(probs, ood, score).items():
+        figures = metrics.ood_detection_from_log_probs(log_probs, ood_log_probs, score)
+        for key, value in figures.items():
             out[f"{key}_{score}"] = value
     return out
 
@@ -114,7 +116,7 @@ def score_predictions(
     rows: list[dict[str, Any]] = []
     member_probs = test.member_probs
     all_log_probs = _model_log_probs(test.member_log_probs)
-    ood_probs = {name: _model_probs(ood.member_log_probs) for name, ood in ood_sets.items()}
+    ood_log_probs = {name: _model_log_probs(ood.member_log_probs) for name, ood in ood_sets.items()}
     for index, log_probs in enumerate(all_log_probs):
         probs = log_probs.exp()
         row: dict[str, Any] = {
@@ -124,8 +126,8 @@ def score_predictions(
             row["calibrated"] = metrics.calibrated_metrics(
                 log_probs, test.targets, temperatures[index], num_bins
             )
-        for name, other in ood_probs.items():
-            row.setdefault("ood_sets", {})[name] = _ood_metrics(probs, other[index])
+        for name, other in ood_log_probs.items():
+            row.setdefault("ood_sets", {})[name] = _ood_metrics(log_probs, other[index])
         if ood_sets:
             row["ood"] = next(iter(row["ood_sets"].values()))
         rows.append(row)
@@ -138,10 +140,6 @@ def score_predictions(
         "mean_kl": metrics.off_diagonal_mean(kl),
     }
     return {"members": rows[:-1], "ensemble": rows[-1], "diversity": diversity}
-
-
-def _model_probs(member_log_probs: torch.Tensor) -> list[torch.Tensor]:
-    return [log_probs.exp() for log_probs in _model_log_probs(member_log_probs)]
 
 
 MAX_SUBSETS = 20  # per ensemble size; more than this many subsets: a seeded random sample

@@ -8,11 +8,18 @@ Temperature scaling is the exception: it acts on log-probabilities (a member's
 log-softmax, or the log of the ensemble's mean probability, as Ashukha et al. 2020 scale
 an ensemble), see `fit_temperature`.
 
-Where torchmetrics has the metric (accuracy, AUROC, average precision, ROC) we call it.
-ECE is ours because the FreeTickets/Guo et al. convention puts a confidence c in bin b
-when b/B < c <= (b+1)/B, while torchmetrics uses [b/B, (b+1)/B) plus a separate bin for
-c == 1.0 exactly (common for saturated float32 softmax); away from bin edges both
-agree, which the tests check. The same bins feed the reliability diagram.
+Accuracy comes from torchmetrics. ECE is ours because the FreeTickets/Guo et al.
+convention puts a confidence c in bin b when b/B < c <= (b+1)/B, while torchmetrics uses
+[b/B, (b+1)/B) plus a separate bin for c == 1.0 exactly (common for saturated float32
+softmax); away from bin edges both agree, which the tests check. The same bins feed the
+reliability diagram.
+
+The OoD figures (AUROC, AUPR, FPR95) are ours too, from an exact ranking in float64
+(`roc_counts`): torchmetrics treats scores outside [0, 1] as logits and applies a sigmoid,
+which rounds the -entropy of confident predictions (|score| below ~1e-16) to 0.5, so
+different scores tie. The scores come from log-probabilities in float64, renormalised
+through the non-top classes (`normalized_log_probs`), so a confident prediction's max
+probability does not saturate at 1.0 as a float32 softmax does for logit margins above ~17.
 """
 
 from __future__ import annotations
@@ -23,12 +30,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 import torch
-from torchmetrics.functional.classification import (
-    binary_auroc,
-    binary_average_precision,
-    binary_specificity_at_sensitivity,
-    multiclass_accuracy,
-)
+from torchmetrics.functional.classification import multiclass_accuracy
 
 NUM_ECE_BINS = 15
 # The official FreeTickets ECE (ensemble_freetickets.py, `expected_calibration_error`)
@@ -121,64 +123,196 @@ def entropy(probs: torch.Tensor) -> torch.Tensor:
     return -(probs * probs.clamp_min(_EPS).log()).sum(dim=1)
 
 
-def ood_scores(probs: torch.Tensor, score: OodScore) -> torch.Tensor:
-    """Higher = more in-distribution: max probability, or minus the predictive entropy."""
+def normalized_log_probs(log_probs: torch.Tensor) -> torch.Tensor:
+    """[N, K] log-probabilities in float64, renormalised per input from the non-top classes.
+
+    log p_top = -log1p(sum_{k != top} exp(z_k - z_top)) and log p_k = z_k - z_top + log p_top,
+    for any per-input shift of z (log-softmax, log of a mean probability, logits). A float32
+    log-softmax holds log p_top = 0 exactly once the margin passes ~17 (1 + e^-17 rounds to
+    1), but the other classes still carry the margin: this recovers log p_top ~ -e^-margin
+    down to e^-745. Entries of -inf (probabilities that were exactly 0) stay -inf.
+    """
+    if log_probs.ndim != 2:
+        raise ValueError(
+            f"expected log-probabilities of shape [N, K], got {tuple(log_probs.shape)}"
+        )
+    z = log_probs.detach().to(torch.float64)
+    top, index = z.max(dim=1, keepdim=True)
+    shifted = z - top
+    others = shifted.scatter(1, index, -math.inf)  # every class but one top class
+    rest = torch.logsumexp(others, dim=1, keepdim=True)  # log sum_{k != top} p_k / p_top
+    log_top = -torch.logaddexp(torch.zeros_like(rest), rest)  # -log1p(exp(rest))
+    return shifted + log_top
+
+
+def entropy_from_log_probs(log_probs: torch.Tensor) -> torch.Tensor:
+    """Predictive entropy per input in nats, float64, from (unnormalised) log-probabilities."""
+    log_p = normalized_log_probs(log_probs)
+    terms = log_p.exp() * log_p
+    return -torch.where(log_p == -math.inf, 0.0, terms).sum(dim=1)  # 0 log 0 = 0
+
+
+def ood_log_scores(log_probs: torch.Tensor, score: OodScore) -> torch.Tensor:
+    """Higher = more in-distribution, float64: "max_prob" gives the max log-probability
+    (ranks as the max probability, without saturating at 1), "entropy" minus the entropy.
+    Both from `normalized_log_probs`."""
     if score == "max_prob":
-        return _check_probs(probs).max(dim=1).values
+        return normalized_log_probs(log_probs).max(dim=1).values
     if score == "entropy":
-        return -entropy(probs)
+        return -entropy_from_log_probs(log_probs)
     raise ValueError(f"OoD score must be 'max_prob' or 'entropy', got {score!r}")
 
 
-def _ood_inputs(
-    in_probs: torch.Tensor, ood_probs: torch.Tensor, score: OodScore
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Scores (higher = more in-distribution) and labels (1 = in-distribution)."""
-    if len(in_probs) == 0 or len(ood_probs) == 0:
-        raise ValueError("OoD metrics need at least one in-distribution and one OoD input")
-    scores = torch.cat([ood_scores(in_probs, score), ood_scores(ood_probs, score)])
-    labels = torch.cat(
-        [torch.ones(len(in_probs), dtype=torch.long), torch.zeros(len(ood_probs), dtype=torch.long)]
+def _log_of_probs(probs: torch.Tensor) -> torch.Tensor:
+    return _check_probs(probs).log()  # float64; a probability of 0 gives -inf
+
+
+def ood_scores(probs: torch.Tensor, score: OodScore) -> torch.Tensor:
+    """`ood_log_scores` of probabilities (max log-probability, or minus the entropy).
+
+    The log is taken in float64; where a float32 softmax rounded p_top to 1.0, the non-top
+    probabilities still give log p_top (see `normalized_log_probs`).
+    """
+    return ood_log_scores(_log_of_probs(probs), score)
+
+
+@dataclass(frozen=True)
+class RocCounts:
+    """Cumulative counts at every distinct score, highest first (scikit-learn's
+    ``_binary_clf_curve``): ``tps[i]`` / ``fps[i]`` positives / negatives scoring >= the
+    i-th highest distinct score. Inputs of equal score enter at the same threshold, so ties
+    count as ties (half a pair in the AUROC)."""
+
+    tps: torch.Tensor  # [T] int64, non-decreasing, ends at the number of positives
+    fps: torch.Tensor  # [T] int64, non-decreasing, ends at the number of negatives
+    thresholds: torch.Tensor  # [T] float64, decreasing
+
+    @property
+    def positives(self) -> int:
+        return int(self.tps[-1])
+
+    @property
+    def negatives(self) -> int:
+        return int(self.fps[-1])
+
+
+def roc_counts(scores: torch.Tensor, labels: torch.Tensor) -> RocCounts:
+    """Rank `scores` (float64, higher = more positive) against `labels` (1 = positive)."""
+    scores = scores.detach().reshape(-1).to(torch.float64).cpu()
+    labels = labels.detach().reshape(-1).cpu()
+    if scores.shape != labels.shape:
+        raise ValueError(f"{scores.numel()} scores for {labels.numel()} labels")
+    if torch.isnan(scores).any():
+        raise ValueError("OoD scores contain NaN (NaN probabilities, or a row of zeros?)")
+    positive = labels.to(torch.bool)
+    order = torch.argsort(scores, descending=True, stable=True)
+    ranked, hits = scores[order], positive[order].to(torch.int64)
+    last = torch.cat(  # the last input of each run of equal scores
+        [torch.nonzero(ranked[1:] != ranked[:-1]).reshape(-1), torch.tensor([len(ranked) - 1])]
     )
-    return scores, labels
+    tps = hits.cumsum(0)[last]
+    counts = RocCounts(tps, last + 1 - tps, ranked[last])
+    if counts.positives == 0 or counts.negatives == 0:
+        raise ValueError("OoD metrics need at least one positive and one negative input")
+    return counts
+
+
+def auroc(scores: torch.Tensor, labels: torch.Tensor) -> float:
+    """Area under the ROC curve (label 1 positive, higher score = more positive), ties
+    counted as half: the Mann-Whitney statistic, as scikit-learn's ``roc_auc_score``.
+
+    The trapezoids are summed in integers (twice the area times P·N) and divided once.
+    """
+    counts = roc_counts(scores, labels)
+    zero = torch.zeros(1, dtype=torch.int64)
+    tps, fps = torch.cat([zero, counts.tps]), torch.cat([zero, counts.fps])
+    twice_area = int(((fps[1:] - fps[:-1]) * (tps[1:] + tps[:-1])).sum())
+    return twice_area / (2 * counts.positives * counts.negatives)
+
+
+def average_precision(scores: torch.Tensor, labels: torch.Tensor) -> float:
+    """sum_i (R_i - R_{i-1}) P_i over the distinct scores, highest first: the step-wise
+    area under the precision-recall curve, as scikit-learn's ``average_precision_score``
+    (not a trapezoid under an interpolated curve)."""
+    counts = roc_counts(scores, labels)
+    tps = counts.tps.to(torch.float64)
+    precision = tps / (counts.tps + counts.fps).to(torch.float64)
+    recall_steps = torch.diff(counts.tps, prepend=torch.zeros(1, dtype=torch.int64))
+    return float((recall_steps.to(torch.float64) * precision).sum()) / counts.positives
 
 
 def fpr_at_tpr(scores: torch.Tensor, labels: torch.Tensor, tpr: float = 0.95) -> float:
-    """False-positive rate at the highest threshold whose true-positive rate is >= `tpr`.
+    """False-positive rate at the first threshold (highest first) whose true-positive rate
+    reaches `tpr`.
 
-    Positives (label 1) should score high. The threshold is the largest score t with
-    P(positive score >= t) >= tpr; the result is P(negative score >= t), i.e. 1 - the
-    specificity torchmetrics' `binary_specificity_at_sensitivity` finds.
+    Positives (label 1) should score high. Thresholds are +inf, then the distinct scores;
+    an input passes a threshold t when its score is >= t. TPR = tps / P in float64, so
+    this is ``fpr[searchsorted(tpr_curve, tpr)]`` of scikit-learn's ``roc_curve(...,
+    drop_intermediate=False)``: no interpolation between thresholds.
     """
-    specificity, _ = binary_specificity_at_sensitivity(
-        scores.to(torch.float64), labels, min_sensitivity=tpr, thresholds=None
+    counts = roc_counts(scores, labels)
+    if not 0.0 <= tpr <= 1.0:
+        raise ValueError(f"the true-positive rate must be in [0, 1], got {tpr}")
+    zero = torch.zeros(1, dtype=torch.int64)  # threshold +inf: nothing accepted
+    tps, fps = torch.cat([zero, counts.tps]), torch.cat([zero, counts.fps])
+    rates = tps.to(torch.float64) / counts.positives  # ends at exactly 1.0
+    first = int(torch.nonzero(rates >= tpr)[0])
+    return int(fps[first]) / counts.negatives
+
+
+def _scores_and_labels(
+    in_scores: torch.Tensor, out_scores: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    if len(in_scores) == 0 or len(out_scores) == 0:
+        raise ValueError("OoD metrics need at least one in-distribution and one OoD input")
+    labels = torch.cat(
+        [
+            torch.ones(len(in_scores), dtype=torch.long),
+            torch.zeros(len(out_scores), dtype=torch.long),
+        ]
     )
-    return 1.0 - float(specificity)
+    return torch.cat([in_scores, out_scores]), labels
+
+
+def ood_detection_from_log_probs(
+    in_log_probs: torch.Tensor, ood_log_probs: torch.Tensor, score: OodScore
+) -> dict[str, float]:
+    """The OoD figures uncertainty papers report, from log-probabilities, by `score`.
+
+    In-distribution inputs are the **positive** class; `score` (max log-probability or
+    minus the entropy, float64, `ood_log_scores`) is higher for in-distribution:
+
+    * ``auroc``: area under the ROC of in-distribution (positive) vs OoD;
+    * ``aupr_in``: average precision with in-distribution positive, ranked by `score`;
+    * ``aupr_out``: average precision with OoD positive, ranked by minus `score`;
+    * ``fpr95``: fraction of OoD inputs accepted at the first threshold (highest first)
+      that keeps >= 95 % of the in-distribution inputs (FPR at 95 % TPR).
+
+    All from an exact ranking in float64 with ties counted as ties (`roc_counts`), equal to
+    scikit-learn's ``roc_auc_score``, ``average_precision_score`` and ``roc_curve``.
+    `in_log_probs` / `ood_log_probs` are [N, K] log-probabilities up to a per-input
+    constant (a member's log-softmax, `ensemble_log_probs`), any float dtype.
+    """
+    scores, labels = _scores_and_labels(
+        ood_log_scores(in_log_probs, score), ood_log_scores(ood_log_probs, score)
+    )
+    return {
+        "auroc": auroc(scores, labels),
+        "aupr_in": average_precision(scores, labels),
+        "aupr_out": average_precision(-scores, 1 - labels),
+        "fpr95": fpr_at_tpr(scores, labels, 0.95),
+    }
 
 
 def ood_detection(
     in_probs: torch.Tensor, ood_probs: torch.Tensor, score: OodScore
 ) -> dict[str, float]:
-    """The OoD figures uncertainty papers report, by `score` (max-prob or -entropy).
+    """`ood_detection_from_log_probs` of probabilities (their log in float64).
 
-    * ``auroc``: area under the ROC of in-distribution (positive) vs OoD;
-    * ``aupr_in``: average precision with in-distribution positive, scored by `score`;
-    * ``aupr_out``: average precision with OoD positive, scored by minus `score`;
-    * ``fpr95``: fraction of OoD inputs accepted at the threshold that keeps 95 % of the
-      in-distribution inputs (FPR at 95 % TPR, in-distribution positive).
-
-    AUPR is torchmetrics' average precision (the step-wise area, as scikit-learn's
-    ``average_precision_score``), not a trapezoid under an interpolated PR curve.
+    In-distribution is the positive class. Prefer log-probabilities where you have them:
+    a probability that underflowed to 0 (margins above ~87 in float32) carries nothing.
     """
-    scores, labels = _ood_inputs(in_probs, ood_probs, score)
-    # torchmetrics treats scores outside [0, 1] as logits and applies a sigmoid: monotone,
-    # so the AUROC of -entropy is unchanged.
-    return {
-        "auroc": float(binary_auroc(scores, labels, thresholds=None)),
-        "aupr_in": float(binary_average_precision(scores, labels, thresholds=None)),
-        "aupr_out": float(binary_average_precision(-scores, 1 - labels, thresholds=None)),
-        "fpr95": fpr_at_tpr(scores, labels, 0.95),
-    }
+    return ood_detection_from_log_probs(_log_of_probs(in_probs), _log_of_probs(ood_probs), score)
 
 
 def classification_metrics(

@@ -249,7 +249,9 @@ class DynamicSparsity:
         with torch.no_grad():
             for name in self.sparse_names:
                 weight, mask = self.params[name], self.masks[name]
-                num_swap = num_to_drop(self.num_active[name], drop_fraction)
+                num_swap = num_to_drop(  # compat modes: the official ceil(f * n)
+                    self.num_active[name], drop_fraction, official=self.compat is not None
+                )
                 inputs = ScoreInputs(
                     weight, grads.get(name), self._ema("drop", name), self.generator, mask
                 )

@@ -23,6 +23,10 @@ commit e5540d1) change results and are reproduced here, each behind one compat m
       and optimizer state back at positions active both before and after the update.
     * inactive momentum is zeroed after every step (as ft_dist's default ``zero``).
 
+Both modes also count the weights to drop as the official code does, ``math.ceil(f * n)``
+rather than SPEC §4's ``ceil(f * n - 1e-9)`` (they differ when f * n lands just above an
+integer in floating point: f = 0.07, n = 100 drops 8, not 7): the engine passes
+``official=True`` to ``update.num_to_drop`` whenever a mode is set.
 The engine calls ``before_update`` / ``after_update`` around each prune-and-grow
 (scheduled or exploration) and nowhere else; with ``compat: none`` it holds no object. The
 modes' names and the momentum each fixes (torch-free, for the config) are

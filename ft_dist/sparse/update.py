@@ -15,9 +15,17 @@ class LayerUpdate:
     grown: torch.Tensor  # flat indices activated by the grow (may include just-dropped ones)
 
 
-def num_to_drop(num_active: int, drop_fraction: float) -> int:
-    """k = ceil(f · n), never more than the active weights."""
-    return min(num_active, math.ceil(drop_fraction * num_active - 1e-9))
+def num_to_drop(num_active: int, drop_fraction: float, *, official: bool = False) -> int:
+    """k = ceil(f · n - 1e-9), never more than the active weights.
+
+    The 1e-9 keeps a product that lands just above an integer in floating point on that
+    integer: 0.07 · 100 = 7.000000000000001 drops 7. ``official=True`` (the engine passes
+    it under ``sparsity.compat: official-*``) is the official code's plain
+    ``math.ceil(rate * nonzeros)`` (sparselearning/core.py ``magnitude_death``,
+    ImageNet/funcs.py ``magnitude_prune``), which drops 8 there.
+    """
+    product = drop_fraction * num_active
+    return min(num_active, math.ceil(product if official else product - 1e-9))
 
 
 def prune_and_grow(

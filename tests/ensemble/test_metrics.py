@@ -1,11 +1,14 @@
-"""Metrics on hand-made tensors with known answers, and agreement with torchmetrics."""
+"""Metrics on hand-made tensors with known answers, and agreement with torchmetrics and
+scikit-learn."""
 
 from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
+from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
 from torchmetrics.functional import kl_divergence
 from torchmetrics.functional.classification import multiclass_calibration_error
 
@@ -237,6 +240,157 @@ def test_fpr_at_95_tpr_threshold_on_the_boundary() -> None:
     assert metrics.fpr_at_tpr(scores, labels, 0.95) == pytest.approx(3 / 4)
     assert metrics.fpr_at_tpr(scores, labels, 1.0) == pytest.approx(1.0)  # t = 0.05: all pass
     assert metrics.fpr_at_tpr(scores, labels, 0.5) == pytest.approx(1 / 4)  # t = 0.55: 0.99
+
+
+# --- OoD figures against scikit-learn: exact ranking in float64, ties counted as ties -----
+
+
+def _sklearn_figures(scores: np.ndarray, labels: np.ndarray, tpr: float = 0.95) -> dict:
+    """scikit-learn's figures, label 1 positive; FPR at the first ROC point (no point
+    dropped, no interpolation) whose TPR reaches `tpr`."""
+    fpr_curve, tpr_curve, _ = roc_curve(labels, scores, drop_intermediate=False)
+    return {
+        "auroc": roc_auc_score(labels, scores),
+        "aupr_in": average_precision_score(labels, scores),
+        "aupr_out": average_precision_score(1 - labels, -scores),
+        "fpr95": float(fpr_curve[np.searchsorted(tpr_curve, tpr, side="left")]),
+    }
+
+
+def _ours(scores: np.ndarray, labels: np.ndarray, tpr: float = 0.95) -> dict:
+    s, y = torch.from_numpy(scores), torch.from_numpy(labels)
+    return {
+        "auroc": metrics.auroc(s, y),
+        "aupr_in": metrics.average_precision(s, y),
+        "aupr_out": metrics.average_precision(-s, 1 - y),
+        "fpr95": metrics.fpr_at_tpr(s, y, tpr),
+    }
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_ranking_metrics_match_sklearn_on_random_scores(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    positives, negatives = rng.integers(1, 300, size=2)
+    labels = np.r_[np.ones(positives, dtype=np.int64), np.zeros(negatives, dtype=np.int64)]
+    scores = rng.normal(size=len(labels)) + labels * rng.uniform(0, 2)
+    if seed % 2:  # many ties, within and across the classes
+        scores = np.round(scores, 1)
+    order = rng.permutation(len(labels))
+    scores, labels = scores[order], labels[order]
+    for tpr in (0.95, 0.5, 0.9, 1.0, 0.0):
+        assert _ours(scores, labels, tpr) == pytest.approx(
+            _sklearn_figures(scores, labels, tpr), abs=1e-12
+        )
+
+
+def test_ranking_metrics_count_ties_as_ties() -> None:
+    # Every score equal: no information. AUROC 1/2, AP = the positive share, FPR95 = 1.
+    labels = np.r_[np.ones(7, dtype=np.int64), np.zeros(5, dtype=np.int64)]
+    flat = np.zeros(12)
+    ours = _ours(flat, labels)
+    assert ours == _sklearn_figures(flat, labels) | {"aupr_out": pytest.approx(5 / 12)}
+    assert ours["auroc"] == 0.5 and ours["aupr_in"] == pytest.approx(7 / 12)
+    assert ours["fpr95"] == 1.0
+    # A tie across the classes at the top counts half a pair: (in 3, ood 3) 1/2,
+    # (in 3, ood 1) 1, (in 2, ood 3) 0, (in 2, ood 1) 1.
+    scores = np.array([3.0, 3.0, 2.0, 1.0])
+    labels = np.array([1, 0, 1, 0])
+    assert metrics.auroc(torch.from_numpy(scores), torch.from_numpy(labels)) == 2.5 / 4
+    assert _ours(scores, labels) == pytest.approx(_sklearn_figures(scores, labels), abs=1e-15)
+    with pytest.raises(ValueError, match="one positive and one negative"):
+        metrics.auroc(torch.ones(3), torch.ones(3))
+    with pytest.raises(ValueError, match="NaN"):
+        metrics.auroc(torch.tensor([0.0, math.nan]), torch.tensor([1, 0]))
+
+
+def _saturated_logits(n: int, low: float, high: float, generator: torch.Generator):
+    """[n, 10] float64 logits whose top class leads the runner-up by `low`..`high`."""
+    logits = torch.randn(n, 10, generator=generator, dtype=torch.float64)
+    margin = low + (high - low) * torch.rand(n, generator=generator, dtype=torch.float64)
+    logits[:, 0] = logits[:, 1:].max(dim=1).values + margin
+    return logits
+
+
+def _exact_scores(log_probs: torch.Tensor, score: str) -> np.ndarray:
+    """Max log-probability or -entropy of each row of (unnormalised) log-probabilities, in
+    50-digit arithmetic, rounded to float64 once."""
+    mpmath = pytest.importorskip("mpmath")
+    out = []
+    with mpmath.workdps(50):
+        for row in log_probs.double().tolist():
+            weights = [mpmath.exp(mpmath.mpf(z)) for z in row]
+            total = mpmath.fsum(weights)
+            if score == "max_prob":
+                out.append(float(mpmath.log(max(weights) / total)))
+            else:
+                log_p = [mpmath.log(w / total) for w in weights if w > 0]
+                out.append(float(mpmath.fsum(mpmath.exp(v) * v for v in log_p)))
+    return np.array(out)
+
+
+def _exact_figures(in_log_probs: torch.Tensor, ood_log_probs: torch.Tensor, score: str):
+    scores = np.r_[_exact_scores(in_log_probs, score), _exact_scores(ood_log_probs, score)]
+    labels = np.r_[np.ones(len(in_log_probs)), np.zeros(len(ood_log_probs))].astype(np.int64)
+    return _sklearn_figures(scores, labels)
+
+
+@pytest.mark.parametrize("score", ["max_prob", "entropy"])
+def test_saturated_ood_scores_do_not_tie(score: str) -> None:
+    """Logit margins 25-30 (in-distribution) vs 18-22 (OoD): a float32 softmax has p_max =
+    1.0 for every input, so ranked by it all 400 tie (torchmetrics gave AUROC 0.5, FPR95
+    1.0). The inputs are perfectly separable: AUROC 1, FPR95 0."""
+    generator = torch.Generator().manual_seed(0)
+    in_logits = _saturated_logits(200, 25.0, 30.0, generator)
+    ood_logits = _saturated_logits(200, 18.0, 22.0, generator)
+    in_log_probs = in_logits.float().log_softmax(dim=1)  # float32, as members predict
+    ood_log_probs = ood_logits.float().log_softmax(dim=1)
+    assert bool((in_log_probs.exp().max(dim=1).values == 1.0).all())
+    assert bool((ood_log_probs.exp().max(dim=1).values == 1.0).all())
+    perfect = {"auroc": 1.0, "aupr_in": 1.0, "aupr_out": 1.0, "fpr95": 0.0}
+    assert _exact_figures(in_log_probs, ood_log_probs, score) == perfect
+    assert metrics.ood_detection_from_log_probs(in_log_probs, ood_log_probs, score) == perfect
+    # Float32 probabilities too: the non-top classes still carry the margin.
+    assert metrics.ood_detection(in_log_probs.exp(), ood_log_probs.exp(), score) == perfect
+    # The scores themselves are exact to float64 rounding (margins up to 30: e^-30 ~ 1e-13).
+    ours = metrics.ood_log_scores(in_log_probs, score).numpy()
+    np.testing.assert_allclose(ours, _exact_scores(in_log_probs, score), rtol=1e-12)
+
+
+@pytest.mark.parametrize("score", ["max_prob", "entropy"])
+@pytest.mark.parametrize(("in_range", "ood_range"), [((17, 40), (12, 25)), ((0, 6), (0, 3))])
+def test_ood_detection_matches_sklearn_on_overlapping_sets(
+    score: str, in_range: tuple[float, float], ood_range: tuple[float, float]
+) -> None:
+    """Overlapping saturated sets (margins above 17: p_max = 1.0 in float32) and ordinary
+    ones; the reference ranks the same float32 log-probabilities in 50-digit arithmetic."""
+    generator = torch.Generator().manual_seed(int(in_range[1]))
+    in_log_probs = _saturated_logits(300, *in_range, generator).float().log_softmax(dim=1)
+    ood_log_probs = _saturated_logits(250, *ood_range, generator).float().log_softmax(dim=1)
+    expected = _exact_figures(in_log_probs, ood_log_probs, score)
+    assert 0.6 < expected["auroc"] < 0.99 and 0.0 < expected["fpr95"] < 1.0
+    ours = metrics.ood_detection_from_log_probs(in_log_probs, ood_log_probs, score)
+    assert ours == pytest.approx(expected, abs=1e-12)
+    # Probabilities (the old entry point), float64: the same figures.
+    ours = metrics.ood_detection(in_log_probs.double().exp(), ood_log_probs.double().exp(), score)
+    assert ours == pytest.approx(expected, abs=1e-12)
+
+
+def test_max_log_prob_does_not_saturate_in_float64() -> None:
+    # Margins 40, 100, 700: p_max rounds to 1.0 even in float64, log p_max = -e^-margin not.
+    log_probs = torch.zeros(3, 3, dtype=torch.float64)
+    log_probs[:, 1:] = -torch.tensor([[40.0], [100.0], [700.0]])
+    scores = metrics.ood_log_scores(log_probs, "max_prob")
+    expected = [-math.log1p(2 * math.exp(-m)) for m in (40.0, 100.0, 700.0)]
+    assert scores.tolist() == pytest.approx(expected, rel=1e-14)
+    assert bool((scores < 0).all()) and scores[0] < scores[1] < scores[2]
+    entropy = metrics.entropy_from_log_probs(log_probs)
+    assert bool((entropy > 0).all()) and entropy[0] > entropy[1] > entropy[2]
+    # Probabilities of exactly 0 (-inf) contribute nothing; a shift changes nothing.
+    with_zero = torch.tensor([[0.0, -math.inf, -1.0]])
+    assert metrics.entropy_from_log_probs(with_zero).item() == pytest.approx(
+        float(metrics.entropy(torch.tensor([[1.0, 0.0, math.exp(-1.0)]]) / (1 + math.exp(-1))))
+    )
+    assert torch.equal(metrics.ood_log_scores(log_probs + 5.0, "entropy"), -entropy)
 
 
 def test_official_ece_binning_is_14_right_closed_bins() -> None:

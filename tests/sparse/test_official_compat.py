@@ -7,6 +7,9 @@ masks at density 0.4 (one layer ERK-dense), SGD with momentum, six steps with fi
 gradients, prune-and-regrow after steps 2, 4 and 6 (drop fraction 0.5) and an exploration
 (0.8) after step 4. Here the engine, started from the same weights and masks and fed the
 same gradients, must hold the same masks, weights and momentum after every step.
+Under compat the drop count is the official ``math.ceil(f * n)``, not SPEC §4's
+``ceil(f * n - 1e-9)`` (they differ when f n lands just above an integer in floating point;
+not at the fixtures' rates).
 """
 
 from __future__ import annotations
@@ -142,6 +145,25 @@ def test_without_compat_the_numbers_differ(kind: str, options: dict, first_diffe
     either: each reproduced behaviour is needed, and the fixtures show it."""
     with pytest.raises(AssertionError, match=first_difference):
         replay(load(kind), "none", **options)
+
+
+@pytest.mark.parametrize(
+    ("compat", "dropped"), [("none", 7), ("official-cifar", 8), ("official-imagenet", 8)]
+)
+def test_compat_uses_the_official_drop_count(compat: str, dropped: int) -> None:
+    """f = 0.07 of n = 100 active weights: f n = 7.000000000000001 in float64. SPEC §4 drops
+    ceil(f n - 1e-9) = 7; the official code's math.ceil(rate * nonzeros) drops 8, and so
+    does the engine under either compat mode. (The fixtures' rates, 0.5 and 0.8, give
+    exact products: the two counts agree there.)"""
+    model = nn.Sequential(nn.Linear(20, 20, bias=False), nn.Linear(20, 20, bias=False))
+    config = SparsityConfig(density=0.25, sparse_init="uniform", growth="random", compat=compat)
+    engine = DynamicSparsity(model, None, config)
+    assert engine.num_active == {"0.weight": 100, "1.weight": 100}
+    engine.explore(0.07, "random")
+    assert {name: update[0] for name, update in engine.last_update.items()} == {
+        "0.weight": dropped,
+        "1.weight": dropped,
+    }
 
 
 def test_compat_fixes_inactive_momentum() -> None:

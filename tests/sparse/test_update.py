@@ -36,6 +36,17 @@ def test_num_to_drop_is_ceil_of_fraction():
     assert num_to_drop(10, 0.3) == 3  # no float round-up to 4
 
 
+def test_num_to_drop_official_arithmetic_differs_just_above_an_integer():
+    # 0.07 * 100 = 7.000000000000001 in float64: ceil(f n - 1e-9) = 7 (ours), while the
+    # official code's math.ceil(rate * nonzeros) gives 8 (sparsity.compat: official-*).
+    assert 0.07 * 100 > 7
+    assert num_to_drop(100, 0.07) == 7
+    assert num_to_drop(100, 0.07, official=True) == 8
+    # Where f n is exact, or lands below the integer, both agree.
+    for active, fraction in ((10, 0.5), (11, 0.5), (10, 0.3), (3, 1.0), (10, 0.0), (1000, 0.8)):
+        assert num_to_drop(active, fraction, official=True) == num_to_drop(active, fraction)
+
+
 def test_random_mask_has_exact_count_and_is_seeded():
     a = random_mask(torch.Size([7, 13]), 20, torch.Generator().manual_seed(1))
     b = random_mask(torch.Size([7, 13]), 20, torch.Generator().manual_seed(1))

@@ -17,6 +17,8 @@ import torch
 
 from ft_dist.config import RunConfig, load_config
 from ft_dist.sparse import UpdateSchedule
+from ft_dist.sparse.official import official_behaviour
+from ft_dist.sparse.update import num_to_drop
 from ft_dist.train.edst import drop_decay_period, epoch_plan
 from ft_dist.train.optim import learning_rate
 
@@ -367,15 +369,17 @@ def _record_loop(cfg: RunConfig, monkeypatch: pytest.MonkeyPatch) -> tuple[list,
     return lrs, updates
 
 
-def _assert_updates(updates: list, expected: list[tuple[int, float]]) -> None:
+def _assert_updates(updates: list, expected: list[tuple[int, float]], official: bool) -> None:
     """The engine updated at exactly the expected steps with the expected drop fractions,
-    and dropped exactly ceil(f · n_l) weights of every sparse layer each time."""
+    and dropped exactly the drop count of every sparse layer each time (``official``: the
+    official code's ceil(f · n_l), as under sparsity.compat; else ours)."""
     assert [step for step, _, _, _ in updates] == [step for step, _ in expected]
     assert [f for _, f, _, _ in updates] == pytest.approx([f for _, f in expected], rel=1e-9)
     for _, fraction, dropped, active in updates:
         assert dropped, "an update touched no layer"
         for name, count in dropped.items():
-            assert count == math.ceil(fraction * active[name] - 1e-9), (name, fraction)
+            expected_count = num_to_drop(active[name], fraction, official=official)
+            assert count == expected_count, (name, fraction)
 
 
 @pytest.mark.slow
@@ -404,7 +408,7 @@ def test_loop_runs_the_official_cifar_edst_schedules(
             expected.append((step, 0.5))
         if step in (11, 18):
             expected.append((step, 0.8))
-    _assert_updates(updates, expected)
+    _assert_updates(updates, expected, official=official_behaviour(cfg.sparsity.compat) is not None)
 
 
 @pytest.mark.slow
@@ -437,4 +441,4 @@ def test_loop_runs_the_official_imagenet_edst_schedules(
         expected.append((step, cosine[step]))
         if step in (9, 14, 19):  # main.py:371-372: an exploration after phases 1-3
             expected.append((step, 0.8))
-    _assert_updates(updates, expected)
+    _assert_updates(updates, expected, official=official_behaviour(cfg.sparsity.compat) is not None)
