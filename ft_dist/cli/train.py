@@ -75,7 +75,7 @@ def handle(args: argparse.Namespace) -> int:
 
     from ft_dist.preflight import check_cluster, check_inputs
     from ft_dist.train.methods import ensemble_method
-    from ft_dist.train.worker import ClusterBusyError, absolute_paths, connect
+    from ft_dist.train.worker import ClusterBusyError, WorkerError, absolute_paths, connect
 
     cfg = absolute_paths(cfg)  # before anything is written: workers run in other dirs
     # Mistakes that fail every try are found here, before Ray starts any worker.
@@ -90,7 +90,7 @@ def handle(args: argparse.Namespace) -> int:
         if ensemble_method(cfg.ensemble.method).separate_runs:
             return train_ensemble(cfg)
         return train_member(cfg, args.group)
-    except ClusterBusyError as error:
+    except (ClusterBusyError, WorkerError) as error:
         print(f"ft-dist train: error: {error}", file=sys.stderr)
         return 1
     except (KeyboardInterrupt, SystemExit) as stop:

@@ -54,14 +54,21 @@ from ft_dist.tracking import make_tracker
 from ft_dist.train.config import format_resources, worker_resources
 from ft_dist.train.diskspace import DiskFullError, dir_bytes, disk_full_message, is_disk_full
 from ft_dist.train.session import latest_complete_checkpoint
-from ft_dist.utils import partial_dir, write_dir_atomic
+from ft_dist.utils import first_line, partial_dir, write_dir_atomic
 
 # Where Ray's registered copies of checkpoints live, relative to the run directory.
 RAY_CHECKPOINTS = "ray_checkpoints"
-# Raised by our own config, data and checkpoint checks: the same on every try, never retried.
+# Raised by our own config, data and checkpoint checks: the same on every try, never retried,
+# re-raised as themselves (the CLI prints their one line).
 USER_ERRORS = (ValueError, FileNotFoundError)
+# A collective whose peer went away says so in these words (gloo, NCCL, TCPStore).
+PEER_LOST = ("connection closed by peer", "connection reset by peer", "broken pipe", "timed out")
 # Tries Ray gets to place a single run's worker group (about a minute each) before fit() fails.
 START_UP_ATTEMPTS = 10
+
+
+class WorkerError(RuntimeError):
+    """A worker raised an error that another try would raise again (not retried)."""
 
 
 class ClusterBusyError(RuntimeError):
@@ -379,12 +386,14 @@ def start_local_cluster(log_to_driver: bool = True) -> str:
 def fit(cfg: Any, loop: LoopFn | None = None, *, group: str | None = None) -> Path:
     """Train one member on the Ray cluster (joined or started) and return its run directory.
 
-    A worker group that fails is started again from the newest checkpoint, up to
-    `ray.max_failures` times, unless a worker raised a user error (ValueError /
-    FileNotFoundError: our config, data and checkpoint checks), which fails the same way on
-    every try: it is re-raised at once, as itself, so the CLI prints its message. Other
-    failures left after the restarts raise `ray.train.WorkerGroupError`; workers that the
-    cluster never finds room for raise `ClusterBusyError`.
+    A worker group that lost a worker, a node or a connection (`is_transient`) is started
+    again from the newest checkpoint, up to `ray.max_failures` times. One whose workers only
+    raised errors of their own (a permission denied, a corrupt input, a bug in a model)
+    would fail the same way on every try: it stops at once, re-raising a user error
+    (ValueError / FileNotFoundError: our config, data and checkpoint checks) as itself and
+    any other as a one-line `WorkerError`. Failures left after the restarts raise
+    `ray.train.WorkerGroupError`; workers that the cluster never finds room for raise
+    `ClusterBusyError`.
     """
     cfg = absolute_paths(cfg)
     connect(cfg.ray.address)
@@ -394,9 +403,9 @@ def fit(cfg: Any, loop: LoopFn | None = None, *, group: str | None = None) -> Pa
             build_trainer(cfg, loop, group).fit()
             return run_dir(cfg.train)
         except ray.train.WorkerGroupError as error:
-            for failure in error.worker_failures.values():
-                if isinstance(failure, USER_ERRORS):
-                    raise failure from error
+            failures = error.worker_failures
+            if not any(map(is_transient, failures.values())):
+                raise permanent_error(failures) from error
             limit = cfg.ray.max_failures
             if 0 <= limit <= restarts:
                 raise
@@ -413,10 +422,36 @@ def fit(cfg: Any, loop: LoopFn | None = None, *, group: str | None = None) -> Pa
             raise
 
 
+def is_transient(failure: BaseException) -> bool:
+    """A fault another try can get past: Ray's own report of a worker, actor or node that
+    went away (an exception class of Ray's), or a lost connection of a collective (a peer
+    that died). Anything else was raised by the training code and comes back every try."""
+    if type(failure).__module__.split(".")[0] == "ray":
+        return True
+    if isinstance(failure, (ConnectionError, TimeoutError, torch.distributed.DistError)):
+        return True
+    text = str(failure).lower()
+    return isinstance(failure, RuntimeError) and any(words in text for words in PEER_LOST)
+
+
+def permanent_error(failures: dict[int, BaseException]) -> BaseException:
+    """The error to stop with when no failure is transient: a user error as itself, else a
+    `WorkerError` naming the rank, the error and what to do."""
+    rank, failure = min(failures.items())
+    user = [f for f in failures.values() if isinstance(f, USER_ERRORS)]
+    if user:
+        return user[0]
+    return WorkerError(
+        f"rank {rank} raised {type(failure).__name__}: {first_line(failure)}; not retried: "
+        "the training code raised it and would raise it again (its traceback is in the "
+        "worker log above); fix the cause, then re-run the same command to resume from "
+        "the newest checkpoint"
+    )
+
+
 def _first_failure(error: ray.train.WorkerGroupError) -> str:
     rank, failure = min(error.worker_failures.items())
-    first_line = (str(failure).strip().splitlines() or [""])[0]
-    return f"rank {rank}: {type(failure).__name__}: {first_line[:200]}"
+    return f"rank {rank}: {type(failure).__name__}: {first_line(failure)}"
 
 
 def start_up_limit(cfg: Any) -> int:

@@ -81,6 +81,33 @@ def test_a_user_error_in_a_worker_fails_at_once_without_retries(
     assert starts.read_text().split() == ["0"]  # one try, not 1 + ray.max_failures
 
 
+def failing_loop(starts: Path, error: BaseException):
+    def loop(cfg, session, tracker):
+        with open(starts, "a") as record:
+            record.write(f"{session.rank}\n")
+        raise error
+
+    return loop
+
+
+@pytest.mark.parametrize(
+    "error",
+    [ZeroDivisionError("integer division or modulo by zero"), PermissionError(13, "denied")],
+    ids=["bug-in-a-model", "permission-denied"],
+)
+def test_an_error_of_the_training_code_stops_at_once_in_one_line(
+    ray_cluster, tiny_mnist: Path, tmp_path: Path, error: BaseException
+) -> None:
+    cfg = tiny_config(tiny_mnist, tmp_path, ray={"max_failures": -1})  # would retry forever
+    starts = tmp_path / "starts.txt"
+    with pytest.raises(worker.WorkerError) as stopped:
+        fit(cfg, failing_loop(starts, error))
+    assert starts.read_text().split() == ["0"]  # one try
+    message = str(stopped.value)
+    assert message.startswith(f"rank 0 raised {type(error).__name__}: ") and "\n" not in message
+    assert "not retried" in message and "re-run the same command to resume" in message
+
+
 @ray.remote(num_cpus=2)
 class Hog:
     """Holds every CPU of the cluster, as another job would."""
