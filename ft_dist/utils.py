@@ -124,3 +124,26 @@ def error_summary(error: BaseException) -> str:
     line = first_line(error)
     name = type(error).__name__
     return name if line == name else f"{name}: {line}"
+
+
+class Note(UserWarning):
+    """A warning of ft_dist's own, about the user's config, model or run: the CLI prints its
+    one line without the Python source location (`short_notes`)."""
+
+
+class RenamedNote(Note, FutureWarning):
+    """An old name that still works (a config key or value renamed)."""
+
+
+def short_notes() -> None:
+    """Print `Note` warnings as ``ft-dist: warning: <message>``; others as Python does."""
+    import warnings
+
+    default = warnings.formatwarning
+
+    def format_warning(message, category, filename, lineno, line=None):  # noqa: ANN001
+        if issubclass(category, Note):
+            return f"ft-dist: warning: {message}\n"
+        return default(message, category, filename, lineno, line)
+
+    warnings.formatwarning = format_warning

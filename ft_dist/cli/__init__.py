@@ -12,6 +12,7 @@ import argparse
 import sys
 
 from ft_dist.cli import bench, compare, evaluate, export, flops, shards, train
+from ft_dist.utils import short_notes
 
 # Order here is the order `ft-dist --help` lists the commands in.
 COMMAND_MODULES = [shards, train, bench, flops, evaluate, export, compare]
@@ -30,6 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    short_notes()
     try:
         return int(args.func(args) or 0)
     except (ValueError, FileNotFoundError) as error:

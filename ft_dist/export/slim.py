@@ -22,6 +22,7 @@ from ft_dist.sparse.allocation import strip_wrapper_prefixes
 from ft_dist.sparse.slim import dead_channels, slim_model
 from ft_dist.sparse.structure import ChannelTraceError, channel_structure
 from ft_dist.sparse.verify import cut_problem
+from ft_dist.utils import Note
 
 
 def _example(meta: dict[str, Any]) -> torch.Tensor:
@@ -40,7 +41,7 @@ def slim_ticket(ticket: Ticket) -> tuple[dict, dict, dict[str, Any] | None]:
     if problem is not None:
         warnings.warn(
             f"{ticket.path}: exported with its channels kept (masked, not slim): {problem}",
-            UserWarning,
+            Note,
             stacklevel=2,
         )
         return model.state_dict(), ticket.masks, None

@@ -67,6 +67,7 @@ from ft_dist.sparse.structure import (
 )
 from ft_dist.sparse.update import LayerUpdate, prune_and_grow
 from ft_dist.sparse.verify import verify_structure
+from ft_dist.utils import Note
 
 if TYPE_CHECKING:
     from ft_dist.sparse.dynamic import DynamicSparsity
@@ -522,7 +523,7 @@ def verified_structure(
                 f"which cannot be cut ({problem}); remove that key (the group is then kept "
                 "whole)"
             )
-        warnings.warn(f"channel group {name} is kept whole: {problem}", UserWarning, stacklevel=2)
+        warnings.warn(f"channel group {name} is kept whole: {problem}", Note, stacklevel=2)
     if not structure.groups:
         raise ValueError(
             "sparsity.channel_sparsity: the model has no removable channel group "

@@ -15,7 +15,7 @@ from pydantic import Field, field_validator, model_validator
 from ft_dist.configbase import Section
 from ft_dist.sparse.scores import GROWTH_SCORES
 from ft_dist.train.methods import ENSEMBLE_METHODS, RENAMED_METHODS, ensemble_method
-from ft_dist.utils import known_name
+from ft_dist.utils import RenamedNote, known_name
 
 
 class EDSTConfig(Section):
@@ -130,6 +130,6 @@ class EnsembleConfig(Section):
 def _note_renamed(old: str, new: str) -> None:
     warnings.warn(
         f"{old} is now called {new}; the old name still works for now: rename it in your config",
-        FutureWarning,
+        RenamedNote,
         stacklevel=3,
     )
