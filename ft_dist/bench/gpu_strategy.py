@@ -117,6 +117,7 @@ def build(device, sizes, kind: str):
     from ft_dist.models import build_model
     from ft_dist.sparse import SparsityConfig
     from ft_dist.train.config import OptimConfig, TrainConfig
+    from ft_dist.train.strategies import STRATEGIES
     from ft_dist.train.strategies.base import build_strategy
 
     cuda = device.type == "cuda"
@@ -125,9 +126,9 @@ def build(device, sizes, kind: str):
     module = module.to(device)
     if cuda:
         module = module.to(memory_format=torch.channels_last)
-    train = TrainConfig(bf16=cuda, channels_last=cuda)
-    if kind == "deepspeed":
-        train = TrainConfig(strategy="deepspeed", zero_stage=2, bf16=cuda, channels_last=cuda)
+    # each strategy at its entry's most demanding options (DeepSpeed: ZeRO-2)
+    options = STRATEGIES[kind].example
+    train = TrainConfig(strategy=kind, bf16=cuda, channels_last=cuda, **options)
     return build_strategy(
         module,
         train=train,

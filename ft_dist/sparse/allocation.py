@@ -126,26 +126,18 @@ def maskable_parameters(
     }
 
 
-def _raw_density(shape: Sequence[int], method: str) -> float:
-    if method == "erk":
-        return sum(shape) / math.prod(shape)
-    # ER uses only the fan-in and fan-out (output and input channels), not the kernel size.
-    n_out, n_in = shape[0], shape[1] if len(shape) > 1 else 1
-    return (n_in + n_out) / (n_in * n_out)
-
-
 def layer_densities(
     shapes: Mapping[str, Sequence[int]], density: float, method: str = "erk"
 ) -> dict[str, float]:
     """Per-layer densities whose size-weighted mean is ``density`` (see module docstring)."""
     if not 0.0 < density <= 1.0:
         raise ValueError(f"sparsity.density must be in (0, 1], got {density}")
-    table_entry(SPARSE_INITS, method, "sparsity.sparse_init")
-    if method == "uniform" or density == 1.0:
+    raw_density = table_entry(SPARSE_INITS, method, "sparsity.sparse_init").raw_density
+    if raw_density is None or density == 1.0:
         return {name: density for name in shapes}
 
     sizes = {name: math.prod(shape) for name, shape in shapes.items()}
-    raw = {name: _raw_density(shape, method) for name, shape in shapes.items()}
+    raw = {name: raw_density(shape) for name, shape in shapes.items()}
     budget = density * sum(sizes.values())
     dense: set[str] = set()
     while True:

@@ -8,21 +8,37 @@ only, no torch, so that loading a config imports none; the torch code lives apar
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
+
+from ft_dist.utils import table_entry
 
 
 @dataclass(frozen=True)
 class SparseInit:
-    """How `layer_densities` spreads the global density over the masked layers."""
+    """How `layer_densities` spreads the global density over the masked layers: in
+    proportion to ``raw_density(shape)`` (None: the global density everywhere)."""
 
     summary: str
+    raw_density: Callable[[Sequence[int]], float] | None
+
+
+def _erk(shape: Sequence[int]) -> float:
+    return sum(shape) / math.prod(shape)
+
+
+def _er(shape: Sequence[int]) -> float:
+    # ER uses only the fan-in and fan-out (output and input channels), not the kernel size.
+    n_out, n_in = shape[0], shape[1] if len(shape) > 1 else 1
+    return (n_in + n_out) / (n_in * n_out)
 
 
 SPARSE_INITS: dict[str, SparseInit] = {
-    "erk": SparseInit("Erdős–Rényi–Kernel: density_l ∝ sum(shape_l) / prod(shape_l)"),
-    "er": SparseInit("Erdős–Rényi: density_l ∝ (n_in + n_out) / (n_in · n_out)"),
-    "uniform": SparseInit("every masked layer gets the global density"),
+    "erk": SparseInit("Erdős–Rényi–Kernel: density_l ∝ sum(shape_l) / prod(shape_l)", _erk),
+    "er": SparseInit("Erdős–Rényi: density_l ∝ (n_in + n_out) / (n_in · n_out)", _er),
+    "uniform": SparseInit("every masked layer gets the global density", None),
 }
 
 
@@ -32,6 +48,18 @@ class CompatMode:
 
     summary: str
     inactive_momentum: str | None  # the value the mode fixes; None: the config's own
+    # The engine's behaviour object for the mode (sparse/official.py), imported when a run
+    # builds it; None: the engine's own update.
+    behaviour: Callable[[], Any] | None = None
+
+
+def _official(name: str) -> Callable[[], Any]:
+    def load() -> Any:
+        from ft_dist.sparse import official
+
+        return getattr(official, name)()
+
+    return load
 
 
 COMPAT_MODES: dict[str, CompatMode] = {
@@ -40,10 +68,12 @@ COMPAT_MODES: dict[str, CompatMode] = {
         "inactive_momentum keep, and ERK-dense layers lose their ceil(f n) smallest weights "
         "at every update (mask kept all ones)",
         "keep",
+        _official("OfficialCifar"),
     ),
     "official-imagenet": CompatMode(
         "a weight dropped and regrown in the same update keeps its value and momentum",
         "zero",
+        _official("OfficialImagenet"),
     ),
 }
 
@@ -70,3 +100,9 @@ def resolve_compat(data: Any) -> Any:
             "set sparsity.compat=none"
         )
     return data
+
+
+def official_behaviour(compat: str) -> Any:
+    """The engine's behaviour object for ``sparsity.compat`` (None for ``none``)."""
+    mode = table_entry(COMPAT_MODES, compat, "sparsity.compat")
+    return mode.behaviour() if mode.behaviour is not None else None

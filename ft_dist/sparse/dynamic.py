@@ -31,9 +31,9 @@ from torch import nn
 
 from ft_dist.sparse.allocation import active_counts, layer_densities, maskable_parameters
 from ft_dist.sparse.channels import ChannelSparsity
+from ft_dist.sparse.choices import official_behaviour
 from ft_dist.sparse.config import SparsityConfig
 from ft_dist.sparse.consistency import verify_masks_identical
-from ft_dist.sparse.official import official_behaviour
 from ft_dist.sparse.schedule import UpdateSchedule
 from ft_dist.sparse.scores import Criterion, ScoreInputs, drop_criterion, growth_criterion
 from ft_dist.sparse.update import num_to_drop, prune_and_grow, random_mask

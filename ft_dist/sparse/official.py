@@ -106,12 +106,3 @@ class OfficialImagenet:
                 if name in resets:
                     resets[name] = resets[name] & ~kept
         return resets
-
-
-def official_behaviour(compat: str) -> OfficialCifar | OfficialImagenet | None:
-    """The engine's compat object for ``sparsity.compat`` (None for ``none``)."""
-    if compat == "official-cifar":
-        return OfficialCifar()
-    if compat == "official-imagenet":
-        return OfficialImagenet()
-    return None

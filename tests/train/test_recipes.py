@@ -17,7 +17,7 @@ import torch
 
 from ft_dist.config import RunConfig, load_config
 from ft_dist.sparse import UpdateSchedule
-from ft_dist.sparse.official import official_behaviour
+from ft_dist.sparse.choices import official_behaviour
 from ft_dist.sparse.update import num_to_drop
 from ft_dist.train.edst import drop_decay_period, epoch_plan
 from ft_dist.train.optim import learning_rate
