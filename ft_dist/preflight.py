@@ -148,9 +148,42 @@ def check_model_builds(model: Any, sparsity: Any) -> Any:
                 "Conv/Linear or attention weight); add weights with sparsity.include "
                 "patterns, or set sparsity.density=1.0 for a dense run"
             )
+        check_density_floor({name: tuple(p.shape) for name, p in chosen.items()}, sparsity)
     if sparsity.channel_sparsity > 0:
         check_channel_groups(model, sparsity)
     return network
+
+
+def check_density_floor(shapes: dict[str, tuple[int, ...]], sparsity: Any) -> None:
+    """Refuse a density at which a sparse layer rounds to no active weight (the engine would
+    hold it at one, and the run would train to chance), naming the layer and the smallest
+    density that gives every layer at least one."""
+    from ft_dist.sparse.allocation import layer_densities
+
+    def starved(density: float) -> list[str]:
+        densities = layer_densities(shapes, density, sparsity.sparse_init)
+        return [n for n, shape in shapes.items() if densities[n] * math.prod(shape) < 0.5]
+
+    empty = starved(sparsity.density)
+    if not empty:
+        return
+    low, high = sparsity.density, 1.0  # bisect the smallest density that starves none
+    for _ in range(60):
+        middle = (low + high) / 2
+        low, high = (low, middle) if not starved(middle) else (middle, high)
+    name = empty[0]
+    raise ValueError(
+        f"sparsity.density={sparsity.density:g} leaves {len(empty)} sparse layer(s) without "
+        f"an active weight (e.g. {name}, {math.prod(shapes[name])} weights): training would "
+        f"not learn there; use sparsity.density >= {_round_up(high):g}, or keep such layers "
+        "dense with sparsity.dense_layers / sparsity.exclude"
+    )
+
+
+def _round_up(value: float) -> float:
+    """``value`` rounded up to 2 significant digits."""
+    scale = 10 ** (math.floor(math.log10(value)) - 1)
+    return math.ceil(value / scale) * scale
 
 
 def check_channel_groups(model: Any, sparsity: Any) -> None:

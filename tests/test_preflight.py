@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from ft_dist.config import config_from_dict
 from ft_dist.preflight import (
     check_inputs,
@@ -71,3 +73,20 @@ def test_an_elastic_run_needs_room_for_its_minimum_only(tmp_path: Path) -> None:
     elastic = config_from_dict({"data": {"root": str(tmp_path)}, "train": {"num_workers": [1, 3]}})
     fixed = config_from_dict({"data": {"root": str(tmp_path)}, "train": {"num_workers": 3}})
     assert workers_to_start(elastic.train) == 1 and workers_to_start(fixed.train) == 3
+
+
+def test_a_density_that_leaves_a_layer_empty_is_refused_with_the_smallest_that_works() -> None:
+    from ft_dist.models import ModelConfig
+    from ft_dist.preflight import check_model_builds
+    from ft_dist.sparse import SparsityConfig
+
+    model = ModelConfig(name="small-cnn", num_classes=10, in_channels=1, image_size=28)
+    with pytest.raises(ValueError) as refused:
+        check_model_builds(model, SparsityConfig(density=1e-6))
+    message = str(refused.value)
+    assert message.startswith("sparsity.density=1e-06 leaves 4 sparse layer(s) without an ")
+    assert "features.0.weight, 288 weights" in message and "\n" not in message
+    smallest = float(message.split("use sparsity.density >= ")[1].split(",")[0])
+    check_model_builds(model, SparsityConfig(density=smallest))  # the suggestion works
+    with pytest.raises(ValueError, match="without an active weight"):
+        check_model_builds(model, SparsityConfig(density=smallest * 0.9))

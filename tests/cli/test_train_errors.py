@@ -160,3 +160,8 @@ def test_channel_sparsity_on_a_model_whose_channels_cannot_be_cut(
     )
     err = train_error(capsys, write_config(tmp_path, dataset), *overrides)
     assert "this model's channels cannot be cut" in err and "channel_sparsity=0" in err
+
+
+def test_a_density_that_starves_a_layer(tmp_path: Path, dataset: Path, capsys) -> None:
+    err = train_error(capsys, write_config(tmp_path, dataset), "sparsity.density=1e-6")
+    assert "sparsity.density=1e-06 leaves" in err and "use sparsity.density >= " in err
