@@ -82,6 +82,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--workers", type=int, default=0, help="DataLoader decode processes")
     parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
     parser.add_argument("--no-wandb", action="store_true", help="do not log the report to W&B")
+    parser.add_argument(
+        "--allow-incomplete",
+        action="store_true",
+        help="evaluate the tickets found even when the run plans more (ensemble.num_members): "
+        "a run still training or stopped early; without it such an ensemble is refused",
+    )
     parser.set_defaults(func=handler)
 
 
@@ -125,6 +131,7 @@ def handler(args: argparse.Namespace) -> int:
         num_workers=args.workers,
         device=args.device,
         track=not args.no_wandb,
+        allow_incomplete=args.allow_incomplete,
     )
     written = evaluate_run(args.run_dir, options)
     print(f"report: {written['markdown']}")

@@ -6,6 +6,7 @@ evaluation does not depend on the training-side config schema beyond those two.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +31,7 @@ from ft_dist.ensemble.report import summary_metrics, write_report
 from ft_dist.ensemble.robustness import CorruptionBenchmark, CorruptionCell
 from ft_dist.ensemble.tickets import find_tickets, load_ticket
 from ft_dist.layout import CONFIG_FILE, config_path, eval_dir, member_dirs
+from ft_dist.train.methods import RENAMED_METHODS, ensemble_method
 
 ALL_SEVERITIES = (1, 2, 3, 4, 5)
 
@@ -55,6 +57,7 @@ class EvalOptions:
     num_workers: int = 0
     device: str = "cpu"
     track: bool = True
+    allow_incomplete: bool = False  # evaluate fewer tickets than the run plans
 
     @property
     def ood_specs(self) -> tuple[str, ...]:
@@ -77,6 +80,33 @@ def read_run_config(path: Path) -> dict[str, Any]:
     )
 
 
+def planned_tickets(raw: dict[str, Any], layout: str) -> int:
+    """Tickets the run's config plans: ensemble.num_members for a run that yields them all
+    (EDST) or a DST Ensemble's experiment directory; 1 for one member run of it."""
+    ensemble = raw.get("ensemble") or {}
+    method = ensemble.get("method") or "single"
+    method = RENAMED_METHODS.get(method, method)
+    members = int(ensemble.get("num_members") or 1)
+    separate = ensemble_method(method).separate_runs
+    return members if layout == "experiment" or not separate else 1
+
+
+def check_complete(root: Path, raw: dict[str, Any], layout: str, found: int, allow: bool) -> None:
+    """Refuse an ensemble with fewer tickets than planned (a run still training, or stopped
+    early) unless ``allow``; then say what is evaluated."""
+    planned = planned_tickets(raw, layout)
+    if found >= planned:
+        return
+    if not allow:
+        raise ValueError(
+            f"{root}: found {found} of the {planned} tickets its config plans "
+            "(ensemble.num_members): the run is still training or stopped early; let it "
+            "finish (re-running `ft-dist train` resumes it), or pass --allow-incomplete to "
+            f"evaluate the {found} found"
+        )
+    print(f"ft-dist evaluate: evaluating {found} of {planned} planned tickets", file=sys.stderr)
+
+
 def _data_config(raw: dict[str, Any], data_root: str | None) -> DataConfig:
     values = dict(raw["data"])
     if data_root is not None:
@@ -91,6 +121,7 @@ def evaluate_run(path: str | Path, options: EvalOptions) -> dict[str, Path]:
         check_corruptions(options.corruptions, options.severities or (1, 3, 5))
     ticket_paths, layout = find_tickets(root)
     raw = read_run_config(root)
+    check_complete(root, raw, layout, len(ticket_paths), options.allow_incomplete)
     data_cfg = _data_config(raw, options.data_root)
     split = options.split or data_cfg.test_split
     if split is None:

@@ -109,6 +109,25 @@ def test_cli_evaluate_user_errors(mnist_root: Path, tmp_path: Path, capsys) -> N
     assert "choose from" in capsys.readouterr().err
 
 
+def test_an_ensemble_with_fewer_tickets_than_planned_is_refused_unless_allowed(
+    mnist_root: Path, tmp_path: Path, capsys
+) -> None:
+    run_dir = tmp_path / "run"
+    _write_run(run_dir, mnist_root, num_members=1)  # an EDST run of M = 3 after phase 1
+    config = yaml.safe_load((run_dir / "config.yaml").read_text())
+    config["ensemble"] = {"method": "edst", "num_members": 3}
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(config))
+    assert main(["evaluate", str(run_dir), "--no-wandb"]) == 2
+    err = capsys.readouterr().err
+    assert "found 1 of the 3 tickets its config plans" in err and "--allow-incomplete" in err
+    assert main(["evaluate", str(run_dir), "--no-wandb", "--allow-incomplete"]) == 0
+    assert "evaluating 1 of 3 planned tickets" in capsys.readouterr().err
+    # One member run of a DST Ensemble plans its own ticket only.
+    config["ensemble"] = {"method": "pdst", "num_members": 3}  # an old run's name
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(config))
+    assert main(["evaluate", str(run_dir), "--no-wandb"]) == 0
+
+
 def test_cli_evaluate_corruption_files_and_several_ood_sets(
     mnist_root: Path, tmp_path: Path, capsys
 ) -> None:
