@@ -6,12 +6,14 @@
 * `Validation`: the validation split after the epochs the plan or the config asks;
 * `Tickets`: each epoch's weights offered as the plan's ticket candidate; the ticket written
   at the phase's end;
-* `Exploration`: the plan's global exploration (EDST) after the ticket, growing from the
-  dense gradient captured at the epoch's last step when its growth reads a gradient.
+* `DynamicSparseTraining`: the DST engine on both sides of every optimizer step (masks,
+  prune and grow, channel removal), and the plan's global exploration (EDST) after the
+  ticket, growing from the dense gradient captured at the epoch's last step when its growth
+  reads a gradient.
 
 At ``epoch_end`` each adds what it measured to the epoch's ``metrics``, which the loop then
-logs; so Validation precedes Tickets (which read its accuracy) and Exploration follows them
-(it moves the weights the ticket was taken from).
+logs; so Validation precedes Tickets (which read its accuracy) and the exploration follows
+them (it moves the weights the ticket was taken from).
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from ft_dist.train.validate import evaluate_split
 
 
 def standard_callbacks() -> list[Callback]:
-    return [Tracking(), FiniteGuard(), Validation(), Tickets(), Exploration()]
+    return [Tracking(), FiniteGuard(), Validation(), Tickets(), DynamicSparseTraining()]
 
 
 class Tracking(Callback):
@@ -84,9 +86,12 @@ class Tickets(Callback):
             )
 
 
-class Exploration(Callback):
-    """An exploration that grows by gradient reads the dense gradient of the epoch's last
-    step: that step asks the strategy to keep it."""
+class DynamicSparseTraining(Callback):
+    """The DST engine around every optimizer step (the strategy's two halves: the engine
+    sees the full gradients before, re-masks, prunes, grows and removes channels after, and
+    the strategy zeroes the reset positions in its own copies), and the plan's global
+    exploration (EDST) after the epoch's ticket. An exploration that grows by gradient reads
+    the dense gradient of the epoch's last step: that step asks the strategy to keep it."""
 
     capture_at = -1  # step of the epoch whose dense gradient is kept
 
@@ -97,6 +102,12 @@ class Exploration(Callback):
 
     def on_step_start(self, ctx: Context) -> None:
         ctx.strategy.begin_step(ctx.state.step_in_epoch == self.capture_at)
+
+    def on_before_optimizer_step(self, ctx: Context) -> None:
+        ctx.strategy.before_optimizer_step()
+
+    def on_after_optimizer_step(self, ctx: Context) -> None:
+        ctx.strategy.after_optimizer_step()
 
     def on_epoch_end(self, ctx, epoch, actions, metrics) -> None:
         if actions.explore is not None:

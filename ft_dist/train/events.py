@@ -4,8 +4,9 @@ The loop (loop.py) raises, in this order within a run:
 
     epoch_start(ctx, epoch, actions)      the plan's actions for the epoch are known
     step_start(ctx)                       before the step's first forward
-    before_optimizer_step(ctx)            after the last backward; `strategy.step()` follows
-    after_step(ctx, loss)                 the optimizer step (with DST around it) is done
+    before_optimizer_step(ctx)            after the last backward; `strategy.optimizer_step()` follows
+    after_optimizer_step(ctx)             right after it (DST masks, prunes and grows here)
+    after_step(ctx, loss)                 the step is counted
     log(ctx, metrics)                     the loop logs step metrics (loss synced over ranks)
     before_checkpoint(ctx, lr)            a mid-epoch checkpoint is about to be written
     epoch_end(ctx, epoch, actions, metrics)  after the epoch; subscribers add to ``metrics``
@@ -38,6 +39,8 @@ class Callback:
     def on_step_start(self, ctx: Context) -> None: ...
 
     def on_before_optimizer_step(self, ctx: Context) -> None: ...
+
+    def on_after_optimizer_step(self, ctx: Context) -> None: ...
 
     def on_after_step(self, ctx: Context, loss: torch.Tensor) -> None: ...
 

@@ -123,8 +123,9 @@ def train_step(ctx: Context, events: Events, micro_batches: list) -> torch.Tenso
             loss = ctx.criterion(strategy.model(images).float(), labels.to(device))
             strategy.backward(loss, last)
         total += loss.detach()
-    events.fire("before_optimizer_step", ctx)
-    strategy.step()
+    events.fire("before_optimizer_step", ctx)  # DynamicSparseTraining masks the gradients
+    strategy.optimizer_step()
+    events.fire("after_optimizer_step", ctx)  # DynamicSparseTraining: masks, prune and grow
     return total / len(micro_batches)
 
 

@@ -27,6 +27,9 @@ class Recorder(Callback):
     def on_before_optimizer_step(self, ctx) -> None:
         self.heard.append("before_optimizer_step")
 
+    def on_after_optimizer_step(self, ctx) -> None:
+        self.heard.append("after_optimizer_step")
+
     def on_after_step(self, ctx, loss) -> None:
         self.heard.append("after_step")
 
@@ -58,7 +61,7 @@ def test_a_subscriber_hears_every_event_in_order(tiny_mnist: Path, tmp_path: Pat
     recorder = Recorder()
     with LocalSession(run_dir(cfg.train), device="cpu") as session:
         train(cfg, session, NullTracker(), callbacks=[recorder])
-    step = ["step_start", "before_optimizer_step", "after_step"]
+    step = ["step_start", "before_optimizer_step", "after_optimizer_step", "after_step"]
     expected = (
         ["epoch_start 0"]
         + step * 4

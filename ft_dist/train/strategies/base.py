@@ -54,7 +54,16 @@ class Strategy:
         self.sparsity.keep_dense_gradients(capture_grads)
 
     def step(self) -> None:
-        """One optimizer step with DST around it, identical for every strategy."""
+        """One optimizer step with DST around it, identical for every strategy (the loop
+        raises events around `optimizer_step` instead, and `DynamicSparseTraining` in
+        callbacks.py calls the two halves)."""
+        self.before_optimizer_step()
+        self.optimizer_step()
+        self.after_optimizer_step()
+
+    def before_optimizer_step(self) -> None:
+        """DST's first half: hand the engine the full gradients when it wants them (keeping
+        a copy when `begin_step` asked), so it masks them before the optimizer reads them."""
         sparsity = self.sparsity
         grads = self.full_gradients() if sparsity.wants_dense_gradients() else None
         if self._capture:
@@ -62,8 +71,11 @@ class Strategy:
             self._captured_grads = {n: g.detach().clone() for n, g in source.items()}
             self._capture = False
         sparsity.before_optimizer_step(grads)
-        self.optimizer_step()
-        self.apply_resets(sparsity.after_optimizer_step())
+
+    def after_optimizer_step(self) -> None:
+        """DST's second half: the engine re-masks, prunes and grows when due (and removes
+        channels); the positions it reset are zeroed in this strategy's own copies."""
+        self.apply_resets(self.sparsity.after_optimizer_step())
 
     def explore(self, drop_fraction: float, growth: str) -> None:
         """One out-of-schedule DST update (EDST), gradient growth reading the gradient
