@@ -77,16 +77,23 @@ def replace_dir(partial: str | os.PathLike[str], path: str | os.PathLike[str]) -
     return path
 
 
-def write_dir_atomic(path: str | os.PathLike[str], write: Callable[[Path], object]) -> Path:
-    """Call ``write(tmp)`` on an empty `partial_dir`, then `replace_dir` it over ``path``;
-    on an error the partial directory is removed and ``path`` is left as it was. (Writes
-    that several processes share, such as checkpoints, use the two steps themselves.)"""
+def write_dir_atomic(
+    path: str | os.PathLike[str],
+    write: Callable[[Path], object],
+    publish: Callable[[Path, Path], object] = replace_dir,
+) -> Path:
+    """Call ``write(tmp)`` on an empty `partial_dir`, then ``publish(tmp, path)`` it (default
+    `replace_dir`); on an error the partial directory is removed and ``path`` is left as it
+    was. (Writes that several processes share, such as checkpoints, use the two steps
+    themselves.)"""
+    path = Path(path)
     partial = partial_dir(path)
     shutil.rmtree(partial, ignore_errors=True)  # a torn earlier attempt
     partial.mkdir(parents=True)
     try:
         write(partial)
-        return replace_dir(partial, path)
+        publish(partial, path)
+        return path
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)
         raise

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import io
 import os
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +38,7 @@ from ft_dist.export.artifact import (
 from ft_dist.export.format import decode_member, encode_member, sha256_hex
 from ft_dist.export.program import export_program, serving_program
 from ft_dist.export.slim import member_model, slim_ticket
-from ft_dist.utils import partial_dir, replace_dir, write_bytes_atomic
+from ft_dist.utils import replace_dir, write_bytes_atomic, write_dir_atomic
 
 PROGRAM_INPUT = "float32 images [N, C, H, W] in [0, 1], after eval_transform (not normalised)"
 PROGRAM_OUTPUT = "float32 [N, num_classes]: the mean of the members' softmax probabilities"
@@ -159,19 +158,16 @@ def export_run(
     check_compatible(tickets)
     facts = preprocessing_facts(root, tickets[0], data_root)
     check_out(out, force)
+    written: dict[str, Any] = {}
+
+    def write(partial: Path) -> None:
+        written.update(_write_artifact(tickets, partial, root, layout, facts, program, slim))
+        read_artifact(partial)  # what was written reads back and verifies, end to end
+
     # All or nothing: built and verified in a hidden sibling, then moved in place; a failure
     # leaves ``out`` as it was (an earlier export included) and no partial directory.
-    partial = partial_dir(out)
-    shutil.rmtree(partial, ignore_errors=True)
-    partial.mkdir(parents=True)
-    try:
-        manifest = _write_artifact(tickets, partial, root, layout, facts, program, slim)
-        read_artifact(partial)  # what was written reads back and verifies, end to end
-        publish(partial, out)
-    except BaseException:
-        shutil.rmtree(partial, ignore_errors=True)
-        raise
-    return sizes(out, manifest, tickets[0])
+    write_dir_atomic(out, write, publish)
+    return sizes(out, written, tickets[0])
 
 
 def _write_artifact(
