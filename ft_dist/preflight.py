@@ -158,11 +158,10 @@ def check_density_floor(shapes: dict[str, tuple[int, ...]], sparsity: Any) -> No
     """Refuse a density at which a sparse layer rounds to no active weight (the engine would
     hold it at one, and the run would train to chance), naming the layer and the smallest
     density that gives every layer at least one."""
-    from ft_dist.sparse.allocation import layer_densities
+    from ft_dist.sparse.allocation import layer_densities, starved_layers
 
     def starved(density: float) -> list[str]:
-        densities = layer_densities(shapes, density, sparsity.sparse_init)
-        return [n for n, shape in shapes.items() if densities[n] * math.prod(shape) < 0.5]
+        return starved_layers(shapes, layer_densities(shapes, density, sparsity.sparse_init))
 
     empty = starved(sparsity.density)
     if not empty:

@@ -160,5 +160,17 @@ def active_counts(
     counts = {}
     for name, shape in shapes.items():
         numel = math.prod(shape)
-        counts[name] = min(numel, max(1, round(densities[name] * numel)))
+        counts[name] = min(numel, max(1, _rounded(densities[name], numel)))
     return counts
+
+
+def starved_layers(
+    shapes: Mapping[str, Sequence[int]], densities: Mapping[str, float]
+) -> list[str]:
+    """The layers whose density rounds to no active weight: `active_counts` holds them at
+    its floor of one (preflight refuses such a density)."""
+    return [n for n, shape in shapes.items() if _rounded(densities[n], math.prod(shape)) < 1]
+
+
+def _rounded(density: float, numel: int) -> int:
+    return round(density * numel)

@@ -102,7 +102,7 @@ def verify_structure(
     """``structure`` without the groups whose trial cuts fail (they join ``fixed`` with the
     reason), and those (group, reason) pairs. Each kind of trial cuts every group at once;
     only when one fails is each group tried alone, and the survivors again together."""
-    trials = {g.name: trial_channels(g) for g in structure.groups if trial_channels(g)}
+    trials = {g.name: cuts for g in structure.groups if (cuts := trial_channels(g))}
 
     def problem_of(names) -> str | None:
         kinds = max((len(trials[n]) for n in names), default=0)
