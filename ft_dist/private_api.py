@@ -62,6 +62,15 @@ def zero_wrapped_optimizer(optimizer: Any) -> Any:
     return optimizer if isinstance(optimizer, torch.optim.Optimizer) else optimizer.optimizer
 
 
+def link_zero_optimizer_state(optimizer: Any) -> None:
+    """Point each parameter's ZeRO fragment at optimizer state created before the first step
+    (DeepSpeed links them lazily in its step, `_lazy_init_hp_params_optimizer_state`; its
+    public `safe_set_full_optimizer_state` needs the link). No-op for ZeRO-0."""
+    link = getattr(optimizer, "_lazy_init_hp_params_optimizer_state", None)
+    if link is not None:
+        link()
+
+
 def batch_norm_base() -> type:
     """The common base of BatchNorm1d/2d/3d, SyncBatchNorm and the lazy variants
     (`nn.modules.batchnorm._BatchNorm`): torch exports no public type that matches them all,

@@ -106,6 +106,22 @@ def test_zero_wrapped_optimizer_unwraps_a_wrapper_and_passes_a_torch_optimizer()
     assert private_api.zero_wrapped_optimizer(Wrapper()) is sgd
 
 
+def test_link_zero_optimizer_state_names_deepspeeds_own_method() -> None:
+    """The ZeRO-1/2 optimizer still has the lazy link method the helper calls."""
+    from deepspeed.runtime.zero.stage_1_and_2 import DeepSpeedZeroOptimizer
+
+    assert callable(DeepSpeedZeroOptimizer._lazy_init_hp_params_optimizer_state)
+    calls = []
+
+    class Zero:
+        def _lazy_init_hp_params_optimizer_state(self) -> None:
+            calls.append(True)
+
+    private_api.link_zero_optimizer_state(Zero())
+    private_api.link_zero_optimizer_state(torch.optim.SGD([nn.Parameter(torch.ones(1))], lr=1))
+    assert calls == [True]
+
+
 def test_batch_norm_base_matches_every_batch_norm_and_nothing_else() -> None:
     base = private_api.batch_norm_base()
     norms = [nn.BatchNorm1d(2), nn.BatchNorm2d(2), nn.BatchNorm3d(2), nn.SyncBatchNorm(2)]

@@ -34,6 +34,12 @@ class Ticket:
     model_state: dict[str, torch.Tensor]
     masks: dict[str, torch.Tensor]
     meta: dict[str, Any]
+    # {"removed": {group: [channels]}}: channels cut out of the model before its weights
+    # were saved (a shrinking run); None: the full architecture
+    channels: dict[str, Any] | None = None
+
+    def removed_channels(self) -> dict[str, list[int]]:
+        return dict((self.channels or {}).get("removed") or {})
 
     def layer_densities(self) -> dict[str, float]:
         """Fraction of active weights in every masked layer, from the saved masks."""
@@ -85,7 +91,10 @@ def load_ticket(path: str | Path) -> Ticket:
     missing = [key for key in META_KEYS if key not in data["meta"]]
     if missing:
         raise ValueError(f"{path}: ticket meta lacks {missing}")
-    return Ticket(path, dict(data["model"]), dict(data["masks"]), dict(data["meta"]))
+    channels = data.get("channels")
+    if channels is not None and not isinstance(channels.get("removed"), dict):
+        raise ValueError(f"{path}: ticket 'channels' must be {{'removed': {{group: [...]}}}}")
+    return Ticket(path, dict(data["model"]), dict(data["masks"]), dict(data["meta"]), channels)
 
 
 def untrusted_message(path: Path, error: pickle.UnpicklingError) -> str:
@@ -113,13 +122,30 @@ def check_compatible(tickets: list[Ticket]) -> None:
 
 
 def build_member(ticket: Ticket, device: torch.device | str = "cpu") -> nn.Module:
-    """The ticket's network in eval mode, weights loaded and masks applied."""
-    from ft_dist.models import build_model_from_config, model_config_from_meta
-
-    meta = ticket.meta
-    model = build_model_from_config(model_config_from_meta(meta, str(ticket.path)))
-    what = f"model {meta['model']!r}"
+    """The ticket's network in eval mode, weights loaded and masks applied (with the
+    channels it records as cut cut out of the architecture first)."""
+    model = build_architecture(ticket.meta, ticket.removed_channels(), ticket.path)
+    what = f"model {ticket.meta['model']!r}"
     return load_masked(model, ticket.model_state, ticket.masks, ticket.path, what).to(device)
+
+
+def build_architecture(
+    meta: dict[str, Any], removed: dict[str, list[int]], where: str | Path
+) -> nn.Module:
+    """The model a ticket's (or artifact's) facts describe, with ``removed`` channels (per
+    group, full numbering) cut out (`ft_dist.sparse.slim.slim_model`)."""
+    from ft_dist.models import build_model_from_config, model_config_from_meta
+    from ft_dist.sparse.slim import slim_model
+
+    model = build_model_from_config(model_config_from_meta(meta, str(where)))
+    if not removed:
+        return model
+    size = int(meta["image_size"])
+    example = torch.zeros(1, int(meta["in_channels"]), size, size)
+    try:
+        return slim_model(model, {}, example, removed).model
+    except ValueError as error:
+        raise ValueError(f"{where}: its channel cut does not fit the model: {error}") from None
 
 
 def load_masked(

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ft_dist.ensemble.tickets import Ticket, build_member, load_masked
+from ft_dist.ensemble.tickets import Ticket, build_architecture, build_member, load_masked
 from ft_dist.sparse.allocation import strip_wrapper_prefixes
 from ft_dist.sparse.slim import dead_channels, slim_model
 from ft_dist.sparse.structure import ChannelTraceError, channel_structure
@@ -46,10 +46,11 @@ def slim_ticket(ticket: Ticket) -> tuple[dict, dict, dict[str, Any] | None]:
         )
         return model.state_dict(), ticket.masks, None
     cut = slim_model(model, ticket.masks, example)
+    first = ticket.removed_channels()  # cut while training (a shrinking run)
     record = {
-        "removed": cut.removed,
+        "removed": compose_removed(first, cut.removed, cut.sizes),
         "kept": cut.kept,
-        "size": cut.sizes,
+        "size": {name: size + len(first.get(name, [])) for name, size in cut.sizes.items()},
         "parameters": sum(p.numel() for p in cut.model.parameters()),
         "full_parameters": full,
     }
@@ -79,10 +80,20 @@ def member_model(
 ) -> nn.Module:
     """A member's network as the artifact holds it: the ticket's model with the recorded
     channels cut, the slim weights loaded, masks applied, in eval mode."""
-    from ft_dist.models import build_model_from_config, model_config_from_meta
-
-    model = build_model_from_config(model_config_from_meta(meta, str(where)))
-    removed = (channels or {}).get("removed") or {}
-    if removed:
-        model = slim_model(model, {}, _example(meta), removed=removed).model
+    model = build_architecture(meta, (channels or {}).get("removed") or {}, where)
     return load_masked(model, state, masks, where, f"the slim {meta['model']!r}")
+
+
+def compose_removed(
+    first: dict[str, list[int]], then: dict[str, list[int]], sizes: dict[str, int]
+) -> dict[str, list[int]]:
+    """Channels removed by two cuts, in the full model's numbering: ``first`` (full
+    numbering), then ``then`` (numbered in the model ``first`` left, whose groups have
+    ``sizes`` channels)."""
+    removed = {}
+    for name in sorted(set(first) | set(then)):
+        gone = set(first.get(name, []))
+        size = sizes.get(name, 0) + len(gone)
+        left = [c for c in range(size) if c not in gone]
+        removed[name] = sorted(gone | {left[i] for i in then.get(name, [])})
+    return {name: channels for name, channels in removed.items() if channels}

@@ -65,7 +65,7 @@ from ft_dist.sparse.structure import (
     Structure,
     channel_structure,
 )
-from ft_dist.sparse.update import LayerUpdate, prune_and_grow
+from ft_dist.sparse.update import LayerUpdate, highest, lowest, prune_and_grow
 from ft_dist.sparse.verify import verify_structure
 from ft_dist.utils import Note
 
@@ -79,9 +79,15 @@ def removed_fraction(step: int, final: float, start: int, end: int) -> float:
     return final * (1.0 - (1.0 - progress) ** 3)
 
 
-def umm_scores(group: ChannelGroup, params: dict[str, torch.Tensor]) -> torch.Tensor:
+def umm_scores(
+    group: ChannelGroup,
+    params: Mapping[str, torch.Tensor],
+    layout: Mapping[str, tuple[tuple[int, ...], Mapping[int, torch.Tensor]]] | None = None,
+) -> torch.Tensor:
     """Unmasked mean magnitude of each channel of ``group`` (float64, CPU): the mean |w| over
-    every position of its producer slices, inactive zeros included."""
+    every position of its producer slices, inactive zeros included. ``layout``: per
+    parameter whose channels were cut out, (its full shape, per cut dimension the full
+    positions it kept); the scores are those of the full, masked parameter."""
     sums = torch.zeros(group.size, dtype=torch.float64)
     counts = torch.zeros(group.size, dtype=torch.float64)
     for piece in group.slices:
@@ -90,8 +96,13 @@ def umm_scores(group: ChannelGroup, params: dict[str, torch.Tensor]) -> torch.Te
         weight = params[piece.name].detach()
         per_row = weight.abs().transpose(0, piece.dim).reshape(weight.shape[piece.dim], -1)
         totals = per_row.double().sum(dim=1).cpu()
+        full_shape, kept = (layout or {}).get(piece.name, (tuple(weight.shape), {}))
+        if piece.dim in kept:  # rows cut out were all zero: they add nothing
+            totals = torch.zeros(full_shape[piece.dim], dtype=torch.float64).index_copy_(
+                0, kept[piece.dim], totals
+            )
         sums.index_add_(0, piece.channel, totals[piece.index])
-        width = weight.numel() // weight.shape[piece.dim]
+        width = math.prod(full_shape) // full_shape[piece.dim]
         counts.index_add_(
             0, piece.channel, torch.full((len(piece.index),), float(width), dtype=torch.float64)
         )
@@ -155,6 +166,15 @@ class ChannelSparsity:
         self.uniform = config.channel_allocation == "uniform"
         self.group_final = dict(config.channel_group_sparsity)
         self.named = {strip_wrapper_prefixes(n): p for n, p in model.named_parameters()}
+        # Shrinking (sparsity.channel_shrink): removed channels are cut out of the model.
+        # Groups, channels and FLOPs stay numbered as in the full model; per parameter and
+        # cut dimension, ``kept_index`` lists the full positions the model still has, and
+        # ``cut_alive`` is each group's alive vector when it was last cut.
+        self.shrink = config.channel_shrink
+        self.full_shapes = {n: tuple(p.shape) for n, p in self.named.items()}
+        self.kept_index: dict[str, dict[int, torch.Tensor]] = {}
+        self.cut_alive: dict[str, torch.Tensor] = {}
+        self.example: torch.Tensor | None = None
         self.budget = sum(engine.num_active[n] for n in engine.sparse_names)
         self.structure: Structure | None = None
         self.alive: dict[str, torch.Tensor] = {}
@@ -166,6 +186,13 @@ class ChannelSparsity:
         self._hook = model.register_forward_pre_hook(self._build_on_first_forward)
 
     # ------------------------------------------------------------------ structure
+    def trace(self, input_shape: tuple[int, ...]) -> None:
+        """Trace now, from the shape of one input (no batch dimension), not at the first
+        forward: a resume can then restore a model whose channels were cut out."""
+        self._hook.remove()
+        param = next(self.model.parameters())
+        self.build(torch.zeros(1, *input_shape, device=param.device, dtype=param.dtype))
+
     def _build_on_first_forward(self, module: nn.Module, inputs) -> None:
         """Trace the dependency structure and the per-layer FLOPs once, at the first forward
         pass (when the input shape is known), then drop this hook."""
@@ -179,6 +206,7 @@ class ChannelSparsity:
         from ft_dist.sparse.flops import flops_report
 
         structure = verified_structure(self.model, example, self.group_final)
+        self.example = example
         loaded = self.alive
         self.alive = {g.name: torch.ones(g.size, dtype=torch.bool) for g in structure.groups}
         if loaded:
@@ -212,17 +240,27 @@ class ChannelSparsity:
             )
         return self.structure
 
-    def _refresh_keep(self) -> None:
-        """Per parameter, the positions of channels that remain (outer product over dims)."""
+    def _alive_vectors(self) -> dict[str, dict[int, torch.Tensor]]:
+        """Per parameter and dimension, whether each position of the model as it is (cut
+        positions gone) belongs to channels that remain."""
         per_dim: dict[str, dict[int, torch.Tensor]] = {}
         for group in self._require().groups:
             alive = self.alive[group.name]
             for piece in group.slices:
-                size = self.named[piece.name].shape[piece.dim]
+                size = self.full_shapes[piece.name][piece.dim]
                 vector = per_dim.setdefault(piece.name, {}).setdefault(
                     piece.dim, torch.ones(size, dtype=torch.bool)
                 )
                 vector[piece.index[~alive[piece.channel]]] = False
+        for name, dims in per_dim.items():
+            for dim, index in self.kept_index.get(name, {}).items():
+                if dim in dims:
+                    dims[dim] = dims[dim][index]
+        return per_dim
+
+    def _refresh_keep(self) -> None:
+        """Per parameter, the positions of channels that remain (outer product over dims)."""
+        per_dim = self._alive_vectors()
         self.keep = {}
         for name, dims in per_dim.items():
             param = self.named[name]
@@ -251,21 +289,21 @@ class ChannelSparsity:
         if step <= self.start:
             return {}
         structure = self._require()
-        params = {n: p for n, p in self.named.items()}
+        params, layout = self.named, self.layout()
         if self.uniform:  # every group loses the same fraction, lowest UMM first inside it
             chosen = {}
             for group in structure.groups:
                 share = removed_fraction(step, self.final_fraction(group), self.start, self.end)
                 count = round(share * group.size) - int((~self.alive[group.name]).sum())
                 if count > 0:
-                    scores = {group.name: umm_scores(group, params)}
+                    scores = {group.name: umm_scores(group, params, layout)}
                     chosen |= select_channels(scores, self.alive, {group.name: 1}, count)
         else:  # Chase: the lowest UMM over all groups, each group above its floor
             fraction = removed_fraction(step, self.final, self.start, self.end)
             count = round(fraction * self._total()) - self.num_removed()
             if count <= 0:
                 return {}
-            scores = {g.name: umm_scores(g, params) for g in structure.groups}
+            scores = {g.name: umm_scores(g, params, layout) for g in structure.groups}
             minimum = {g.name: self.minimum(g) for g in structure.groups}
             chosen = select_channels(scores, self.alive, minimum, count)
         if not any(chosen.values()):
@@ -353,12 +391,12 @@ class ChannelSparsity:
         num_grow = target - (current - num_drop)
         flat = mask.reshape(-1)
         drop_candidates = drop_score.reshape(-1).masked_fill(~flat, math.inf)
-        dropped = torch.topk(drop_candidates, num_drop, largest=False, sorted=False).indices
+        dropped = lowest(drop_candidates, num_drop)
         new_mask = flat.clone()
         new_mask[dropped] = False
         blocked = new_mask if allowed is None else new_mask | ~allowed.reshape(-1)
         grow_candidates = grow_score.reshape(-1).masked_fill(blocked, -math.inf)
-        grown = torch.topk(grow_candidates, num_grow, largest=True, sorted=False).indices
+        grown = highest(grow_candidates, num_grow)
         new_mask[grown] = True
         return LayerUpdate(new_mask.view_as(mask), dropped, grown)
 
@@ -398,6 +436,75 @@ class ChannelSparsity:
 
         return [p.register_hook(hook(n)) for n, p in self.named.items() if p.requires_grad]
 
+    # ------------------------------------------------------------------ shrinking
+    def full_numel(self, name: str) -> int:
+        """Positions of parameter ``name`` before any cut."""
+        return math.prod(self.full_shapes[name])
+
+    def layout(self) -> dict[str, tuple[tuple[int, ...], dict[int, torch.Tensor]]]:
+        """Per parameter with cut dimensions: (full shape, per cut dim the full positions
+        kept); what random draws and channel scores need to equal the masked model's."""
+        return {n: (self.full_shapes[n], dims) for n, dims in self.kept_index.items()}
+
+    def _last_cut(self, group: str) -> torch.Tensor:
+        return self.cut_alive.get(group, torch.ones_like(self.alive[group]))
+
+    def cut_pending(self) -> bool:
+        """Whether removed channels are still in the model (shrinking runs cut them)."""
+        return self.structure is not None and any(
+            bool((self._last_cut(name) & ~alive).any()) for name, alive in self.alive.items()
+        )
+
+    def cut_model_(self) -> dict[str, dict[int, torch.Tensor]]:
+        """Cut the removed channels still in the model out of it (sparse/slim.py, the cut
+        that verify.py tried at the start); returns, per parameter and dimension, the
+        positions of the old shapes that stay (what every tensor shaped like a parameter
+        must be sliced with). Group and channel numbers stay those of the full model."""
+        from ft_dist.sparse.slim import slim_model
+
+        structure = self._require()
+        vectors = {
+            name: {dim: v for dim, v in dims.items() if not bool(v.all())}
+            for name, dims in self._alive_vectors().items()
+        }
+        vectors = {name: dims for name, dims in vectors.items() if dims}
+        removed = {}
+        for group in structure.groups:
+            before = self._last_cut(group.name)
+            position = torch.cumsum(before.long(), 0) - 1  # the channel's number in the model
+            gone = before & ~self.alive[group.name]
+            if gone.any():
+                removed[group.name] = position[gone].tolist()
+        slim_model(self.model, {}, self.example, removed)
+        self.named = {strip_wrapper_prefixes(n): p for n, p in self.model.named_parameters()}
+        for name, dims in vectors.items():
+            for dim, vector in dims.items():
+                old = self.kept_index.get(name, {}).get(dim)
+                old = torch.arange(len(vector)) if old is None else old
+                self.kept_index.setdefault(name, {})[dim] = old[vector.cpu()]
+        for name, dims in self.kept_index.items():
+            expected = [
+                len(dims[d]) if d in dims else size for d, size in enumerate(self.full_shapes[name])
+            ]
+            if list(self.named[name].shape) != expected:
+                raise RuntimeError(
+                    f"cutting the removed channels left {name} at "
+                    f"{tuple(self.named[name].shape)}, expected {tuple(expected)}; set "
+                    "sparsity.channel_shrink=false for this model"
+                )
+        self.cut_alive = {name: alive.clone() for name, alive in self.alive.items()}
+        self._refresh_keep()
+        return vectors
+
+    def cut_record(self) -> dict[str, list[int]]:
+        """Per group, the channels cut out of the model (full numbering): what rebuilds its
+        architecture from the full model (`ft_dist.sparse.slim.slim_model`)."""
+        return {
+            name: (~alive).nonzero().flatten().tolist()
+            for name, alive in self.cut_alive.items()
+            if not bool(alive.all())
+        }
+
     # ------------------------------------------------------------------ FLOPs and stats
     def sparse_forward_flops(self) -> float:
         """Forward FLOPs of one example under the RigL convention: each masked layer at its
@@ -405,10 +512,11 @@ class ChannelSparsity:
         engine = self.engine
         active = 0.0
         for name, flops in self.layer_flops.items():
+            full = self.full_numel(name)
             if name in engine.sparse_names:  # the exact count the update moves it to
-                active += flops * engine.num_active[name] / engine.params[name].numel()
+                active += flops * engine.num_active[name] / full
             else:
-                active += flops * float(engine.masks[name].float().mean())
+                active += flops * int(engine.masks[name].sum()) / full
         return self.dense_flops_rest() + active
 
     def dense_flops_rest(self) -> float:
@@ -418,8 +526,7 @@ class ChannelSparsity:
         """What dense kernels execute for the slim network: each layer at its slim size."""
         slim = 0.0
         for name, flops in self.layer_flops.items():
-            param = self.named[name]
-            slim += flops * math.prod(self.slim_shape(name)) / param.numel()
+            slim += flops * math.prod(self.slim_shape(name)) / self.full_numel(name)
         return self.dense_flops_rest() + slim
 
     def _flops_now(self, step: int) -> tuple[int, float, float]:
@@ -476,6 +583,7 @@ class ChannelSparsity:
             "num_active": {n: self.engine.num_active[n] for n in self.engine.sparse_names},
             "flops_history": [list(x) for x in self.flops_history],
             "dense_flops": self.dense_flops,
+            "cut_alive": {n: v.clone() for n, v in self.cut_alive.items()},
         }
 
     def load_state_dict(self, state: dict | None) -> None:
@@ -486,6 +594,12 @@ class ChannelSparsity:
                 "without it; resume with the same sparsity settings"
             )
         self.alive = {n: v.clone().bool() for n, v in state["alive"].items()}
+        saved_cut = {n: v.bool() for n, v in state.get("cut_alive", {}).items()}
+        if not _same_vectors(saved_cut, self.cut_alive):
+            raise ValueError(
+                "the checkpoint's model has other channels cut than this one; restore the "
+                "model's channel cut (Strategy.cut_to) before the sparsity state"
+            )
         self.engine.num_active.update({n: int(c) for n, c in state["num_active"].items()})
         self.dense_flops = float(state["dense_flops"])
         # Checkpoints before the slim price kept (step, sparse): their stretches priced full.
@@ -498,6 +612,10 @@ class ChannelSparsity:
 
     def build_from_alive(self) -> None:
         self._refresh_keep()
+
+
+def _same_vectors(a: Mapping[str, torch.Tensor], b: Mapping[str, torch.Tensor]) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[n], b[n]) for n in a)
 
 
 def verified_structure(

@@ -127,6 +127,12 @@ class SparsityConfig(Section):
         description="each channel group keeps at least this share of its uniform share "
         "(1 - channel_sparsity) of channels (Chase's minimum ratio)",
     )
+    channel_shrink: bool = Field(
+        True,
+        description="cut removed channels out of the model at every removal (every rank, the "
+        "same step): the network trains physically smaller, with the masks, optimizer state "
+        "and results of the masked run; false = keep them as zeros in the full-size model",
+    )
     seed: int = 0
     check_consistency: bool = True
 

@@ -36,7 +36,28 @@ from ft_dist.sparse.config import SparsityConfig
 from ft_dist.sparse.consistency import verify_masks_identical
 from ft_dist.sparse.schedule import UpdateSchedule
 from ft_dist.sparse.scores import Criterion, ScoreInputs, drop_criterion, growth_criterion
+from ft_dist.sparse.slim import slim_tensor
 from ft_dist.sparse.update import num_to_drop, prune_and_grow, random_mask
+
+
+def move_optimizer_state_(
+    optimizer: torch.optim.Optimizer,
+    moves: Mapping[torch.Tensor, tuple[torch.Tensor, Mapping[int, torch.Tensor]]],
+) -> None:
+    """Point ``optimizer`` at new parameters: old parameter -> (new parameter, per dimension
+    the positions of the old one it kept). Per-weight state is sliced alike; scalars (Adam's
+    step) are kept."""
+    for group in optimizer.param_groups:
+        group["params"] = [moves[p][0] if p in moves else p for p in group["params"]]
+    for old, (new, dims) in moves.items():
+        state = optimizer.state.pop(old, None)
+        if state is not None:
+            optimizer.state[new] = {
+                key: slim_tensor(value, dims)
+                if torch.is_tensor(value) and value.shape == old.shape
+                else value
+                for key, value in state.items()
+            }
 
 
 class DynamicSparsity:
@@ -49,6 +70,7 @@ class DynamicSparsity:
         global_batch_size: int | None = None,
         process_group=None,
         decay_period: Callable[[int], tuple[int, int] | None] | None = None,
+        input_shape: tuple[int, ...] | None = None,
     ) -> None:
         self.config = config
         self.optimizer = optimizer
@@ -91,6 +113,8 @@ class DynamicSparsity:
         self.last_update: dict[str, tuple[int, int, int]] = {}
         # Channel-level DST (sparse/channels.py); None = unstructured only, as before.
         self.channels = ChannelSparsity(self, model) if config.channel_sparsity > 0 else None
+        if self.channels is not None and input_shape is not None:  # else at the first forward
+            self.channels.trace(input_shape)
         self._refresh_float_masks()
         self.apply_masks_()
         self.check_consistency()
@@ -246,14 +270,22 @@ class DynamicSparsity:
         saved = self.compat.before_update(self) if self.compat is not None else None
         self.last_update, resets = {}, {}
         keep_state = self.config.inactive_momentum == "keep"
+        layout = self.channels.layout() if self.channels is not None else {}
         with torch.no_grad():
             for name in self.sparse_names:
                 weight, mask = self.params[name], self.masks[name]
                 num_swap = num_to_drop(  # compat modes: the official ceil(f * n)
                     self.num_active[name], drop_fraction, official=self.compat is not None
                 )
+                full_shape, kept = layout.get(name, (None, None))
                 inputs = ScoreInputs(
-                    weight, grads.get(name), self._ema("drop", name), self.generator, mask
+                    weight,
+                    grads.get(name),
+                    self._ema("drop", name),
+                    self.generator,
+                    mask,
+                    full_shape,
+                    kept,
                 )
                 # Drop before growth: a random growth score draws from the shared generator
                 # after the drop's draws, in the same order on every rank.
@@ -295,6 +327,74 @@ class DynamicSparsity:
         if self.channels is not None and name in self.channels.named:
             return self.channels.named[name]
         raise KeyError(f"{name} is not a parameter the sparsity engine resets")
+
+    def full_numel(self, name: str) -> int:
+        """Positions of weight ``name`` before channels were cut out of it."""
+        if self.channels is not None:
+            return self.channels.full_numel(name)
+        return self.params[name].numel()
+
+    def cut_pending(self) -> bool:
+        """Whether channels were removed since the model was last cut and a shrinking run
+        (sparsity.channel_shrink) should cut them out now (`cut_channels_`)."""
+        return self.channels is not None and self.channels.shrink and self.channels.cut_pending()
+
+    def cut_channels_(self) -> dict[str, dict[int, torch.Tensor]]:
+        """Cut the removed channels out of the model, and every tensor shaped like one of
+        its parameters with them: masks, ever-active, gradient EMAs, kept gradients and
+        the torch optimizer's state (its parameter groups then hold the new parameters).
+        Returns per parameter and dimension the positions that stay, for the strategy's
+        own copies (wrappers, captured gradients, sharded state). Every rank, same step."""
+        channels = self.channels
+        if channels is None:
+            raise RuntimeError("only channel-level DST cuts channels")
+        old_params = dict(channels.named)
+        vectors = channels.cut_model_()
+        new_params = channels.named
+
+        def cut(name: str, tensor: torch.Tensor) -> torch.Tensor:
+            return slim_tensor(tensor, vectors.get(name, {}))
+
+        self.params = {name: new_params[name] for name in self.params}
+        self.masks = {n: cut(n, m) for n, m in self.masks.items()}
+        self.ever_active = {n: cut(n, m) for n, m in self.ever_active.items()}
+        self.grad_emas = {
+            role: {n: cut(n, t) for n, t in emas.items()} for role, emas in self.grad_emas.items()
+        }
+        self._update_grads = {n: cut(n, g) for n, g in self._update_grads.items()}
+        if self.optimizer is not None:
+            moves = {
+                old_params[n]: (new_params[n], vectors.get(n, {}))
+                for n in old_params
+                if new_params[n] is not old_params[n]
+            }
+            move_optimizer_state_(self.optimizer, moves)
+        for name, mask in self.masks.items():
+            if mask.shape != self.params[name].shape:
+                raise RuntimeError(
+                    f"cutting channels left {name} at {tuple(self.params[name].shape)} but "
+                    f"its mask at {tuple(mask.shape)}; set sparsity.channel_shrink=false"
+                )
+        self._refresh_float_masks()
+        return vectors
+
+    def cut_to(self, cut_alive: Mapping[str, torch.Tensor]) -> dict[str, dict[int, torch.Tensor]]:
+        """Cut the model to the channels ``cut_alive`` keeps (a checkpoint's record, before
+        its sparsity state loads): the model must be as built, nothing cut yet."""
+        channels = self.channels
+        if channels is None or channels.structure is None:
+            raise ValueError(
+                "the checkpoint holds a model with channels cut out: resume with the same "
+                "sparsity.channel_sparsity (and a model input shape, as `ft-dist train` has)"
+            )
+        if channels.cut_alive:
+            raise RuntimeError("cut_to restores a checkpoint's cut into a model not yet cut")
+        alive = channels.alive  # the sparsity state that loads next sets the real one
+        channels.alive = {n: v.clone().bool() for n, v in cut_alive.items()}
+        try:
+            return self.cut_channels_()
+        finally:
+            channels.alive = alive
 
     def current_gradients(self) -> dict[str, torch.Tensor]:
         """Each sparse weight's ``.grad`` (those that have one)."""

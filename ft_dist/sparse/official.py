@@ -65,11 +65,14 @@ class OfficialCifar:
                     continue
                 # magnitude_death: k = ceil(rate * active), threshold = the k-th smallest |w|,
                 # keep |w| > threshold (ties at the threshold go too).
-                count = math.ceil(drop_fraction * weight.numel())
+                count = math.ceil(drop_fraction * engine.full_numel(name))
                 if count == 0:
                     continue
+                # Counted on the full layer: positions of channels cut out of it (shrinking
+                # runs) were zeros, the smallest magnitudes.
+                count -= engine.full_numel(name) - weight.numel()
                 magnitude = weight.detach().abs()
-                threshold = magnitude.flatten().kthvalue(count).values
+                threshold = magnitude.flatten().kthvalue(count).values if count > 0 else 0.0
                 zeroed = magnitude <= threshold
                 weight.masked_fill_(zeroed, 0.0)
                 resets[name] = zeroed  # fp32 masters / sharded copies zero them too

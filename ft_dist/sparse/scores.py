@@ -24,7 +24,7 @@ a weight just dropped may be grown back and then starts at 0).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -43,6 +43,17 @@ class ScoreInputs:
     grad_ema: torch.Tensor | None
     generator: torch.Generator
     mask: torch.Tensor | None = None
+    # A layer whose removed channels were cut out (a shrinking run): its shape before any
+    # cut, and per cut dimension the positions it kept. Random scores are drawn at the full
+    # shape and sliced, so the shared generator moves as in the masked twin.
+    full_shape: tuple[int, ...] | None = None
+    kept: Mapping[int, torch.Tensor] | None = None
+
+    def uniform(self) -> torch.Tensor:
+        """Uniform [0, 1) scores of the weight's positions from the shared generator."""
+        return random_score(self.full_shape or self.weight.shape, self.generator, self.kept).to(
+            self.weight.device
+        )
 
 
 @dataclass(frozen=True)
@@ -85,13 +96,19 @@ def saliency_score(weight: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
 
 
 def random_score(
-    shape: torch.Size, generator: torch.Generator, device: torch.device
+    shape: tuple[int, ...] | torch.Size,
+    generator: torch.Generator,
+    kept: Mapping[int, torch.Tensor] | None = None,
 ) -> torch.Tensor:
-    """Uniform random scores (SET). ``generator`` is shared state, identical on every rank,
-    so all replicas draw the same scores with no communication."""
+    """Uniform random scores (SET), on the CPU. ``generator`` is shared state, identical on
+    every rank, so all replicas draw the same scores with no communication. ``kept``: per
+    dimension, the positions to keep of the ``shape`` drawn (a layer with channels cut)."""
     import torch
 
-    return torch.rand(shape, generator=generator).to(device)
+    scores = torch.rand(shape, generator=generator)
+    for dim, index in sorted((kept or {}).items()):
+        scores = scores.index_select(dim, index.cpu())
+    return scores
 
 
 def _require(value: torch.Tensor | None, what: str) -> torch.Tensor:
@@ -107,7 +124,7 @@ GROWTH_SCORES: dict[str, Criterion] = {
         needs_gradient=True,
     ),
     "random": Criterion(
-        lambda x: random_score(x.weight.shape, x.generator, x.weight.device),
+        lambda x: x.uniform(),
         "uniform random (SET)",
     ),
     "momentum": Criterion(

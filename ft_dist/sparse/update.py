@@ -34,21 +34,33 @@ def prune_and_grow(
     """Drop the ``num_swap`` active weights with the lowest ``drop_score``, then activate the
     ``num_swap`` highest-``grow_score`` positions among those inactive after the drop.
 
-    The number of active weights is unchanged. Ties are broken by ``torch.topk``, which is
-    deterministic for identical inputs, so identical scores on every rank give identical masks.
+    The number of active weights is unchanged. Ties go to the lower flat index
+    (`lowest` / `highest`), so identical scores on every rank give identical masks, and a
+    layer with some channels cut out (a shrinking run) picks what its masked twin picks.
     """
     flat_mask = mask.reshape(-1)
     if num_swap == 0:
         empty = torch.empty(0, dtype=torch.long, device=mask.device)
         return LayerUpdate(mask.clone(), empty, empty)
     drop_candidates = drop_score.reshape(-1).masked_fill(~flat_mask, math.inf)
-    dropped = torch.topk(drop_candidates, num_swap, largest=False, sorted=False).indices
+    dropped = lowest(drop_candidates, num_swap)
     new_mask = flat_mask.clone()
     new_mask[dropped] = False
     grow_candidates = grow_score.reshape(-1).masked_fill(new_mask, -math.inf)
-    grown = torch.topk(grow_candidates, num_swap, largest=True, sorted=False).indices
+    grown = highest(grow_candidates, num_swap)
     new_mask[grown] = True
     return LayerUpdate(new_mask.view_as(mask), dropped, grown)
+
+
+def lowest(scores: torch.Tensor, count: int) -> torch.Tensor:
+    """Flat indices of the ``count`` lowest ``scores``, ties to the lower index. Index-stable
+    (unlike ``torch.topk``): removing positions that are not chosen keeps the choice."""
+    return torch.sort(scores.reshape(-1), stable=True).indices[:count]
+
+
+def highest(scores: torch.Tensor, count: int) -> torch.Tensor:
+    """Flat indices of the ``count`` highest ``scores``, ties to the lower index."""
+    return torch.sort(scores.reshape(-1), descending=True, stable=True).indices[:count]
 
 
 def random_mask(shape: torch.Size, num_active: int, generator: torch.Generator) -> torch.Tensor:

@@ -70,8 +70,10 @@ class Tickets(Callback):
     def on_epoch_end(self, ctx, epoch, actions, metrics) -> None:
         val_accuracy = metrics.get(f"{ctx.cfg.data.val_split}/accuracy")
         module, masks = ctx.strategy.module, ctx.strategy.sparsity.masks
+        channels = ctx.strategy.sparsity.channels
+        cut = channels.cut_record() if channels is not None else None
         if actions.ticket is not None and val_accuracy is not None:
-            ctx.tickets.observe(actions.ticket, epoch, val_accuracy, module, masks)
+            ctx.tickets.observe(actions.ticket, epoch, val_accuracy, module, masks, cut)
         if actions.write_ticket:
             ctx.tickets.finalise(
                 actions.ticket,
@@ -83,6 +85,7 @@ class Tickets(Callback):
                 member=actions.member,
                 train_flops=flops_per_example_so_far(ctx) * ctx.state.images_seen,
                 write=ctx.session.rank == 0,
+                cut=cut,
             )
 
 

@@ -126,6 +126,8 @@ def train_step(ctx: Context, events: Events, micro_batches: list) -> torch.Tenso
     events.fire("before_optimizer_step", ctx)  # DynamicSparseTraining masks the gradients
     strategy.optimizer_step()
     events.fire("after_optimizer_step", ctx)  # DynamicSparseTraining: masks, prune and grow
+    if strategy.cut_pending():  # channels were removed: train the network without them
+        replace_model(ctx, events, strategy.shrunk())
     return total / len(micro_batches)
 
 
@@ -176,8 +178,9 @@ def finish(ctx: Context, events: Events) -> dict[str, Any]:
 
 
 def replace_model(ctx: Context, events: Events, strategy: Strategy) -> None:
-    """Swap in a strategy holding a new model (same step, every rank) and tell the
-    subscribers, so that nothing keeps the old one."""
+    """Swap in a strategy holding a new model (same step, every rank; a shrunk strategy
+    may be the same object, rebuilt) and tell the subscribers, so that nothing keeps the
+    old model."""
     old, ctx.strategy = ctx.strategy, strategy
     events.fire("model_replaced", ctx, old)
 

@@ -180,6 +180,7 @@ def build_member(cfg: RunConfig, session: Session, plan: RunPlan, accum: int) ->
         device=device,
         world_size=session.world_size,
         decay_period=plan.decay_period,
+        input_shape=(cfg.model.in_channels, cfg.model.image_size, cfg.model.image_size),
     )
 
 

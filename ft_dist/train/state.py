@@ -59,7 +59,8 @@ class TrainStates:
         path, shared, local = ckpt.load_newest_usable(path, rank)
         ckpt.check_compatible(shared["meta"], expected_meta, path)
         for name, obj in self.replicated.items():
-            obj.load_state_dict(shared[name])
+            if name in shared or not getattr(obj, "optional", False):
+                obj.load_state_dict(shared[name])
         for name, obj in self.per_rank.items():
             if local is not None and name in local:
                 obj.load_state_dict(local[name])

@@ -19,13 +19,18 @@ from ft_dist.layout import ticket_path
 from ft_dist.train.checkpoint import write_ticket
 
 
-def snapshot(module: nn.Module, masks: dict[str, torch.Tensor]) -> dict:
-    """CPU fp32 copy of the weights (no wrapper prefixes) and bool masks."""
+def snapshot(
+    module: nn.Module, masks: dict[str, torch.Tensor], cut: dict[str, list[int]] | None = None
+) -> dict:
+    """CPU fp32 copy of the weights (no wrapper prefixes) and bool masks; ``cut``: per channel
+    group, the channels cut out of the model (a shrinking run; full numbering), which a
+    loader cuts from the full architecture before it loads the weights."""
     state = {
         name: (t.detach().float() if t.is_floating_point() else t.detach()).cpu().clone()
         for name, t in module.state_dict().items()
     }
-    return {"model": state, "masks": {n: m.detach().cpu().clone() for n, m in masks.items()}}
+    masks = {n: m.detach().cpu().clone() for n, m in masks.items()}
+    return {"model": state, "masks": masks} | ({"channels": {"removed": cut}} if cut else {})
 
 
 class TicketKeeper:
@@ -39,7 +44,13 @@ class TicketKeeper:
         self.candidate: dict | None = None  # {"phase", "epoch", "val_accuracy", "model", "masks"}
 
     def observe(
-        self, phase: int, epoch: int, val_accuracy: float | None, module: nn.Module, masks: dict
+        self,
+        phase: int,
+        epoch: int,
+        val_accuracy: float | None,
+        module: nn.Module,
+        masks: dict,
+        cut: dict[str, list[int]] | None = None,
     ) -> None:
         """Keep this epoch's weights if they beat the phase's best so far (``choose=best``)."""
         if self.choose != "best":
@@ -52,7 +63,7 @@ class TicketKeeper:
                 "phase": phase,
                 "epoch": epoch,
                 "val_accuracy": float(val_accuracy),
-                **snapshot(module, masks),
+                **snapshot(module, masks, cut),
             }
 
     def finalise(
@@ -67,11 +78,16 @@ class TicketKeeper:
         member: int,
         train_flops: float,
         write: bool,
+        cut: dict[str, list[int]] | None = None,
     ) -> Path:
         """Record ticket ``number`` (written to disk when ``write``: rank 0) and reset."""
         chosen = self.candidate if self.choose == "best" else None
         if chosen is None or chosen["phase"] != phase:
-            chosen = {"epoch": epoch, "val_accuracy": val_accuracy, **snapshot(module, masks)}
+            chosen = {
+                "epoch": epoch,
+                "val_accuracy": val_accuracy,
+                **snapshot(module, masks, cut),
+            }
         path = ticket_path(self.run, number)
         meta = {
             **self.meta,
@@ -84,7 +100,8 @@ class TicketKeeper:
             "train_flops": float(train_flops),
         }
         if write:
-            write_ticket(path, {"model": chosen["model"], "masks": chosen["masks"], "meta": meta})
+            kept = {key: chosen[key] for key in ("model", "masks", "channels") if key in chosen}
+            write_ticket(path, {**kept, "meta": meta})
         self.written.append(number)
         self.candidate = None
         return path

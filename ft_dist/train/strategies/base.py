@@ -30,6 +30,7 @@ from torch import nn
 
 from ft_dist.sparse import DynamicSparsity, SparsityConfig
 from ft_dist.sparse.scores import growth_criterion
+from ft_dist.sparse.slim import slim_tensor
 from ft_dist.train.config import OptimConfig, TrainConfig
 from ft_dist.train.strategies import check_strategy_supports, strategy_entry
 
@@ -55,11 +56,13 @@ class Strategy:
 
     def step(self) -> None:
         """One optimizer step with DST around it, identical for every strategy (the loop
-        raises events around `optimizer_step` instead, and `DynamicSparseTraining` in
-        callbacks.py calls the two halves)."""
+        raises events around `optimizer_step` instead, `DynamicSparseTraining` in
+        callbacks.py calls the two halves, and the loop then asks `cut_pending`)."""
         self.before_optimizer_step()
         self.optimizer_step()
         self.after_optimizer_step()
+        if self.cut_pending():
+            self.shrunk()
 
     def before_optimizer_step(self) -> None:
         """DST's first half: hand the engine the full gradients when it wants them (keeping
@@ -86,6 +89,32 @@ class Strategy:
         self.apply_resets(self.sparsity.explore(drop_fraction, growth, grads=grads))
         self._captured_grads = None
 
+    # ---------------------------------------------------------------- shrinking
+    def cut_pending(self) -> bool:
+        """Channels were removed at this step and the run shrinks (channel_shrink)."""
+        return self.sparsity.cut_pending()
+
+    def shrunk(self) -> Strategy:
+        """This strategy with the removed channels cut out of its model: the engine cuts
+        the model and everything shaped like its parameters, the strategy rebuilds its
+        wrappers (`rewrap`). Every rank, same step; returns ``self``."""
+        vectors = self.sparsity.cut_channels_()
+        if self._captured_grads:  # an exploration at this epoch's end grows from them
+            self._captured_grads = {
+                n: slim_tensor(g, vectors.get(n, {})) for n, g in self._captured_grads.items()
+            }
+        self.rewrap(vectors)
+        return self
+
+    def cut_to(self, cut_alive: dict[str, torch.Tensor]) -> None:
+        """Cut the freshly built model as a checkpoint's was (before its states load)."""
+        self.rewrap(self.sparsity.cut_to(cut_alive))
+
+    def rewrap(self, vectors: dict[str, dict[int, torch.Tensor]]) -> None:
+        """Rebuild the wrappers around the cut model; ``vectors``: per parameter and dim,
+        the positions of its old shape that stay."""
+        raise NotImplementedError
+
     # ---------------------------------------------------------------- per strategy
     def full_gradients(self) -> Grads | None:
         """The dense, all-reduced gradients of the sparse layers (None: read ``.grad``)."""
@@ -111,6 +140,30 @@ class Strategy:
         """(stateful objects replicated on all ranks, this rank's own), in restore order."""
         raise NotImplementedError
 
+    def channel_cut_state(self) -> dict:
+        """The checkpoint entry restoring the model's channel cut, first of all (empty
+        without channel-level DST)."""
+        return {"channel_cut": ChannelCut(self)} if self.sparsity.channels is not None else {}
+
+
+class ChannelCut:
+    """A checkpoint's record of the channels cut out of the model (a shrinking run): on
+    load, the freshly built model is cut alike before weights and optimizer load. Optional:
+    a checkpoint of a masked run has none (the cut then happens at the next step)."""
+
+    optional = True
+
+    def __init__(self, strategy: Strategy) -> None:
+        self.strategy = strategy
+
+    def state_dict(self) -> dict:
+        channels = self.strategy.sparsity.channels
+        return {"cut_alive": {n: v.clone() for n, v in channels.cut_alive.items()}}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state["cut_alive"]:
+            self.strategy.cut_to({n: v.bool() for n, v in state["cut_alive"].items()})
+
 
 @dataclass(frozen=True)
 class StrategySetup:
@@ -123,6 +176,8 @@ class StrategySetup:
     device: torch.device
     world_size: int
     global_batch_size: int
+    # one input's shape (no batch dim): channel-level DST traces the model at once
+    input_shape: tuple[int, ...] | None = None
     # step -> (start, length) of the drop-fraction cosine (a run plan's), or None
     decay_period: Callable[[int], tuple[int, int] | None] | None = None
 
@@ -137,6 +192,7 @@ def build_strategy(
     device: torch.device,
     world_size: int,
     decay_period=None,
+    input_shape: tuple[int, ...] | None = None,
 ) -> Strategy:
     """Wrap ``module`` (already on ``device``) for data parallelism and attach DST to it.
     ``decay_period``: step -> (start, length) of the drop-fraction cosine (a run plan's)."""
@@ -151,5 +207,6 @@ def build_strategy(
         world_size=world_size,
         global_batch_size=micro_batch_size * train.grad_accum_steps * world_size,
         decay_period=decay_period,
+        input_shape=input_shape,
     )
     return entry.load()(module, setup)

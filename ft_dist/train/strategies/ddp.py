@@ -22,11 +22,7 @@ class DDPStrategy(Strategy):
         self.module = module
         self.grad_accum_steps = setup.train.grad_accum_steps
         self.autocast = setup.train.bf16 and device.type == "cuda"
-        if setup.world_size > 1:
-            ids = [device.index] if device.type == "cuda" else None
-            self.model = DistributedDataParallel(module, device_ids=ids)
-        else:
-            self.model = module
+        self.device, self.world_size = device, setup.world_size
         self.optimizer = build_optimizer(setup.optim, module)
         self.sparsity = DynamicSparsity(
             module,
@@ -34,7 +30,18 @@ class DDPStrategy(Strategy):
             setup.sparsity,
             global_batch_size=setup.global_batch_size,
             decay_period=setup.decay_period,
+            input_shape=setup.input_shape,
         )
+        self.rewrap({})
+
+    def rewrap(self, vectors: dict) -> None:
+        """DDP around the module as it is now (its parameters are new after a cut; the
+        engine has moved the optimizer onto them)."""
+        if self.world_size > 1:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.model = DistributedDataParallel(self.module, device_ids=ids)
+        else:
+            self.model = self.module
 
     def set_lr(self, lr: float) -> None:
         set_learning_rate_(self.optimizer, lr)
@@ -57,4 +64,9 @@ class DDPStrategy(Strategy):
 
     def checkpoint_states(self) -> tuple[dict, dict]:
         # The sparsity engine last: loading it re-applies the masks to weights and state.
-        return {"model": self.module, "optimizer": self.optimizer, "sparsity": self.sparsity}, {}
+        return {
+            **self.channel_cut_state(),
+            "model": self.module,
+            "optimizer": self.optimizer,
+            "sparsity": self.sparsity,
+        }, {}
