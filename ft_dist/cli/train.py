@@ -8,6 +8,11 @@ the very last line of output, so scripts can do `RUN=$(ft-dist train cfg.yaml | 
 
 With `ensemble.method: dst_ensemble` it trains all M members of a DST Ensemble concurrently
 (one worker group each, scheduled by Ray Tune) and prints the experiment directory last.
+
+One run at a time per run directory: the run lock (ft_dist/runlock.py) is taken first, and
+a second run there is refused in one line naming the holder. Ctrl-C (exit 130) and SIGTERM
+(`ray job stop`, `kill`; exit 143) end with one line: the step of the checkpoint kept and
+the command that resumes the run.
 """
 
 from __future__ import annotations
@@ -39,7 +44,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "train",
         help="train one member (dense, DST or EDST) with Ray Train",
-        description="\n\n".join(__doc__.split("\n\n")[1:3]),
+        description="\n\n".join(__doc__.split("\n\n")[1:4]),
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
