@@ -5,6 +5,10 @@ path below is built here and nowhere else.
 
 RUN_DIR/config.yaml                 resolved config (written once a resume is accepted)
 RUN_DIR/summary.json                final metrics, images/s, training FLOPs
+RUN_DIR/run.lock                    held by the run's driver while it runs (runlock.py):
+                                    the holder's host, pid and start; empty once released
+RUN_DIR/driver.log                  what the driver keeps off the console: the stack of a
+                                    run stopped by a signal
 RUN_DIR/checkpoints/<step>/         atomic: written to a temp dir, then renamed (the files
                                     inside are train/checkpoint.py's format)
 RUN_DIR/tickets/ticket_<m>.pt       m = 01..M, never overwritten
@@ -23,6 +27,8 @@ from typing import Any
 
 CONFIG_FILE = "config.yaml"
 SUMMARY_FILE = "summary.json"
+LOCK_FILE = "run.lock"
+DRIVER_LOG = "driver.log"
 CHECKPOINTS_DIR = "checkpoints"
 TICKETS_DIR = "tickets"
 TICKET_GLOB = "ticket_*.pt"
@@ -48,6 +54,16 @@ def config_path(run: Path) -> Path:
 
 def summary_path(run: Path) -> Path:
     return Path(run) / SUMMARY_FILE
+
+
+def lock_path(run: Path) -> Path:
+    """RUN_DIR/run.lock (also EXP_DIR/run.lock of a DST Ensemble): see runlock.py."""
+    return Path(run) / LOCK_FILE
+
+
+def driver_log(run: Path) -> Path:
+    """RUN_DIR/driver.log: the driver's notes that stay off the console."""
+    return Path(run) / DRIVER_LOG
 
 
 # --------------------------------------------------------------------------- checkpoints

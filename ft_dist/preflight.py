@@ -6,7 +6,8 @@ a message naming the key and the fix, instead of inside the workers after Ray's 
 (30-60 s per try), after an epoch (a missing val split) or after all training (a missing
 test split). `ft-dist train` runs, in order:
 
-    check_inputs(cfg)     # no Ray needed: data, splits, shard integrity, model shape, dirs
+    check_inputs(cfg)     # no Ray needed: data, splits, shard integrity, the method's
+                          # schedule (EDST phases), model shape, dirs
     connect(...)          # join or start the cluster
     check_cluster(cfg)    # CPUs/GPUs per worker x train.num_workers vs the cluster
 
@@ -33,6 +34,7 @@ def check_inputs(cfg: RunConfig) -> Any:
     (worker.absolute_paths), as the workers will see them.
     """
     info = check_data(cfg)
+    check_schedule(cfg, info)
     model = check_model(cfg, info)
     check_writable(cfg)
     check_disk_space(cfg, model)
@@ -63,6 +65,20 @@ def check_data(cfg: RunConfig) -> Any:
             "or data.batch_size_per_worker"
         )
     return info
+
+
+def check_schedule(cfg: RunConfig, info: Any) -> None:
+    """The method's rules that need the run's steps (EDST: every refinement phase makes a
+    DST update, so that it can hold ensemble.num_members), at the optimizer steps per
+    epoch and global batch the loop will have: samples // global batch."""
+    from ft_dist.train.methods import ensemble_method
+    from ft_dist.train.setup import batch_arithmetic
+
+    _, global_batch = batch_arithmetic(
+        cfg.train, cfg.data.batch_size_per_worker, cfg.train.num_workers
+    )
+    steps_per_epoch = info.num_train_samples // global_batch
+    ensemble_method(cfg.ensemble.method).check_steps(cfg, steps_per_epoch, global_batch)
 
 
 def check_eval_split(root: str, key: str, split: str) -> None:

@@ -6,7 +6,12 @@
 #
 # Runs `ray job submit --working-dir . -- ft-dist train ...` from the repository root (so the
 # configs travel with the job) and waits, streaming the job's output: rank-0 progress, then
-# the run directory as the job's last line. Exit status = the job's.
+# the run directory as the job's last line. Exit status = the job's, from its final status
+# (launch/job_status.py): 0 only for SUCCEEDED; FAILED = the driver's exit code (1 when
+# unknown); STOPPED (`ray job stop`) = 143; a job still running when the log stream ended =
+# 1; each with one line saying so (`ray job submit` alone exits 0 for a stopped job). With
+# FT_DIST_SUBMIT_OPTS=--no-wait it exits once the job is submitted, with `ray job submit`'s
+# status.
 #
 # Token auth (Ray 2.60): a cluster started with RAY_AUTH_MODE=token rejects clients without
 # its token. `ray job submit` only sends one when RAY_AUTH_MODE=token is set in *its*
@@ -22,7 +27,8 @@
 # URLs. WANDB_API_KEY is *not* forwarded: set it in the nodes' environment (see
 # launch/cluster.yaml), so it never appears in the job's runtime_env.
 #
-# Extra `ray job submit` options go in FT_DIST_SUBMIT_OPTS, e.g. FT_DIST_SUBMIT_OPTS=--no-wait.
+# Extra `ray job submit` options go in FT_DIST_SUBMIT_OPTS, e.g. FT_DIST_SUBMIT_OPTS=--no-wait
+# (the submission id is set here: ft-dist-<date>-<time>-<pid>-<random>).
 set -euo pipefail
 
 usage() { echo "usage: RAY_ADDRESS=http://HEAD:8265 $0 CONFIG [key=value ...]" >&2; exit 2; }
@@ -49,10 +55,23 @@ fi
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 base="${FT_DIST_BASE_DIR:-$PWD}"
 runtime_env="{\"env_vars\": {\"FT_DIST_BASE_DIR\": \"${base}\"}}"
+# The `ray` CLI: FT_DIST_RAY, else the repository's .venv/bin/ray, else ray on PATH.
 ray_bin="ray"
 [[ -x $repo/.venv/bin/ray ]] && ray_bin="$repo/.venv/bin/ray"
+ray_bin="${FT_DIST_RAY:-$ray_bin}"
+# The Python that has Ray: the one `ray` itself runs with (its #! line), for job_status.py.
+ray_python="$(sed -n '1s/^#![[:space:]]*//p' "$(command -v "$ray_bin")" 2>/dev/null || true)"
+[[ -x ${ray_python%% *} ]] || ray_python="python3"
+submission_id="ft-dist-$(date +%Y%m%d-%H%M%S)-$$-$RANDOM"
 
 cd "$repo"
+submit_status=0
 # shellcheck disable=SC2086  # FT_DIST_SUBMIT_OPTS is a list of options
-exec "$ray_bin" job submit --address "$RAY_ADDRESS" --working-dir . \
-  --runtime-env-json "$runtime_env" ${FT_DIST_SUBMIT_OPTS:-} -- ft-dist train "$@"
+"$ray_bin" job submit --address "$RAY_ADDRESS" --working-dir . \
+  --submission-id "$submission_id" --runtime-env-json "$runtime_env" ${FT_DIST_SUBMIT_OPTS:-} \
+  -- ft-dist train "$@" || submit_status=$?
+if [[ " ${FT_DIST_SUBMIT_OPTS:-} " == *" --no-wait "* ]]; then
+  exit "$submit_status"
+fi
+# shellcheck disable=SC2086  # ray_python may be "interpreter arguments" (a #! line)
+exec $ray_python "$repo/launch/job_status.py" "$submission_id" "$submit_status"

@@ -19,6 +19,8 @@ def test_run_paths_keep_their_names(tmp_path: Path) -> None:
     assert layout.report_md_path(tmp_path) == tmp_path / "report.md"
     assert layout.plots_dir(tmp_path) == tmp_path / "plots"
     assert layout.export_dir(run) == run / "export"
+    assert layout.lock_path(run) == run / "run.lock"
+    assert layout.driver_log(run) == run / "driver.log"
     assert layout.member_dir(run, 2) == run / "members/member_2"
     assert layout.tune_dir(run) == run / "tune"
     assert layout.members_storage_path("s3://b/x/", "exp") == "s3://b/x/exp/members"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -90,3 +91,59 @@ def test_a_density_that_leaves_a_layer_empty_is_refused_with_the_smallest_that_w
     check_model_builds(model, SparsityConfig(density=smallest))  # the suggestion works
     with pytest.raises(ValueError, match="without an active weight"):
         check_model_builds(model, SparsityConfig(density=smallest * 0.9))
+
+
+def _edst(tmp_path: Path, members: int, **sparsity) -> object:
+    """EDST on 64 training samples in 4 shards: 2 workers x 8 = 4 steps per epoch, t_ex 1,
+    t_re 2 (8 steps a phase), ΔT 3 unless `sparsity` says otherwise."""
+    if not (tmp_path / "data").exists():
+        for split, sizes in (("train", [16, 16, 16, 16]), ("val", [8]), ("test", [8])):
+            make_split(tmp_path / "data", split, sizes)
+    return config_from_dict(
+        {
+            "model": {"name": "small-cnn"},
+            "data": {"root": str(tmp_path / "data"), "batch_size_per_worker": 8},
+            "sparsity": {"density": 0.5, "update_every_steps": 3, **sparsity},
+            "train": {"num_workers": 2, "output_dir": str(tmp_path / "runs")},
+            "ensemble": {
+                "method": "edst",
+                "num_members": members,
+                "edst": {"exploration_epochs": 1, "refinement_epochs": 2, "ticket": "last"},
+            },
+        }
+    )
+
+
+def test_edst_refuses_members_past_the_schedule_before_any_worker_starts(tmp_path: Path) -> None:
+    """Rule: every refinement phase makes at least one DST update. With updates up to
+    sparsity.stop_step=28, phases 1-3 (steps 5-12, 13-20, 21-28) hold one, 4 on do not."""
+    check_inputs(_edst(tmp_path, 3, stop_step=28))
+    shutil.rmtree(tmp_path / "runs")
+    with pytest.raises(ValueError) as refused:
+        check_inputs(_edst(tmp_path, 5, stop_step=28))
+    assert str(refused.value) == (
+        "ensemble.num_members=5: EDST refinement phase(s) 4-5 would make no DST update (a "
+        "phase is refinement_epochs=2 x 4 steps = 8 steps; one update every 3 steps; none "
+        "after sparsity.stop_step=28), so their tickets would only fine-tune the mask of the "
+        "exploration before them (rule: every refinement phase makes at least one DST "
+        "update); the schedule holds at most 3 member(s): set ensemble.num_members<=3, or set "
+        "sparsity.stop_step>=39"
+    )
+    assert not (tmp_path / "runs").exists()  # refused before the run dir was made
+    with pytest.raises(ValueError, match=r"phase\(s\) 1-5 .*; set sparsity.stop_step>=39$"):
+        check_inputs(_edst(tmp_path, 5, stop_step=4))
+
+
+def test_edst_refuses_phases_shorter_than_the_update_interval(tmp_path: Path) -> None:
+    """ΔT 10 > a phase's 8 steps: phase 1 (steps 5-12) holds update 10, phase 2 (13-20)
+    holds 20, phase 3 (21-28) none."""
+    check_inputs(_edst(tmp_path, 2, update_every_steps=10))
+    with pytest.raises(ValueError, match=r"phase\(s\) 3 would make no DST update") as refused:
+        check_inputs(_edst(tmp_path, 3, update_every_steps=10))
+    assert str(refused.value).endswith(
+        "lower the DST update interval (sparsity.update_every_steps / update_every_samples) "
+        "to at most 8 steps or set ensemble.edst.refinement_epochs>=3"
+    )
+    samples = {"update_every_steps": None, "update_every_samples": 16 * 40}  # ΔT 40 steps
+    with pytest.raises(ValueError, match=r"phase\(s\) 1-3 would make no DST update"):
+        check_inputs(_edst(tmp_path, 3, **samples))

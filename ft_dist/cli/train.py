@@ -8,14 +8,25 @@ the very last line of output, so scripts can do `RUN=$(ft-dist train cfg.yaml | 
 
 With `ensemble.method: dst_ensemble` it trains all M members of a DST Ensemble concurrently
 (one worker group each, scheduled by Ray Tune) and prints the experiment directory last.
+
+One run at a time per run directory: the run lock (ft_dist/runlock.py) is taken first, and
+a second run there is refused in one line naming the holder. Ctrl-C (exit 130) and SIGTERM
+(`ray job stop`, `kill`; exit 143) end with one line: the step of the checkpoint kept and
+the command that resumes the run.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import shlex
+import signal
+import socket
 import sys
+import threading
+import time
+import traceback
 from pathlib import Path
 
 from ft_dist.layout import summary_path
@@ -33,7 +44,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "train",
         help="train one member (dense, DST or EDST) with Ray Train",
-        description="\n\n".join(__doc__.split("\n\n")[1:3]),
+        description="\n\n".join(__doc__.split("\n\n")[1:4]),
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -69,41 +80,107 @@ def handle(args: argparse.Namespace) -> int:
     from ft_dist.config import load_config
 
     cfg = load_config(args.config, args.overrides)
-    interrupted = False
 
     import ray
 
+    from ft_dist.layout import run_dir
     from ft_dist.preflight import check_cluster, check_inputs
+    from ft_dist.runlock import RunLock
     from ft_dist.train.methods import ensemble_method
     from ft_dist.train.worker import ClusterBusyError, WorkerError, absolute_paths, connect
 
     cfg = absolute_paths(cfg)  # before anything is written: workers run in other dirs
-    # Mistakes that fail every try are found here, before Ray starts any worker.
-    check_inputs(cfg)
-    from ft_dist.data.recipes import recipe_lines
+    stop = StopSignals(run_dir(cfg.train))
+    # The lock first: a second run on this directory is refused at once, before it checks,
+    # starts or writes anything (RunLockedError, one line naming the holder).
+    with stop, RunLock(run_dir(cfg.train)):
+        try:
+            # Mistakes that fail every try are found here, before Ray starts any worker.
+            check_inputs(cfg)
+            from ft_dist.data.recipes import recipe_lines
 
-    for line in recipe_lines(cfg.data):  # which preprocessing, and why (or a size warning)
-        print(f"ft-dist train: {line}", file=sys.stderr, flush=True)
-    try:
-        connect(cfg.ray.address)
-        check_cluster(cfg)
-        if ensemble_method(cfg.ensemble.method).separate_runs:
-            return train_ensemble(cfg)
-        return train_member(cfg, args.group)
-    except (ClusterBusyError, WorkerError) as error:
-        print(f"ft-dist train: error: {error}", file=sys.stderr)
-        return 1
-    except (KeyboardInterrupt, SystemExit) as stop:
-        if isinstance(stop, SystemExit) and not ray_sigint_exit(stop):
-            raise
-        interrupted = True
-    finally:
-        if ray.is_initialized():
-            ray.shutdown()
-    if interrupted:  # last, after Ray's own lines
-        print(stopped_line(cfg, args), file=sys.stderr, flush=True)
-        return 130  # the shell's code for a run ended by SIGINT
-    return 1
+            for line in recipe_lines(cfg.data):  # which preprocessing, and why (or a warning)
+                print(f"ft-dist train: {line}", file=sys.stderr, flush=True)
+            connect(cfg.ray.address)
+            stop.install()  # again: ray.init puts its own SIGTERM handlers (Python, C++) first
+            check_cluster(cfg)
+            if ensemble_method(cfg.ensemble.method).separate_runs:
+                return train_ensemble(cfg)
+            return train_member(cfg, args.group)
+        except (ClusterBusyError, WorkerError) as error:
+            print(f"ft-dist train: error: {error}", file=sys.stderr)
+            return 1
+        except (KeyboardInterrupt, SystemExit) as interrupt:
+            if isinstance(interrupt, SystemExit) and not ray_sigint_exit(interrupt):
+                raise
+            if stop.name is not None:  # now: `ray job stop` SIGKILLs 3 s after its SIGTERM
+                print(stopped_line(cfg, args, stop.name), file=sys.stderr, flush=True)
+        finally:
+            if ray.is_initialized():
+                ray.shutdown()
+    if stop.name is not None:
+        return 128 + signal.SIGTERM  # the shell's code for a process ended by SIGTERM
+    # Ctrl-C: last, after Ray's own lines ("Received SIGINT ...")
+    print(stopped_line(cfg, args, "Ctrl-C"), file=sys.stderr, flush=True)
+    return 128 + signal.SIGINT
+
+
+class Stopped(KeyboardInterrupt):
+    """SIGTERM arrived: the run stops as on Ctrl-C (a KeyboardInterrupt, so that Ray's and
+    our own clean-up treat it alike)."""
+
+
+class StopSignals:
+    """SIGTERM (`ray job stop`, `kill`, a scheduler's preemption) stops `ft-dist train` as
+    Ctrl-C does: one line saying where the run stopped and how to resume it.
+
+    Ray's driver, once connected, answers SIGTERM with a C++ stack dump on the console
+    (absl's failure-signal handler, installed by ray.init) and `sys.exit(15)` (no line of
+    ours). `install()` after `connect` puts this handler in their place; the stack of the
+    driver at the signal goes to RUN_DIR/driver.log instead of the console. A second
+    SIGTERM while stopping is ignored (the first one's clean-up is under way).
+    """
+
+    def __init__(self, run: Path) -> None:
+        self.run = run
+        self.name: str | None = None  # the signal that stopped the run, once one did
+        self._previous: object = None
+
+    def install(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return  # only the main thread may set handlers (ft-dist train runs there)
+        previous = signal.signal(signal.SIGTERM, self._on_sigterm)
+        if self._previous is None:
+            self._previous = signal.SIG_DFL if previous is None else previous
+
+    def _on_sigterm(self, signum: int, frame: object) -> None:
+        if self.name is not None:
+            return
+        self.name = "SIGTERM"
+        self._log(frame)
+        raise Stopped("SIGTERM")
+
+    def _log(self, frame: object) -> None:
+        from ft_dist.layout import driver_log
+
+        when = time.strftime("%Y-%m-%d %H:%M:%S %Z")
+        stack = "".join(traceback.format_stack(frame)) if frame is not None else ""
+        try:
+            with open(driver_log(self.run), "a") as log:
+                log.write(
+                    f"{when}: SIGTERM to ft-dist train (pid {os.getpid()} on "
+                    f"{socket.gethostname()}); the driver was at:\n{stack}\n"
+                )
+        except OSError:
+            pass  # the line on the console says what matters
+
+    def __enter__(self) -> StopSignals:
+        self.install()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._previous is not None and threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, self._previous)
 
 
 def ray_sigint_exit(stop: SystemExit) -> bool:
@@ -115,7 +192,7 @@ def ray_sigint_exit(stop: SystemExit) -> bool:
     return "Exit code: 0." in str(getattr(stop, "ray_terminate_msg", ""))
 
 
-def stopped_line(cfg, args: argparse.Namespace) -> str:
+def stopped_line(cfg, args: argparse.Namespace, by: str = "Ctrl-C") -> str:
     """Where an interrupted run stopped (its newest checkpoint) and the command that
     resumes it: the same command (the run name finds the checkpoints)."""
     from ft_dist.layout import run_dir
@@ -128,18 +205,18 @@ def stopped_line(cfg, args: argparse.Namespace) -> str:
     resume = shlex.join(command)
     if ensemble_method(cfg.ensemble.method).separate_runs:
         return (
-            "ft-dist train: stopped by Ctrl-C; each member keeps its newest checkpoint under "
+            f"ft-dist train: stopped by {by}; each member keeps its newest checkpoint under "
             f"{run_dir(cfg.train)}; resume with: {resume}"
         )
     newest = latest_complete_checkpoint(run_dir(cfg.train))
     if newest is None:
         return (
-            f"ft-dist train: stopped by Ctrl-C before the first checkpoint of "
+            f"ft-dist train: stopped by {by} before the first checkpoint of "
             f"{run_dir(cfg.train)}; start again with: {resume}"
         )
     return (
-        f"ft-dist train: stopped by Ctrl-C at {checkpoint_position(Path(newest))} (checkpoint "
-        f"{newest}); resume with: {resume}"
+        f"ft-dist train: stopped by {by} at {checkpoint_position(Path(newest))} (checkpoint "
+        f"kept at {newest}); resume with: {resume}"
     )
 
 

@@ -33,6 +33,7 @@ from ft_dist.layout import (
     summary_path,
     tune_dir,
 )
+from ft_dist.runlock import RunLock
 from ft_dist.train.methods import ensemble_method
 
 # Ray gives the head node this resource. A member's trial drives its TorchTrainer, whose
@@ -94,15 +95,22 @@ def fit_dst_ensemble(
 
     `loop` replaces the per-worker training loop (tests); None = ft_dist.train.loop.train.
     """
-    from ray import tune
-
-    from ft_dist.train.worker import connect
-
     if not ensemble_method(cfg.ensemble.method).separate_runs:
         raise ValueError(
             f"ensemble.method={cfg.ensemble.method!r} trains its members in one run; fit_dst_ensemble "
             "trains methods whose members are separate runs"
         )
+    with RunLock(run_dir(cfg.train)):  # members lock their own run dirs
+        return _fit_members(cfg, loop)
+
+
+def _fit_members(
+    cfg: RunConfig, loop: Callable[..., Any] | None
+) -> tuple[Path, list[MemberOutcome]]:
+    from ray import tune
+
+    from ft_dist.train.worker import connect
+
     exp_dir = run_dir(cfg.train)
     save_config(cfg, config_path(exp_dir))
     num_members = cfg.ensemble.num_members

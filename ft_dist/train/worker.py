@@ -50,6 +50,7 @@ from ray.train.torch import TorchConfig, TorchTrainer
 from ft_dist.layout import run_dir
 from ft_dist.models.config import with_builder_source
 from ft_dist.private_api import is_worker_group_start_timeout
+from ft_dist.runlock import RunLock
 from ft_dist.tracking import make_tracker
 from ft_dist.train.config import format_resources, worker_resources
 from ft_dist.train.diskspace import DiskFullError, dir_bytes, disk_full_message, is_disk_full
@@ -393,9 +394,15 @@ def fit(cfg: Any, loop: LoopFn | None = None, *, group: str | None = None) -> Pa
     (ValueError / FileNotFoundError: our config, data and checkpoint checks) as itself and
     any other as a one-line `WorkerError`. Failures left after the restarts raise
     `ray.train.WorkerGroupError`; workers that the cluster never finds room for raise
-    `ClusterBusyError`.
+    `ClusterBusyError`. The run directory's lock (runlock.py) is held throughout: another
+    run there raises `RunLockedError` before any worker starts.
     """
     cfg = absolute_paths(cfg)
+    with RunLock(run_dir(cfg.train)):  # one run at a time here (held already by ft-dist train)
+        return _fit_restarting(cfg, loop, group)
+
+
+def _fit_restarting(cfg: Any, loop: LoopFn | None, group: str | None) -> Path:
     connect(cfg.ray.address)
     restarts = 0
     while True:

@@ -63,7 +63,7 @@ def test_ctrl_c_ends_with_where_it_stopped_and_how_to_resume(
     checkpoint = tmp_path / "runs" / "r1" / "checkpoints" / "000000040"
     assert last == (
         f"ft-dist train: stopped by Ctrl-C at step 40 of 64 (2.50 of 4 epochs done) "
-        f"(checkpoint {checkpoint}); resume with: ft-dist train {config} optim.lr=0.05 "
+        f"(checkpoint kept at {checkpoint}); resume with: ft-dist train {config} optim.lr=0.05 "
         "train.run_name=r1 'tracking.project=my project'"
     )
 

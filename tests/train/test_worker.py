@@ -102,3 +102,34 @@ def test_summary_lines_show_throughput_metrics_and_tickets(tmp_path: Path):
         "test/accuracy 0.9123 | val/accuracy 0.9",
         "tickets: tickets/ticket_01.pt",
     ]
+
+
+def test_fit_refuses_a_run_directory_another_process_holds(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`fit` (and `fit_dst_ensemble`, for an experiment directory) take the run lock before
+    they connect to Ray or start any worker."""
+    from ft_dist.orchestrate.dst_ensemble import fit_dst_ensemble
+    from ft_dist.runlock import RunLockedError
+    from ft_dist.train import worker
+    from tests.test_runlock import start_holder, stop
+
+    monkeypatch.setattr(worker, "connect", lambda *a, **k: pytest.fail("connected"))
+    single = tiny_config(tmp_path / "data", tmp_path / "runs")
+    ensemble = tiny_config(
+        tmp_path / "data",
+        tmp_path / "runs",
+        train={"epochs": 1},
+        ensemble={"method": "dst_ensemble", "num_members": 2},
+    )
+    holder = start_holder(tmp_path / "runs" / "tiny")
+    try:
+        with pytest.raises(RunLockedError, match=f"pid {holder.pid} on host"):
+            worker.fit(single)
+        with pytest.raises(
+            RunLockedError, match=f"tiny is in use by another run: pid {holder.pid}"
+        ):
+            fit_dst_ensemble(ensemble)
+    finally:
+        stop(holder)
+    assert not (tmp_path / "runs" / "tiny" / "members").exists()

@@ -65,6 +65,9 @@ class EnsembleMethod:
     check_section: Callable[[EnsembleConfig], None]  # rules within the ensemble: section
     check: Callable[[RunConfig], None]  # rules across sections
     plan: Callable[[RunConfig, int], RunPlan]
+    # Rules that need the run's steps: (cfg, optimizer steps per epoch, global batch);
+    # preflight calls it once the data is known, before any worker starts.
+    check_steps: Callable[[RunConfig, int, int], None] = field(default=lambda cfg, s, b: None)
     # An `ensemble:` section (without the method) that runs it in a few steps: the contract
     # tests (tests/train/test_contracts.py) train, resume and price every entry with it.
     example: dict = field(default_factory=dict)

@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from ft_dist.sparse.schedule import UpdateSchedule
 from ft_dist.sparse.scores import growth_criterion
 from ft_dist.train.edst import drop_decay_period, epoch_plan, total_epochs
 from ft_dist.train.methods.base import (
@@ -105,6 +106,74 @@ def _check(cfg: RunConfig) -> None:
         )
 
 
+def phases_without_update(cfg: RunConfig, steps_per_epoch: int, global_batch: int) -> list[int]:
+    """The refinement phases (1..M) in which the DST schedule makes no regular update: no
+    step k·ΔT (k >= 1, at most sparsity.stop_step) among the phase's steps, which are
+    ((t_ex + (m-1)·t_re)·S, (t_ex + m·t_re)·S] for S optimizer steps per epoch."""
+    edst, members = _section(cfg.ensemble), cfg.ensemble.num_members
+    schedule = UpdateSchedule.from_config(cfg.sparsity, global_batch)
+    every = schedule.every_steps
+    empty = []
+    for phase in range(1, members + 1):
+        start = (edst.exploration_epochs + (phase - 1) * edst.refinement_epochs) * steps_per_epoch
+        end = start + edst.refinement_epochs * steps_per_epoch
+        first = (start // every + 1) * every  # the first update step after the phase starts
+        if not (first <= end and schedule.is_update_step(first)):
+            empty.append(phase)
+    return empty
+
+
+def _check_steps(cfg: RunConfig, steps_per_epoch: int, global_batch: int) -> None:
+    """The member count the schedule holds: every refinement phase makes at least one
+    regular DST update. A phase without one trains the previous ticket's mask after one
+    exploration only -- its ticket is no DST run at the refinement LR -- so such a phase
+    is no meaningful member (a phase shorter than ΔT, or past sparsity.stop_step)."""
+    empty = phases_without_update(cfg, steps_per_epoch, global_batch)
+    if not empty:
+        return
+    edst, members, sparsity = cfg.ensemble.edst, cfg.ensemble.num_members, cfg.sparsity
+    every = UpdateSchedule.from_config(sparsity, global_batch).every_steps
+    phase_steps = edst.refinement_epochs * steps_per_epoch
+    which = _phase_ranges(empty)
+    if phase_steps >= every:  # every phase is long enough: the updates stop before these
+        last = (edst.exploration_epochs + (members - 1) * edst.refinement_epochs) * steps_per_epoch
+        needed = (last // every + 1) * every  # the last phase's first update step
+        held = empty[0] - 1  # phases 1..held make one
+        fix = f"set sparsity.stop_step>={needed}"
+        if held >= 1:
+            fix = (
+                f"the schedule holds at most {held} member(s): set ensemble.num_members<={held}, "
+                f"or {fix}"
+            )
+    else:
+        epochs = -(-every // steps_per_epoch)  # ceil: epochs that hold one ΔT
+        fix = (
+            f"lower the DST update interval (sparsity.update_every_steps / "
+            f"update_every_samples) to at most {phase_steps} steps or set "
+            f"ensemble.edst.refinement_epochs>={epochs}"
+            + (", and keep sparsity.stop_step past the last phase" if sparsity.stop_step else "")
+        )
+    stop = f"; none after sparsity.stop_step={sparsity.stop_step}" if sparsity.stop_step else ""
+    raise ValueError(
+        f"ensemble.num_members={members}: EDST refinement phase(s) {which} would make no DST "
+        f"update (a phase is refinement_epochs={edst.refinement_epochs} x {steps_per_epoch} "
+        f"steps = {phase_steps} steps; one update every {every} steps{stop}), so their tickets "
+        "would only fine-tune the mask of the exploration before them (rule: every refinement "
+        f"phase makes at least one DST update); {fix}"
+    )
+
+
+def _phase_ranges(phases: list[int]) -> str:
+    """[2, 3, 4, 7] -> "2-4, 7"."""
+    runs: list[list[int]] = []
+    for phase in phases:
+        if runs and phase == runs[-1][-1] + 1:
+            runs[-1].append(phase)
+        else:
+            runs.append([phase])
+    return ", ".join(f"{r[0]}-{r[-1]}" if len(r) > 1 else f"{r[0]}" for r in runs)
+
+
 ENTRY = EnsembleMethod(
     "EDST",
     "one DST run that explores, then refines M times: M tickets (SPEC §5)",
@@ -115,5 +184,6 @@ ENTRY = EnsembleMethod(
     check_section=_section,
     check=_check,
     plan=EDSTPlan,
+    check_steps=_check_steps,
     example={"num_members": 2, "edst": {"exploration_epochs": 1, "refinement_epochs": 1}},
 )
