@@ -266,14 +266,27 @@ def check_infer_slim(device, sizes, workdir: Path) -> dict[str, Any]:
 def train_step_times(ticket_path: str | Path, batch_size: int, repeats: int = 7) -> dict:
     """One SGD training step (forward, backward, update) of a ticket's masked network
     against the same network with its removed channels cut out, same batch, interleaved:
-    what training would gain on slimmed layers once the channels are gone."""
-    from ft_dist.ensemble.tickets import build_member, load_ticket
-    from ft_dist.sparse.slim import slim_model
+    what training gains on slimmed layers once the channels are gone. A ticket cut while
+    training (a shrinking run) is timed against the full architecture with its masks and
+    fresh weights (a step's time does not depend on the weights' values)."""
+    from ft_dist.ensemble.tickets import build_architecture, build_member, load_ticket
+    from ft_dist.sparse.slim import full_masks, slim_model
 
     ticket = load_ticket(ticket_path)
     shape = ticket.input_shape()
-    masked = build_member(ticket).train()
-    slim = slim_model(build_member(ticket), ticket.masks, torch.zeros(1, *shape)).model.train()
+    example = torch.zeros(1, *shape)
+    removed = ticket.removed_channels()
+    if removed:  # cut while training: the masked network is the full one, cut positions off
+        masked = build_architecture(ticket.meta, {}, ticket_path)
+        masks = full_masks(masked, example, removed, ticket.masks)
+        with torch.no_grad():
+            for name, param in masked.named_parameters():
+                if name in masks:
+                    param.mul_(masks[name].to(param.dtype))
+        masked.train()
+    else:
+        masked = build_member(ticket).train()
+    slim = slim_model(build_member(ticket), ticket.masks, example).model.train()
     generator = torch.Generator().manual_seed(0)
     images = torch.rand(batch_size, *shape, generator=generator)
     labels = torch.randint(0, int(ticket.meta["num_classes"]), (batch_size,), generator=generator)

@@ -84,6 +84,31 @@ def slim_tensor(tensor: torch.Tensor, dims: Mapping[int, torch.Tensor]) -> torch
     return tensor
 
 
+def full_tensor(tensor: torch.Tensor, dims: Mapping[int, torch.Tensor]) -> torch.Tensor:
+    """The inverse of `slim_tensor`: ``tensor`` placed at the kept positions of the full
+    shape, zeros (False) elsewhere."""
+    for dim, keep in sorted(dims.items()):
+        shape = list(tensor.shape)
+        shape[dim] = len(keep)
+        index = keep.nonzero().flatten().to(tensor.device)
+        tensor = tensor.new_zeros(shape).index_copy_(dim, index, tensor)
+    return tensor
+
+
+def full_masks(
+    model: nn.Module,
+    example: torch.Tensor,
+    removed: Mapping[str, list[int]],
+    masks: Mapping[str, torch.Tensor],
+) -> dict[str, torch.Tensor]:
+    """Masks of a model whose ``removed`` channels were cut, in the shapes of ``model`` (the
+    full architecture): the cut positions inactive."""
+    structure, _ = trace_structure(model, example)
+    params = {strip_wrapper_prefixes(n): p for n, p in model.named_parameters()}
+    vectors = keep_vectors(structure, removed, {n: tuple(p.shape) for n, p in params.items()})
+    return {name: full_tensor(mask, vectors.get(name, {})) for name, mask in masks.items()}
+
+
 def _cut_heads(block: nn.Module, heads: list[int]) -> None:
     head_dim, num_heads = block.head_dim, block.num_heads
     kept = [h for h in range(num_heads) if h not in set(heads)]

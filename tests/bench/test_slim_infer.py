@@ -67,15 +67,38 @@ def test_channel_curve_plans_edst_runs_and_a_dense_reference(tiny_mnist, tmp_pat
     edst = {"method": "edst", "num_members": 2}
     edst["edst"] = {"exploration_epochs": 2, "refinement_epochs": 1}
     base = tiny_config(tiny_mnist, tmp_path, ensemble=edst)  # 8 steps per epoch
-    runs = variant_configs(base, tmp_path / "curve", [0.0, 0.5], dense=True)
-    assert [name for name, _, _ in runs] == ["edst_channels_00", "edst_channels_50", "dense"]
-    _, _, unstructured = runs[0]
-    _, _, channels = runs[1]
-    _, _, dense = runs[2]
-    assert unstructured.sparsity.channel_sparsity == 0.0
+    runs = variant_configs(base, tmp_path / "curve", [0.0, 0.5], dense=True, masked=True)
+    names = [name for name, _, _, _ in runs]
+    assert names == ["edst_channels_00", "edst_channels_50", "edst_channels_50_masked", "dense"]
+    _, _, unstructured, no_twin = runs[0]
+    _, _, channels, twin = runs[1]
+    _, kind, masked, _ = runs[2]
+    _, _, dense, _ = runs[3]
+    assert unstructured.sparsity.channel_sparsity == 0.0 and no_twin is None
     assert channels.sparsity.channel_sparsity == 0.5 and channels.sparsity.channel_end_step == 16
+    assert channels.sparsity.channel_shrink and twin == "edst_channels_50_masked"
+    assert kind == "masked" and not masked.sparsity.channel_shrink
+    assert masked.sparsity.channel_end_step == 16
     assert dense.sparsity.density == 1.0 and dense.ensemble.method == "single"
     assert dense.num_epochs == 2 + base.ensemble.edst.refinement_epochs
+    ends = variant_configs(base, tmp_path / "c", [0.5], dense=False, end_fractions=(1.0, 0.5))
+    assert [(n, c.sparsity.channel_end_step) for n, _, c, _ in ends] == [
+        ("edst_channels_50", 16),
+        ("edst_channels_50_end50", 8),
+    ]
+
+
+def test_training_ratios_divide_by_the_masked_twin_and_the_dense_run() -> None:
+    from ft_dist.bench.channels import add_training_ratios
+
+    rows = [
+        {"channel_sparsity": 0.5, "train_seconds": 6.0, "masked_twin": "m"},
+        {"channel_sparsity": 0.0, "train_seconds": 9.0, "masked_twin": None},
+        {"channel_sparsity": None, "train_seconds": 8.0, "masked_twin": None},
+    ]
+    add_training_ratios(rows, {"m": {"train_seconds": 10.0}})
+    assert rows[0]["train_vs_masked"] == 0.6 and rows[0]["train_vs_dense"] == 0.75
+    assert rows[1]["train_vs_masked"] is None and rows[1]["train_vs_dense"] == 9.0 / 8.0
 
 
 def test_train_step_of_the_slim_network_against_the_masked_one(slim_export) -> None:  # noqa: F811
@@ -96,10 +119,12 @@ def test_channel_curve_table_shows_the_removed_fraction_and_group_fractions() ->
         "accuracy": 0.97, "nll": 0.1, "ece": 0.01, "member_parameters": [50, 40],
         "dense_parameters": 200, "ensemble_vs_dense": 1.1, "ensemble_ms_per_image": 0.05,
         "train_step_slim_vs_masked": 0.4, "kept_channels": {"features.0": 8, "features.4": 32},
+        "train_seconds": 6.0, "train_vs_masked": 0.6, "train_vs_dense": 0.75, "channel_end_step": 81,
         "group_channels": {"features.0": 32, "features.4": 64},
         "group_sparsity": {"features.0": 0.75},
     }  # fmt: skip
     table = format_table({"torch_threads": 2, "rows": [row]})
     assert "0.536" in table and "0.250x" in table  # removed fraction; largest member / dense
     assert "features.0 8/32, features.4 32/64" in table
+    assert "0.60x" in table and "0.75x" in table  # train ÷ masked twin, ÷ dense run
     assert "channel_group_sparsity: {'features.0': 0.75}" in table
