@@ -7,6 +7,9 @@ Checks, each in its own process with its own time limit (ft_dist/bench/gpu_check
                       dense), one mask update in steps, invariants
   infer_slim          ResNet-50 bf16 inference: 3 channel-slim members (channel sparsity
                       0.5) vs one dense model, images/s interleaved (goal: >= 1.0 x dense)
+  train_slim          ResNet-50 bf16 training step: channels cut out (channel sparsity 0.5,
+                      ERK d = 0.2, the shrinking run's network) vs kept masked, interleaved
+                      (goal: slim <= 0.8 x masked step time)
   ray_demo            configs/demo_edst.yaml through Ray with ray.use_gpu=true (shortened),
                       then `ft-dist evaluate` and `ft-dist export` of its tickets; runs in
                       the background beside the checks after it
@@ -41,6 +44,7 @@ CHECKS: list[tuple[str, int, bool]] = [
     ("env", 60, False),
     ("train_eager", 120, False),
     ("infer_slim", 120, False),
+    ("train_slim", 120, False),
     ("ray_demo", 240, True),
     ("strategy_ddp", 90, False),
     ("strategy_deepspeed", 120, False),

@@ -169,7 +169,7 @@ def check_train_compiled(device, sizes: Sizes, workdir: Path) -> dict[str, Any]:
 
 
 CHECK_NAMES = [
-    "env", "train_eager", "infer_slim", "strategy_ddp", "strategy_deepspeed", "decode",
+    "env", "train_eager", "infer_slim", "train_slim", "strategy_ddp", "strategy_deepspeed", "decode",
     "ray_demo", "train_compiled",
 ]  # fmt: skip
 
@@ -179,11 +179,13 @@ def _registry() -> dict[str, Callable[..., dict[str, Any]]]:
     from ft_dist.bench.gpu_demo import check_ray_demo
     from ft_dist.bench.gpu_strategy import check_ddp, check_deepspeed
     from ft_dist.bench.slim_infer import check_infer_slim
+    from ft_dist.bench.slim_train import check_train_slim
 
     return {
         "env": check_env,
         "train_eager": check_train,
         "infer_slim": check_infer_slim,
+        "train_slim": check_train_slim,
         "strategy_ddp": check_ddp,
         "strategy_deepspeed": check_deepspeed,
         "decode": check_decode,

@@ -86,14 +86,11 @@ def _ood_argument(value: str, data_root: str) -> str | None:
 
 
 def _channels(args: argparse.Namespace, cfg) -> dict | None:
-    """The channel-level EDST row's sparsity settings (removal ends with the exploration)."""
+    """The channel-level EDST row's sparsity settings (removal ends at the default step)."""
     if args.channel_sparsity <= 0 or cfg.ensemble.edst is None:
         return None
-    from ft_dist.bench.channels import steps_per_epoch
-
     return {
         "channel_sparsity": args.channel_sparsity,
-        "channel_end_step": cfg.ensemble.edst.exploration_epochs * steps_per_epoch(cfg),
         "channel_allocation": args.channel_allocation,
         "channel_group_sparsity": group_fractions(args.channel_group_sparsity),
     }

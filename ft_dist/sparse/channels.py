@@ -157,7 +157,10 @@ class ChannelSparsity:
     def __init__(self, engine: DynamicSparsity, model: nn.Module) -> None:
         config = engine.config
         if config.channel_end_step is None:
-            raise ValueError("sparsity.channel_sparsity needs sparsity.channel_end_step")
+            raise ValueError(
+                "sparsity.channel_sparsity needs sparsity.channel_end_step (the step by which "
+                "the channels are removed; `ft-dist train` fills in its method's default)"
+            )
         self.engine = engine
         self.model = model = bare_module(model)
         self.final = config.channel_sparsity

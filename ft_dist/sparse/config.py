@@ -103,8 +103,9 @@ class SparsityConfig(Section):
         None,
         ge=1,
         description="the removed fraction reaches channel_sparsity at the first update at or "
-        "after this step (cubic schedule from channel_start_step); EDST: end it inside the "
-        "exploration phase so that every ticket has the same channels",
+        "after this step (cubic schedule from channel_start_step); unset: the measured "
+        "default of the run's method (train/methods/__init__.py default_channel_end_step: "
+        "EDST half-way through its exploration, so every ticket has the same channels)",
     )
     channel_allocation: Literal["global", "uniform"] = Field(
         "global",
@@ -195,7 +196,8 @@ class SparsityConfig(Section):
                 "sparsity.channel_sparsity removes channels at dynamic updates: set "
                 "sparsity.update=dynamic with density < 1, or channel_sparsity=0"
             )
-        if self.channel_end_step is None or self.channel_end_step <= self.channel_start_step:
+        end = self.channel_end_step  # None: the method's measured default (train/methods)
+        if end is not None and end <= self.channel_start_step:
             raise ValueError(
                 "sparsity.channel_sparsity needs sparsity.channel_end_step > "
                 f"channel_start_step={self.channel_start_step} (the step by which the "
@@ -212,7 +214,7 @@ class SparsityConfig(Section):
                 raise ValueError(
                     f"sparsity.channel_group_sparsity: fractions must be in [0, 1), got {bad}"
                 )
-        if self.stop_step is not None and self.stop_step < self.channel_end_step:
+        if self.stop_step is not None and end is not None and self.stop_step < end:
             raise ValueError(
                 f"sparsity.stop_step={self.stop_step} ends the updates before "
                 f"channel_end_step={self.channel_end_step}: channels are removed at updates"

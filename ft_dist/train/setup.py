@@ -28,7 +28,7 @@ from ft_dist.sparse.flops import (
     training_flops_per_example,
 )
 from ft_dist.train.config import TrainConfig
-from ft_dist.train.methods import build_plan
+from ft_dist.train.methods import build_plan, resolve_channel_schedule
 from ft_dist.train.methods.base import RunPlan
 from ft_dist.train.session import Session
 from ft_dist.train.strategies.base import Strategy, build_strategy
@@ -129,6 +129,7 @@ def build_context(cfg: RunConfig, session: Session, tracker: Any) -> Context:
             f"{accum} micro-batches per step (train.grad_accum_steps) exceed the "
             f"{stream.steps_per_epoch} batches per epoch; lower it or data.batch_size_per_worker"
         )
+    cfg = resolve_channel_schedule(cfg, steps_per_epoch)  # recorded in config.yaml
     run = run_dir(cfg.train)
     plan = build_plan(cfg, steps_per_epoch)
     cuda_only = cfg.train.bf16 or cfg.train.channels_last

@@ -112,11 +112,11 @@ def test_deep_ensemble_equivalent_from_the_dense_curve() -> None:
 
 def test_channel_level_edst_variant(tmp_path: Path) -> None:
     base = load_config(REPO / "configs" / "demo_edst.yaml")
-    settings = {"channel_sparsity": 0.5, "channel_end_step": 81, "channel_allocation": "uniform"}
+    settings = {"channel_sparsity": 0.5, "channel_allocation": "uniform"}  # the default end
     variants = {v.key: v.cfg for v in plan_variants(base, tmp_path, channels=settings)}
     assert list(variants)[3:5] == ["edst", "edst_channels"]
     channels = variants["edst_channels"]
-    assert channels.sparsity.channel_sparsity == 0.5 and channels.sparsity.channel_end_step == 81
+    assert channels.sparsity.channel_sparsity == 0.5 and channels.sparsity.channel_end_step is None
     assert channels.sparsity.channel_allocation == "uniform"
     assert channels.num_epochs == variants["edst"].num_epochs
     assert variants["edst"].sparsity.channel_sparsity == 0.0

@@ -189,10 +189,15 @@ def test_a_checkpoint_without_channels_is_refused() -> None:
         sparsity.load_state_dict(plain.state_dict())
 
 
+def test_the_engine_used_directly_needs_the_end_step() -> None:
+    """`ft-dist train` fills in its method's default; a plain loop must say when to end."""
+    with pytest.raises(ValueError, match="channel_end_step"):
+        DynamicSparsity(tiny_cnn(), None, channel_config(channel_end_step=None))
+
+
 @pytest.mark.parametrize(
     ("overrides", "match"),
     [
-        ({"channel_end_step": None}, "channel_end_step"),
         ({"channel_start_step": 6, "channel_end_step": 6}, "channel_end_step"),
         ({"update": "none"}, "dynamic updates"),
         ({"stop_step": 4}, "stop_step"),

@@ -47,3 +47,24 @@ def test_imagenet_edst_plan_restarts_the_drop_fraction_cosine_each_phase() -> No
     plan = build_plan(cfg, steps_per_epoch=10)
     assert plan.decay_period(1) == (0, 100 * 10)  # exploration + phase 1 share a period
     assert plan.decay_period(100 * 10 + 1) == (100 * 10, 70 * 10)  # after exploration 1
+
+
+def test_channel_removal_ends_at_the_methods_measured_default(tmp_path: Path) -> None:
+    from ft_dist.train.methods import (
+        CHANNEL_END_OF_EXPLORATION,
+        CHANNEL_END_OF_RUN,
+        resolve_channel_schedule,
+    )
+
+    edst = {"method": "edst", "num_members": 2, "edst": {"exploration_epochs": 4, "refinement_epochs": 1}}
+    channels = {"channel_sparsity": 0.5}
+    cfg = resolve_channel_schedule(
+        tiny_config(tmp_path, tmp_path, ensemble=edst, sparsity=channels), 10
+    )
+    assert cfg.sparsity.channel_end_step == round(CHANNEL_END_OF_EXPLORATION * 40)
+    single = resolve_channel_schedule(tiny_config(tmp_path, tmp_path, sparsity=channels), 10)
+    assert single.sparsity.channel_end_step == round(CHANNEL_END_OF_RUN * 2 * 10)  # 2 epochs
+    given = tiny_config(tmp_path, tmp_path, sparsity={**channels, "channel_end_step": 7})
+    assert resolve_channel_schedule(given, 10).sparsity.channel_end_step == 7
+    unstructured = tiny_config(tmp_path, tmp_path)
+    assert resolve_channel_schedule(unstructured, 10) is unstructured

@@ -36,6 +36,36 @@ def method_epochs(cfg: RunConfig) -> MethodEpochs:
     return ensemble_method(cfg.ensemble.method).epochs(cfg.ensemble, cfg.train.epochs)
 
 
+# Where channel removal ends by default (sparsity.channel_end_step unset), as a fraction of
+# the steps before the first ticket: EDST's exploration phase, or a single run's (or DST
+# Ensemble member's) whole run. Measured on the bundled demo (README "When to stop
+# removing channels": `ft-dist bench channels ... --end-fraction`).
+CHANNEL_END_OF_EXPLORATION = 0.5
+CHANNEL_END_OF_RUN = 0.5 / 3  # EDST's default end in a single run of t_ex + t_re = 3 + 2 epochs
+
+
+def default_channel_end_step(cfg: RunConfig, steps_per_epoch: int) -> int:
+    """The step removal ends at when sparsity.channel_end_step is unset."""
+    method = ensemble_method(cfg.ensemble.method)
+    if method.phased and cfg.ensemble.edst is not None:
+        steps = cfg.ensemble.edst.exploration_epochs * steps_per_epoch
+        fraction = CHANNEL_END_OF_EXPLORATION
+    else:
+        steps, fraction = cfg.num_epochs * steps_per_epoch, CHANNEL_END_OF_RUN
+    return max(cfg.sparsity.channel_start_step + 1, round(fraction * steps))
+
+
+def resolve_channel_schedule(cfg: RunConfig, steps_per_epoch: int) -> RunConfig:
+    """``cfg`` with the default channel_end_step filled in (channel-level DST only)."""
+    sparsity = cfg.sparsity
+    if sparsity.channel_sparsity <= 0 or sparsity.channel_end_step is not None:
+        return cfg
+    end = default_channel_end_step(cfg, steps_per_epoch)
+    return cfg.model_copy(
+        update={"sparsity": sparsity.model_copy(update={"channel_end_step": end})}
+    )
+
+
 def build_plan(cfg: RunConfig, steps_per_epoch: int) -> RunPlan:
     """The plan of this run's method."""
     return ensemble_method(cfg.ensemble.method).plan(cfg, steps_per_epoch)
