@@ -56,7 +56,11 @@ def test_channel_removal_ends_at_the_methods_measured_default(tmp_path: Path) ->
         resolve_channel_schedule,
     )
 
-    edst = {"method": "edst", "num_members": 2, "edst": {"exploration_epochs": 4, "refinement_epochs": 1}}
+    edst = {
+        "method": "edst",
+        "num_members": 2,
+        "edst": {"exploration_epochs": 4, "refinement_epochs": 1},
+    }
     channels = {"channel_sparsity": 0.5}
     cfg = resolve_channel_schedule(
         tiny_config(tmp_path, tmp_path, ensemble=edst, sparsity=channels), 10
