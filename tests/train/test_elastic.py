@@ -50,7 +50,10 @@ def elastic_config(root: Path, out: Path, strategy: str = "ddp"):
     train = {"num_workers": [1, 2], "checkpoint_every_steps": 2, "keep_checkpoints": 10}
     # The LR scales with the global batch, so a changed batch would change it.
     train.update(STRATEGIES[strategy])
-    return tiny_config(root, out, train=train, optim={"base_batch_size": 32})
+    # Channel-level DST, shrinking: half of the channels cut out by step 3 (updates every 3
+    # steps), so the resume at step 2 restores the full model and the one at 6 a slim one.
+    sparsity = {"channel_sparsity": 0.5, "channel_end_step": 3}
+    return tiny_config(root, out, train=train, optim={"base_batch_size": 32}, sparsity=sparsity)
 
 
 def _train(rank: int, world_size: int, cfgs: list) -> None:
@@ -99,4 +102,7 @@ def test_two_ranks_resume_on_one(strategy: str, tiny_mnist: Path, tmp_path: Path
         assert lrs and all(lr == reference["lr"][s] for s, lr in lrs.items())
         # DST kept every layer's exact count through the world-size change.
         assert layer_counts(final_state(one_rank)) == layer_counts(final_state(cfg))
+        assert summary["sparse/channels/removed_fraction"] == 0.5
+        weights = final_state(one_rank)["model"]["features.0.weight"]
+        assert weights.shape == final_state(cfg)["model"]["features.0.weight"].shape
         assert (run_dir(one_rank.train) / "summary.json").exists()
