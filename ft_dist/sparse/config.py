@@ -105,7 +105,8 @@ class SparsityConfig(Section):
         description="the removed fraction reaches channel_sparsity at the first update at or "
         "after this step (cubic schedule from channel_start_step); unset: the measured "
         "default of the run's method (train/methods/__init__.py default_channel_end_step: "
-        "EDST half-way through its exploration, so every ticket has the same channels)",
+        "EDST at the end of its exploration, so every ticket has the same channels; a single "
+        "run or DST Ensemble member after 0.6 of its steps)",
     )
     channel_allocation: Literal["global", "uniform"] = Field(
         "global",
