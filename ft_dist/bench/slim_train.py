@@ -28,6 +28,8 @@ import json
 from collections.abc import Callable
 from typing import Any
 
+from ft_dist.train.methods import CHANNEL_END_OF_EXPLORATION
+
 # (model, image size, EDST config the projection reads t_ex, t_re and M from)
 PAPER_MODELS = {
     "wrn-28-10": (32, "configs/cifar10_edst.yaml"),
@@ -55,7 +57,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--batch-size", type=int, default=8, help="step batch (8)")
     parser.add_argument("--repeats", type=int, default=5, help="timed steps per network")
     parser.add_argument(
-        "--end-fraction", type=float, default=0.5, help="removal ends after this much of t_ex"
+        "--end-fraction",
+        type=float,
+        default=CHANNEL_END_OF_EXPLORATION,
+        help="removal ends after this much of t_ex (default: EDST's default end)",
     )
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.set_defaults(func=run)
