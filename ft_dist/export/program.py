@@ -153,12 +153,12 @@ def ensemble_program(
     """(The program `ft-dist export` ships, what it is): ``form`` "packed" (the default)
     packs the serving members into one network and keeps it when it gives the separate
     members' probabilities within `PACKED_TOLERANCE`; otherwise, with a warning, and for
-    ``form`` "separate", the separate members' `serving_program`."""
+    ``form`` "separate" or a single member, the separate members' `serving_program`."""
     if form not in PROGRAM_FORMS:
         raise ValueError(f"program form {form!r}: expected one of {PROGRAM_FORMS}")
     separate, folded = serving_program(members, mean, std)
     details: dict[str, Any] = {"form": "separate", "folded_norms": folded}
-    if form == "separate":
+    if form == "separate" or len(members) == 1:  # one member: nothing to pack
         return separate, details
     from ft_dist.export.packed import PackError
 
@@ -179,13 +179,16 @@ def ensemble_program(
         )
         details["packing_failed"] = str(error)
         return separate, details
-    details.update(form="packed", max_abs_difference=difference, **packing_facts(packed))
+    details.update(form="packed", max_abs_difference=difference, **packing_facts(packed, separate))
     return packed, details
 
 
-def packing_facts(program: PackedEnsembleProgram) -> dict[str, int]:
-    """Parameters of the packed network (members padded to common widths)."""
-    return {"packed_parameters": sum(t.numel() for t in program.network.state_dict().values())}
+def packing_facts(packed: PackedEnsembleProgram, separate: EnsembleProgram) -> dict[str, Any]:
+    """Numbers of the packed network against the members' own (what padding the members to
+    common widths added: 0 when they have the same widths)."""
+    numbers = sum(t.numel() for t in packed.network.state_dict().values())
+    members = sum(t.numel() for t in separate.members.state_dict().values())
+    return {"packed_parameters": numbers, "padding_fraction": numbers / members - 1.0}
 
 
 def trace_program(program: nn.Module, input_shape: Sequence[int]) -> torch.export.ExportedProgram:
