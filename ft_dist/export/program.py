@@ -110,13 +110,40 @@ def fold_norms(member: nn.Module) -> tuple[nn.Module, int]:
     return folded.eval(), norms(member) - norms(folded)
 
 
+def channels_last_outputs(member: nn.Module) -> nn.Module:
+    """``member`` (a torch.fx GraphModule; anything else as it is) with the output of every
+    2-d convolution over a single input channel made channels_last. Such a
+    convolution (the stem over grey-scale images) cannot tell channels_last from contiguous
+    in its input and weight, so oneDNN returns a contiguous output and every layer after it
+    runs in the slower contiguous layout (the max-pool and the next convolution)."""
+    if not isinstance(member, torch.fx.GraphModule):
+        return member
+    graph, changed = member.graph, False
+    for node in list(graph.nodes):
+        if node.op != "call_module":
+            continue
+        layer = member.get_submodule(node.target)
+        if not isinstance(layer, nn.Conv2d) or layer.in_channels != 1:
+            continue
+        with graph.inserting_after(node):
+            layout = graph.call_method(
+                "contiguous", (node,), {"memory_format": torch.channels_last}
+            )
+        node.replace_all_uses_with(layout, delete_user_cb=lambda user, new=layout: user is not new)
+        changed = True
+    if changed:
+        member.recompile()
+    return member
+
+
 def serving_program(
     members: Sequence[nn.Module], mean: Sequence[float], std: Sequence[float]
 ) -> tuple[EnsembleProgram, list[int]]:
-    """(The ensemble program with norms folded and channels_last weights, the number of
-    norms folded per member)."""
+    """(The ensemble program with norms folded, channels_last weights and activations,
+    the number of norms folded per member)."""
     folded = [fold_norms(member) for member in members]
-    program = EnsembleProgram([m for m, _ in folded], mean, std, channels_last=True)
+    served = [channels_last_outputs(member) for member, _ in folded]
+    program = EnsembleProgram(served, mean, std, channels_last=True)
     return program.to(memory_format=torch.channels_last).eval(), [n for _, n in folded]
 
 
