@@ -4,8 +4,7 @@ The members' activations live side by side in the channel dimension, member-majo
 activation of shape [N, C, ...] of each member becomes one [N, M*C, ...] tensor. Then
 
 * a convolution is one grouped convolution (groups x M) with the members' filters stacked
-  (the first one, which sees the shared image, is a plain convolution with M*O outputs; a
-  1x1 convolution is a batched matmul over the members, faster than oneDNN's grouped 1x1);
+  (the first one, which sees the shared image, is a plain convolution with M*O outputs);
 * a Linear layer is one batched matmul over the member dimension (`torch.baddbmm`);
 * an unfolded BatchNorm holds the members' statistics side by side;
 * everything else the members do per channel or per position (activations, pooling,
@@ -57,25 +56,6 @@ class PackedLinear(nn.Module):
         x = x.reshape(n, self.members, self.in_features).transpose(0, 1)
         y = torch.baddbmm(self.bias, x, self.weight)  # [M, N, O]
         return y.transpose(0, 1).reshape(n, self.members * self.out_features)
-
-
-class PackedPointwiseConv(nn.Module):
-    """M 1x1 convolutions (stride 1) over a packed [N, M*C, H, W] input as one batched
-    matmul over the members' pixels: oneDNN's grouped 1x1 convolution runs at a fraction of
-    its dense speed on CPU. Output [N, M*O, H, W], channels_last."""
-
-    def __init__(self, weight: torch.Tensor, bias: torch.Tensor) -> None:
-        super().__init__()
-        self.members, self.out_channels, self.in_channels = weight.shape[:3]
-        self.register_buffer("weight", weight.flatten(2).transpose(1, 2).contiguous())
-        self.register_buffer("bias", bias.unsqueeze(1).contiguous())  # [M, 1, O]
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        n, _, h, w = x.shape
-        pixels = x.permute(0, 2, 3, 1).reshape(n * h * w, self.members, self.in_channels)
-        y = torch.baddbmm(self.bias, pixels.transpose(0, 1), self.weight)  # [M, NHW, O]
-        y = y.transpose(0, 1).reshape(n, h, w, self.members * self.out_channels)
-        return y.permute(0, 3, 1, 2)
 
 
 # Parameter-free layers that act per channel (or per position): unchanged on packed inputs.
@@ -148,12 +128,6 @@ def _packed_conv(convs: Sequence[nn.Module], shared_input: bool) -> nn.Module:
     else:  # grouped convolutions of different widths: padding breaks their groups
         raise PackError("members' grouped convolutions differ in width")
     in_channels = groups * group_width
-    first = convs[0]
-    pointwise = isinstance(first, nn.Conv2d) and first.kernel_size == (1, 1) and groups == 1
-    plain = first.stride == (1, 1) and first.padding in ((0, 0), "valid")
-    if pointwise and plain and not shared_input and first.dilation == (1, 1):
-        biases = [m.bias if m.bias is not None else torch.zeros(m.out_channels) for m in convs]
-        return PackedPointwiseConv(torch.stack(weights), torch.stack(_padded(biases)))
     if shared_input:
         if groups != 1:
             raise PackError("a grouped convolution reads the image itself")
