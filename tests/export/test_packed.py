@@ -172,3 +172,32 @@ def test_separate_form_on_request_packs_nothing() -> None:
     assert details == {"form": "separate", "folded_norms": [2]}
     with pytest.raises(ValueError, match="program form"):
         ensemble_program(members, MEAN, STD, (3, 8, 8), form="fast")
+
+
+def test_a_packed_program_torch_export_cannot_trace_falls_back(monkeypatch, tmp_path) -> None:
+    import ft_dist.export.run as run_module
+    from ft_dist.export import PackedEnsembleProgram
+
+    real_export = run_module.export_program
+    traced = []
+
+    def export_program(program, shape, path):
+        traced.append(type(program).__name__)
+        if isinstance(program, PackedEnsembleProgram):
+            raise RuntimeError("unsupported operator")
+        return real_export(program, shape, path)
+
+    monkeypatch.setattr(run_module, "export_program", export_program)
+    members = [_trained_looking(ConvNet(3, 4), 0), _trained_looking(ConvNet(5, 2), 1)]
+    facts = {"mean": MEAN, "std": STD}
+    with pytest.warns(Note, match="torch.export failed on the packed network"):
+        details = run_module.write_program(
+            members, facts, (3, 8, 8), tmp_path / "ensemble.pt2", "packed"
+        )
+    assert traced == ["PackedEnsembleProgram", "EnsembleProgram"]
+    assert details["form"] == "separate" and "unsupported operator" in details["packing_failed"]
+    program = torch.export.load(str(tmp_path / "ensemble.pt2")).module()
+    images = torch.rand(2, 3, 8, 8)
+    with torch.no_grad():
+        expected = EnsembleProgram(members, MEAN, STD)(images)
+        assert float((program(images) - expected).abs().max()) <= 1e-5
