@@ -11,10 +11,14 @@ over repeats are compared.
 2. Whole model: an ensemble of M members (ERK masks at the density), images/s.
 
 Channel-slim ensembles (bench/slim_infer.py), instead of the above:
-  --export DIR          the exported program of DIR vs one dense model of its architecture
-  --synthetic resnet50  M ResNet-50 members at 224 px cut by --channel-sparsity, exported,
-                        vs one dense ResNet-50 (no training needed)
-Both print ensemble images/s / dense images/s (>= 1.0: the ensemble is as fast as one model).
+  --export DIR          the exported program of DIR (by default the members packed into one
+                        network) vs one dense model of its architecture, and vs the separate
+                        members' program rebuilt from DIR
+  --synthetic resnet50  M ResNet-50 members at 224 px cut by --channel-sparsity, exported
+                        packed and separate, vs one dense ResNet-50 (no training needed)
+Both print ensemble images/s / dense images/s (>= 1.0: the ensemble is as fast as one model)
+at each of --batch-sizes (default 64 256 with --export, 16 with --synthetic), all programs
+of a batch size timed in one interleaved loop.
 """
 
 from __future__ import annotations
@@ -35,8 +39,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--features", type=int, default=4096, help="per-layer Linear side")
     parser.add_argument(
-        "--batch-size", type=int, default=None, help="256; 32 with --export, 16 --synthetic"
+        "--batch-size", type=int, default=None, help="256; with --export/--synthetic, one size"
     )
+    parser.add_argument(
+        "--batch-sizes", type=int, nargs="+", default=None,
+        help="--export/--synthetic: batch sizes, one row each (default 64 256; 16 synthetic)",
+    )  # fmt: skip
     parser.add_argument("--densities", type=float, nargs="+", default=[0.2, 0.1])
     parser.add_argument("--model", default="small-cnn", help="whole-model benchmark model")
     parser.add_argument("--num-classes", type=int, default=10)
@@ -82,16 +90,21 @@ def run_slim(args: argparse.Namespace) -> int:
 
     from ft_dist.bench import slim_infer
 
+    def sizes(default: list[int]) -> list[int]:
+        if args.batch_sizes:
+            return list(args.batch_sizes)
+        return [args.batch_size] if args.batch_size else default
+
     rows = []
     if args.export:
-        rows.append(slim_infer.measure_export(args.export, args.batch_size or 32, args.repeats))
+        rows += slim_infer.measure_export_sizes(args.export, sizes([64, 256]), args.repeats)
     if args.synthetic:
         rows += slim_infer.measure_synthetic(
             args.synthetic,
             args.members,
             args.model_density,
             args.channel_sparsity,
-            args.batch_size or 16,
+            sizes([16]),
             args.repeats,
             image_size=args.synthetic_image_size,
             allocation=args.channel_allocation,

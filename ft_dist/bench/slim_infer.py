@@ -1,19 +1,23 @@
 """Channel-slim ensembles against one dense model, side by side in one process.
 
 * ``ft-dist bench infer --export DIR``: the exported program (``DIR/ensemble.pt2``: M slim
-  members, normalisation and softmax averaging inside) against one dense model of the same
-  architecture wrapped the same way and exported the same way (`torch.export`), on the same
-  random batch, runs interleaved, medians compared.
+  members, normalisation and softmax averaging inside; by default packed into one network)
+  against one dense model of the same architecture wrapped the same way and exported the
+  same way (`torch.export`), and against the separate members' program rebuilt from the
+  artifact, on the same random batch, runs interleaved, medians compared, at each batch
+  size (``--batch-sizes 64 256``).
 * ``ft-dist bench infer --synthetic resnet50``: the same at 224 px with no training: M
   ResNet-50 members with ERK masks at the density, each cut channel-slim by one removal of
   channel-level DST (`sparsity.channel_sparsity`, unmasked mean magnitude of the freshly
   initialised masked weights, the same global selection as in training), exported as an
   ensemble program. At initialisation UMM mostly follows the ERK densities, so which
   channels go differs from a trained run; the slim shapes, and so the speed, depend only on
-  how many go where.
+  how many go where. Both the packed program (what `ft-dist export` ships) and the separate
+  members are timed.
 
 The ratio reported is ensemble images/s ÷ dense images/s (>= 1.0: the M-member ensemble is
-at least as fast as one dense model).
+at least as fast as one dense model); ``separate_vs_dense`` is the same for the members run
+one after another.
 """
 
 from __future__ import annotations
@@ -26,18 +30,22 @@ from typing import Any
 import torch
 from torch import nn
 
-from ft_dist.export.timing import time_pair
+from ft_dist.export.timing import interleaved_medians, time_pair
 
 
 def _exported(
-    members: Sequence[nn.Module], mean: Sequence[float], std: Sequence[float], shape: Sequence[int]
-) -> nn.Module:
-    """The serving program of ``members`` through torch.export (dynamic batch), as
-    `ft-dist export` ships it."""
-    from ft_dist.export import serving_program
-    from ft_dist.export.program import trace_program
+    members: Sequence[nn.Module],
+    mean: Sequence[float],
+    std: Sequence[float],
+    shape: Sequence[int],
+    form: str = "separate",
+) -> tuple[nn.Module, str]:
+    """(The program of ``members`` through torch.export (dynamic batch) as `ft-dist export`
+    ships it with ``--program form``, the form it has: "separate" where packing fell back)."""
+    from ft_dist.export.program import ensemble_program, trace_program
 
-    return trace_program(serving_program(members, mean, std)[0], shape).module()
+    program, details = ensemble_program(members, mean, std, shape, form)
+    return trace_program(program, shape).module(), details["form"]
 
 
 def _parameters(module: nn.Module) -> int:
@@ -49,49 +57,85 @@ def compare(
     dense: Callable[[torch.Tensor], torch.Tensor],
     images: torch.Tensor,
     repeats: int,
+    separate: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> dict[str, float]:
-    """Median seconds of each over interleaved runs (after a warm-up), as images/s."""
+    """Median seconds of each over interleaved runs (after a warm-up), as images/s; with
+    ``separate`` (the members one after another) timed in the same loop."""
+    runs = {"ensemble": lambda: ensemble(images), "dense": lambda: dense(images)}
+    if separate is not None:
+        runs["separate"] = lambda: separate(images)
     with torch.inference_mode():
-        ensemble_s, dense_s = time_pair(lambda: ensemble(images), lambda: dense(images), repeats)
-    batch = images.shape[0]
-    return {
+        seconds = interleaved_medians(runs, repeats)
+    batch, ensemble_s, dense_s = images.shape[0], seconds["ensemble"], seconds["dense"]
+    result = {
         "ensemble_images_per_s": batch / ensemble_s,
         "dense_images_per_s": batch / dense_s,
         "ensemble_vs_dense": dense_s / ensemble_s,
         "ensemble_ms_per_image": 1e3 * ensemble_s / batch,
         "dense_ms_per_image": 1e3 * dense_s / batch,
     }
+    if separate is not None:
+        result["separate_images_per_s"] = batch / seconds["separate"]
+        result["separate_vs_dense"] = dense_s / seconds["separate"]
+    return result
 
 
 def measure_export(directory: str | Path, batch_size: int, repeats: int) -> dict[str, Any]:
     """The exported ensemble of ``directory`` against one dense model of its architecture."""
+    return measure_export_sizes(directory, [batch_size], repeats, separate=False)[0]
+
+
+def measure_export_sizes(
+    directory: str | Path, batch_sizes: Sequence[int], repeats: int, separate: bool = True
+) -> list[dict[str, Any]]:
+    """One row per batch size: the exported ensemble of ``directory`` against one dense
+    model of its architecture (and, with ``separate``, when the export is packed, against
+    the separate members' program rebuilt from the artifact), timed in one loop."""
     from ft_dist.export import read_artifact
     from ft_dist.models import build_model_from_config, model_config_from_meta
 
     artifact = read_artifact(directory)
-    if not artifact.manifest.get("program"):
+    manifest_program = artifact.manifest.get("program")
+    if not manifest_program:
         raise ValueError(f"{directory} has no ensemble.pt2 (exported with --no-program)")
+    form = manifest_program.get("form", "separate")
     facts = artifact.preprocessing
     shape = (facts["in_channels"], facts["image_size"], facts["image_size"])
     meta = artifact.members[0].meta
     torch.manual_seed(0)
     dense = build_model_from_config(model_config_from_meta(meta, str(directory)))
-    dense_program = _exported([dense], facts["mean"], facts["std"], shape)
+    dense_program, _ = _exported([dense], facts["mean"], facts["std"], shape)
     program = torch.export.load(str(Path(directory) / "ensemble.pt2")).module()
-    images = torch.rand(batch_size, *shape, generator=torch.Generator().manual_seed(1))
+    separate_program = None
+    if separate and form == "packed":
+        members = [member.model() for member in artifact.members]
+        separate_program, _ = _exported(members, facts["mean"], facts["std"], shape)
     channels = [m.channels or {} for m in artifact.members]
-    return {
-        "source": str(directory),
-        "model": meta["model"],
-        "members": len(artifact.members),
-        "batch_size": batch_size,
-        "image_shape": list(shape),
-        "dense_parameters": _parameters(dense),
-        "member_parameters": [c.get("parameters") for c in channels],
-        "kept_channels": channels[0].get("kept"),
-        "group_channels": channels[0].get("size"),
-        **compare(program, dense_program, images, repeats),
-    }
+    rows = []
+    for batch_size in batch_sizes:
+        images = torch.rand(batch_size, *shape, generator=torch.Generator().manual_seed(1))
+        timed = compare(program, dense_program, images, repeats, separate_program)
+        if separate and form != "packed":  # the shipped program is the separate one
+            timed.update(
+                separate_images_per_s=timed["ensemble_images_per_s"],
+                separate_vs_dense=timed["ensemble_vs_dense"],
+            )
+        rows.append(
+            {
+                "source": str(directory),
+                "model": meta["model"],
+                "members": len(artifact.members),
+                "program": form,
+                "batch_size": batch_size,
+                "image_shape": list(shape),
+                "dense_parameters": _parameters(dense),
+                "member_parameters": [c.get("parameters") for c in channels],
+                "kept_channels": channels[0].get("kept"),
+                "group_channels": channels[0].get("size"),
+                **timed,
+            }
+        )
+    return rows
 
 
 def synthetic_members(
@@ -143,61 +187,77 @@ def measure_synthetic(
     members: int,
     density: float,
     channel_sparsities: Sequence[float],
-    batch_size: int,
+    batch_size: int | Sequence[int],
     repeats: int,
     image_size: int = 224,
     num_classes: int = 1000,
     allocation: str = "uniform",
 ) -> list[dict[str, Any]]:
-    """One row per channel sparsity: exported slim ensemble vs one dense model."""
+    """One row per channel sparsity and batch size: the exported slim ensemble (packed, as
+    `ft-dist export` ships it) vs one dense model vs the separate members, in one loop."""
     shape = (3, image_size, image_size)
     mean, std = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
     from ft_dist.models import build_model
 
+    batch_sizes = [batch_size] if isinstance(batch_size, int) else list(batch_size)
     torch.manual_seed(0)
     dense = build_model(model, num_classes, 3, image_size)
-    dense_program = _exported([dense], mean, std, shape)
-    images = torch.rand(batch_size, *shape, generator=torch.Generator().manual_seed(1))
+    dense_program, _ = _exported([dense], mean, std, shape)
     rows = []
     for fraction in channel_sparsities:
         start = time.perf_counter()
         slim = synthetic_members(
             model, num_classes, image_size, members, density, fraction, allocation=allocation
         )
-        program = _exported(slim, mean, std, shape)
-        rows.append(
-            {
-                "model": model,
-                "members": members,
-                "density": density,
-                "channel_sparsity": fraction,
-                "channel_allocation": allocation,
-                "batch_size": batch_size,
-                "image_shape": list(shape),
-                "dense_parameters": _parameters(dense),
-                "member_parameters": [_parameters(m) for m in slim],
-                "build_seconds": time.perf_counter() - start,
-                **compare(program, dense_program, images, repeats),
-            }
-        )
+        program, form = _exported(slim, mean, std, shape, "packed")
+        separate = _exported(slim, mean, std, shape)[0] if form == "packed" else None
+        build_seconds = time.perf_counter() - start
+        for size in batch_sizes:
+            images = torch.rand(size, *shape, generator=torch.Generator().manual_seed(1))
+            timed = compare(program, dense_program, images, repeats, separate)
+            if separate is None:
+                timed.update(
+                    separate_images_per_s=timed["ensemble_images_per_s"],
+                    separate_vs_dense=timed["ensemble_vs_dense"],
+                )
+            rows.append(
+                {
+                    "model": model,
+                    "members": members,
+                    "density": density,
+                    "channel_sparsity": fraction,
+                    "channel_allocation": allocation,
+                    "program": form,
+                    "batch_size": size,
+                    "image_shape": list(shape),
+                    "dense_parameters": _parameters(dense),
+                    "member_parameters": [_parameters(m) for m in slim],
+                    "build_seconds": build_seconds,
+                    **timed,
+                }
+            )
     return rows
 
 
 def format_rows(rows: list[dict[str, Any]], title: str) -> str:
     lines = [
         title,
-        f"{'model':<18}{'M':>3}{'ch.sp':>7}{'batch':>7}{'params/member':>15}"
-        f"{'dense img/s':>13}{'ens. img/s':>12}{'ens/dense':>11}{'ms/img':>8}",
+        f"{'model':<18}{'M':>3}{'ch.sp':>7}{'program':>9}{'batch':>7}{'params/member':>15}"
+        f"{'dense img/s':>13}{'ens. img/s':>12}{'ens/dense':>11}{'sep/dense':>11}{'ms/img':>8}",
     ]
     for row in rows:
         params = row["member_parameters"][0] or 0
         fraction = row.get("channel_sparsity")
         label = "-" if fraction is None else f"{fraction:.2f}"
+        separate = row.get("separate_vs_dense")
+        separate_label = "-" if separate is None else f"{separate:.2f}x"
         lines.append(
-            f"{row['model'][:17]:<18}{row['members']:>3}{label:>7}{row['batch_size']:>7}"
+            f"{row['model'][:17]:<18}{row['members']:>3}{label:>7}"
+            f"{row.get('program', 'separate'):>9}{row['batch_size']:>7}"
             f"{params / max(row['dense_parameters'], 1):>14.2f}x"
             f"{row['dense_images_per_s']:>13.1f}{row['ensemble_images_per_s']:>12.1f}"
-            f"{row['ensemble_vs_dense']:>10.2f}x{row['ensemble_ms_per_image']:>8.2f}"
+            f"{row['ensemble_vs_dense']:>10.2f}x{separate_label:>11}"
+            f"{row['ensemble_ms_per_image']:>8.2f}"
         )
     return "\n".join(lines)
 

@@ -12,7 +12,10 @@ removed, is cut out with its BatchNorm statistics and biases; --no-slim keeps fu
 member_XX.bin (active values + a bitmask per masked layer, BatchNorm and other tensors
 dense), artifact.json (preprocessing: image size, channels, mean/std, eval transform;
 classes; per-tensor sha256), ensemble.pt2 (a torch.export program of the averaged-softmax
-ensemble that runs with plain PyTorch: torch.export.load(path).module()(images)) and
+ensemble that runs with plain PyTorch: torch.export.load(path).module()(images); by default
+the members packed into one network whose layers run all of them at once, checked against
+the separate members; --program separate runs them one after another, as does a model that
+cannot be packed, with a warning) and
 SHA256SUMS (`sha256sum -c SHA256SUMS`). The artifact is read back and verified before the
 command returns; the path of DIR is printed last."""
 
@@ -30,6 +33,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--no-program", action="store_true", help="skip ensemble.pt2")
     parser.add_argument("--force", action="store_true", help="replace an export in DIR")
     parser.add_argument("--no-slim", action="store_true", help="keep removed channels (zeros)")
+    parser.add_argument(
+        "--program", choices=["packed", "separate"], default="packed",
+        help="ensemble.pt2: members packed into one network (default) or run one by one",
+    )  # fmt: skip
     parser.add_argument("--json", action="store_true", help="print the sizes as JSON")
     parser.set_defaults(func=handler)
 
@@ -44,6 +51,7 @@ def handler(args: argparse.Namespace) -> int:
         program=not args.no_program,
         force=args.force,
         slim=not args.no_slim,
+        program_form=args.program,
     )
     if args.json:
         print(json.dumps(result, indent=2))
@@ -58,7 +66,12 @@ def handler(args: argparse.Namespace) -> int:
             print(f"slim members: {params} parameters (full model {result['full_parameters']:,})")
             print(f"kept channels of member 1: {format_kept(result)}")
         if result["program_bytes"] is not None:
-            print(f"ensemble.pt2 {result['program_bytes']:,} bytes (dense weights of the members)")
+            form = (
+                "the members packed into one network"
+                if result["program_form"] == "packed"
+                else "the members one after another"
+            )
+            print(f"ensemble.pt2 {result['program_bytes']:,} bytes ({form}; dense weights)")
     print(result["out"])
     return 0
 

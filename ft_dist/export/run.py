@@ -6,13 +6,17 @@ nothing, e.g. those channel-level DST removed, physically go, BatchNorm statisti
 with them), then encoded sparsely with its BatchNorm statistics; the preprocessing
 facts (recipe, image size, channels, mean/std, eval resize) come from the run's
 config.yaml and training manifest, as `ft-dist evaluate` reads them. The program is built
-from the members *decoded back from the written bytes*, so it is what the artifact holds.
+from the members *decoded back from the written bytes*, so it is what the artifact holds:
+by default the members packed into one network (export/packed.py), checked against the
+separate members; ``program_form="separate"`` (`--program separate`), and a packing that
+fails or does not match (with a warning), ship the members one after another.
 """
 
 from __future__ import annotations
 
 import io
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -36,9 +40,9 @@ from ft_dist.export.artifact import (
     write_manifest_and_sums,
 )
 from ft_dist.export.format import decode_member, encode_member, sha256_hex
-from ft_dist.export.program import export_program, serving_program
+from ft_dist.export.program import ensemble_program, export_program
 from ft_dist.export.slim import member_model, slim_ticket
-from ft_dist.utils import replace_dir, write_bytes_atomic, write_dir_atomic
+from ft_dist.utils import Note, replace_dir, write_bytes_atomic, write_dir_atomic
 
 PROGRAM_INPUT = "float32 images [N, C, H, W] in [0, 1], after eval_transform (not normalised)"
 PROGRAM_OUTPUT = "float32 [N, num_classes]: the mean of the members' softmax probabilities"
@@ -149,7 +153,7 @@ def write_members(
 
 def export_run(
     run_dir: str | Path, out: str | Path, *, data_root: str | None = None, program: bool = True,
-    force: bool = False, slim: bool = True,
+    force: bool = False, slim: bool = True, program_form: str = "packed",
 ) -> dict[str, Any]:  # fmt: skip
     """Write the artifact of ``run_dir`` to ``out``, verify it, and return its sizes."""
     root, out = Path(run_dir), Path(out)
@@ -161,7 +165,9 @@ def export_run(
     written: dict[str, Any] = {}
 
     def write(partial: Path) -> None:
-        written.update(_write_artifact(tickets, partial, root, layout, facts, program, slim))
+        written.update(
+            _write_artifact(tickets, partial, root, layout, facts, program, slim, program_form)
+        )
         read_artifact(partial)  # what was written reads back and verifies, end to end
 
     # All or nothing: built and verified in a hidden sibling, then moved in place; a failure
@@ -172,7 +178,7 @@ def export_run(
 
 def _write_artifact(
     tickets: list[Ticket], partial: Path, root: Path, layout: str, facts: dict[str, Any],
-    program: bool, slim: bool,
+    program: bool, slim: bool, program_form: str = "packed",
 ) -> dict[str, Any]:  # fmt: skip
     """The member files, the program and the manifest with its checksums, into ``partial``."""
     entries, decoded = write_members(tickets, partial, root, slim)
@@ -190,20 +196,44 @@ def _write_artifact(
         "program": None,
     }
     if program:
-        ensemble, folded = serving_program(decoded, facts["mean"], facts["std"])
         shape = (facts["in_channels"], facts["image_size"], facts["image_size"])
-        export_program(ensemble, shape, partial / PROGRAM_FILE)
+        details = write_program(decoded, facts, shape, partial / PROGRAM_FILE, program_form)
         manifest["program"] = {
             "file": PROGRAM_FILE,
             "nbytes": (partial / PROGRAM_FILE).stat().st_size,
             "input": PROGRAM_INPUT,
             "output": PROGRAM_OUTPUT,
             "load": "torch.export.load(path).module()",
-            "folded_norms": folded,
             "memory_format": "channels_last",
+            **details,
         }
     write_manifest_and_sums(partial, manifest)
     return manifest
+
+
+def write_program(
+    members: list, facts: dict[str, Any], shape: tuple[int, int, int], path: Path, form: str
+) -> dict[str, Any]:
+    """Export the ensemble program of ``form`` to ``path``; a packed program that
+    torch.export cannot trace falls back to the separate members, with a warning."""
+    ensemble, details = ensemble_program(members, facts["mean"], facts["std"], shape, form)
+    try:
+        export_program(ensemble, shape, path)
+    except Exception as error:  # noqa: BLE001 - any tracing failure of the packed form
+        if details["form"] != "packed":
+            raise
+        warnings.warn(
+            f"ensemble.pt2 runs the {len(members)} members one after another (not packed "
+            f"into one network): torch.export failed on the packed network: {error}",
+            Note,
+            stacklevel=2,
+        )
+        ensemble, details = ensemble_program(
+            members, facts["mean"], facts["std"], shape, "separate"
+        )
+        details["packing_failed"] = f"torch.export: {error}"
+        export_program(ensemble, shape, path)
+    return details
 
 
 def dense_state_bytes(ticket: Ticket) -> int:
@@ -228,6 +258,7 @@ def sizes(out: Path, manifest: dict[str, Any], ticket: Ticket) -> dict[str, Any]
         "dense_state_dict_bytes": dense,
         "sparse_vs_one_dense": (members + metadata) / dense,
         "program_bytes": None if program is None else int(program["nbytes"]),
+        "program_form": None if program is None else program.get("form", "separate"),
         "slim": bool(channels),
         "member_parameters": [c["parameters"] for c in channels],
         "full_parameters": channels[0]["full_parameters"] if channels else None,

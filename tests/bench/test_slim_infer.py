@@ -34,12 +34,27 @@ def test_export_mode_times_the_program_against_one_dense_model(slim_export, caps
     assert "ens/dense" in capsys.readouterr().out
 
 
+def test_export_mode_times_packed_dense_and_separate_per_batch(slim_export, capsys) -> None:  # noqa: F811
+    _, out, _ = slim_export
+    argv = ["bench", "infer", "--export", str(out), "--batch-sizes", "2", "3", "--repeats", "1"]
+    assert main([*argv, "--json"]) == 0
+    rows = _json(capsys)["rows"]
+    assert [row["batch_size"] for row in rows] == [2, 3]
+    for row in rows:
+        assert row["program"] == "packed"
+        ratio = row["separate_images_per_s"] / row["dense_images_per_s"]
+        assert abs(ratio - row["separate_vs_dense"]) < 1e-9
+    assert main(argv) == 0
+    assert "sep/dense" in capsys.readouterr().out
+
+
 def test_synthetic_mode_cuts_each_member_by_the_channel_sparsity(capsys) -> None:
     argv = ["bench", "infer", "--synthetic", "small-cnn", "--synthetic-image-size", "28"]
     argv += ["--channel-sparsity", "0", "0.5", "--members", "2", "--batch-size", "2"]
     assert main([*argv, "--repeats", "1", "--json"]) == 0
     rows = _json(capsys)["rows"]
     assert [r["channel_sparsity"] for r in rows] == [0.0, 0.5]
+    assert all(r["program"] == "packed" and r["separate_vs_dense"] > 0 for r in rows)
     unstructured, slim = rows
     assert unstructured["member_parameters"] == [unstructured["dense_parameters"]] * 2
     assert all(p < slim["dense_parameters"] for p in slim["member_parameters"])

@@ -158,3 +158,23 @@ def test_cli_prints_the_kept_channels(slim_export, tmp_path: Path, capsys) -> No
     assert not sizes["slim"]
     full = read_artifact(tmp_path / "full").members[0]
     assert full.model_state["features.0.weight"].shape[0] == 32
+
+
+def test_program_is_packed_by_default_and_separate_on_request(slim_export, tmp_path: Path) -> None:
+    run, out, sizes = slim_export
+    facts = read_artifact(out).manifest["program"]
+    assert sizes["program_form"] == facts["form"] == "packed"
+    assert facts["max_abs_difference"] <= 1e-5 and facts["folded_norms"] == [2, 2, 2]
+    separate_out = tmp_path / "separate"
+    argv = ["export", str(run), "--out", str(separate_out), "--program", "separate", "--json"]
+    assert main(argv) == 0
+    separate_facts = read_artifact(separate_out).manifest["program"]
+    assert separate_facts["form"] == "separate" and "packed_parameters" not in separate_facts
+    packed = torch.export.load(str(out / "ensemble.pt2")).module()
+    separate = torch.export.load(str(separate_out / "ensemble.pt2")).module()
+    for batch in (1, 7):  # same call signature, dynamic batch
+        images = torch.rand(batch, 1, 28, 28, generator=torch.Generator().manual_seed(batch))
+        with torch.no_grad():
+            got, expected = packed(images), separate(images)
+        assert got.shape == (batch, 10)
+        assert float((got - expected).abs().max()) <= 1e-5

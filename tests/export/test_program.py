@@ -84,3 +84,20 @@ def test_serving_program_is_channels_last_and_computes_the_same_probabilities() 
     with torch.no_grad():
         expected = EnsembleProgram(members, mean, std)(images)
         torch.testing.assert_close(program(images), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_a_grey_scale_stem_hands_on_channels_last_activations() -> None:
+    from ft_dist.models import build_model
+
+    model = _trained_statistics(build_model("small-cnn", 10, 1, 28))
+    program, _ = serving_program([model], [0.5], [0.25])
+    seen = []
+    pool = program.members[0].get_submodule("features.3")  # the max-pool after the stem
+    pool.register_forward_hook(lambda module, args, out: seen.append(args[0]))
+    images = torch.rand(3, 1, 28, 28)
+    with torch.no_grad():
+        got = program(images)
+        expected = EnsembleProgram([model], [0.5], [0.25])(images)
+    assert seen[0].is_contiguous(memory_format=torch.channels_last)
+    assert not seen[0].is_contiguous()
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
