@@ -203,23 +203,30 @@ def settle_resume(
         return Settled(cfg, record)
     old = record["definition"]
     notes: list[str] = []
+    cannot_keep = None  # why this world size cannot make up the run's global batch
     if cfg.train.global_batch_size is None and GLOBAL_BATCH not in allowed:
         kept = old.get(GLOBAL_BATCH)
         if isinstance(kept, int) and kept != current[GLOBAL_BATCH]:
-            cfg, current = _keep_global_batch(cfg, run, world_size, kept, current, meta)
-            notes.append(
-                f"{run}: keeping the run's global batch of {kept} on {world_size} worker(s) "
-                f"(train.global_batch_size={kept}; it was written on "
-                f"{meta.get('world_size', '?')}): the accumulation makes up for the workers"
-            )
+            cannot_keep = _cannot_keep(cfg, run, world_size, kept, meta)
+            if cannot_keep is None:
+                train = cfg.train.model_copy(update={"global_batch_size": kept})
+                cfg = cfg.model_copy(update={"train": train})
+                notes.append(
+                    f"{run}: keeping the run's global batch of {kept} on {world_size} "
+                    f"worker(s) (train.global_batch_size={kept}; it was written on "
+                    f"{meta.get('world_size', '?')}): the accumulation makes up for the workers"
+                )
+            current = {**current, GLOBAL_BATCH: kept}
     differ = {
         key: (old[key], current[key])
         for key in sorted(old.keys() & current.keys())
         if old[key] != current[key]
     }
     refused = [key for key in differ if key not in allowed]
-    if refused:
+    if refused:  # the keys first: a changed batch per worker explains a batch that cannot divide
         raise ResumeRefused(_refusal(run, meta, {k: differ[k] for k in refused}))
+    if cannot_keep is not None:
+        raise ResumeRefused(cannot_keep)
     if differ:
         step = meta.get("step")
         when = time.strftime("%Y-%m-%dT%H:%M:%S%z")
@@ -258,27 +265,20 @@ def settle_on_driver(cfg: RunConfig, allow_change: Iterable[str] = ()) -> RunCon
     return settled.cfg
 
 
-def _keep_global_batch(
-    cfg: RunConfig,
-    run: Path,
-    world_size: int,
-    kept: int,
-    current: dict[str, Any],
-    meta: dict[str, Any],
-) -> tuple[RunConfig, dict[str, Any]]:
-    """``cfg`` with train.global_batch_size set to the recorded global batch, refused in one
-    line when this world size cannot make it up by accumulation."""
+def _cannot_keep(
+    cfg: RunConfig, run: Path, world_size: int, kept: int, meta: dict[str, Any]
+) -> str | None:
+    """Why ``world_size`` workers cannot make up the run's global batch by accumulation
+    (`setup.batch_arithmetic`), or None when they can."""
     per_micro_step = cfg.data.batch_size_per_worker * world_size
-    if kept % per_micro_step:
-        raise ResumeRefused(
-            f"cannot resume {run} on {world_size} worker(s) with its global batch of {kept} "
-            f"(written on {meta.get('world_size', '?')}): {kept} is not a multiple of "
-            f"data.batch_size_per_worker={cfg.data.batch_size_per_worker} x {world_size} "
-            f"workers = {per_micro_step}; choose train.num_workers so that it divides"
-        )
-    train = cfg.train.model_copy(update={"global_batch_size": kept})
-    cfg = cfg.model_copy(update={"train": train})
-    return cfg, {**current, GLOBAL_BATCH: kept}
+    if kept % per_micro_step == 0:
+        return None
+    return (
+        f"cannot resume {run} on {world_size} worker(s) with its global batch of {kept} "
+        f"(written on {meta.get('world_size', '?')}): {kept} is not a multiple of "
+        f"data.batch_size_per_worker={cfg.data.batch_size_per_worker} x {world_size} "
+        f"workers = {per_micro_step}; choose train.num_workers so that it divides"
+    )
 
 
 def _check_world_size(cfg: RunConfig, run: Path, meta: dict[str, Any], world_size: int) -> None:

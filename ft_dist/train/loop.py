@@ -5,6 +5,8 @@
 Runs the same with no Ray (`LocalSession`: one process or torch.distributed env vars) and
 inside Ray Train (`RaySession`). Read `train` top to bottom:
 
+0. a resume must continue the run it resumes (definition.py): a changed definition is
+   refused, and another number of workers keeps the run's global batch;
 1. setup (setup.py): data, then identically seeded model, masks and strategy on every rank;
 2. resume after everything exists, so a checkpoint restores into the same objects (all of
    them listed once, in `checkpoint_states`); only then is config.yaml written, so a

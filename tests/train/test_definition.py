@@ -170,6 +170,12 @@ def test_another_number_of_workers_keeps_the_global_batch(tmp_path: Path) -> Non
         "is not a multiple of data.batch_size_per_worker=32 x 3 workers = 96; choose "
         "train.num_workers so that it divides"
     )
+    # A changed batch per worker is named as the change it is (no word about dividing).
+    bigger = one.model_copy(
+        update={"data": one.data.model_copy(update={"batch_size_per_worker": 48})}
+    )
+    with pytest.raises(ResumeRefused, match=r"values: data\.batch_size_per_worker: 32 -> 48; "):
+        settle_resume(bigger, run, 1, checkpoint)
     # A global batch set on purpose is a change of the run, allowed only when asked for.
     explicit = one.model_copy(
         update={"train": one.train.model_copy(update={"global_batch_size": 32})}
