@@ -5,6 +5,8 @@ path below is built here and nowhere else.
 
 RUN_DIR/config.yaml                 resolved config (written once a resume is accepted)
 RUN_DIR/summary.json                final metrics, images/s, training FLOPs
+RUN_DIR/definition.json             what defines the run and the changes accepted on
+                                    resumes (train/definition.py)
 RUN_DIR/run.lock                    held by the run's driver while it runs (runlock.py):
                                     the holder's host, pid and start; empty once released
 RUN_DIR/driver.log                  what the driver keeps off the console: the stack of a
@@ -26,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 CONFIG_FILE = "config.yaml"
+DEFINITION_FILE = "definition.json"
 SUMMARY_FILE = "summary.json"
 LOCK_FILE = "run.lock"
 DRIVER_LOG = "driver.log"
@@ -50,6 +53,11 @@ def run_dir(cfg: Any) -> Path:
 def config_path(run: Path) -> Path:
     """RUN_DIR/config.yaml (also EXP_DIR/config.yaml of a DST Ensemble)."""
     return Path(run) / CONFIG_FILE
+
+
+def definition_path(run: Path) -> Path:
+    """RUN_DIR/definition.json: see train/definition.py."""
+    return Path(run) / DEFINITION_FILE
 
 
 def summary_path(run: Path) -> Path:

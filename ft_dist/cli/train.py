@@ -10,9 +10,13 @@ With `ensemble.method: dst_ensemble` it trains all M members of a DST Ensemble c
 (one worker group each, scheduled by Ray Tune) and prints the experiment directory last.
 
 One run at a time per run directory: the run lock (ft_dist/runlock.py) is taken first, and
-a second run there is refused in one line naming the holder. Ctrl-C (exit 130) and SIGTERM
-(`ray job stop`, `kill`; exit 143) end with one line: the step of the checkpoint kept and
-the command that resumes the run.
+a second run there is refused in one line naming the holder. A resume must continue the
+run it resumes (ft_dist/train/definition.py): a changed model, data, sparsity, optimizer,
+schedule, seed, method or global batch is refused in one line before Ray starts, unless
+each changed key is named with --allow-change KEY (recorded in the run); on another
+number of workers the run keeps its global batch (accumulation makes up for the workers).
+Ctrl-C (exit 130) and SIGTERM (`ray job stop`, `kill`; exit 143) end with one line: the
+step of the checkpoint kept and the command that resumes the run.
 """
 
 from __future__ import annotations
@@ -55,6 +59,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--group", default=None, help="W&B group (the experiment); default: the run name"
     )
+    parser.add_argument(
+        "--allow-change",
+        action="append",
+        default=[],
+        metavar="KEY",
+        help="resume although KEY of the run's definition changed (repeatable, e.g. "
+        "--allow-change optim.lr); the change is recorded in RUN_DIR/definition.json",
+    )
     parser.set_defaults(func=handle)
 
 
@@ -95,6 +107,9 @@ def handle(args: argparse.Namespace) -> int:
     # starts or writes anything (RunLockedError, one line naming the holder).
     with stop, RunLock(run_dir(cfg.train)):
         try:
+            # A resume that would train another run is refused here, in one line, and the
+            # run's global batch kept on another number of workers (train/definition.py).
+            cfg = settle_definitions(cfg, args.allow_change)
             # Mistakes that fail every try are found here, before Ray starts any worker.
             check_inputs(cfg)
             from ft_dist.data.recipes import recipe_lines
@@ -123,6 +138,20 @@ def handle(args: argparse.Namespace) -> int:
     # Ctrl-C: last, after Ray's own lines ("Received SIGINT ...")
     print(stopped_line(cfg, args, "Ctrl-C"), file=sys.stderr, flush=True)
     return 128 + signal.SIGINT
+
+
+def settle_definitions(cfg, allow_change: list[str]):
+    """`definition.settle_on_driver` for the run, or for each member of a DST Ensemble."""
+    from ft_dist.train.definition import settle_on_driver
+    from ft_dist.train.methods import ensemble_method
+
+    if not ensemble_method(cfg.ensemble.method).separate_runs:
+        return settle_on_driver(cfg, allow_change)
+    from ft_dist.orchestrate.dst_ensemble import member_config
+
+    for member in range(1, cfg.ensemble.num_members + 1):
+        settle_on_driver(member_config(cfg, member), allow_change)  # each fit keeps its batch
+    return cfg
 
 
 class Stopped(KeyboardInterrupt):

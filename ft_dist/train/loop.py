@@ -5,6 +5,8 @@
 Runs the same with no Ray (`LocalSession`: one process or torch.distributed env vars) and
 inside Ray Train (`RaySession`). Read `train` top to bottom:
 
+0. a resume must continue the run it resumes (definition.py): a changed definition is
+   refused, and another number of workers keeps the run's global batch;
 1. setup (setup.py): data, then identically seeded model, masks and strategy on every rank;
 2. resume after everything exists, so a checkpoint restores into the same objects (all of
    them listed once, in `checkpoint_states`); only then is config.yaml written, so a
@@ -29,8 +31,15 @@ import torch
 import torch.distributed as dist
 
 from ft_dist.config import RunConfig, save_config
-from ft_dist.layout import checkpoints_dir, config_path, summary_path, ticket_relpath
+from ft_dist.layout import (
+    checkpoints_dir,
+    config_path,
+    run_dir,
+    summary_path,
+    ticket_relpath,
+)
 from ft_dist.train.callbacks import evaluate, sparse_totals, standard_callbacks
+from ft_dist.train.definition import settle_resume
 from ft_dist.train.events import Callback, Events
 from ft_dist.train.meter import Meter
 from ft_dist.train.optim import learning_rate
@@ -44,15 +53,33 @@ from ft_dist.utils import is_distributed, write_text_atomic
 
 
 def train(
-    cfg: RunConfig, session: Session, tracker: Any, callbacks: Sequence[Callback] = ()
+    cfg: RunConfig,
+    session: Session,
+    tracker: Any,
+    callbacks: Sequence[Callback] = (),
+    *,
+    allow_change: Sequence[str] = (),
 ) -> dict[str, Any]:
     """Train this rank's share of the run; returns the summary (identical on every rank).
-    ``callbacks`` subscribe to the loop's events after the standard ones."""
+    ``callbacks`` subscribe to the loop's events after the standard ones; ``allow_change``
+    names the keys of the run's definition a resume may change (definition.py)."""
+    # A resume must train the run it continues: refused, or its global batch kept, first.
+    resume_from = session.latest_checkpoint_dir()
+    settled = settle_resume(
+        cfg,
+        run_dir(cfg.train),
+        session.world_size,
+        resume_from,
+        allow_change,
+        write=session.rank == 0,
+    )
     # Data, seeds, model, masks and strategy, in the order that keeps ranks identical.
-    ctx = build_context(cfg, session, tracker)
+    ctx = build_context(settled.cfg, session, tracker)
+    ctx.definition = settled.meta()
+    for note in settled.notes:
+        tracker.note(note)
     events = Events([*standard_callbacks(), *callbacks])
     # Resume after everything exists, so the checkpoint restores into the same objects.
-    resume_from = session.latest_checkpoint_dir()
     if resume_from is not None:
         # The one restored: resume_from, or the older one it fell back to when damaged.
         resumed = checkpoint_states(ctx).load(
@@ -221,6 +248,7 @@ def run_meta(ctx: Context) -> dict[str, Any]:
         **model_facts(cfg),
         **strategy_entry(cfg.train.strategy).checkpoint_meta(cfg.train),
         "world_size": ctx.session.world_size,
+        **ctx.definition,
     }
     if cfg.train.elastic or cfg.train.global_batch_size is not None:
         meta["elastic_lanes"] = max(1, cfg.data.loader_workers)  # the epoch's layout

@@ -9,7 +9,7 @@
 from __future__ import annotations
 
 import warnings
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -75,6 +75,8 @@ class Context:
     fast_path: bool  # bf16 / channels_last apply (CUDA only)
     grad_accum_steps: int = 1  # micro-batches per optimizer step at this world size
     global_batch_size: int = 1  # examples per optimizer step, summed over ranks
+    # What defines the run and the changes accepted (train/definition.py), for checkpoints.
+    definition: dict[str, Any] = field(default_factory=dict)
 
 
 def batch_arithmetic(

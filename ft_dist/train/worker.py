@@ -37,7 +37,7 @@ import shutil
 import socket
 import sys
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +53,7 @@ from ft_dist.private_api import is_worker_group_start_timeout
 from ft_dist.runlock import RunLock
 from ft_dist.tracking import make_tracker
 from ft_dist.train.config import format_resources, worker_resources
+from ft_dist.train.definition import settle_on_driver
 from ft_dist.train.diskspace import DiskFullError, dir_bytes, disk_full_message, is_disk_full
 from ft_dist.train.session import latest_complete_checkpoint
 from ft_dist.utils import first_line, partial_dir, write_dir_atomic
@@ -384,7 +385,13 @@ def start_local_cluster(log_to_driver: bool = True) -> str:
     )
 
 
-def fit(cfg: Any, loop: LoopFn | None = None, *, group: str | None = None) -> Path:
+def fit(
+    cfg: Any,
+    loop: LoopFn | None = None,
+    *,
+    group: str | None = None,
+    allow_change: Sequence[str] = (),
+) -> Path:
     """Train one member on the Ray cluster (joined or started) and return its run directory.
 
     A worker group that lost a worker, a node or a connection (`is_transient`) is started
@@ -395,10 +402,13 @@ def fit(cfg: Any, loop: LoopFn | None = None, *, group: str | None = None) -> Pa
     any other as a one-line `WorkerError`. Failures left after the restarts raise
     `ray.train.WorkerGroupError`; workers that the cluster never finds room for raise
     `ClusterBusyError`. The run directory's lock (runlock.py) is held throughout: another
-    run there raises `RunLockedError` before any worker starts.
+    run there raises `RunLockedError` before any worker starts. A resume is checked against
+    the run's definition first (definition.py: `ResumeRefused`, its global batch kept on
+    another number of workers); ``allow_change`` names the keys it may change.
     """
     cfg = absolute_paths(cfg)
     with RunLock(run_dir(cfg.train)):  # one run at a time here (held already by ft-dist train)
+        cfg = settle_on_driver(cfg, allow_change)
         return _fit_restarting(cfg, loop, group)
 
 
