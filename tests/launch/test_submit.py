@@ -139,7 +139,7 @@ def test_submitted_job_trains_across_nodes_and_prints_the_run_dir_last(
     assert "[job] epoch" in output  # rank-0 progress reached the submitting terminal
     run = out / "job"
     assert (run / SUMMARY_FILE).is_file() and ticket_path(run, 1).is_file()
-    job_id = re.search(r"raysubmit_\w+", output)[0]
+    job_id = re.search(r"ft-dist-[\w-]+", output)[0]  # submit.sh sets the submission id
     logs = subprocess.run(
         [RAY, "job", "logs", "--address", env["RAY_ADDRESS"], job_id],
         env=env,
