@@ -34,8 +34,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--force", action="store_true", help="replace an export in DIR")
     parser.add_argument("--no-slim", action="store_true", help="keep removed channels (zeros)")
     parser.add_argument(
-        "--program", choices=["packed", "separate"], default="packed",
-        help="ensemble.pt2: members packed into one network (default) or run one by one",
+        "--program", choices=["auto", "packed", "separate"], default="auto",
+        help="ensemble.pt2: members packed into one network or run one by one; auto (default): "
+        "packed when the members are channel-slim, one by one when they are full width",
     )  # fmt: skip
     parser.add_argument("--json", action="store_true", help="print the sizes as JSON")
     parser.set_defaults(func=handler)

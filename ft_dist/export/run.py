@@ -7,9 +7,10 @@ with them), then encoded sparsely with its BatchNorm statistics; the preprocessi
 facts (recipe, image size, channels, mean/std, eval resize) come from the run's
 config.yaml and training manifest, as `ft-dist evaluate` reads them. The program is built
 from the members *decoded back from the written bytes*, so it is what the artifact holds:
-by default the members packed into one network (export/packed.py), checked against the
-separate members; ``program_form="separate"`` (`--program separate`), and a packing that
-fails or does not match (with a warning), ship the members one after another.
+by default (``program_form="auto"``) channel-slim members packed into one network
+(export/packed.py), checked against the separate members; full-width members (packing
+them measured slower), ``program_form="separate"`` (`--program separate`), and a packing
+that fails or does not match (with a warning), ship the members one after another.
 """
 
 from __future__ import annotations
@@ -153,7 +154,7 @@ def write_members(
 
 def export_run(
     run_dir: str | Path, out: str | Path, *, data_root: str | None = None, program: bool = True,
-    force: bool = False, slim: bool = True, program_form: str = "packed",
+    force: bool = False, slim: bool = True, program_form: str = "auto",
 ) -> dict[str, Any]:  # fmt: skip
     """Write the artifact of ``run_dir`` to ``out``, verify it, and return its sizes."""
     root, out = Path(run_dir), Path(out)
@@ -178,7 +179,7 @@ def export_run(
 
 def _write_artifact(
     tickets: list[Ticket], partial: Path, root: Path, layout: str, facts: dict[str, Any],
-    program: bool, slim: bool, program_form: str = "packed",
+    program: bool, slim: bool, program_form: str = "auto",
 ) -> dict[str, Any]:  # fmt: skip
     """The member files, the program and the manifest with its checksums, into ``partial``."""
     entries, decoded = write_members(tickets, partial, root, slim)
@@ -197,7 +198,14 @@ def _write_artifact(
     }
     if program:
         shape = (facts["in_channels"], facts["image_size"], facts["image_size"])
-        details = write_program(decoded, facts, shape, partial / PROGRAM_FILE, program_form)
+        form, skipped = program_form, None
+        if form == "auto":  # packed only pays for slim members (README: packed program)
+            slim_members = any((e.get("channels") or {}).get("removed") for e in entries)
+            form = "packed" if slim_members else "separate"
+            skipped = None if slim_members else FULL_WIDTH_NOT_PACKED
+        details = write_program(decoded, facts, shape, partial / PROGRAM_FILE, form)
+        if skipped is not None:
+            details["packing_skipped"] = skipped
         manifest["program"] = {
             "file": PROGRAM_FILE,
             "nbytes": (partial / PROGRAM_FILE).stat().st_size,
@@ -209,6 +217,15 @@ def _write_artifact(
         }
     write_manifest_and_sums(partial, manifest)
     return manifest
+
+
+# Why `--program auto` (the default) runs full-width members one after another: packed into
+# grouped convolutions they ran slower (unstructured EDST of `make compare`, M = 3, this
+# 2-core VM, 2026-12-07: 0.18x one dense model at batch 256 packed, 0.36x separate).
+FULL_WIDTH_NOT_PACKED = (
+    "the members are full width (no channel cut out): packed into grouped convolutions they "
+    "ran at half the separate members' speed at batch 256 on CPU"
+)
 
 
 def write_program(

@@ -252,3 +252,11 @@ def test_resnet50_three_erk_tickets_take_at_most_080_of_one_dense() -> None:
     buffer = io.BytesIO()
     torch.save(model.state_dict(), buffer)
     assert total / buffer.tell() <= 0.8
+
+
+def test_full_width_members_are_not_packed_by_default(exported: tuple[Path, Path]) -> None:
+    """Packing pays for slim members only: an export of unstructured tickets runs them one
+    after another and says why (export/run.py FULL_WIDTH_NOT_PACKED)."""
+    _, out = exported
+    program = json.loads((out / "artifact.json").read_text())["program"]
+    assert program["form"] == "separate" and "full width" in program["packing_skipped"]
