@@ -235,7 +235,7 @@ def _flops(tickets: Sequence[Ticket], layout: Layout) -> dict[str, float | None]
     dense = 0.0
     for ticket in tickets:
         model = model_config_from_meta(ticket.meta, str(ticket.path))
-        dense, sparse = model_forward_flops(model, ticket.layer_densities())
+        dense, sparse = model_forward_flops(model, ticket.full_densities())
         sparse_total += sparse
     train = [ticket.meta.get("train_flops") for ticket in tickets]
     known = [float(value) for value in train if value is not None]
@@ -250,8 +250,9 @@ def _flops(tickets: Sequence[Ticket], layout: Layout) -> dict[str, float | None]
 
 
 def _parameters(models: Sequence[nn.Module], tickets: Sequence[Ticket]) -> dict[str, Any]:
-    """Parameters of one dense member, and the active (non-masked-off) ones per member."""
-    dense = sum(int(p.numel()) for p in models[0].parameters())
+    """Parameters of one dense member (the full architecture, before any channel cut), and
+    the active (non-masked-off) ones per member."""
+    dense = sum(tickets[0].full_sizes().values())
     active = [
         sum(int(p.numel()) for p in model.parameters())
         - sum(int(mask.numel() - mask.sum()) for mask in ticket.masks.values())

@@ -41,6 +41,23 @@ class Ticket:
     def removed_channels(self) -> dict[str, list[int]]:
         return dict((self.channels or {}).get("removed") or {})
 
+    def full_sizes(self) -> dict[str, int]:
+        """Positions of every parameter of the full architecture (before any cut), built
+        on the meta device (no memory, no weights)."""
+        from ft_dist.models import build_model_from_config, model_config_from_meta
+
+        with torch.device("meta"):
+            model = build_model_from_config(model_config_from_meta(self.meta, str(self.path)))
+        return {name: p.numel() for name, p in model.named_parameters()}
+
+    def full_densities(self) -> dict[str, float]:
+        """Active fraction of each masked layer of the full architecture: channels cut out
+        while training count as inactive (FLOPs and parameters against the dense model)."""
+        if not self.removed_channels():
+            return self.layer_densities()
+        sizes = self.full_sizes()
+        return {name: float(mask.sum()) / sizes[name] for name, mask in self.masks.items()}
+
     def layer_densities(self) -> dict[str, float]:
         """Fraction of active weights in every masked layer, from the saved masks."""
         return {name: float(mask.float().mean()) for name, mask in self.masks.items()}

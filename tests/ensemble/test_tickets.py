@@ -57,3 +57,40 @@ def test_cli_names_an_untrusted_ticket_in_one_line(
     assert err[0].startswith(f"ft-dist {command}: error: ")
     assert "not a trusted ticket" in err[0]
     assert "weights_only" not in err[0] and not marker.exists()
+
+
+def test_a_slim_ticket_counts_against_the_full_architecture(tmp_path) -> None:
+    """A ticket cut while training (channel_shrink) loads into the cut architecture, and its
+    densities (FLOPs, parameters against the dense model) are over the full layers."""
+    import torch
+
+    from ft_dist.ensemble.tickets import build_member, load_ticket
+    from ft_dist.models import build_model
+    from ft_dist.sparse import DynamicSparsity, SparsityConfig
+
+    torch.manual_seed(0)
+    model = build_model("small-cnn", 10, 1, 28)
+    config = SparsityConfig(
+        density=0.2, update_every_steps=1, growth="random", channel_sparsity=0.5,
+        channel_end_step=1, channel_allocation="uniform",
+    )  # fmt: skip
+    sparsity = DynamicSparsity(model, None, config, input_shape=(1, 28, 28))
+    sparsity.step()
+    sparsity.cut_channels_()
+    meta = {
+        "model": "small-cnn", "num_classes": 10, "in_channels": 1, "image_size": 28,
+        "member": 1, "density": 0.2,
+    }  # fmt: skip
+    path = tmp_path / "ticket_01.pt"
+    removed = sparsity.channels.cut_record()
+    masks = sparsity.masks
+    torch.save({"model": model.state_dict(), "masks": masks, "meta": meta,
+                "channels": {"removed": removed}}, path)  # fmt: skip
+    ticket = load_ticket(path)
+    member = build_member(ticket)
+    assert member(torch.rand(2, 1, 28, 28)).shape == (2, 10)
+    full = {n: p.numel() for n, p in build_model("small-cnn", 10, 1, 28).named_parameters()}
+    assert ticket.full_sizes() == full
+    for name, density in ticket.full_densities().items():
+        assert density == float(masks[name].sum()) / full[name]
+        assert density < ticket.layer_densities()[name] or name == "classifier.3.weight"
