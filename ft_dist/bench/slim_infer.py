@@ -138,6 +138,28 @@ def measure_export_sizes(
     return rows
 
 
+def one_removal_config(
+    density: float, channel_sparsity: float, allocation: str = "uniform", seed: int = 0
+):
+    """ERK masks at ``density`` and, with ``channel_sparsity`` > 0, its whole channel removal
+    at the first update (step 1), no weight swapped (synthetic members, bench train-slim)."""
+    from ft_dist.sparse import SparsityConfig
+
+    channels = {
+        "channel_sparsity": channel_sparsity,
+        "channel_end_step": 1,
+        "channel_allocation": allocation,
+    }
+    return SparsityConfig(
+        density=density,
+        update_every_steps=1,
+        growth="random",
+        drop_fraction=0.0,
+        seed=seed,
+        **(channels if channel_sparsity > 0 else {}),
+    )
+
+
 def synthetic_members(
     model: str,
     num_classes: int,
@@ -150,7 +172,7 @@ def synthetic_members(
 ) -> list[nn.Module]:
     """M members with ERK masks, each cut channel-slim by one channel-level DST removal."""
     from ft_dist.models import build_model
-    from ft_dist.sparse import DynamicSparsity, SparsityConfig
+    from ft_dist.sparse import DynamicSparsity
     from ft_dist.sparse.slim import slim_model
 
     shape = (in_channels, image_size, image_size)
@@ -158,19 +180,7 @@ def synthetic_members(
     for member in range(members):
         torch.manual_seed(member)
         network = build_model(model, num_classes, in_channels, image_size)
-        channels = {
-            "channel_sparsity": channel_sparsity,
-            "channel_end_step": 1,
-            "channel_allocation": allocation,
-        }
-        config = SparsityConfig(
-            density=density,
-            update_every_steps=1,
-            growth="random",
-            drop_fraction=0.0,
-            seed=member,
-            **(channels if channel_sparsity > 0 else {}),
-        )
+        config = one_removal_config(density, channel_sparsity, allocation, seed=member)
         sparsity = DynamicSparsity(network, None, config)
         if channel_sparsity > 0:
             network.eval()

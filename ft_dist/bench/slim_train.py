@@ -80,20 +80,13 @@ def masked_and_slim(
     second (the engine's own cut, `DynamicSparsity.cut_channels_`)."""
     import torch
 
+    from ft_dist.bench.slim_infer import one_removal_config
     from ft_dist.models import build_model
-    from ft_dist.sparse import DynamicSparsity, SparsityConfig
+    from ft_dist.sparse import DynamicSparsity
 
     torch.manual_seed(0)
     network = build_model(model, num_classes, in_channels, image_size)
-    config = SparsityConfig(
-        density=density,
-        update_every_steps=1,
-        growth="random",
-        drop_fraction=0.0,
-        channel_sparsity=channel_sparsity,
-        channel_end_step=1,
-        channel_allocation="uniform",
-    )
+    config = one_removal_config(density, channel_sparsity)
     sparsity = DynamicSparsity(
         network, None, config, input_shape=(in_channels, image_size, image_size)
     )

@@ -42,7 +42,23 @@ PROGRAM_FORMS = ("packed", "separate")
 PACKED_TOLERANCE = 1e-5
 
 
-class EnsembleProgram(nn.Module):
+class _Normalising(nn.Module):
+    """The programs' first step: the training mean/std (buffers), then channels_last."""
+
+    def __init__(self, mean: Sequence[float], std: Sequence[float], channels_last: bool) -> None:
+        super().__init__()
+        self.channels_last = channels_last
+        self.register_buffer("mean", torch.tensor(list(mean), dtype=torch.float32).view(-1, 1, 1))
+        self.register_buffer("std", torch.tensor(list(std), dtype=torch.float32).view(-1, 1, 1))
+
+    def normalise(self, images: torch.Tensor) -> torch.Tensor:
+        inputs = (images - self.mean) / self.std
+        if self.channels_last:
+            inputs = inputs.contiguous(memory_format=torch.channels_last)
+        return inputs
+
+
+class EnsembleProgram(_Normalising):
     """Normalise, run every member, average their softmax probabilities."""
 
     def __init__(
@@ -52,23 +68,18 @@ class EnsembleProgram(nn.Module):
         std: Sequence[float],
         channels_last: bool = False,
     ) -> None:
-        super().__init__()
-        self.channels_last = channels_last
+        super().__init__(mean, std, channels_last)
         if not members:
             raise ValueError("an ensemble program needs at least one member")
         self.members = nn.ModuleList(members)
-        self.register_buffer("mean", torch.tensor(list(mean), dtype=torch.float32).view(-1, 1, 1))
-        self.register_buffer("std", torch.tensor(list(std), dtype=torch.float32).view(-1, 1, 1))
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        inputs = (images - self.mean) / self.std
-        if self.channels_last:
-            inputs = inputs.contiguous(memory_format=torch.channels_last)
+        inputs = self.normalise(images)
         probs = [member(inputs).float().softmax(dim=1) for member in self.members]
         return torch.stack(probs).mean(dim=0)
 
 
-class PackedEnsembleProgram(nn.Module):
+class PackedEnsembleProgram(_Normalising):
     """Normalise, run the packed members (logits side by side, [N, M*K]), average their
     softmax probabilities: the function of `EnsembleProgram` in one network."""
 
@@ -80,15 +91,11 @@ class PackedEnsembleProgram(nn.Module):
         std: Sequence[float],
         channels_last: bool = False,
     ) -> None:
-        super().__init__()
-        self.network, self.num_members, self.channels_last = network, members, channels_last
-        self.register_buffer("mean", torch.tensor(list(mean), dtype=torch.float32).view(-1, 1, 1))
-        self.register_buffer("std", torch.tensor(list(std), dtype=torch.float32).view(-1, 1, 1))
+        super().__init__(mean, std, channels_last)
+        self.network, self.num_members = network, members
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        inputs = (images - self.mean) / self.std
-        if self.channels_last:
-            inputs = inputs.contiguous(memory_format=torch.channels_last)
+        inputs = self.normalise(images)
         logits = self.network(inputs).float()
         probs = logits.view(logits.shape[0], self.num_members, -1).softmax(dim=2)
         return probs.mean(dim=1)
