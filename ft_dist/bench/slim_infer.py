@@ -339,7 +339,12 @@ def train_step_times(ticket_path: str | Path, batch_size: int, repeats: int = 7)
     what training gains on slimmed layers once the channels are gone. A ticket cut while
     training (a shrinking run) is timed against the full architecture with its masks and
     fresh weights (a step's time does not depend on the weights' values)."""
-    from ft_dist.ensemble.tickets import build_architecture, build_member, load_ticket
+    from ft_dist.ensemble.tickets import (
+        build_architecture,
+        build_member,
+        load_masked,
+        load_ticket,
+    )
     from ft_dist.sparse.slim import full_masks, slim_model
 
     ticket = load_ticket(ticket_path)
@@ -347,12 +352,9 @@ def train_step_times(ticket_path: str | Path, batch_size: int, repeats: int = 7)
     example = torch.zeros(1, *shape)
     removed = ticket.removed_channels()
     if removed:  # cut while training: the masked network is the full one, cut positions off
-        masked = build_architecture(ticket.meta, {}, ticket_path)
-        masks = full_masks(masked, example, removed, ticket.masks)
-        with torch.no_grad():
-            for name, param in masked.named_parameters():
-                if name in masks:
-                    param.mul_(masks[name].to(param.dtype))
+        full = build_architecture(ticket.meta, {}, ticket_path)
+        masks = full_masks(full, example, removed, ticket.masks)
+        masked = load_masked(full, full.state_dict(), masks, ticket_path, "the full model")
         masked.train()
     else:
         masked = build_member(ticket).train()

@@ -146,6 +146,12 @@ def build_member(ticket: Ticket, device: torch.device | str = "cpu") -> nn.Modul
     return load_masked(model, ticket.model_state, ticket.masks, ticket.path, what).to(device)
 
 
+def example_input(meta: dict[str, Any]) -> torch.Tensor:
+    """A batch of one zero input of the shape a ticket's (or artifact's) facts give."""
+    size = int(meta["image_size"])
+    return torch.zeros(1, int(meta["in_channels"]), size, size)
+
+
 def build_architecture(
     meta: dict[str, Any], removed: dict[str, list[int]], where: str | Path
 ) -> nn.Module:
@@ -157,10 +163,8 @@ def build_architecture(
     model = build_model_from_config(model_config_from_meta(meta, str(where)))
     if not removed:
         return model
-    size = int(meta["image_size"])
-    example = torch.zeros(1, int(meta["in_channels"]), size, size)
     try:
-        return slim_model(model, {}, example, removed).model
+        return slim_model(model, {}, example_input(meta), removed).model
     except ValueError as error:
         raise ValueError(f"{where}: its channel cut does not fit the model: {error}") from None
 

@@ -17,17 +17,18 @@ from typing import Any
 import torch
 from torch import nn
 
-from ft_dist.ensemble.tickets import Ticket, build_architecture, build_member, load_masked
+from ft_dist.ensemble.tickets import (
+    Ticket,
+    build_architecture,
+    build_member,
+    example_input,
+    load_masked,
+)
 from ft_dist.sparse.allocation import strip_wrapper_prefixes
 from ft_dist.sparse.slim import dead_channels, slim_model
 from ft_dist.sparse.structure import ChannelTraceError, channel_structure
 from ft_dist.sparse.verify import cut_problem
 from ft_dist.utils import Note
-
-
-def _example(meta: dict[str, Any]) -> torch.Tensor:
-    size = int(meta["image_size"])
-    return torch.zeros(1, int(meta["in_channels"]), size, size)
 
 
 def slim_ticket(ticket: Ticket) -> tuple[dict, dict, dict[str, Any] | None]:
@@ -36,7 +37,7 @@ def slim_ticket(ticket: Ticket) -> tuple[dict, dict, dict[str, Any] | None]:
     network as it is, with a warning, and no record."""
     model = build_member(ticket)
     full = sum(p.numel() for p in model.parameters())
-    example = _example(ticket.meta)
+    example = example_input(ticket.meta)
     problem = cut_problem_of(model, ticket.masks, example)
     if problem is not None:
         warnings.warn(

@@ -243,12 +243,16 @@ class ChannelSparsity:
             )
         return self.structure
 
-    def _alive_vectors(self) -> dict[str, dict[int, torch.Tensor]]:
+    def _alive_vectors(
+        self, alive_channels: dict[str, torch.Tensor] | None = None
+    ) -> dict[str, dict[int, torch.Tensor]]:
         """Per parameter and dimension, whether each position of the model as it is (cut
-        positions gone) belongs to channels that remain."""
+        positions gone) belongs to channels that remain (``alive_channels``, default the
+        alive ones)."""
+        alive_channels = self.alive if alive_channels is None else alive_channels
         per_dim: dict[str, dict[int, torch.Tensor]] = {}
         for group in self._require().groups:
-            alive = self.alive[group.name]
+            alive = alive_channels[group.name]
             for piece in group.slices:
                 size = self.full_shapes[piece.name][piece.dim]
                 vector = per_dim.setdefault(piece.name, {}).setdefault(
@@ -458,24 +462,28 @@ class ChannelSparsity:
             bool((self._last_cut(name) & ~alive).any()) for name, alive in self.alive.items()
         )
 
-    def cut_model_(self) -> dict[str, dict[int, torch.Tensor]]:
-        """Cut the removed channels still in the model out of it (sparse/slim.py, the cut
-        that verify.py tried at the start); returns, per parameter and dimension, the
-        positions of the old shapes that stay (what every tensor shaped like a parameter
-        must be sliced with). Group and channel numbers stay those of the full model."""
+    def cut_model_(
+        self, alive: dict[str, torch.Tensor] | None = None
+    ) -> dict[str, dict[int, torch.Tensor]]:
+        """Cut the channels not in ``alive`` (default: the removed ones) still in the model
+        out of it (sparse/slim.py, the cut that verify.py tried at the start); returns, per
+        parameter and dimension, the positions of the old shapes that stay (what every
+        tensor shaped like a parameter must be sliced with). Group and channel numbers stay
+        those of the full model."""
         from ft_dist.sparse.slim import slim_model
 
         structure = self._require()
+        alive = self.alive if alive is None else alive
         vectors = {
             name: {dim: v for dim, v in dims.items() if not bool(v.all())}
-            for name, dims in self._alive_vectors().items()
+            for name, dims in self._alive_vectors(alive).items()
         }
         vectors = {name: dims for name, dims in vectors.items() if dims}
         removed = {}
         for group in structure.groups:
             before = self._last_cut(group.name)
             position = torch.cumsum(before.long(), 0) - 1  # the channel's number in the model
-            gone = before & ~self.alive[group.name]
+            gone = before & ~alive[group.name]
             if gone.any():
                 removed[group.name] = position[gone].tolist()
         slim_model(self.model, {}, self.example, removed)
@@ -495,7 +503,7 @@ class ChannelSparsity:
                     f"{tuple(self.named[name].shape)}, expected {tuple(expected)}; set "
                     "sparsity.channel_shrink=false for this model"
                 )
-        self.cut_alive = {name: alive.clone() for name, alive in self.alive.items()}
+        self.cut_alive = {name: vector.clone() for name, vector in alive.items()}
         self._refresh_keep()
         return vectors
 

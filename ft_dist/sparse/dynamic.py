@@ -36,7 +36,7 @@ from ft_dist.sparse.config import SparsityConfig
 from ft_dist.sparse.consistency import verify_masks_identical
 from ft_dist.sparse.schedule import UpdateSchedule
 from ft_dist.sparse.scores import Criterion, ScoreInputs, drop_criterion, growth_criterion
-from ft_dist.sparse.slim import slim_tensor
+from ft_dist.sparse.slim import check_slim, slim_tensor
 from ft_dist.sparse.update import num_to_drop, prune_and_grow, random_mask
 
 
@@ -339,8 +339,11 @@ class DynamicSparsity:
         (sparsity.channel_shrink) should cut them out now (`cut_channels_`)."""
         return self.channels is not None and self.channels.shrink and self.channels.cut_pending()
 
-    def cut_channels_(self) -> dict[str, dict[int, torch.Tensor]]:
-        """Cut the removed channels out of the model, and every tensor shaped like one of
+    def cut_channels_(
+        self, alive: Mapping[str, torch.Tensor] | None = None
+    ) -> dict[str, dict[int, torch.Tensor]]:
+        """Cut the removed channels (those not in ``alive``, when given) out of the model,
+        and every tensor shaped like one of
         its parameters with them: masks, ever-active, gradient EMAs, kept gradients and
         the torch optimizer's state (its parameter groups then hold the new parameters).
         Returns per parameter and dimension the positions that stay, for the strategy's
@@ -349,7 +352,7 @@ class DynamicSparsity:
         if channels is None:
             raise RuntimeError("only channel-level DST cuts channels")
         old_params = dict(channels.named)
-        vectors = channels.cut_model_()
+        vectors = channels.cut_model_(None if alive is None else dict(alive))
         new_params = channels.named
 
         def cut(name: str, tensor: torch.Tensor) -> torch.Tensor:
@@ -369,12 +372,7 @@ class DynamicSparsity:
                 if new_params[n] is not old_params[n]
             }
             move_optimizer_state_(self.optimizer, moves)
-        for name, mask in self.masks.items():
-            if mask.shape != self.params[name].shape:
-                raise RuntimeError(
-                    f"cutting channels left {name} at {tuple(self.params[name].shape)} but "
-                    f"its mask at {tuple(mask.shape)}; set sparsity.channel_shrink=false"
-                )
+        check_slim(channels.model, self.masks)
         self._refresh_float_masks()
         return vectors
 
@@ -389,12 +387,7 @@ class DynamicSparsity:
             )
         if channels.cut_alive:
             raise RuntimeError("cut_to restores a checkpoint's cut into a model not yet cut")
-        alive = channels.alive  # the sparsity state that loads next sets the real one
-        channels.alive = {n: v.clone().bool() for n, v in cut_alive.items()}
-        try:
-            return self.cut_channels_()
-        finally:
-            channels.alive = alive
+        return self.cut_channels_({n: v.bool() for n, v in cut_alive.items()})
 
     def current_gradients(self) -> dict[str, torch.Tensor]:
         """Each sparse weight's ``.grad`` (those that have one)."""

@@ -170,7 +170,7 @@ def slim_model(
     for module, training in modes.items():
         module.training = training
     slim_masks = {name: slim_tensor(mask, vectors.get(name, {})) for name, mask in masks.items()}
-    _check_slim(model, slim_masks)
+    check_slim(model, slim_masks)
     return Slim(
         model,
         slim_masks,
@@ -180,7 +180,9 @@ def slim_model(
     )
 
 
-def _check_slim(model: nn.Module, masks: Mapping[str, torch.Tensor]) -> None:
+def check_slim(model: nn.Module, masks: Mapping[str, torch.Tensor]) -> None:
+    """Every mask has its (cut) parameter's shape, or a RuntimeError naming the first that
+    does not."""
     params = {strip_wrapper_prefixes(n): p for n, p in model.named_parameters()}
     for name, mask in masks.items():
         if tuple(mask.shape) != tuple(params[name].shape):
