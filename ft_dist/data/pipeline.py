@@ -27,7 +27,8 @@ with the same values to reproduce the uninterrupted run exactly.
 
 With a fixed global batch (``TrainStream(..., global_batch=G)``: elastic training) the
 samples of optimizer step k are a world-size independent set (plan.py, "elastic order"),
-so a resume on another number of ranks reads each sample of the epoch once, none twice.
+so a resume on another number of ranks reads each sample of the epoch once, none twice,
+and augments it alike (the augmentation is seeded by the micro-batch column and the step).
 The epoch is laid out in lanes (`_ElasticSource`) so that each rank reads only its share
 of the epoch's bytes, and each loader worker its own lanes, plus at most one shard at the
 start of each lane (one lane per loader worker when a rank does one micro-batch a step).
@@ -310,7 +311,10 @@ class _ElasticSource(IterableDataset):
         worker = get_worker_info()
         role = role_of_worker(worker.id if worker else 0, self.num_roles, self.start_step)
         for index, items in self.raw_batches(role):
-            seed = mix_seed("augment", self.seed, self.epoch, self.rank, index)
+            # Seeded by (column, step), not (rank, micro-step): a resize keeps the crops.
+            step, micro = divmod(index, self.accum)
+            column = self.rank * self.accum + micro
+            seed = mix_seed("augment", self.seed, self.epoch, column, step)
             yield self.decoder.decode(items, seed)
 
 

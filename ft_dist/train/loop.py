@@ -48,7 +48,7 @@ from ft_dist.train.setup import Context, build_context, flops_per_example_so_far
 from ft_dist.train.state import RNGState, TrainStates
 from ft_dist.train.strategies import strategy_entry
 from ft_dist.train.strategies.base import Strategy
-from ft_dist.train.validate import prepare_images, sync_buffers_
+from ft_dist.train.validate import prepare_images, running_stats_kept, sync_buffers_
 from ft_dist.utils import is_distributed, write_text_atomic
 
 
@@ -143,10 +143,11 @@ def train_step(ctx: Context, events: Events, micro_batches: list) -> torch.Tenso
     channels_last = ctx.fast_path and ctx.cfg.train.channels_last
     total = torch.zeros((), device=device)
     events.fire("step_start", ctx)
+    elastic = ctx.stream.elastic_batch is not None  # a fixed global batch
     for index, (images, labels) in enumerate(micro_batches):
         last = index == len(micro_batches) - 1
         images = prepare_images(images, device, strategy.input_dtype, channels_last)
-        with strategy.micro_batch(last):
+        with strategy.micro_batch(last), running_stats_kept(strategy.module, elastic and index > 0):
             loss = ctx.criterion(strategy.model(images).float(), labels.to(device))
             strategy.backward(loss, last)
         total += loss.detach()

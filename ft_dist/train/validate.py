@@ -8,6 +8,9 @@ wrapper (whose forward would wait for the other ranks).
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import torch
 import torch.distributed as dist
 from torch import nn
@@ -24,6 +27,31 @@ def sync_buffers_(module: nn.Module) -> None:
         return
     for buffer in module.buffers():
         dist.broadcast(buffer, src=0)
+
+
+@contextlib.contextmanager
+def running_stats_kept(module: nn.Module, keep: bool) -> Iterator[None]:
+    """With ``keep``, BatchNorm running statistics leave the block as they entered it.
+
+    A fixed global batch (elastic runs) trains alike on any number of ranks only if the
+    statistics do too. Under DDP every rank takes rank 0's buffers, so they follow the
+    step's first micro-batch column; one rank accumulating several columns would update
+    them once per column. Keeping them through the step's later micro-batches makes them
+    follow column 0 at every world size.
+    """
+    if not keep:
+        yield
+        return
+    saved = [
+        (buffer, buffer.clone())
+        for layer in module.modules()
+        if getattr(layer, "track_running_stats", False)  # BatchNorm, InstanceNorm
+        for buffer in layer.buffers(recurse=False)
+    ]
+    yield
+    with torch.no_grad():
+        for buffer, value in saved:
+            buffer.copy_(value)
 
 
 def prepare_images(
