@@ -54,7 +54,10 @@ fi
 
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 base="${FT_DIST_BASE_DIR:-$PWD}"
-runtime_env="{\"env_vars\": {\"FT_DIST_BASE_DIR\": \"${base}\"}}"
+env_vars="\"FT_DIST_BASE_DIR\": \"${base}\""
+# Fault points for `make chaos` (ft_dist/failpoints.py): inert unless this names a directory.
+[[ -n ${FT_DIST_FAILPOINTS:-} ]] && env_vars+=", \"FT_DIST_FAILPOINTS\": \"${FT_DIST_FAILPOINTS}\""
+runtime_env="{\"env_vars\": {${env_vars}}}"
 # The `ray` CLI: FT_DIST_RAY, else the repository's .venv/bin/ray, else ray on PATH.
 ray_bin="ray"
 [[ -x $repo/.venv/bin/ray ]] && ray_bin="$repo/.venv/bin/ray"

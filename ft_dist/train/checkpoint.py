@@ -34,6 +34,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from ft_dist import failpoints
 from ft_dist.data.manifest import file_sha256
 from ft_dist.layout import checkpoint_dir, checkpoint_dirs, checkpoint_step
 from ft_dist.train.diskspace import (
@@ -93,6 +94,7 @@ def save_checkpoint(
         if rank == 0:
             _save_file(shared, tmp / SHARED_FILE)
             (tmp / META_FILE).write_text(json.dumps({**meta, "step": step}, indent=2) + "\n")
+            failpoints.stall("checkpoint-write", step=step, directory=str(tmp))
 
     def publish() -> None:
         _write_index(tmp)  # last: it vouches for every file already there
@@ -112,6 +114,8 @@ def save_checkpoint(
         if rank == 0:
             shutil.rmtree(tmp, ignore_errors=True)  # give the space back
         raise DiskFullError(problem)
+    if rank == 0:
+        failpoints.stall("checkpoint-saved", step=step)
     return final
 
 

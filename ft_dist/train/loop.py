@@ -88,7 +88,8 @@ def train(
         state = ctx.state
         tracker.note(
             f"resumed from {resumed}: epoch {state.epoch}, step {state.global_step} "
-            f"of {ctx.steps_per_epoch * ctx.num_epochs}, {state.images_seen} images seen"
+            f"of {ctx.steps_per_epoch * ctx.num_epochs}, {state.images_seen} images seen, on "
+            f"{session.world_size} worker(s)"
         )
     if session.rank == 0:
         save_config(ctx.cfg, config_path(ctx.run))  # with the model's shape from the data
