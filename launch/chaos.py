@@ -1,23 +1,34 @@
-"""`make chaos`: one EDST run on the local multi-node cluster through a seeded schedule of
-faults, checked bit-identical against an uninterrupted run of the same config.
+"""`make chaos`: an EDST run and a DST Ensemble on the local multi-node cluster, each
+through seeded schedules of faults and checked bit-identical against an uninterrupted
+run of the same config.
 
-    python launch/chaos.py [--seed 0] [--dir /tmp/ftchaos] [--keep]
+    python launch/chaos.py [--seeds 0 1] [--cases edst dst-ensemble] [--dir D] [--keep]
 
-1. a local cluster (launch/local_cluster.py: head + 2 worker nodes, 1 CPU each, token auth)
-   and the bundled MNIST digits as shards;
-2. the reference: the config submitted once (`launch/submit.sh`), uninterrupted;
-3. the same config under another run name, with these faults at seeded checkpoint steps
-   (FAULT_GAP apart, each at a checkpoint written after the previous fault recovered):
-   SIGKILL a Ray Train worker; kill a worker node (started again once the run resumed);
-   SIGKILL the job driver, damage the newest checkpoint, re-submit; fill the run's disk (a
-   tmpfs of its own) until a checkpoint write fails, free it, re-submit;
-4. checks: every ticket's weights and masks bit-identical to the reference, the run's
-   record complete (config.yaml, summary.json with all steps, the W&B run's files), every
-   sample counted once per epoch (`sample_accounting`), the faults at distinct checkpoints;
-   prints a table: fault, when (step), how it was detected, seconds to recover, steps lost.
+1. A local cluster (launch/local_cluster.py, token auth): a head with no CPUs for
+   training (the job drivers, Tune's trials, Ray Train's controllers) and 2 worker nodes
+   of 1 CPU, so each training worker has a node of its own; the bundled digits as shards.
+2. Per case, the reference: its config submitted once (`launch/submit.sh`), uninterrupted.
+3. Per seed and case, the same config under another run name through the case's faults.
+   Each fires at a seeded step through a fault point (ft_dist/failpoints.py): rank 0
+   stops in a checkpoint write (files written, not published) or just after a checkpoint,
+   and the fault is done to it there, so a fault lands at a known step whatever the speed
+   of the machine. Each is armed once the previous one has recovered.
+   * EDST (elastic, 1-2 workers, a fixed global batch of 128): SIGKILL rank 0 during the
+     exploration; SIGKILL rank 0 in a checkpoint write; kill rank 0's node (the run goes
+     on with 1 worker and grows back to 2 once the node returns: an elastic resize both
+     ways); SIGKILL the job driver and damage the newest checkpoint, re-submit; fill the
+     run's disk (a tmpfs of its own) until a checkpoint write fails, free it, re-submit.
+   * DST Ensemble (2 members of 1 worker each, concurrent Tune trials): SIGKILL a
+     member's rank 0 in a checkpoint write; SIGKILL the job driver during the members,
+     re-submit.
+4. Checks, per seed and case: every ticket's weights and masks bit-identical to the
+   reference; the record complete (config.yaml, every summary.json with all its steps,
+   W&B run files); images counted once per step at every resume; for EDST, every sample
+   read once per epoch at either world size (`sample_accounting`). Prints a table per
+   seed: case, fault, step, how it was detected, seconds to recover, steps redone.
 
-Needs root for the tmpfs (without it the disk fault is skipped and says so). Minutes: on a
-2-core machine shared with other work, about 7.
+Needs root for the tmpfs (without it the disk fault is skipped and says so). Minutes: the
+two references, then about 8 per seed on a quiet 2-core machine.
 """
 
 from __future__ import annotations
@@ -39,39 +50,121 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 CLUSTER = REPO / "launch" / "local_cluster.py"
-STEPS_PER_EPOCH = 27  # 3,500 digits / global batch 128
-GLOBAL_BATCH = 128
 CHECKPOINT_EVERY = 9
-EPOCHS = 7  # 1 exploration epoch + 2 members x 3 refinement epochs
-OVERRIDES = [
-    "ensemble.num_members=2",
-    "ensemble.edst.exploration_epochs=1",
-    "ensemble.edst.refinement_epochs=3",
-    # A fixed global batch: the training stream's elastic order (pipeline._ElasticSource),
-    # world-size independent, each sample read at most once per epoch.
-    f"train.global_batch_size={GLOBAL_BATCH}",
+COMMON = [
     f"train.checkpoint_every_steps={CHECKPOINT_EVERY}",
     "train.keep_checkpoints=2",
+    "ray.max_failures=8",  # the faults each cost one restart
     "data.verify=size",
     "tracking.wandb=offline",
 ]
-TOTAL_STEPS = EPOCHS * STEPS_PER_EPOCH
-# Faults at seeded checkpoint steps at least this far apart, none in the first or last
-# epoch; each is injected at a checkpoint written after the previous one had recovered.
-FAULT_GAP = 4 * CHECKPOINT_EVERY
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str
+    config: str
+    overrides: list[str]
+    global_batch: int
+    steps_per_epoch: int
+    epochs: int
+    exploration_steps: int  # EDST: the steps of the exploration; 0 otherwise
+
+    @property
+    def total_steps(self) -> int:  # of the run, or of each member
+        return self.epochs * self.steps_per_epoch
+
+
+EDST = Case(
+    name="edst",
+    config="configs/demo_edst.yaml",
+    overrides=[
+        "ensemble.num_members=2",
+        "ensemble.edst.exploration_epochs=1",
+        "ensemble.edst.refinement_epochs=3",
+        # Elastic with a fixed global batch: the order, augmentation and BatchNorm
+        # statistics of a step do not depend on the world size (pipeline._ElasticSource).
+        "train.num_workers=[1,2]",
+        "train.global_batch_size=128",
+        "ray.resize_interval_s=5",
+    ],
+    global_batch=128,
+    steps_per_epoch=27,  # 3,500 digits / 128
+    epochs=7,  # 1 exploration epoch + 2 members x 3 refinement epochs
+    exploration_steps=27,
+)
+DST_ENSEMBLE = Case(
+    name="dst-ensemble",
+    config="configs/demo_dst.yaml",
+    overrides=[
+        "ensemble.method=dst_ensemble",
+        "ensemble.num_members=2",
+        "train.num_workers=1",
+        "train.epochs=2",
+    ],
+    global_batch=64,
+    steps_per_epoch=54,  # 3,500 digits / 64
+    epochs=2,
+    exploration_steps=0,
+)
+CASES = {case.name: case for case in (EDST, DST_ENSEMBLE)}
+
+# Fault kinds: the fault point that stops rank 0, and what is done to it there.
+KILL_AFTER_CHECKPOINT = "SIGKILL rank 0 after a checkpoint of the exploration"
+KILL_IN_WRITE = "SIGKILL rank 0 in a checkpoint write"
+RESIZE = "kill rank 0's node: 2 -> 1 worker, back to 2 when it returns"
+DRIVER = "SIGKILL the job driver, damage the newest checkpoint, re-submit"
+DISK = "fill the disk until a checkpoint write fails, free it, re-submit"
+MEMBER_IN_WRITE = "SIGKILL a member's rank 0 in a checkpoint write"
+MEMBERS_DRIVER = "SIGKILL the job driver during the members, re-submit"
+POINT = {
+    KILL_AFTER_CHECKPOINT: "checkpoint-saved",
+    KILL_IN_WRITE: "checkpoint-write",
+    RESIZE: "checkpoint-saved",
+    DRIVER: "checkpoint-saved",
+    DISK: "checkpoint-saved",
+    MEMBER_IN_WRITE: "checkpoint-write",
+    MEMBERS_DRIVER: "checkpoint-saved",
+}
 
 
 @dataclass
 class Fault:
     name: str
-    at_step: int  # injected once a checkpoint at or after this step exists
-    step: int = -1  # the newest complete checkpoint when it was injected
-    reached: int = -1  # the last step the progress lines had reported then
+    at_step: int  # armed for the first checkpoint at or after this step
+    step: int = -1  # the checkpoint step it fired at
     detected: str = ""
     injected_s: float = 0.0
     resumed_s: float = 0.0
     resumed_step: int = -1
     notes: list[str] = field(default_factory=list)
+
+
+def schedule(case: Case, rng: random.Random, disk: bool) -> list[Fault]:
+    """The case's faults in a seeded order at seeded checkpoint steps, ``gap`` apart: EDST's
+    first during the exploration, the others after it and before the last epoch."""
+    if case is EDST:
+        later = [KILL_IN_WRITE, RESIZE, DRIVER] + ([DISK] if disk else [])
+        rng.shuffle(later)
+        first = rng.choice(range(CHECKPOINT_EVERY, case.exploration_steps, CHECKPOINT_EVERY))
+        steps = spaced_steps(rng, len(later), case.exploration_steps, case, gap=3)
+        return [Fault(KILL_AFTER_CHECKPOINT, first)] + [
+            Fault(name, step) for name, step in zip(later, steps, strict=True)
+        ]
+    names = [MEMBER_IN_WRITE, MEMBERS_DRIVER]
+    rng.shuffle(names)
+    steps = spaced_steps(rng, len(names), CHECKPOINT_EVERY, case, gap=3)
+    return [Fault(name, step) for name, step in zip(names, steps, strict=True)]
+
+
+def spaced_steps(rng: random.Random, count: int, start: int, case: Case, gap: int) -> list[int]:
+    """``count`` sorted checkpoint steps in [start, the last epoch), ``gap`` checkpoints
+    apart (room for each fault to recover before the next is armed)."""
+    candidates = range(start, case.total_steps - case.steps_per_epoch, CHECKPOINT_EVERY)
+    while True:
+        steps = sorted(rng.sample(candidates, count))
+        if all(b - a >= gap * CHECKPOINT_EVERY for a, b in zip(steps, steps[1:], strict=False)):
+            return steps
 
 
 def run(args: list[str], **kwargs) -> subprocess.CompletedProcess:
@@ -117,30 +210,32 @@ def node_of(pid: int) -> int:
     return int(value.split(b"=", 1)[1])
 
 
-def newest_step(run_dir: Path) -> int:
-    steps = [int(p.name) for p in (run_dir / "checkpoints").glob("*") if p.name.isdigit()]
-    return max(steps, default=-1)
+def checkpoint_dirs(run_dir: Path) -> list[Path]:
+    """Complete checkpoints of the run (EDST) or of every member (DST Ensemble)."""
+    return [p for p in run_dir.glob("**/checkpoints/*") if p.name.isdigit()]
 
 
 class Submission:
-    """One `launch/submit.sh` of the config, its output in a log file read as it grows."""
+    """One `launch/submit.sh` of a case's config, its output appended to a log file."""
 
-    def __init__(self, root: Path, name: str, out: Path, data: Path, log: Path) -> None:
+    def __init__(self, root: Path, case: Case, name: str, env: dict[str, str]) -> None:
+        out, data = root / "runs", root / "data"
         command = [
             str(REPO / "launch" / "submit.sh"),
-            "configs/demo_edst.yaml",
+            case.config,
             f"data.root={data}",
             f"train.output_dir={out}",
             f"train.run_name={name}",
             f"tracking.dir={out / name / 'wandb_files'}",
-            *OVERRIDES,
+            *COMMON,
+            *case.overrides,
         ]
-        self.log = log
-        self.stream = open(log, "a")  # noqa: SIM115 - closed in wait()
+        self.log = root / f"{name}.log"
+        self.stream = open(self.log, "a")  # noqa: SIM115 - closed in wait()
         self.process = subprocess.Popen(
             command,
             cwd=REPO,
-            env={**cluster_env(root), "PATH": f"{BIN}:{os.environ['PATH']}"},
+            env={**cluster_env(root), **env, "PATH": f"{BIN}:{os.environ['PATH']}"},
             stdout=self.stream,
             stderr=subprocess.STDOUT,
             start_new_session=True,
@@ -149,7 +244,7 @@ class Submission:
     def running(self) -> bool:
         return self.process.poll() is None
 
-    def wait(self, timeout: float = 1800) -> int:
+    def wait(self, timeout: float = 2400) -> int:
         code = self.process.wait(timeout=timeout)
         self.stream.close()
         return code
@@ -164,7 +259,7 @@ def log_text(path: Path) -> str:
     return path.read_text(errors="replace") if path.exists() else ""
 
 
-def wait_until(condition, what: str, timeout: float = 900, poll: float = 0.5, alive=None) -> None:
+def wait_until(condition, what: str, timeout: float = 900, poll: float = 0.3, alive=None) -> None:
     """Poll ``condition``; ``alive`` (optional): False once waiting longer is pointless."""
     deadline = time.monotonic() + timeout
     while not condition():
@@ -175,21 +270,13 @@ def wait_until(condition, what: str, timeout: float = 900, poll: float = 0.5, al
         time.sleep(poll)
 
 
-RESUMED = r"resumed from \S+: epoch \d+, step (\d+) of \d+, (\d+) images seen"
+RESUMED = r"resumed from (\S+): epoch \d+, step (\d+) of \d+, (\d+) images seen, on (\d+) worker"
 
 
-def resumes(log: Path) -> list[int]:
-    return [int(s) for s, _ in re.findall(RESUMED, log_text(log))]
-
-
-def fault_steps(rng: random.Random, count: int) -> list[int]:
-    """``count`` seeded checkpoint steps, FAULT_GAP apart, past the first epoch and before
-    the last."""
-    candidates = range(STEPS_PER_EPOCH, TOTAL_STEPS - STEPS_PER_EPOCH, CHECKPOINT_EVERY)
-    while True:
-        steps = sorted(rng.sample(candidates, count))
-        if all(b - a >= FAULT_GAP for a, b in zip(steps, steps[1:], strict=False)):
-            return steps
+def resumes(log: Path) -> list[tuple[str, int, int, int]]:
+    """(checkpoint, step, images seen, workers) of every resume the log reports."""
+    found = re.findall(RESUMED, log_text(log))
+    return [(path, int(step), int(seen), int(workers)) for path, step, seen, workers in found]
 
 
 def flip_middle_bytes(path: Path) -> None:
@@ -210,98 +297,158 @@ def mount_tmpfs(path: Path, megabytes: int) -> bool:
     return done.returncode == 0
 
 
-def chaos_run(root: Path, data: Path, out: Path, faults: list[Fault], disk: bool) -> Path:
-    """The faulted run; returns its run directory."""
-    name, log = "chaos", root / "chaos.log"
-    run_dir = out / name
-    submission = Submission(root, name, out, data, log)
-    recovered = -1  # the newest checkpoint once the previous fault had recovered
+def kill(pid: int) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)
+
+
+def faulted_run(root: Path, case: Case, name: str, faults: list[Fault]) -> Path:
+    """The case's config under ``name`` through ``faults``; returns its run directory."""
+    points = root / f"points-{name}"
+    points.mkdir()
+    env = {"FT_DIST_FAILPOINTS": str(points)}
+    run_dir, log = root / "runs" / name, root / f"{name}.log"  # every submission's
+    submission: Submission | None = None
     for fault in faults:
-        # Not before its seeded step, and at a checkpoint written after the previous fault
-        # had recovered (a node restart takes a while; the run goes on meanwhile).
-        target = max(fault.at_step, recovered + CHECKPOINT_EVERY)
+        point = POINT[fault.name]
+        (points / f"{point}@{fault.at_step}").touch()
+        if submission is None:
+            submission = Submission(root, case, name, env)
+        fired = points / f"{point}@{fault.at_step}.fired"
         wait_until(
-            lambda t=target: newest_step(run_dir) >= t,
-            f"the checkpoint at step {target} ({fault.name})",
-            alive=lambda s=submission: s.running(),
+            lambda f=fired: f.exists() and f.read_text(),
+            f"{point} at step >= {fault.at_step} ({fault.name})",
+            alive=submission.running,
         )
-        fault.step, fault.injected_s = newest_step(run_dir), time.monotonic()
-        fault.reached = max(map(int, re.findall(r"\| step (\d+)/", log_text(log))), default=-1)
+        stopped = json.loads(fired.read_text())
+        fault.step, fault.injected_s = stopped["step"], time.monotonic()
         before = len(resumes(log))
-        if fault.name == "SIGKILL a Ray Train worker":
-            pid = cluster_pids(root, b"RayTrainWorker")[0]
-            os.kill(pid, signal.SIGKILL)
-            wait_until(lambda: "the worker group failed" in log_text(log), "the restart")
-            fault.detected = "Ray: worker died; fit() restarts the group"
-        elif fault.name == "kill a worker node":
-            node = next(n for n in map(node_of, cluster_pids(root, b"RayTrainWorker")) if n)
+        if fault.name in (KILL_AFTER_CHECKPOINT, KILL_IN_WRITE, MEMBER_IN_WRITE):
+            kill(stopped["pid"])
+            wait_until(lambda b=before: len(resumes(log)) > b, "the resume")
+            fault.detected = "Ray: a worker died; fit() restarts the group from disk"
+            if point == "checkpoint-write":
+                fault.detected += f"; {Path(stopped['directory']).name} unpublished, skipped"
+        elif fault.name == RESIZE:
+            node = node_of(stopped["pid"])
             cluster(root, "kill-node", "--index", str(node))
-            wait_until(lambda b=before: len(resumes(log)) > b, "the resume", timeout=900)
-            fault.detected = "Ray: node lost; fit() restarts on the nodes left"
+            wait_until(lambda b=before: len(resumes(log)) > b, "the resume on 1 worker")
+            shrunk = resumes(log)[-1]
             cluster(root, "start-node", "--index", str(node))
-            fault.notes.append(f"node {node}, started again after the resume")
-        elif fault.name == "SIGKILL the job driver, damage the newest checkpoint":
+            grown = len(resumes(log))
+            wait_until(
+                lambda g=grown: any(r[3] == 2 for r in resumes(log)[g:]),
+                "the run to grow back to 2 workers",
+            )
+            back = next(r for r in resumes(log)[grown:] if r[3] == 2)
+            fault.notes.append(
+                f"node {node}; on {shrunk[3]} worker from step {shrunk[1]}, "
+                f"on 2 again from step {back[1]}"
+            )
+            fault.detected = "Ray: node lost; fit() restarts on 1 worker, grows back"
+        elif fault.name in (DRIVER, MEMBERS_DRIVER):
             for pid in cluster_pids(root, b"ft-dist"):
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
+                kill(pid)
             submission.kill()
-            newest = run_dir / "checkpoints" / f"{newest_step(run_dir):09d}"
-            flip_middle_bytes(newest / "state.pt")
-            fault.notes.append(f"damaged {newest.name}/state.pt")
             time.sleep(5)  # the job's workers go with their driver
-            submission = Submission(root, name, out, data, log)
-            fault.detected = "sha256 of state.pt vs index.json; fell back to the previous"
-        elif fault.name == "fill the disk, free it":
-            filler = out / "filler"
+            fired.unlink(missing_ok=True)
+            if fault.name == DRIVER:
+                newest = max(checkpoint_dirs(run_dir), key=lambda p: int(p.name))
+                flip_middle_bytes(newest / "state.pt")
+                fault.notes.append(f"damaged {newest.name}/state.pt")
+                fault.detected = "sha256 of state.pt vs index.json; fell back to the previous"
+            else:
+                fault.detected = "the members resume from their own newest checkpoints"
+            submission = Submission(root, case, name, env)
+            wait_until(lambda b=before: len(resumes(log)) > b, "the resume")
+        elif fault.name == DISK:
+            filler = root / "runs" / "filler"
             subprocess.run(["dd", "if=/dev/zero", f"of={filler}", "bs=1M"], capture_output=True)
+            fired.unlink()  # go on: the next checkpoint write finds the disk full
             code = submission.wait()
             fault.notes.append(f"job exit {code}")
             fault.detected = "checkpoint write: 'no space left on ...' (one line, no retry)"
             filler.unlink()
-            submission = Submission(root, name, out, data, log)
-        wait_until(lambda b=before: len(resumes(log)) > b, "the resume", timeout=900)
+            submission = Submission(root, case, name, env)
+            wait_until(lambda b=before: len(resumes(log)) > b, "the resume")
         # Ray delivers workers' lines late and out of order: the newest resume is the max.
-        fault.resumed_s, fault.resumed_step = time.monotonic(), max(resumes(log)[before:])
-        recovered = newest_step(run_dir)
+        fault.resumed_s = time.monotonic()
+        fault.resumed_step = max(r[1] for r in resumes(log)[before:])
+    assert submission is not None
     code = submission.wait()
     if code != 0:
-        raise RuntimeError(f"chaos: the last submission failed ({code}); see {log}")
+        raise RuntimeError(f"chaos: the last submission failed ({code}); see {submission.log}")
     return run_dir
 
 
-def sample_accounting(run: Path, log: Path) -> list[str]:
-    """Every sample counted once per epoch: problems (none: all checked).
+def summaries(run_dir: Path) -> list[Path]:
+    """The summary.json of the run (EDST) or of each member (DST Ensemble)."""
+    members = sorted(run_dir.glob("members/member_*/summary.json"))
+    return members or [run_dir / "summary.json"]
 
-    1. The loop's own count: ``images_seen`` (checkpointed, +global batch per optimizer
-       step) at every resume equals the resumed step x the global batch, and at the end
-       (summary.json) all steps x the global batch: no step counted twice or skipped.
-    2. The order the stream reads, from its own code (``_ElasticSource.raw_batches``, the
-       run's config.yaml and data): for every epoch, at world size 1 and 2, step k takes
-       the same samples, and no sample is taken twice in the epoch; so the steps of any
-       chain of resumes, on either world size, read each sample of the epoch once.
+
+def compare(case: Case, reference: Path, chaos: Path) -> list[str]:
+    """Problems (none: bit-identical tickets and a complete record)."""
+    import torch
+
+    problems = []
+    tickets = sorted(p.relative_to(reference) for p in reference.glob("**/tickets/ticket_*.pt"))
+    if not tickets:
+        problems.append("the reference wrote no tickets")
+    if tickets != sorted(p.relative_to(chaos) for p in chaos.glob("**/tickets/ticket_*.pt")):
+        problems.append("the runs wrote different tickets")
+    for name in tickets:
+        a = torch.load(reference / name, weights_only=True)
+        b = torch.load(chaos / name, weights_only=True)
+        for part in ("model", "masks"):
+            for key, tensor in a[part].items():
+                if not torch.equal(tensor, b[part][key]):
+                    problems.append(f"{name}: {part}.{key} differs")
+    for path in summaries(chaos):
+        summary = json.loads(path.read_text()) if path.is_file() else {}
+        if summary.get("steps") != case.total_steps:
+            problems.append(f"{path}: {summary.get('steps')} steps, not {case.total_steps}")
+        if summary.get("images_seen") != case.total_steps * case.global_batch:
+            problems.append(f"{path}: {summary.get('images_seen')} images seen")
+    if not (chaos / "config.yaml").is_file():
+        problems.append("config.yaml missing")
+    if not list(chaos.rglob("run-*.wandb")):
+        problems.append("no W&B run files")
+    return problems
+
+
+def resume_accounting(case: Case, log: Path) -> list[str]:
+    """Images counted once per step: at every resume, images seen = step x global batch."""
+    return [
+        f"resumed {path} at step {step} with {seen} images seen"
+        for path, step, seen, _ in resumes(log)
+        if seen != step * case.global_batch
+    ]
+
+
+def sample_accounting(run: Path) -> list[str]:
+    """EDST: every sample read once per epoch, at world size 1 and 2 alike.
+
+    The order the stream reads, from its own code (``_ElasticSource.raw_batches``, the
+    run's config.yaml and data): for every epoch, at world size 1 and 2, step k takes the
+    same samples, and no sample is taken twice in the epoch; so the steps of any chain of
+    resumes, on either world size, read each sample of the epoch once.
     """
     from ft_dist.config import load_config
     from ft_dist.data.pipeline import TrainStream, _ElasticSource
     from ft_dist.utils import derive_seed
 
     problems = []
-    for step, seen in re.findall(RESUMED, log_text(log)):
-        if int(seen) != int(step) * GLOBAL_BATCH:
-            problems.append(f"resumed at step {step} with {seen} images seen")
-    summary = json.loads((run / "summary.json").read_text())
-    if summary.get("images_seen") != TOTAL_STEPS * GLOBAL_BATCH:
-        problems.append(f"summary.json: {summary.get('images_seen')} images seen, not "
-                        f"{TOTAL_STEPS} x {GLOBAL_BATCH}")  # fmt: skip
     cfg = load_config(run / "config.yaml")
     seed = derive_seed("data", cfg.data.seed, cfg.train.seed, cfg.train.member)
-    for epoch in range(EPOCHS):
+    for epoch in range(EDST.epochs):
         orders = {}
         for world_size in (1, 2):
             steps: dict[int, list[tuple[str, str]]] = {}
             for rank in range(world_size):
                 stream = TrainStream(
                     cfg.data, rank=rank, world_size=world_size, seed=seed,
-                    global_batch=GLOBAL_BATCH,
+                    global_batch=EDST.global_batch,
                 )  # fmt: skip
                 source = _ElasticSource(stream, epoch, 0)
                 for index, items in source.raw_batches(0):
@@ -312,99 +459,82 @@ def sample_accounting(run: Path, log: Path) -> list[str]:
         if one != two:
             problems.append(f"epoch {epoch}: world sizes 1 and 2 take different samples")
         taken = [key for step in sorted(two) for key in two[step]]
-        if len(two) != STEPS_PER_EPOCH or len(taken) != STEPS_PER_EPOCH * GLOBAL_BATCH:
+        expected = EDST.steps_per_epoch * EDST.global_batch
+        if len(two) != EDST.steps_per_epoch or len(taken) != expected:
             problems.append(f"epoch {epoch}: {len(two)} steps, {len(taken)} samples")
         if len(set(taken)) != len(taken):
             problems.append(f"epoch {epoch}: {len(taken) - len(set(taken))} samples twice")
     return problems
 
 
-def compare(reference: Path, chaos: Path) -> list[str]:
-    """Problems (none: bit-identical tickets and a complete record)."""
-    import torch
-
-    problems = []
-    tickets = sorted(p.name for p in (reference / "tickets").glob("ticket_*.pt"))
-    if tickets != sorted(p.name for p in (chaos / "tickets").glob("ticket_*.pt")):
-        problems.append("the runs wrote different tickets")
-    for name in tickets:
-        a = torch.load(reference / "tickets" / name, weights_only=True)
-        b = torch.load(chaos / "tickets" / name, weights_only=True)
-        for part in ("model", "masks"):
-            for key, tensor in a[part].items():
-                if not torch.equal(tensor, b[part][key]):
-                    problems.append(f"{name}: {part}.{key} differs")
-    summary = json.loads((chaos / "summary.json").read_text())
-    if summary.get("steps") != TOTAL_STEPS:
-        problems.append(f"summary.json: {summary.get('steps')} steps, not {TOTAL_STEPS}")
-    if not (chaos / "config.yaml").is_file():
-        problems.append("config.yaml missing")
-    if not list(chaos.rglob("run-*.wandb")):
-        problems.append("no W&B run files")
-    return problems
-
-
-def table(faults: list[Fault]) -> str:
+def table(rows: list[tuple[str, Fault]]) -> str:
     lines = [
-        "| fault | when (newest checkpoint / last logged step) | how it was detected | "
-        "time to recover (s) | work lost (steps redone) |",
-        "|---|---|---|---|---|",
+        "| case | fault | at checkpoint step | how it was detected | time to recover (s) | "
+        "steps redone |",
+        "|---|---|---|---|---|---|",
     ]
-    for f in faults:
-        lost = max(f.reached, f.step) - f.resumed_step  # at least: progress is logged every 10
+    for case, f in rows:
         note = f" ({'; '.join(f.notes)})" if f.notes else ""
         seconds = f.resumed_s - f.injected_s
         lines.append(
-            f"| {f.name}{note} | step {f.step} / {f.reached} | {f.detected} | {seconds:.0f} | "
-            f">= {lost} (resumed at step {f.resumed_step}) |"
+            f"| {case} | {f.name}{note} | {f.step} | {f.detected} | {seconds:.0f} | "
+            f"{max(0, f.step - f.resumed_step)} (resumed at step {f.resumed_step}) |"
         )
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--seed", type=int, default=0)
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter
+    )
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="fault schedules")
+    parser.add_argument("--cases", nargs="+", choices=list(CASES), default=list(CASES))
     parser.add_argument("--dir", type=Path, default=Path("/tmp/ftchaos"))
     parser.add_argument("--keep", action="store_true", help="keep the runs and logs")
     args = parser.parse_args(argv)
     root = args.dir.resolve()
     shutil.rmtree(root, ignore_errors=True)
     root.mkdir(parents=True)
-    data = root / "data"
-    run([str(BIN / "ft-dist"), "shards", "mnist", "--out", str(data)], stdout=subprocess.DEVNULL)
-    cluster(root, "up", "--worker-nodes", "2", "--worker-cpus", "1", "--head-cpus", "1")
+    run([str(BIN / "ft-dist"), "shards", "mnist", "--out", str(root / "data")],
+        stdout=subprocess.DEVNULL)  # fmt: skip
+    cluster(root, "up", "--worker-nodes", "2", "--worker-cpus", "1", "--head-cpus", "0")
     out = root / "runs"
-    disk = mount_tmpfs(out, 64)
+    disk = mount_tmpfs(out, 256)
+    failed = False
     try:
-        started = time.monotonic()
-        reference = Submission(root, "reference", out, data, root / "reference.log")
-        if reference.wait() != 0:
-            raise RuntimeError(f"chaos: the reference run failed; see {root / 'reference.log'}")
-        print(f"reference run: {time.monotonic() - started:.0f} s", flush=True)
-        rng = random.Random(args.seed)
-        names = [
-            "SIGKILL a Ray Train worker",
-            "kill a worker node",
-            "SIGKILL the job driver, damage the newest checkpoint",
-        ] + (["fill the disk, free it"] if disk else [])
-        steps = fault_steps(rng, len(names))
-        faults = [Fault(name, step) for name, step in zip(names, steps, strict=True)]
-        chaos = chaos_run(root, data, out, faults, disk)
-        print(table(faults))
-        if not disk:
-            print("fill the disk, free it: skipped (mounting a tmpfs needs root)")
-        problems = compare(out / "reference", chaos)
-        landed = [f.step for f in faults]
-        if len(set(landed)) != len(landed) or max(landed) >= TOTAL_STEPS:
-            problems.append(f"faults landed at checkpoints {landed}: not distinct points")
-        problems += sample_accounting(chaos, root / "chaos.log")
-        for problem in problems:
-            print(f"chaos: {problem}")
-        print("chaos: tickets (weights and masks) bit-identical to the uninterrupted run; "
-              "every sample counted once per epoch; config.yaml, summary.json and the "
-              "W&B run complete" if not problems else
-              "chaos: FAILED")  # fmt: skip
-        return 1 if problems else 0
+        cases = [CASES[name] for name in args.cases]
+        for case in cases:
+            started = time.monotonic()
+            reference = Submission(root, case, f"reference-{case.name}", {})
+            if reference.wait() != 0:
+                raise RuntimeError(f"chaos: the {case.name} reference failed; see {reference.log}")
+            print(f"reference {case.name}: {time.monotonic() - started:.0f} s", flush=True)
+        for seed in args.seeds:
+            rng, rows, problems = random.Random(seed), [], []
+            for case in cases:
+                name = f"chaos-{case.name}-{seed}"
+                faults = schedule(case, rng, disk)
+                chaos = faulted_run(root, case, name, faults)
+                rows += [(case.name, fault) for fault in faults]
+                found = compare(case, out / f"reference-{case.name}", chaos)
+                found += resume_accounting(case, root / f"{name}.log")
+                if case is EDST:
+                    found += sample_accounting(chaos)
+                problems += [f"{case.name}: {problem}" for problem in found]
+                shutil.rmtree(chaos / "checkpoints", ignore_errors=True)  # tmpfs room
+                for member in chaos.glob("members/*/checkpoints"):
+                    shutil.rmtree(member, ignore_errors=True)
+            print(f"\nseed {seed}:\n{table(rows)}")
+            if not disk:
+                print("fill the disk: skipped (mounting a tmpfs needs root)")
+            for problem in problems:
+                print(f"chaos: {problem}")
+            failed |= bool(problems)
+            print(f"chaos: seed {seed}: " + ("FAILED" if problems else
+                  "tickets (weights and masks) bit-identical to the uninterrupted runs; "
+                  "every image counted once; config.yaml, summary.json and the W&B runs "
+                  "complete"), flush=True)  # fmt: skip
+        return 1 if failed else 0
     finally:
         with contextlib.suppress(subprocess.CalledProcessError):
             cluster(root, "down")

@@ -178,3 +178,23 @@ def test_submit_sh_no_wait_exits_once_submitted(tmp_path: Path) -> None:
         timeout=120,
     )
     assert result.returncode == 0 and result.stderr == "", result.stderr
+
+
+@pytest.mark.parametrize("points", [None, "/tmp/points"])
+def test_submit_sh_forwards_fault_points_only_when_set(tmp_path: Path, points: str | None) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "FT_DIST_"))}
+    env.update(
+        RAY_ADDRESS="http://127.0.0.1:8265",
+        RAY_AUTH_MODE="disabled",
+        FT_DIST_RAY=str(stand_in_ray(tmp_path)),
+        FAKE_RAY_LOG=str(tmp_path / "calls.jsonl"),
+        FAKE_JOB_STATUS="SUCCEEDED",
+        **({"FT_DIST_FAILPOINTS": points} if points else {}),
+    )
+    script = [str(REPO / "launch" / "submit.sh"), "configs/demo_dst.yaml"]
+    result = subprocess.run(script, env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    [call] = [json.loads(line) for line in (tmp_path / "calls.jsonl").read_text().splitlines()]
+    runtime_env = json.loads(call[call.index("--runtime-env-json") + 1])
+    expected = {"FT_DIST_BASE_DIR": str(REPO)} | ({"FT_DIST_FAILPOINTS": points} if points else {})
+    assert runtime_env == {"env_vars": expected}
