@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 
 DESCRIPTION = """\
 Write every ticket of RUN_DIR (EDST / single run) or of a DST Ensemble EXP_DIR to DIR,
@@ -15,9 +16,16 @@ classes; per-tensor sha256), ensemble.pt2 (a torch.export program of the average
 ensemble that runs with plain PyTorch: torch.export.load(path).module()(images); by default
 the members packed into one network whose layers run all of them at once, checked against
 the separate members; --program separate runs them one after another, as does a model that
-cannot be packed, with a warning) and
-SHA256SUMS (`sha256sum -c SHA256SUMS`). The artifact is read back and verified before the
-command returns; the path of DIR is printed last."""
+cannot be packed, with a warning), member_XX.safetensors (every ticket at the
+architecture's full width, masked layers as a bit-packed mask + active weights) with
+load_ensemble.py (rebuilds the ensemble with torch, safetensors and the model's own library:
+load_ensemble(DIR, build)), README.md (a Hugging Face model card: method, members, density,
+data, test metrics from RUN_DIR/eval/report.json when `ft-dist evaluate` wrote one, FLOPs,
+config, how to load) and SHA256SUMS (`sha256sum -c SHA256SUMS`). The artifact is read back
+and verified before the command returns; the path of DIR is printed last.
+
+--push-to-hub OWNER/NAME then uploads DIR to that Hugging Face model repository (created if
+missing; needs a token: `hf auth login` or HF_TOKEN, checked before the export starts)."""
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -38,6 +46,22 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="ensemble.pt2: members packed into one network or run one by one; auto (default): "
         "packed when the members are channel-slim, one by one when they are full width",
     )  # fmt: skip
+    parser.add_argument(
+        "--no-safetensors", action="store_true",
+        help="skip member_XX.safetensors and load_ensemble.py",
+    )  # fmt: skip
+    parser.add_argument(
+        "--report", metavar="REPORT_JSON",
+        help="the ft-dist evaluate report.json whose metrics the model card shows "
+        "(default: RUN_DIR/eval/report.json when it exists)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--push-to-hub", metavar="OWNER/NAME",
+        help="upload DIR to this Hugging Face model repository after exporting",
+    )  # fmt: skip
+    parser.add_argument(
+        "--private", action="store_true", help="with --push-to-hub: create the repository private"
+    )
     parser.add_argument("--json", action="store_true", help="print the sizes as JSON")
     parser.set_defaults(func=handler)
 
@@ -45,6 +69,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 def handler(args: argparse.Namespace) -> int:
     from ft_dist.export import export_run
 
+    token = None
+    if args.push_to_hub:
+        from ft_dist.export.hub import check_token
+
+        token = check_token(args.push_to_hub)  # before the export: a missing login costs nothing
+    elif args.private:
+        raise ValueError("--private applies to --push-to-hub OWNER/NAME; give it too")
     result = export_run(
         args.run_dir,
         args.out,
@@ -53,6 +84,8 @@ def handler(args: argparse.Namespace) -> int:
         force=args.force,
         slim=not args.no_slim,
         program_form=args.program,
+        safetensors=not args.no_safetensors,
+        report=args.report,
     )
     if args.json:
         print(json.dumps(result, indent=2))
@@ -73,6 +106,16 @@ def handler(args: argparse.Namespace) -> int:
                 else "the members one after another"
             )
             print(f"ensemble.pt2 {result['program_bytes']:,} bytes ({form}; dense weights)")
+        if result["safetensors_bytes"] is not None:
+            print(
+                f"member_XX.safetensors {result['safetensors_bytes']:,} bytes (full width; "
+                f"the tickets' .pt files: {result['ticket_bytes']:,})"
+            )
+    if args.push_to_hub:
+        from ft_dist.export.hub import push
+
+        url = push(result["out"], args.push_to_hub, token, private=args.private)
+        print(f"uploaded to {url}", file=sys.stderr if args.json else sys.stdout)
     print(result["out"])
     return 0
 

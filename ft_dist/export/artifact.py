@@ -3,6 +3,9 @@
     OUT/artifact.json    format, preprocessing facts, classes, members (meta + tensor index)
     OUT/member_01.bin    one file per ticket, in ft_dist.export.format's sparse encoding
     OUT/ensemble.pt2     torch.export program of the averaged-softmax ensemble (optional)
+    OUT/member_01.safetensors  one file per ticket at full width, for the model's own
+                         library (export/sharing.py), with OUT/load_ensemble.py (optional)
+    OUT/README.md        the model card (Hugging Face format, export/card.py)
     OUT/SHA256SUMS       sha256 of every file above (`sha256sum -c SHA256SUMS` checks it)
 
 Reading verifies every file against SHA256SUMS (and its size against artifact.json)
@@ -31,6 +34,9 @@ SUMS_FILE = "SHA256SUMS"
 PROGRAM_FILE = "ensemble.pt2"
 MEMBER_FILE_PREFIX = "member_"
 MEMBER_FILE_SUFFIX = ".bin"
+SHARED_FILE_SUFFIX = ".safetensors"
+CARD_FILE = "README.md"
+LOADER_FILE = "load_ensemble.py"
 
 
 def member_file(number: int) -> str:
@@ -39,9 +45,23 @@ def member_file(number: int) -> str:
 
 def is_artifact_file(name: str) -> bool:
     """A file name an export writes (and `ft-dist export --force` may replace)."""
-    if name in (MANIFEST_FILE, PROGRAM_FILE, SUMS_FILE):
+    if name in (MANIFEST_FILE, PROGRAM_FILE, SUMS_FILE, CARD_FILE, LOADER_FILE):
         return True
-    return name.startswith(MEMBER_FILE_PREFIX) and name.endswith(MEMBER_FILE_SUFFIX)
+    suffixes = (MEMBER_FILE_SUFFIX, SHARED_FILE_SUFFIX)
+    return name.startswith(MEMBER_FILE_PREFIX) and name.endswith(suffixes)
+
+
+def listed_files(manifest: dict[str, Any]) -> list[tuple[str, int | None]]:
+    """(file, bytes when the manifest records them) of every file beside artifact.json that
+    SHA256SUMS covers: members, safetensors members, loader, model card, program."""
+    files: list[tuple[str, int | None]] = [
+        (m["file"], int(m["nbytes"])) for m in manifest["members"]
+    ]
+    files += [(m["file"], int(m["nbytes"])) for m in manifest.get("safetensors") or []]
+    files += [(manifest[key]["file"], None) for key in ("loader", "card") if manifest.get(key)]
+    if manifest.get("program"):
+        files.append((manifest["program"]["file"], int(manifest["program"]["nbytes"])))
+    return files
 
 
 @dataclass(frozen=True)
@@ -88,9 +108,7 @@ def write_manifest_and_sums(out: Path, manifest: dict[str, Any]) -> None:
     """artifact.json, then SHA256SUMS over every file the manifest names (written last)."""
     text = json.dumps(json_safe(manifest), indent=1, allow_nan=False) + "\n"
     write_bytes_atomic(out / MANIFEST_FILE, text.encode())
-    names = [MANIFEST_FILE, *(m["file"] for m in manifest["members"])]
-    if manifest.get("program"):
-        names.append(manifest["program"]["file"])
+    names = [MANIFEST_FILE, *(name for name, _ in listed_files(manifest))]
     lines = [f"{sha256_hex((out / name).read_bytes())}  {name}\n" for name in names]
     write_bytes_atomic(out / SUMS_FILE, "".join(lines).encode())
 
@@ -157,7 +175,8 @@ def read_artifact(path: str | Path) -> Artifact:
             root / entry["file"], state, masks, dict(entry["meta"]), entry.get("channels")
         )
         members.append(member)
-    program = manifest.get("program")
-    if program:
-        verify_file(root, program["file"], sums, int(program["nbytes"]))
+    decoded = {entry["file"] for entry in manifest["members"]}
+    for name, size in listed_files(manifest):
+        if name not in decoded:
+            verify_file(root, name, sums, size)
     return Artifact(root, manifest, members)

@@ -11,6 +11,11 @@ by default (``program_form="auto"``) channel-slim members packed into one networ
 (export/packed.py), checked against the separate members; full-width members (packing
 them measured slower), ``program_form="separate"`` (`--program separate`), and a packing
 that fails or does not match (with a warning), ship the members one after another.
+
+Beside them, for sharing: every ticket as ``member_XX.safetensors`` at full width with
+``load_ensemble.py``, which rebuilds the ensemble with torch and the model's own library
+(export/sharing.py, checked against the tickets), and the model card README.md
+(export/card.py). `--push-to-hub` uploads the finished directory (export/hub.py).
 """
 
 from __future__ import annotations
@@ -30,7 +35,9 @@ from ft_dist.ensemble.tickets import (
     load_ticket,
 )
 from ft_dist.export.artifact import (
+    CARD_FILE,
     FORMAT,
+    LOADER_FILE,
     MANIFEST_FILE,
     PROGRAM_FILE,
     SUMS_FILE,
@@ -40,9 +47,12 @@ from ft_dist.export.artifact import (
     read_artifact,
     write_manifest_and_sums,
 )
+from ft_dist.export.card import card_text, method_of, read_eval_report, write_card
 from ft_dist.export.format import decode_member, encode_member, sha256_hex
 from ft_dist.export.program import ensemble_program, export_program
+from ft_dist.export.sharing import write_safetensors
 from ft_dist.export.slim import member_model, slim_ticket
+from ft_dist.layout import eval_report
 from ft_dist.utils import Note, replace_dir, write_bytes_atomic, write_dir_atomic
 
 PROGRAM_INPUT = "float32 images [N, C, H, W] in [0, 1], after eval_transform (not normalised)"
@@ -155,33 +165,41 @@ def write_members(
 def export_run(
     run_dir: str | Path, out: str | Path, *, data_root: str | None = None, program: bool = True,
     force: bool = False, slim: bool = True, program_form: str = "auto",
+    safetensors: bool = True, report: str | Path | None = None,
 ) -> dict[str, Any]:  # fmt: skip
-    """Write the artifact of ``run_dir`` to ``out``, verify it, and return its sizes."""
+    """Write the artifact of ``run_dir`` to ``out``, verify it, and return its sizes.
+    ``report``: the `ft-dist evaluate` report.json whose metrics the model card shows
+    (default RUN_DIR/eval/report.json, left out when there is none)."""
     root, out = Path(run_dir), Path(out)
     paths, layout = find_tickets(root)
     tickets = [load_ticket(path) for path in paths]
     check_compatible(tickets)
     facts = preprocessing_facts(root, tickets[0], data_root)
+    report_path = Path(report) if report is not None else eval_report(root)
+    if report is not None and not report_path.is_file():
+        raise FileNotFoundError(f"--report {report_path}: no such file (ft-dist evaluate's)")
     check_out(out, force)
     written: dict[str, Any] = {}
+    options = {"program": program, "slim": slim, "program_form": program_form}
+    options |= {"safetensors": safetensors, "report": report_path}
 
     def write(partial: Path) -> None:
-        written.update(
-            _write_artifact(tickets, partial, root, layout, facts, program, slim, program_form)
-        )
+        written.update(_write_artifact(tickets, partial, root, layout, facts, **options))
         read_artifact(partial)  # what was written reads back and verifies, end to end
 
     # All or nothing: built and verified in a hidden sibling, then moved in place; a failure
     # leaves ``out`` as it was (an earlier export included) and no partial directory.
     write_dir_atomic(out, write, publish)
-    return sizes(out, written, tickets[0])
+    return sizes(out, written, tickets[0], tickets)
 
 
 def _write_artifact(
     tickets: list[Ticket], partial: Path, root: Path, layout: str, facts: dict[str, Any],
-    program: bool, slim: bool, program_form: str = "auto",
+    program: bool, slim: bool, program_form: str = "auto", safetensors: bool = True,
+    report: Path | None = None,
 ) -> dict[str, Any]:  # fmt: skip
-    """The member files, the program and the manifest with its checksums, into ``partial``."""
+    """The member files, the safetensors members, the program, the model card and the
+    manifest with its checksums, into ``partial``."""
     entries, decoded = write_members(tickets, partial, root, slim)
     manifest: dict[str, Any] = {
         "format": FORMAT,
@@ -196,6 +214,9 @@ def _write_artifact(
         "members": entries,
         "program": None,
     }
+    if safetensors:
+        manifest["safetensors"] = write_safetensors(tickets, partial, facts)
+        manifest["loader"] = {"file": LOADER_FILE, "load": "load_ensemble(directory, build)"}
     if program:
         shape = (facts["in_channels"], facts["image_size"], facts["image_size"])
         form, skipped = program_form, None
@@ -215,6 +236,14 @@ def _write_artifact(
             "memory_format": "channels_last",
             **details,
         }
+    from ft_dist.ensemble.run_eval import read_run_config
+
+    config = read_run_config(root)
+    text = card_text(
+        tickets, manifest, config, read_eval_report(report, len(tickets)), method_of(config)
+    )
+    write_card(partial / CARD_FILE, text)
+    manifest["card"] = {"file": CARD_FILE, "format": "Hugging Face model card"}
     write_manifest_and_sums(partial, manifest)
     return manifest
 
@@ -260,8 +289,11 @@ def dense_state_bytes(ticket: Ticket) -> int:
     return buffer.tell()
 
 
-def sizes(out: Path, manifest: dict[str, Any], ticket: Ticket) -> dict[str, Any]:
+def sizes(
+    out: Path, manifest: dict[str, Any], ticket: Ticket, tickets: list[Ticket] | None = None
+) -> dict[str, Any]:
     members = sum(int(m["nbytes"]) for m in manifest["members"])
+    shared = manifest.get("safetensors")
     metadata = (out / MANIFEST_FILE).stat().st_size + (out / SUMS_FILE).stat().st_size
     dense = dense_state_bytes(ticket)
     program = manifest["program"]
@@ -281,4 +313,6 @@ def sizes(out: Path, manifest: dict[str, Any], ticket: Ticket) -> dict[str, Any]
         "full_parameters": channels[0]["full_parameters"] if channels else None,
         "kept_channels": [c["kept"] for c in channels],
         "group_channels": channels[0]["size"] if channels else None,
+        "safetensors_bytes": None if shared is None else sum(int(m["nbytes"]) for m in shared),
+        "ticket_bytes": sum(t.path.stat().st_size for t in tickets) if tickets else None,
     }

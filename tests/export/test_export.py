@@ -188,7 +188,10 @@ def test_cli_export(exported: tuple[Path, Path], tmp_path: Path, capsys) -> None
     assert lines[-1] == str(out)
     sizes = json.loads("\n".join(lines[:-1]))
     assert sizes["program_bytes"] is None and sizes["num_members"] == NUM_MEMBERS
-    assert sizes["sparse_bytes"] == sum(p.stat().st_size for p in out.iterdir())
+    sparse = [*out.glob("member_*.bin"), out / "artifact.json", out / "SHA256SUMS"]
+    assert sizes["sparse_bytes"] == sum(p.stat().st_size for p in sparse)
+    shared = sum(p.stat().st_size for p in out.glob("member_*.safetensors"))
+    assert sizes["safetensors_bytes"] == shared > 0
     assert main(["export", str(run_dir), "--out", str(out)]) == 2
     assert "not empty" in capsys.readouterr().err
     assert main(["export", str(tmp_path / "nope"), "--out", str(tmp_path / "x")]) == 2
