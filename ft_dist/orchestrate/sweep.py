@@ -15,6 +15,9 @@ forwards the ones that carry the sweep's metric); the run's session reports ever
 when it has such a callback (worker.RaySession). ASHA (`--scheduler asha`) stops trials on
 those reports, with the epoch as its time. A run's last epoch is not forwarded: stopping a
 trial there would only cost it its summary; the trial reports its final metrics itself.
+A stop reaches the run when Tune ends the trial's actor (the run's Ray Train controller
+and workers go with it), a few seconds after the decision: the run may train on briefly,
+and keeps its checkpoints (an ordinary run: `ft-dist train` can continue it).
 
 Re-running the command resumes the sweep: Tune's experiment state in SWEEP_DIR/tune is
 restored (finished and stopped trials stay as they are, unfinished and failed ones run

@@ -233,7 +233,7 @@ def check_record(plan: SweepPlan) -> bool:
     if what == "options":
         what = next(k for k in new["options"] if old["options"].get(k) != new["options"][k])
     raise ValueError(
-        f"{plan.dir} holds another sweep (its {what} differs; see {path}): give this one "
+        f"{plan.dir} holds another sweep ({what} changed; see {path}): give this one "
         "another --name, or re-run the command that started it to resume it"
     )
 
