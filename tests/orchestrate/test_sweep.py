@@ -27,7 +27,9 @@ def ray_cluster():
 
 def _files(run: Path) -> dict[str, int]:
     """Every file of a run with its modification time (what a re-run must not touch)."""
-    return {str(p): p.stat().st_mtime_ns for p in run.rglob("*") if p.is_file() and "lock" not in p.name}
+    return {
+        str(p): p.stat().st_mtime_ns for p in run.rglob("*") if p.is_file() and "lock" not in p.name
+    }
 
 
 def test_asha_grid_and_space_sweep_prints_the_table_and_resumes(

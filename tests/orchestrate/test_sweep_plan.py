@@ -43,7 +43,9 @@ def test_each_trial_is_a_run_directory_named_by_its_values(tmp_path: Path) -> No
     # The same command plans the same trials (a re-run resumes them); --name moves them.
     again = plan_sweep(plan.options)
     assert [t.name for t in again.trials] == [t.name for t in plan.trials]
-    other = plan_sweep(SweepOptions(config, ("optim.lr=0.05,0.1",), name="lr", metric="val/accuracy"))
+    other = plan_sweep(
+        SweepOptions(config, ("optim.lr=0.05,0.1",), name="lr", metric="val/accuracy")
+    )
     assert other.dir == tmp_path / "runs" / "lr" and other.mode == "max"
 
 
@@ -63,7 +65,11 @@ def test_a_dst_ensemble_trial_is_flattened_into_its_members(tmp_path: Path) -> N
 @pytest.mark.parametrize(
     ("overrides", "options", "message"),
     [
-        (("sparsity.density=0.1,1.5",), {}, r"cfg.yaml: sparsity.density: .*less than or equal to 1"),
+        (
+            ("sparsity.density=0.1,1.5",),
+            {},
+            r"cfg.yaml: sparsity.density: .*less than or equal to 1",
+        ),
         (("sparsity.densty=0.1,0.2",), {}, "sparsity.densty: unknown key"),
         (("train.run_name=a,b",), {}, "train.run_name cannot be swept"),
         (("optim.lr=0.1,0.2",), {"scheduler": "fifo"}, "--scheduler 'fifo'"),

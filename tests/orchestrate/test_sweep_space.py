@@ -45,7 +45,11 @@ def test_overrides_split_into_fixed_and_grid_axes() -> None:
             "optim.milestones=[0.5,0.75]",
         ]
     )
-    assert fixed == ["train.epochs=2", "model.kwargs={a: 0.5, b: 0.7}", "optim.milestones=[0.5,0.75]"]
+    assert fixed == [
+        "train.epochs=2",
+        "model.kwargs={a: 0.5, b: 0.7}",
+        "optim.milestones=[0.5,0.75]",
+    ]
     assert axes == {"sparsity.density": [0.05, 0.1, 0.2], "optim.lr": [0.05, 0.1]}
     # Flow values stay whole inside a grid too.
     _, axes = split_overrides(["optim.milestones=[0.5,0.75],[0.3,0.6]"])
