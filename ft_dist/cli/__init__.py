@@ -11,11 +11,11 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ft_dist.cli import bench, compare, evaluate, export, flops, shards, train
+from ft_dist.cli import bench, compare, evaluate, export, flops, shards, sweep, train
 from ft_dist.utils import short_notes
 
 # Order here is the order `ft-dist --help` lists the commands in.
-COMMAND_MODULES = [shards, train, bench, flops, evaluate, export, compare]
+COMMAND_MODULES = [shards, train, sweep, bench, flops, evaluate, export, compare]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -150,7 +150,9 @@ class RaySession:
     """The `Session` of one Ray Train worker: ranks from the train context, reports and
     resume points through `ray.train.report` / `ray.train.get_checkpoint`."""
 
-    def __init__(self, storage: str, run_name: str, run: Path) -> None:
+    def __init__(
+        self, storage: str, run_name: str, run: Path, *, epoch_reports: bool = False
+    ) -> None:
         context = ray.train.get_context()
         self.rank = context.get_world_rank()
         self.world_size = context.get_world_size()
@@ -164,6 +166,7 @@ class RaySession:
         self._download_dir: str | None = None
         self._token = os.urandom(3).hex()
         self.last_metrics: dict[str, Any] = {}
+        self._epoch_reports = epoch_reports
 
     def report(self, metrics: dict, checkpoint_dir: str | None = None) -> None:
         """Register a checkpoint with Ray (every rank calls this; rank 0 hands over the dir).
@@ -171,11 +174,15 @@ class RaySession:
         Metrics-only reports stay in this process (`last_metrics`): a `ray.train.report` is
         a barrier across workers plus a round trip through the controller (1-2 s per call
         measured on a busy 2-core machine), far too slow to pay per step. The metrics that go with each
-        checkpoint still reach Ray (and `Result.metrics`).
+        checkpoint still reach Ray (and `Result.metrics`). With ``epoch_reports`` (a sweep,
+        whose scheduler reads a metric after each epoch) the epoch's report without a
+        checkpoint reaches Ray too: one round trip per epoch.
         """
         metrics = {key: _plain(value) for key, value in metrics.items()}
         self.last_metrics.update(metrics)
         if checkpoint_dir is None:
+            if self._epoch_reports:
+                ray.train.report(dict(self.last_metrics))
             return
         metrics = dict(self.last_metrics)
         name = self._ray_copy_name(Path(checkpoint_dir).name)
@@ -268,7 +275,9 @@ def _train_per_worker(payload: dict) -> None:
     if loop is None:
         from ft_dist.train.loop import train as loop
     run = run_dir(cfg.train)
-    session = RaySession(payload["storage"], cfg.train.run_name, run)
+    session = RaySession(
+        payload["storage"], cfg.train.run_name, run, epoch_reports=payload["epoch_reports"]
+    )
     tracker = make_tracker(
         cfg.tracking,
         run_name=cfg.train.run_name,
@@ -289,8 +298,17 @@ def _train_per_worker(payload: dict) -> None:
         tracker.finish(exit_code=exit_code)
 
 
-def build_trainer(cfg: Any, loop: LoopFn | None = None, group: str | None = None) -> TorchTrainer:
-    """The TorchTrainer for one member; `loop` defaults to `ft_dist.train.loop.train`."""
+def build_trainer(
+    cfg: Any,
+    loop: LoopFn | None = None,
+    group: str | None = None,
+    callbacks: Sequence[ray.train.UserCallback] = (),
+) -> TorchTrainer:
+    """The TorchTrainer for one member; `loop` defaults to `ft_dist.train.loop.train`.
+
+    ``callbacks`` run in Ray Train's controller after each report (a sweep passes Tune's
+    report callback); with any, every epoch's metrics are reported, not only checkpoints'.
+    """
     storage = storage_root(cfg)
     resources = worker_resources(cfg.ray)
     payload = {
@@ -298,6 +316,7 @@ def build_trainer(cfg: Any, loop: LoopFn | None = None, group: str | None = None
         "loop": loop,
         "storage": storage,
         "group": group or cfg.train.run_name,
+        "epoch_reports": bool(callbacks),
     }
     return TorchTrainer(
         _train_per_worker,
@@ -319,6 +338,7 @@ def build_trainer(cfg: Any, loop: LoopFn | None = None, group: str | None = None
                 max_failures=0, controller_failure_limit=start_up_limit(cfg)
             ),
             logging_config=ray.train.LoggingConfig(log_level="WARNING"),
+            callbacks=list(callbacks),
         ),
     )
 
@@ -391,6 +411,7 @@ def fit(
     *,
     group: str | None = None,
     allow_change: Sequence[str] = (),
+    callbacks: Sequence[ray.train.UserCallback] = (),
 ) -> Path:
     """Train one member on the Ray cluster (joined or started) and return its run directory.
 
@@ -405,19 +426,25 @@ def fit(
     run there raises `RunLockedError` before any worker starts. A resume is checked against
     the run's definition first (definition.py: `ResumeRefused`, its global batch kept on
     another number of workers); ``allow_change`` names the keys it may change.
+    ``callbacks`` go to `build_trainer` (a sweep's per-epoch reports to Ray Tune).
     """
     cfg = absolute_paths(cfg)
     with RunLock(run_dir(cfg.train)):  # one run at a time here (held already by ft-dist train)
         cfg = settle_on_driver(cfg, allow_change)
-        return _fit_restarting(cfg, loop, group)
+        return _fit_restarting(cfg, loop, group, callbacks)
 
 
-def _fit_restarting(cfg: Any, loop: LoopFn | None, group: str | None) -> Path:
+def _fit_restarting(
+    cfg: Any,
+    loop: LoopFn | None,
+    group: str | None,
+    callbacks: Sequence[ray.train.UserCallback] = (),
+) -> Path:
     connect(cfg.ray.address)
     restarts = 0
     while True:
         try:
-            build_trainer(cfg, loop, group).fit()
+            build_trainer(cfg, loop, group, callbacks).fit()
             return run_dir(cfg.train)
         except ray.train.WorkerGroupError as error:
             failures = error.worker_failures
