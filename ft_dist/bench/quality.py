@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -227,6 +228,7 @@ def measure(args: argparse.Namespace, data: str, out: str) -> list[dict[str, Any
                     summary = train_once(cfg)
                     runs.append((summary, time.perf_counter() - start))
                 rows.append(summarise(family, method, density, runs))
+                print(format_row(rows[-1]), file=sys.stderr, flush=True)  # progress
     return rows
 
 
@@ -266,6 +268,15 @@ def goal_check(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return checks
 
 
+def format_row(row: dict[str, Any]) -> str:
+    kept = "-" if row["grown_kept"] is None else f"{row['grown_kept']:.3f}"
+    eff = "-" if row["effective_density"] is None else f"{row['effective_density']:.3f}"
+    return (
+        f"{row['family']:<18} {row['density']:>4g} {row['method']:<14} "
+        f"{row['mean']:>7.3f} ± {row['std']:.3f} {kept:>10} {eff:>7} {row['seconds']:>6.0f}"
+    )
+
+
 def format_table(result: dict[str, Any]) -> str:
     lines = [
         f"test accuracy, mean ± std over {result['seeds']} seed(s), {result['epochs']} epochs, "
@@ -273,13 +284,7 @@ def format_table(result: dict[str, Any]) -> str:
         f"{'family':<18} {'d':>4} {'method':<14} {'accuracy':>15} {'grown_kept':>10} "
         f"{'eff. d':>7} {'s':>6}",
     ]
-    for row in result["rows"]:
-        kept = "-" if row["grown_kept"] is None else f"{row['grown_kept']:.3f}"
-        eff = "-" if row["effective_density"] is None else f"{row['effective_density']:.3f}"
-        lines.append(
-            f"{row['family']:<18} {row['density']:>4g} {row['method']:<14} "
-            f"{row['mean']:>7.3f} ± {row['std']:.3f} {kept:>10} {eff:>7} {row['seconds']:>6.0f}"
-        )
+    lines += [format_row(row) for row in result["rows"]]
     for check in result["goal"]:
         verdicts = [
             f"{key.removeprefix('meets_')} {'met' if ok else 'MISSED'}"
