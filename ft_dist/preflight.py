@@ -41,6 +41,26 @@ def check_inputs(cfg: RunConfig) -> Any:
     return info
 
 
+def run_advice(cfg: RunConfig, info: Any) -> list[str]:
+    """`dst_advice` at the optimizer steps per epoch the loop will have (samples // global
+    batch), for `ft-dist train` to print before the workers start."""
+    from ft_dist.train.setup import batch_arithmetic
+
+    _, global_batch = batch_arithmetic(
+        cfg.train, cfg.data.batch_size_per_worker, cfg.train.num_workers
+    )
+    resolved = cfg.model_copy(
+        update={
+            "model": cfg.model.resolved(
+                num_classes=info.num_classes,
+                in_channels=info.in_channels,
+                image_size=info.image_size,
+            )
+        }
+    )
+    return dst_advice(resolved, info.num_train_samples // global_batch)
+
+
 def check_data(cfg: RunConfig) -> Any:
     """Every split the run names (train, val, test) exists, is labelled and indexes the
     training classes; local shards match their manifest; one epoch has enough shards and
@@ -297,3 +317,47 @@ def cluster_message(
         f"train.num_workers={num_workers} workers x {format_resources(need)} each do not fit the Ray "
         f"cluster, which {where} {format_resources(have)} in all (room for {room}); {fix}, or add nodes"
     )
+
+
+# --------------------------------------------------------------------------- DST advice
+def dst_advice(cfg: RunConfig, steps_per_epoch: int) -> list[str]:
+    """Warnings (not errors: the run may be meant so) about a DST schedule that will not
+    explore: a ΔT that makes no update within the run (a static mask in effect), and, for
+    an optimizer that moves a weight by about lr per step (AdamW), grown weights that are
+    predicted to stay under the magnitude the drop removes (sparse/health.py)."""
+    from ft_dist.sparse.health import no_update_warning
+    from ft_dist.sparse.schedule import UpdateSchedule
+    from ft_dist.train.optimizers import optimizer_entry
+    from ft_dist.train.setup import batch_arithmetic
+
+    sparsity = cfg.sparsity
+    if not sparsity.is_dynamic:
+        return []
+    _, global_batch = batch_arithmetic(
+        cfg.train, cfg.data.batch_size_per_worker, cfg.train.num_workers
+    )
+    every = UpdateSchedule.from_config(sparsity, global_batch).every_steps
+    total = steps_per_epoch * cfg.num_epochs
+    advice = [no_update_warning(every, total, sparsity.stop_step)]
+    if every and optimizer_entry(cfg.optim.name).moves_by_lr and advice[0] is None:
+        advice.append(predicted_churn_warning(cfg, every))
+    return [line for line in advice if line is not None]
+
+
+def predicted_churn_warning(cfg: RunConfig, every_steps: int) -> str | None:
+    """sparse/health.py's prediction for this config: the model's initial sparse weights
+    (built on the CPU, as a worker builds them) give the drop threshold."""
+    import torch
+
+    from ft_dist.models import build_model_from_config
+    from ft_dist.sparse.allocation import maskable_parameters
+    from ft_dist.sparse.health import initial_drop_threshold, predicted_churn
+
+    sparsity = cfg.sparsity
+    with torch.device("cpu"):
+        network = build_model_from_config(cfg.model)
+    weights = maskable_parameters(
+        network, sparsity.dense_layers, sparsity.include, sparsity.exclude
+    )
+    threshold = initial_drop_threshold(weights, sparsity.drop_fraction)
+    return predicted_churn(cfg.optim.lr, every_steps, sparsity.drop_fraction, threshold)

@@ -87,15 +87,33 @@ def handle_config(path: str, overrides: list[str], *, as_json: bool = False) -> 
     train_flops = None
     if run.examples_per_epoch is not None:
         train_flops = cost.train_flops_per_example * run.examples_per_epoch
+    advice = config_advice(cfg, run)
     if as_json:
         result = {"config": path, "overrides": list(overrides), "settings": asdict(run)}
         result |= report.to_dict() | {"run": cost.to_dict(), "train_flops": train_flops}
-        print(json.dumps(result, indent=2))
+        print(json.dumps(result | {"dst_advice": advice}, indent=2))
     else:
         print(format_layers(report))
         print()
         print(format_config_run(path, run, cost, train_flops))
+        for line in advice:
+            print(f"DST             {line}")
     return 0
+
+
+def config_advice(cfg: RunConfig, run: ConfigRun) -> list[str]:
+    """What `ft-dist train` will warn about the DST schedule (preflight.dst_advice): a
+    ΔT without updates, grown weights predicted not to survive; needs the steps per epoch,
+    so nothing without a local training manifest."""
+    from ft_dist.preflight import dst_advice
+
+    if run.examples_per_epoch is None:
+        return []
+    model = cfg.model.resolved(
+        num_classes=run.num_classes, in_channels=run.in_channels, image_size=run.image_size
+    )
+    resolved = cfg.model_copy(update={"model": model})
+    return dst_advice(resolved, run.examples_per_epoch // run.global_batch)
 
 
 def run_from_config(cfg: RunConfig, source: str = "config") -> ConfigRun:

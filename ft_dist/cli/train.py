@@ -111,10 +111,12 @@ def handle(args: argparse.Namespace) -> int:
             # run's global batch kept on another number of workers (train/definition.py).
             cfg = settle_definitions(cfg, args.allow_change)
             # Mistakes that fail every try are found here, before Ray starts any worker.
-            check_inputs(cfg)
+            info = check_inputs(cfg)
             from ft_dist.data.recipes import recipe_lines
+            from ft_dist.preflight import run_advice
 
-            for line in recipe_lines(cfg.data):  # which preprocessing, and why (or a warning)
+            # Which preprocessing, and why (or a warning); a DST schedule that won't explore.
+            for line in [*recipe_lines(cfg.data), *run_advice(cfg, info)]:
                 print(f"ft-dist train: {line}", file=sys.stderr, flush=True)
             connect(cfg.ray.address)
             stop.install()  # again: ray.init puts its own SIGTERM handlers (Python, C++) first

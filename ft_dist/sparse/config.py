@@ -197,6 +197,11 @@ class SparsityConfig(Section):
                 "sparsity.channel_sparsity removes channels at dynamic updates: set "
                 "sparsity.update=dynamic with density < 1, or channel_sparsity=0"
             )
+        if GROWTH_SCORES[self.growth].balanced:
+            raise ValueError(
+                f"sparsity.growth={self.growth} keeps every output unit's count, which channel "
+                "removal changes: use its unbalanced twin, or sparsity.channel_sparsity=0"
+            )
         end = self.channel_end_step  # None: the method's measured default (train/methods)
         if end is not None and end <= self.channel_start_step:
             raise ValueError(

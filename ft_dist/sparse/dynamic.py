@@ -95,6 +95,11 @@ class DynamicSparsity:
             for name, p in self.params.items()
         }
         self.ever_active = {name: self.masks[name].clone() for name in self.sparse_names}
+        # Positions grown at the latest update, and whether they survive the next one:
+        # (kept with their value, grown) of the latest update, and summed over the run.
+        self.last_grown = {name: torch.zeros_like(self.masks[name]) for name in self.sparse_names}
+        self.grown_kept = (0, 0)
+        self.grown_kept_run = (0, 0)
         self.growth = growth_criterion(config.growth)
         self.drop = drop_criterion(config.drop)
         self.compat = official_behaviour(config.compat)  # sparsity.compat: sparse/official.py
@@ -271,13 +276,12 @@ class DynamicSparsity:
         self.last_update, resets = {}, {}
         keep_state = self.config.inactive_momentum == "keep"
         layout = self.channels.layout() if self.channels is not None else {}
+        kept_now = grown_before = 0
         with torch.no_grad():
             for name in self.sparse_names:
                 weight, mask = self.params[name], self.masks[name]
-                num_swap = num_to_drop(  # compat modes: the official ceil(f * n)
-                    self.num_active[name], drop_fraction, official=self.compat is not None
-                )
                 full_shape, kept = layout.get(name, (None, None))
+                recent = self.last_grown[name] if self.num_updates else None
                 inputs = ScoreInputs(
                     weight,
                     grads.get(name),
@@ -286,13 +290,23 @@ class DynamicSparsity:
                     mask,
                     full_shape,
                     kept,
+                    recent,
                 )
                 # Drop before growth: a random growth score draws from the shared generator
                 # after the drop's draws, in the same order on every rank.
                 drop_score = self.drop.score(inputs)
                 grow_score = growth.score(replace(inputs, grad_ema=self._ema("growth", name)))
+                # An exempting drop (+inf scores) takes its fraction of the others only.
+                exempt = int((mask & drop_score.isinf()).sum()) if self.drop.exempts else 0
+                num_swap = num_to_drop(  # compat modes: the official ceil(f * n)
+                    self.num_active[name] - exempt,
+                    drop_fraction,
+                    official=self.compat is not None,
+                )
                 if self.channels is None:
-                    result = prune_and_grow(mask, drop_score, grow_score, num_swap)
+                    result = prune_and_grow(
+                        mask, drop_score, grow_score, num_swap, balanced=growth.balanced
+                    )
                 else:  # to the count after a reallocation, inside the remaining channels
                     target = self.num_active[name]
                     result = self.channels.prune_and_grow(
@@ -311,7 +325,15 @@ class DynamicSparsity:
                 for state in [] if keep_state else self._optimizer_state(name):
                     state.masked_fill_(reset, 0.0)
                 self.ever_active[name] |= mask
+                # Grown last time and neither dropped nor re-grown (reset to 0) now.
+                kept_now += int((self.last_grown[name] & ~reset).sum())
+                grown_before += int(self.last_grown[name].sum())
+                self.last_grown[name] = grown
                 self.last_update[name] = (result.dropped.numel(), result.grown.numel(), num_new)
+        if grown_before:
+            self.grown_kept = (kept_now, grown_before)
+            run_kept, run_grown = self.grown_kept_run
+            self.grown_kept_run = (run_kept + kept_now, run_grown + grown_before)
         self.num_updates += 1
         self._refresh_float_masks()
         self.check_consistency()
@@ -361,6 +383,7 @@ class DynamicSparsity:
         self.params = {name: new_params[name] for name in self.params}
         self.masks = {n: cut(n, m) for n, m in self.masks.items()}
         self.ever_active = {n: cut(n, m) for n, m in self.ever_active.items()}
+        self.last_grown = {n: cut(n, m) for n, m in self.last_grown.items()}
         self.grad_emas = {
             role: {n: cut(n, t) for n, t in emas.items()} for role, emas in self.grad_emas.items()
         }
@@ -461,13 +484,29 @@ class DynamicSparsity:
             # Fraction of the sparse layers' active weights that are new since the last update.
             "sparse/turnover": newly_active / max(1, active - dense_total),
             "sparse/ever_active": (ever + dense_total) / total,
-        }
+        } | self.survival_stats(active, grown, total)
         for name in self.params:
             stats[f"sparse/layer/{name}/density"] = float(self.masks[name].float().mean())
             dropped_l, grown_l, _ = self.last_update.get(name, (0, 0, 0))
             stats[f"sparse/layer/{name}/dropped"] = float(dropped_l)
             stats[f"sparse/layer/{name}/grown"] = float(grown_l)
         return stats | (self.channels.stats() if self.channels else {})
+
+    def survival_stats(self, active: int, grown: int, total: int) -> dict[str, float]:
+        """Whether grown weights live (once two updates have run): the share of the previous
+        update's grown weights the latest one kept with their value (a drop and re-grow in
+        place counts as lost), the same over the whole run, and the density that trains
+        for real: the active weights less the grown ones expected to be lost again."""
+        kept, of = self.grown_kept
+        if not of:
+            return {}
+        share = kept / of
+        run_kept, run_of = self.grown_kept_run
+        return {
+            "sparse/grown_kept": share,
+            "sparse/grown_kept_run": run_kept / run_of,
+            "sparse/effective_density": (active - grown * (1.0 - share)) / total,
+        }
 
     def state_dict(self) -> dict:
         """Everything that changes future updates: masks, counters, shared generator, EMA."""
@@ -485,6 +524,8 @@ class DynamicSparsity:
                 n: t.cpu().clone() for n, t in self.grad_emas.get("drop", {}).items()
             },
             "last_update": {n: list(v) for n, v in self.last_update.items()},
+            "last_grown": {n: m.cpu().clone() for n, m in self.last_grown.items()},
+            "grown_kept": [*self.grown_kept, *self.grown_kept_run],
         } | ({"channels": self.channels.state_dict()} if self.channels else {})
 
     def load_state_dict(self, state: dict) -> None:
@@ -508,6 +549,10 @@ class DynamicSparsity:
             for name, ema in state.get(key, {}).items():
                 self.grad_emas[role][name].copy_(ema)
         self.last_update = {n: tuple(int(x) for x in v) for n, v in state["last_update"].items()}
+        for name, mask in state.get("last_grown", {}).items():  # older checkpoints: none
+            self.last_grown[name].copy_(mask)
+        counts = [int(x) for x in state.get("grown_kept", (0, 0, 0, 0))]
+        self.grown_kept, self.grown_kept_run = (counts[0], counts[1]), (counts[2], counts[3])
         self._refresh_float_masks()
         self.apply_masks_()
         self.check_consistency()

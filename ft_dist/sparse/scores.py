@@ -16,6 +16,7 @@ What a score receives (`ScoreInputs`, one layer, at an update, before the mask c
 * ``grad_ema``: an EMA (factor ``sparsity.momentum_beta``) of ``ema_of(grad)`` over every
   step since the start, when the criterion sets ``ema_of``; else None.
 * ``generator``: a CPU generator in the same state on every rank (identical draws).
+* ``recent``: the bool positions grown at the previous update (None before the first).
 
 The drop score is read on active positions only (the lowest-scoring active weights leave);
 the growth score on positions inactive after the drop (the highest-scoring ones enter;
@@ -24,6 +25,7 @@ a weight just dropped may be grown back and then starts at 0).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -48,6 +50,7 @@ class ScoreInputs:
     # shape and sliced, so the shared generator moves as in the masked twin.
     full_shape: tuple[int, ...] | None = None
     kept: Mapping[int, torch.Tensor] | None = None
+    recent: torch.Tensor | None = None  # grown at the previous update
 
     def uniform(self) -> torch.Tensor:
         """Uniform [0, 1) scores of the weight's positions from the shared generator."""
@@ -63,12 +66,19 @@ class Criterion:
     ``needs_gradient``: keep this step's dense gradient at an update. ``ema_of=f``: keep an
     EMA of ``f(grad)`` every step (needs the dense gradient every step, so it is refused by
     strategies that only see masked, sharded gradients: DeepSpeed ZeRO).
+    ``exempts`` (drop): the score gives +inf to weights that must stay this update, and the
+    drop fraction applies to the other active weights only (fewer are swapped).
+    ``balanced`` (growth): every output unit (row, dim 0) grows back as many weights as the
+    drop took from it, its best-scoring ones, so no row (and no q/k/v block of a fused
+    projection, whose rows they are) gains weights from another.
     """
 
     score: Callable[[ScoreInputs], torch.Tensor]
     summary: str
     needs_gradient: bool = False
     ema_of: Callable[[torch.Tensor], torch.Tensor] | None = None
+    exempts: bool = False
+    balanced: bool = False
 
     @property
     def needs_every_step_gradient(self) -> bool:
@@ -95,6 +105,30 @@ def saliency_score(weight: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
     return (weight.detach() * grad.detach().to(weight.dtype)).abs()
 
 
+def mest_score(weight: torch.Tensor, grad: torch.Tensor, mask: torch.Tensor, lam: float):
+    """|w| + λ|g| (MEST, Yuan et al. NeurIPS 2021), each term divided by its mean over the
+    layer's active weights so that λ weighs them the same in every layer and under any
+    optimizer (the paper's raw sum depends on the gradient's scale). A weight grown at 0
+    whose gradient is large survives the drop that its magnitude alone would lose."""
+    import torch
+
+    magnitude = weight.detach().abs()
+    slope = grad.detach().to(weight.dtype).abs()
+    active = mask.to(weight.dtype)
+    count = active.sum().clamp_min(1.0)
+    mean_w = (magnitude * active).sum() / count
+    mean_g = (slope * active).sum() / count
+    tiny = torch.finfo(weight.dtype).tiny
+    return magnitude / mean_w.clamp_min(tiny) + lam * slope / mean_g.clamp_min(tiny)
+
+
+def grace_score(weight: torch.Tensor, recent: torch.Tensor | None) -> torch.Tensor:
+    """|w|, with +inf for the weights grown at the previous update: they are exempt from
+    this drop (a grace period of one update interval to grow from 0)."""
+    score = magnitude_score(weight)
+    return score if recent is None else score.masked_fill(recent, math.inf)
+
+
 def random_score(
     shape: tuple[int, ...] | torch.Size,
     generator: torch.Generator,
@@ -116,6 +150,10 @@ def _require(value: torch.Tensor | None, what: str) -> torch.Tensor:
         raise ValueError(f"this criterion needs the {what}: call after loss.backward()")
     return value
 
+
+# λ of the MEST drop: the gradient term, relative to its layer mean, weighs as much as the
+# magnitude relative to its own.
+MEST_LAMBDA = 1.0
 
 GROWTH_SCORES: dict[str, Criterion] = {
     "gradient": Criterion(
@@ -139,6 +177,17 @@ GROWTH_SCORES: dict[str, Criterion] = {
         "EMA of g² (empirical Fisher)",
         ema_of=lambda g: g.square(),
     ),
+    "gradient-balanced": Criterion(
+        lambda x: gradient_score(_require(x.grad, "gradient")),
+        "|g| of the dense gradient, each output unit regrowing what it lost (balanced RigL)",
+        needs_gradient=True,
+        balanced=True,
+    ),
+    "random-balanced": Criterion(
+        lambda x: x.uniform(),
+        "uniform random, each output unit regrowing what it lost (balanced SET)",
+        balanced=True,
+    ),
 }
 
 DROP_SCORES: dict[str, Criterion] = {
@@ -149,6 +198,18 @@ DROP_SCORES: dict[str, Criterion] = {
         lambda x: saliency_score(x.weight, _require(x.grad, "gradient")),
         "|w·g| (SNIP saliency of the active weights)",
         needs_gradient=True,
+    ),
+    "mest": Criterion(
+        lambda x: mest_score(
+            x.weight, _require(x.grad, "gradient"), _require(x.mask, "mask"), MEST_LAMBDA
+        ),
+        f"|w|/mean|w| + {MEST_LAMBDA:g}·|g|/mean|g| over the active weights (MEST)",
+        needs_gradient=True,
+    ),
+    "magnitude-grace": Criterion(
+        lambda x: grace_score(x.weight, x.recent),
+        "|w|, weights grown at the previous update exempt (a grace period of one ΔT)",
+        exempts=True,
     ),
 }
 

@@ -29,10 +29,16 @@ def num_to_drop(num_active: int, drop_fraction: float, *, official: bool = False
 
 
 def prune_and_grow(
-    mask: torch.Tensor, drop_score: torch.Tensor, grow_score: torch.Tensor, num_swap: int
+    mask: torch.Tensor,
+    drop_score: torch.Tensor,
+    grow_score: torch.Tensor,
+    num_swap: int,
+    *,
+    balanced: bool = False,
 ) -> LayerUpdate:
     """Drop the ``num_swap`` active weights with the lowest ``drop_score``, then activate the
-    ``num_swap`` highest-``grow_score`` positions among those inactive after the drop.
+    ``num_swap`` highest-``grow_score`` positions among those inactive after the drop
+    (``balanced``: in every row, i.e. output unit, as many as the drop took from that row).
 
     The number of active weights is unchanged. Ties go to the lower flat index
     (`lowest` / `highest`), so identical scores on every rank give identical masks, and a
@@ -47,7 +53,13 @@ def prune_and_grow(
     new_mask = flat_mask.clone()
     new_mask[dropped] = False
     grow_candidates = grow_score.reshape(-1).masked_fill(new_mask, -math.inf)
-    grown = highest(grow_candidates, num_swap)
+    if balanced:
+        rows = mask.shape[0]
+        lost = torch.zeros(rows, dtype=torch.long, device=mask.device)
+        lost.index_add_(0, dropped // (flat_mask.numel() // rows), torch.ones_like(dropped))
+        grown = highest_per_row(grow_candidates.view(rows, -1), lost)
+    else:
+        grown = highest(grow_candidates, num_swap)
     new_mask[grown] = True
     return LayerUpdate(new_mask.view_as(mask), dropped, grown)
 
@@ -61,6 +73,15 @@ def lowest(scores: torch.Tensor, count: int) -> torch.Tensor:
 def highest(scores: torch.Tensor, count: int) -> torch.Tensor:
     """Flat indices of the ``count`` highest ``scores``, ties to the lower index."""
     return torch.sort(scores.reshape(-1), descending=True, stable=True).indices[:count]
+
+
+def highest_per_row(scores: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+    """Flat indices of the ``counts[r]`` highest ``scores`` of every row ``r`` of a 2-d
+    tensor, ties to the lower index."""
+    order = torch.sort(scores, dim=1, descending=True, stable=True).indices
+    take = torch.arange(scores.shape[1], device=scores.device) < counts[:, None]
+    offsets = torch.arange(scores.shape[0], device=scores.device)[:, None] * scores.shape[1]
+    return (order + offsets)[take]
 
 
 def random_mask(shape: torch.Size, num_active: int, generator: torch.Generator) -> torch.Tensor:

@@ -21,6 +21,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from ft_dist.sparse.health import churn_warning
 from ft_dist.sparse.scores import growth_criterion
 from ft_dist.train.events import Callback
 from ft_dist.train.finite import check_loss, check_weights
@@ -30,6 +31,10 @@ from ft_dist.train.session import latest_complete_checkpoint
 from ft_dist.train.setup import Context, flops_per_example_so_far
 from ft_dist.train.strategies.base import Strategy
 from ft_dist.train.validate import evaluate_split
+
+# Whether grown weights live (sparse/dynamic.py survival_stats): the console and W&B
+# summary show them next to the accuracy they explain.
+SURVIVAL_KEYS = ("sparse/grown_kept_run", "sparse/effective_density")
 
 
 def standard_callbacks() -> list[Callback]:
@@ -41,7 +46,10 @@ class Tracking(Callback):
         ctx.tracker.log(metrics, step=ctx.state.global_step)
 
     def on_finish(self, ctx: Context, summary: dict[str, Any]) -> None:
-        ctx.tracker.summary({**summary["metrics"], "train/flops": summary["train_flops"]})
+        survival = {k: v for k, v in summary.items() if k in SURVIVAL_KEYS}
+        ctx.tracker.summary(
+            {**summary["metrics"], "train/flops": summary["train_flops"], **survival}
+        )
 
 
 class FiniteGuard(Callback):
@@ -97,6 +105,7 @@ class DynamicSparseTraining(Callback):
     the dense gradient of the epoch's last step: that step asks the strategy to keep it."""
 
     capture_at = -1  # step of the epoch whose dense gradient is kept
+    churn_told = False  # the grown-weights warning is given once per run
 
     def on_epoch_start(self, ctx: Context, epoch: int, actions: EpochActions) -> None:
         growth = actions.explore[1] if actions.explore else None
@@ -111,6 +120,15 @@ class DynamicSparseTraining(Callback):
 
     def on_after_optimizer_step(self, ctx: Context) -> None:
         ctx.strategy.after_optimizer_step()
+        sparsity = ctx.strategy.sparsity
+        # From the second measured update on (one is noise): grown weights that do not
+        # survive mean the run trains a smaller static mask; say so, with the fixes.
+        if not self.churn_told and sparsity.num_updates >= 3:
+            kept, grown = sparsity.grown_kept_run
+            warning = churn_warning(kept, grown, sparsity.num_updates)
+            if warning is not None:
+                self.churn_told = True
+                ctx.tracker.note(warning)
 
     def on_epoch_end(self, ctx, epoch, actions, metrics) -> None:
         if actions.explore is not None:

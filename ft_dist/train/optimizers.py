@@ -27,6 +27,9 @@ class OptimizerEntry:
     state_keys: Callable[[OptimConfig], tuple[str, ...]]  # per-weight state tensors
     typical: dict[str, Any] = field(default_factory=dict)  # OptimConfig values of a bench step
     needs_momentum: bool = False  # refuses optim.momentum = 0
+    # Each step moves a weight by about lr whatever its gradient's scale (Adam-like): lets
+    # preflight predict whether weights grown at 0 survive the next DST update.
+    moves_by_lr: bool = False
 
 
 def _sgd(nesterov: bool) -> Callable[[list[dict], OptimConfig], torch.optim.Optimizer]:
@@ -66,6 +69,7 @@ OPTIMIZERS: dict[str, OptimizerEntry] = {
         _adamw,
         lambda cfg: ("exp_avg", "exp_avg_sq"),
         typical={"lr": 1e-3, "weight_decay": 0.05},
+        moves_by_lr=True,
     ),
 }
 

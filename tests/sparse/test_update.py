@@ -51,3 +51,19 @@ def test_random_mask_has_exact_count_and_is_seeded():
     a = random_mask(torch.Size([7, 13]), 20, torch.Generator().manual_seed(1))
     b = random_mask(torch.Size([7, 13]), 20, torch.Generator().manual_seed(1))
     assert int(a.sum()) == 20 and torch.equal(a, b)
+
+
+def test_balanced_growth_gives_every_row_back_what_it_lost():
+    # Row 0 holds the two smallest weights, so it loses both; the gradient is largest in
+    # row 1, where unbalanced growth would put both new weights.
+    weight = torch.tensor([[0.1, 0.2, 0.0, 0.0], [0.9, 0.8, 0.0, 0.0]])
+    mask = weight != 0
+    grads = torch.tensor([[0.0, 0.0, 0.3, 0.1], [0.0, 0.0, 5.0, 4.0]])
+    plain = prune_and_grow(mask, weight.abs(), grads, num_swap=2)
+    assert plain.mask.sum(dim=1).tolist() == [0, 4]
+    balanced = prune_and_grow(mask, weight.abs(), grads, num_swap=2, balanced=True)
+    assert sorted(balanced.dropped.tolist()) == [0, 1]
+    # Row 0 regrows 2 of its own positions (best |g| first: the just-dropped 0 and 1 tie at
+    # 0 and lose to 2 and 3); row 1 lost nothing and gains nothing.
+    assert sorted(balanced.grown.tolist()) == [2, 3]
+    assert balanced.mask.sum(dim=1).tolist() == [2, 2]
