@@ -333,13 +333,22 @@ def faulted_run(root: Path, case: Case, name: str, faults: list[Fault]) -> Path:
             node = node_of(stopped["pid"])
             cluster(root, "kill-node", "--index", str(node))
             wait_until(lambda b=before: len(resumes(log)) > b, "the resume on 1 worker")
-            shrunk = resumes(log)[-1]
+            shrunk, grown = resumes(log)[-1], len(resumes(log))
+            # Hold the 1-worker run at its next checkpoint until it has grown back (a node
+            # takes longer to start than the rest of this small run takes to train).
+            hold = points / "checkpoint-saved"
+            hold.touch()
+            wait_until(
+                lambda h=hold: h.with_name(f"{h.name}.fired").exists() and not h.exists(),
+                "the 1-worker run's next checkpoint",
+                alive=submission.running,
+            )
             cluster(root, "start-node", "--index", str(node))
-            grown = len(resumes(log))
             wait_until(
                 lambda g=grown: any(r[3] == 2 for r in resumes(log)[g:]),
                 "the run to grow back to 2 workers",
             )
+            hold.with_name(f"{hold.name}.fired").unlink(missing_ok=True)
             back = next(r for r in resumes(log)[grown:] if r[3] == 2)
             fault.notes.append(
                 f"node {node}; on {shrunk[3]} worker from step {shrunk[1]}, "
