@@ -36,14 +36,9 @@ from ray import tune
 from ray.tune.integration.ray_train import TuneReportCallback
 
 from ft_dist.config import RunConfig, save_config
-from ft_dist.layout import config_path, run_dir, summary_path
+from ft_dist.layout import config_path, run_dir, summary_path, tune_dir
 from ft_dist.orchestrate.dst_ensemble import DRIVER_RESOURCES, is_finished
-from ft_dist.orchestrate.sweep_plan import (
-    SweepPlan,
-    check_record,
-    tune_path,
-    write_record,
-)
+from ft_dist.orchestrate.sweep_plan import SweepPlan, check_record, write_record
 from ft_dist.orchestrate.sweep_table import Reported, Row, collect_rows, write_results
 from ft_dist.runlock import RunLock
 from ft_dist.utils import first_line
@@ -129,7 +124,7 @@ def tuner(plan: SweepPlan, runs: dict[str, RunConfig], concurrent: int) -> Any:
         tune.with_parameters(_run_trial, runs=runs, group=plan.name, metric=plan.metric),
         DRIVER_RESOURCES,
     )
-    path = tune_path(plan.dir)
+    path = tune_dir(plan.dir)
     experiment = path / plan.name
     if tune.Tuner.can_restore(experiment):
         return tune.Tuner.restore(

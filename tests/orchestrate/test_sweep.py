@@ -12,7 +12,13 @@ import ray
 
 from ft_dist.cli import main
 from ft_dist.config import save_config
-from ft_dist.layout import checkpoints_dir, summary_path
+from ft_dist.layout import (
+    checkpoints_dir,
+    summary_path,
+    sweep_plot_path,
+    sweep_results_csv,
+    sweep_results_md,
+)
 from tests.train.conftest import tiny_config, tiny_mnist  # noqa: F401 (fixture)
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
@@ -59,7 +65,7 @@ def test_asha_grid_and_space_sweep_prints_the_table_and_resumes(
     sweep_dir = tmp_path / "runs" / "tiny-sweep"
     assert out[-1] == str(sweep_dir)
     assert out[0] == "| rank | trial | optim.lr | sparsity.density | val/nll | status | epochs |"
-    rows = list(csv.DictReader((sweep_dir / "results.csv").open()))
+    rows = list(csv.DictReader(sweep_results_csv(sweep_dir).open()))
     assert [row["optim.lr"] for row in rows] == ["0.05", "1e-05"]
     assert [row["status"] for row in rows] == ["finished", "stopped at epoch 1"]
     assert float(rows[0]["val/nll"]) < float(rows[1]["val/nll"])
@@ -69,7 +75,7 @@ def test_asha_grid_and_space_sweep_prints_the_table_and_resumes(
     assert good.parent == stopped.parent == sweep_dir
     assert summary_path(good).is_file() and not summary_path(stopped).is_file()
     assert any(checkpoints_dir(stopped).iterdir())  # an ordinary run: resumable
-    assert (sweep_dir / "plot.png").is_file() and (sweep_dir / "results.md").is_file()
+    assert sweep_plot_path(sweep_dir).is_file() and sweep_results_md(sweep_dir).is_file()
     assert out[2].startswith(f"| 1 | {good.name} | 0.05 |")
 
     # The same command again: Tune's state is restored; nothing trains or is rewritten.
