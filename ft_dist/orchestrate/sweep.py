@@ -165,12 +165,15 @@ def _run_trial(
     trial_config: dict[str, Any], runs: dict[str, RunConfig], group: str, metric: str
 ) -> None:
     """One Tune trial: train one run to its end (resuming it), then report its final
-    metrics. A run that finished before trains nothing."""
-    cfg = runs[trial_config[TRIAL_KEY]]
+    metrics. A run that finished before trains nothing. Its W&B run (in the sweep's group)
+    and progress lines are named by its Tune key: trial-<hash>, or trial-<hash>/member_<i>,
+    as every trial's members have the same run names."""
+    key = trial_config[TRIAL_KEY]
+    cfg = runs[key]
     if not is_finished(cfg):
         from ft_dist.train.worker import fit
 
-        fit(cfg, group=group, callbacks=[EpochReports(metric, cfg.num_epochs)])
+        fit(cfg, group=group, callbacks=[EpochReports(metric, cfg.num_epochs)], name=key)
     summary = json.loads(summary_path(run_dir(cfg.train)).read_text())
     tune.report({**summary.get("metrics", {}), "epoch": float(summary["epochs"])})
 

@@ -1,6 +1,7 @@
 """`ft-dist sweep` end to end on a local Ray cluster: a 2-trial grid crossed with a --space
 draw, under ASHA, on the tiny MNIST slice; then the same command again, which resumes the
-finished sweep without training anything. One scenario, to pay Ray's start-up once."""
+finished sweep without training anything. One scenario, to pay Ray's start-up once. W&B
+is offline: each trial's W&B run is in the sweep's group."""
 
 from __future__ import annotations
 
@@ -19,7 +20,9 @@ from ft_dist.layout import (
     sweep_results_csv,
     sweep_results_md,
 )
+from ft_dist.tracking import read_logged_run
 from tests.train.conftest import tiny_config, tiny_mnist  # noqa: F401 (fixture)
+from tests.wandb_logs import wandb_offline_log
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
@@ -49,6 +52,7 @@ def test_asha_grid_and_space_sweep_prints_the_table_and_resumes(
         tmp_path / "runs",
         train={"epochs": 4, "num_workers": 1, "run_name": "tiny", "log_every_steps": 8},
         ray={"max_failures": 0},
+        tracking={"wandb": "offline"},
     )
     config = save_config(cfg, tmp_path / "cfg.yaml")
     space = tmp_path / "space.yaml"
@@ -77,6 +81,13 @@ def test_asha_grid_and_space_sweep_prints_the_table_and_resumes(
     assert any(checkpoints_dir(stopped).iterdir())  # an ordinary run: resumable
     assert sweep_plot_path(sweep_dir).is_file() and sweep_results_md(sweep_dir).is_file()
     assert out[2].startswith(f"| 1 | {good.name} | 0.05 |")
+    # W&B: one run per trial, named after it, all in the sweep's group (the --name).
+    logged = {run: read_logged_run(run / "wandb") for run in (good, stopped)}
+    assert {run.name: (w.name, w.group, w.mode) for run, w in logged.items()} == {
+        run.name: (run.name, "tiny-sweep", "offline") for run in (good, stopped)
+    }
+    assert logged[good].run_id != logged[stopped].run_id
+    assert wandb_offline_log(good, logged[good].run_id).stat().st_size > 0  # a real W&B run
 
     # The same command again: Tune's state is restored; nothing trains or is rewritten.
     before = {**_files(good), **_files(stopped)}
