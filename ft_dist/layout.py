@@ -20,6 +20,12 @@ RUN_DIR/export/                     where `ft-dist compare` / `bench channels` e
                                     (export/artifact.py's format)
 EXP_DIR/members/member_<i>/         DST Ensemble: one RUN_DIR per member i = 1..M
 EXP_DIR/tune/                       DST Ensemble: Ray Tune's experiment state
+SWEEP_DIR/sweep.json                `ft-dist sweep`: what the sweep is (a re-run must be the
+                                    same sweep to resume it; orchestrate/sweep_plan.py)
+SWEEP_DIR/tune/                     `ft-dist sweep`: Ray Tune's experiment state
+SWEEP_DIR/trial-<hash>/             one RUN_DIR (an EXP_DIR for a DST Ensemble) per trial
+SWEEP_DIR/results.csv, results.md   the sweep's table, best first; plot.png: the metric
+SWEEP_DIR/plot.png                  against each swept key
 """
 
 from __future__ import annotations
@@ -43,6 +49,11 @@ REPORT_MD_FILE = "report.md"
 PLOTS_DIR = "plots"
 EXPORT_DIR = "export"
 TUNE_DIR = "tune"
+SWEEP_RECORD_FILE = "sweep.json"
+TRIAL_PREFIX = "trial-"
+RESULTS_CSV_FILE = "results.csv"
+RESULTS_MD_FILE = "results.md"
+SWEEP_PLOT_FILE = "plot.png"
 
 
 def run_dir(cfg: Any) -> Path:
@@ -174,8 +185,32 @@ def members_storage_path(storage_path: str, run_name: str) -> str:
 
 
 def tune_dir(exp_dir: Path) -> Path:
-    """EXP_DIR/tune: Ray Tune's experiment state of a DST Ensemble."""
+    """EXP_DIR/tune: Ray Tune's experiment state of a DST Ensemble (SWEEP_DIR/tune of a
+    sweep)."""
     return Path(exp_dir) / TUNE_DIR
+
+
+# --------------------------------------------------------------------------- sweeps
+def sweep_record_path(sweep_dir: Path) -> Path:
+    """SWEEP_DIR/sweep.json: what the sweep is (orchestrate/sweep_plan.py)."""
+    return Path(sweep_dir) / SWEEP_RECORD_FILE
+
+
+def trial_dir_name(digest: str) -> str:
+    """trial-<digest>: a trial's directory under SWEEP_DIR (digest: of its swept values)."""
+    return f"{TRIAL_PREFIX}{digest}"
+
+
+def sweep_results_csv(sweep_dir: Path) -> Path:
+    return Path(sweep_dir) / RESULTS_CSV_FILE
+
+
+def sweep_results_md(sweep_dir: Path) -> Path:
+    return Path(sweep_dir) / RESULTS_MD_FILE
+
+
+def sweep_plot_path(sweep_dir: Path) -> Path:
+    return Path(sweep_dir) / SWEEP_PLOT_FILE
 
 
 # --------------------------------------------------------------------------- evaluation, export

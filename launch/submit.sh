@@ -4,9 +4,14 @@
 #   RAY_ADDRESS=http://HEAD:8265 launch/submit.sh configs/demo_dst.yaml train.run_name=x
 #   source /tmp/ft_dist_cluster_$(id -u)/cluster.env && launch/submit.sh configs/demo_dst.yaml
 #
-# Runs `ray job submit --working-dir . -- ft-dist train ...` from the repository root (so the
-# configs travel with the job) and waits, streaming the job's output: rank-0 progress, then
-# the run directory as the job's last line. Exit status = the job's, from its final status
+# FT_DIST_COMMAND=sweep submits `ft-dist sweep CONFIG [key=a,b ...] [--scheduler asha ...]`
+# instead (the arguments go to the command as they are; default: train):
+#
+#   FT_DIST_COMMAND=sweep launch/submit.sh configs/demo_dst.yaml optim.lr=0.05,0.1
+#
+# Runs `ray job submit --working-dir . -- ft-dist COMMAND ...` from the repository root (so
+# the configs travel with the job) and waits, streaming the job's output: rank-0 progress,
+# then the run (or sweep) directory as the job's last line. Exit status = the job's, from its final status
 # (launch/job_status.py): 0 only for SUCCEEDED; FAILED = the driver's exit code (1 when
 # unknown); STOPPED (`ray job stop`) = 143; a job still running when the log stream ended =
 # 1; each with one line saying so (`ray job submit` alone exits 0 for a stopped job). With
@@ -31,8 +36,19 @@
 # (the submission id is set here: ft-dist-<date>-<time>-<pid>-<random>).
 set -euo pipefail
 
-usage() { echo "usage: RAY_ADDRESS=http://HEAD:8265 $0 CONFIG [key=value ...]" >&2; exit 2; }
+usage() {
+  echo "usage: RAY_ADDRESS=http://HEAD:8265 [FT_DIST_COMMAND=train|sweep] $0 CONFIG [key=value ...]" >&2
+  exit 2
+}
 [[ $# -ge 1 && $1 != -h && $1 != --help ]] || usage
+
+# The ft-dist commands that take CONFIG [overrides]: the others read a run directory.
+command="${FT_DIST_COMMAND:-train}"
+if [[ $command != train && $command != sweep ]]; then
+  echo "error: FT_DIST_COMMAND=$command: submit.sh runs 'ft-dist train' or 'ft-dist sweep';" \
+       "set FT_DIST_COMMAND=train or sweep (or unset it for train)" >&2
+  exit 2
+fi
 
 if [[ -z ${RAY_ADDRESS:-} ]]; then
   echo "error: RAY_ADDRESS is not set: export RAY_ADDRESS=http://HEAD:8265 (the dashboard" \
@@ -72,7 +88,7 @@ submit_status=0
 # shellcheck disable=SC2086  # FT_DIST_SUBMIT_OPTS is a list of options
 "$ray_bin" job submit --address "$RAY_ADDRESS" --working-dir . \
   --submission-id "$submission_id" --runtime-env-json "$runtime_env" ${FT_DIST_SUBMIT_OPTS:-} \
-  -- ft-dist train "$@" || submit_status=$?
+  -- ft-dist "$command" "$@" || submit_status=$?
 if [[ " ${FT_DIST_SUBMIT_OPTS:-} " == *" --no-wait "* ]]; then
   exit "$submit_status"
 fi

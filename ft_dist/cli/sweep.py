@@ -34,7 +34,7 @@ examples:
   ft-dist sweep configs/demo_dst.yaml sparsity.density=0.1,0.2 optim.lr=0.05,0.1
   ft-dist sweep configs/demo_dst.yaml --space space.yaml --num-samples 8 --scheduler asha
   ft-dist sweep configs/demo_edst.yaml ensemble.num_members=2,3 --name edst-members
-  ray job submit --working-dir . -- ft-dist sweep configs/demo_dst.yaml optim.lr=0.05,0.1
+  FT_DIST_COMMAND=sweep launch/submit.sh configs/demo_dst.yaml optim.lr=0.05,0.1  # a Ray job
 
 space.yaml:
   optim.lr: {loguniform: [0.01, 0.2]}

@@ -36,14 +36,9 @@ from ray import tune
 from ray.tune.integration.ray_train import TuneReportCallback
 
 from ft_dist.config import RunConfig, save_config
-from ft_dist.layout import config_path, run_dir, summary_path
+from ft_dist.layout import config_path, run_dir, summary_path, tune_dir
 from ft_dist.orchestrate.dst_ensemble import DRIVER_RESOURCES, is_finished
-from ft_dist.orchestrate.sweep_plan import (
-    SweepPlan,
-    check_record,
-    tune_path,
-    write_record,
-)
+from ft_dist.orchestrate.sweep_plan import SweepPlan, check_record, write_record
 from ft_dist.orchestrate.sweep_table import Reported, Row, collect_rows, write_results
 from ft_dist.runlock import RunLock
 from ft_dist.utils import first_line
@@ -129,7 +124,7 @@ def tuner(plan: SweepPlan, runs: dict[str, RunConfig], concurrent: int) -> Any:
         tune.with_parameters(_run_trial, runs=runs, group=plan.name, metric=plan.metric),
         DRIVER_RESOURCES,
     )
-    path = tune_path(plan.dir)
+    path = tune_dir(plan.dir)
     experiment = path / plan.name
     if tune.Tuner.can_restore(experiment):
         return tune.Tuner.restore(
@@ -170,12 +165,15 @@ def _run_trial(
     trial_config: dict[str, Any], runs: dict[str, RunConfig], group: str, metric: str
 ) -> None:
     """One Tune trial: train one run to its end (resuming it), then report its final
-    metrics. A run that finished before trains nothing."""
-    cfg = runs[trial_config[TRIAL_KEY]]
+    metrics. A run that finished before trains nothing. Its W&B run (in the sweep's group)
+    and progress lines are named by its Tune key: trial-<hash>, or trial-<hash>/member_<i>,
+    as every trial's members have the same run names."""
+    key = trial_config[TRIAL_KEY]
+    cfg = runs[key]
     if not is_finished(cfg):
         from ft_dist.train.worker import fit
 
-        fit(cfg, group=group, callbacks=[EpochReports(metric, cfg.num_epochs)])
+        fit(cfg, group=group, callbacks=[EpochReports(metric, cfg.num_epochs)], name=key)
     summary = json.loads(summary_path(run_dir(cfg.train)).read_text())
     tune.report({**summary.get("metrics", {}), "epoch": float(summary["epochs"])})
 

@@ -9,13 +9,11 @@ experiment directory whose members are separate runs (orchestrate/dst_ensemble.p
 sweep runs each member as a Tune trial of its own (flattened), so ASHA, which would stop
 members of one ensemble at different epochs, is refused for it.
 
-The sweep directory:
-
-    SWEEP_DIR/sweep.json        what the sweep is (config, overrides, points, metric,
-                                scheduler): a re-run must be the same sweep to resume it
-    SWEEP_DIR/tune/             Ray Tune's experiment state (a re-run restores it)
-    SWEEP_DIR/trial-<hash>/     one run directory per trial
-    SWEEP_DIR/results.csv, results.md, plot.png   the table (best first) and the plot
+The sweep directory (its paths: layout.py): SWEEP_DIR/sweep.json records what the sweep is
+(config, overrides, points, metric, scheduler), so a re-run must be the same sweep to
+resume it; SWEEP_DIR/tune holds Ray Tune's experiment state (a re-run restores it);
+SWEEP_DIR/trial-<hash> is one run directory per trial; results.csv, results.md and plot.png
+the table (best first) and the plot.
 """
 
 from __future__ import annotations
@@ -26,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from ft_dist.config import RunConfig, load_config
+from ft_dist.layout import sweep_record_path
 from ft_dist.orchestrate.sweep_space import (
     Dimension,
     as_overrides,
@@ -40,8 +39,6 @@ from ft_dist.utils import write_text_atomic
 SCHEDULERS = ("none", "asha")
 # Keys each trial sets itself: its run directory and its member number.
 OWN_KEYS = ("train.run_name", "train.output_dir", "train.member")
-RECORD_FILE = "sweep.json"
-TUNE_DIR = "tune"
 
 
 @dataclass(frozen=True)
@@ -211,18 +208,10 @@ def check_plan(plan: SweepPlan) -> None:
 
 
 # --------------------------------------------------------------------------- the record
-def record_path(sweep_dir: Path) -> Path:
-    return Path(sweep_dir) / RECORD_FILE
-
-
-def tune_path(sweep_dir: Path) -> Path:
-    return Path(sweep_dir) / TUNE_DIR
-
-
 def check_record(plan: SweepPlan) -> bool:
     """True when SWEEP_DIR already holds this sweep (a re-run resumes it); a different
     sweep there is refused in one line. False for a new sweep."""
-    path = record_path(plan.dir)
+    path = sweep_record_path(plan.dir)
     if not path.is_file():
         return False
     old = json.loads(path.read_text())
@@ -240,4 +229,6 @@ def check_record(plan: SweepPlan) -> bool:
 
 def write_record(plan: SweepPlan) -> Path:
     plan.dir.mkdir(parents=True, exist_ok=True)
-    return write_text_atomic(record_path(plan.dir), json.dumps(plan.record(), indent=2) + "\n")
+    return write_text_atomic(
+        sweep_record_path(plan.dir), json.dumps(plan.record(), indent=2) + "\n"
+    )

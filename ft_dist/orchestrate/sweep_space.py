@@ -34,6 +34,7 @@ from typing import Any
 
 import yaml
 
+from ft_dist.layout import trial_dir_name
 from ft_dist.utils import first_line
 
 OPENERS = {"[": "]", "{": "}", "(": ")"}
@@ -206,7 +207,7 @@ def trial_name(point: dict[str, Any]) -> str:
     """``trial-<8 hex>``: a hash of the swept values, so that the same values always find
     the same run directory (and a resume continues it)."""
     digest = hashlib.sha256(canonical(point).encode()).hexdigest()
-    return f"trial-{digest[:8]}"
+    return trial_dir_name(digest[:8])
 
 
 def is_log_scale(values: list[Any]) -> bool:

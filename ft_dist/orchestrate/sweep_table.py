@@ -17,14 +17,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ft_dist.layout import run_dir, summary_path
+from ft_dist.layout import (
+    run_dir,
+    summary_path,
+    sweep_plot_path,
+    sweep_results_csv,
+    sweep_results_md,
+)
 from ft_dist.orchestrate.sweep_plan import SweepPlan, Trial
 from ft_dist.orchestrate.sweep_space import canonical, is_log_scale
 from ft_dist.utils import write_bytes_atomic, write_text_atomic
-
-CSV_FILE = "results.csv"
-MARKDOWN_FILE = "results.md"
-PLOT_FILE = "plot.png"
 
 
 @dataclass(frozen=True)
@@ -125,11 +127,11 @@ def write_results(plan: SweepPlan, rows: list[Row]) -> dict[str, Path]:
     text = io.StringIO()
     csv.writer(text, lineterminator="\n").writerows(lines)
     written = {
-        "csv": write_text_atomic(plan.dir / CSV_FILE, text.getvalue()),
-        "markdown": write_text_atomic(plan.dir / MARKDOWN_FILE, markdown(lines)),
+        "csv": write_text_atomic(sweep_results_csv(plan.dir), text.getvalue()),
+        "markdown": write_text_atomic(sweep_results_md(plan.dir), markdown(lines)),
     }
     if plan.keys:
-        written["plot"] = write_bytes_atomic(plan.dir / PLOT_FILE, plot_png(plan, rows))
+        written["plot"] = write_bytes_atomic(sweep_plot_path(plan.dir), plot_png(plan, rows))
     return written
 
 

@@ -280,7 +280,7 @@ def _train_per_worker(payload: dict) -> None:
     )
     tracker = make_tracker(
         cfg.tracking,
-        run_name=cfg.train.run_name,
+        run_name=payload["name"],
         group=payload["group"],
         config=cfg.model_dump(mode="json", exclude={"model": {"source"}}),
         rank=session.rank,
@@ -303,11 +303,14 @@ def build_trainer(
     loop: LoopFn | None = None,
     group: str | None = None,
     callbacks: Sequence[ray.train.UserCallback] = (),
+    name: str | None = None,
 ) -> TorchTrainer:
     """The TorchTrainer for one member; `loop` defaults to `ft_dist.train.loop.train`.
 
     ``callbacks`` run in Ray Train's controller after each report (a sweep passes Tune's
     report callback); with any, every epoch's metrics are reported, not only checkpoints'.
+    ``name`` is the run's name in W&B (its run id with ``group``) and on progress lines:
+    train.run_name by default; a sweep names the members of its DST Ensembles apart.
     """
     storage = storage_root(cfg)
     resources = worker_resources(cfg.ray)
@@ -316,6 +319,7 @@ def build_trainer(
         "loop": loop,
         "storage": storage,
         "group": group or cfg.train.run_name,
+        "name": name or cfg.train.run_name,
         "epoch_reports": bool(callbacks),
     }
     return TorchTrainer(
@@ -412,6 +416,7 @@ def fit(
     group: str | None = None,
     allow_change: Sequence[str] = (),
     callbacks: Sequence[ray.train.UserCallback] = (),
+    name: str | None = None,
 ) -> Path:
     """Train one member on the Ray cluster (joined or started) and return its run directory.
 
@@ -426,12 +431,13 @@ def fit(
     run there raises `RunLockedError` before any worker starts. A resume is checked against
     the run's definition first (definition.py: `ResumeRefused`, its global batch kept on
     another number of workers); ``allow_change`` names the keys it may change.
-    ``callbacks`` go to `build_trainer` (a sweep's per-epoch reports to Ray Tune).
+    ``callbacks`` and ``name`` go to `build_trainer` (a sweep's per-epoch reports to Ray
+    Tune, and the name of its trial).
     """
     cfg = absolute_paths(cfg)
     with RunLock(run_dir(cfg.train)):  # one run at a time here (held already by ft-dist train)
         cfg = settle_on_driver(cfg, allow_change)
-        return _fit_restarting(cfg, loop, group, callbacks)
+        return _fit_restarting(cfg, loop, group, callbacks, name)
 
 
 def _fit_restarting(
@@ -439,12 +445,13 @@ def _fit_restarting(
     loop: LoopFn | None,
     group: str | None,
     callbacks: Sequence[ray.train.UserCallback] = (),
+    name: str | None = None,
 ) -> Path:
     connect(cfg.ray.address)
     restarts = 0
     while True:
         try:
-            build_trainer(cfg, loop, group, callbacks).fit()
+            build_trainer(cfg, loop, group, callbacks, name).fit()
             return run_dir(cfg.train)
         except ray.train.WorkerGroupError as error:
             failures = error.worker_failures

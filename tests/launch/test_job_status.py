@@ -198,3 +198,34 @@ def test_submit_sh_forwards_fault_points_only_when_set(tmp_path: Path, points: s
     runtime_env = json.loads(call[call.index("--runtime-env-json") + 1])
     expected = {"FT_DIST_BASE_DIR": str(REPO)} | ({"FT_DIST_FAILPOINTS": points} if points else {})
     assert runtime_env == {"env_vars": expected}
+
+
+def run_submit_sh(tmp_path: Path, args: list[str], **env_vars: str) -> subprocess.CompletedProcess:
+    """submit.sh with a stand-in `ray` whose job SUCCEEDED, and FT_DIST_* from `env_vars` only."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "FT_DIST_"))}
+    env.update(
+        RAY_ADDRESS="http://127.0.0.1:8265",
+        RAY_AUTH_MODE="disabled",
+        FT_DIST_RAY=str(stand_in_ray(tmp_path)),
+        FAKE_RAY_LOG=str(tmp_path / "calls.jsonl"),
+        FAKE_JOB_STATUS="SUCCEEDED",
+        **env_vars,
+    )
+    script = [str(REPO / "launch" / "submit.sh"), *args]
+    return subprocess.run(script, env=env, capture_output=True, text=True, timeout=120)
+
+
+def test_submit_sh_submits_a_sweep_with_its_options_as_given(tmp_path: Path) -> None:
+    args = ["configs/demo_dst.yaml", "optim.lr=0.05,0.1", "--scheduler", "asha", "--name", "s 1"]
+    result = run_submit_sh(tmp_path, args, FT_DIST_COMMAND="sweep")
+    assert result.returncode == 0 and result.stderr == "", result.stderr
+    [call] = [json.loads(line) for line in (tmp_path / "calls.jsonl").read_text().splitlines()]
+    assert call[call.index("--") :] == ["--", "ft-dist", "sweep", *args]
+
+
+def test_submit_sh_refuses_another_command_in_one_line(tmp_path: Path) -> None:
+    result = run_submit_sh(tmp_path, ["configs/demo_dst.yaml"], FT_DIST_COMMAND="evaluate")
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr.count("\n") == 1
+    assert result.stderr.startswith("error: FT_DIST_COMMAND=evaluate: submit.sh runs")
+    assert not (tmp_path / "calls.jsonl").exists()  # nothing submitted

@@ -8,12 +8,11 @@ from pathlib import Path
 import pytest
 
 from ft_dist.config import save_config
-from ft_dist.layout import run_dir
+from ft_dist.layout import run_dir, sweep_record_path
 from ft_dist.orchestrate.sweep_plan import (
     SweepOptions,
     check_record,
     plan_sweep,
-    record_path,
     write_record,
 )
 from tests.train.conftest import tiny_config
@@ -113,7 +112,7 @@ def test_a_sweep_directory_resumes_only_the_same_sweep(tmp_path: Path) -> None:
     plan = plan_sweep(SweepOptions(config, ("optim.lr=0.05,0.1",), max_concurrent=2))
     assert check_record(plan) is False  # a new sweep
     write_record(plan)
-    record = json.loads(record_path(plan.dir).read_text())
+    record = json.loads(sweep_record_path(plan.dir).read_text())
     assert set(record["trials"]) == {t.name for t in plan.trials}
     # The same sweep, at another concurrency: resumed.
     assert check_record(plan_sweep(SweepOptions(config, ("optim.lr=0.05,0.1",)))) is True
