@@ -428,14 +428,21 @@ class LoggedRunWriter:
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         cut_short = _ends_mid_line(path)
+        self.path = path
         self._file: TextIO | None = path.open("a", encoding="utf-8")
         if cut_short:
             self._file.write("\n")
 
     def write(self, kind: str, **fields: Any) -> None:
-        if self._file is not None:
+        if self._file is None:
+            return
+        try:
             self._file.write(json.dumps({"kind": kind, **fields}, default=_jsonable) + "\n")
             self._file.flush()
+        except OSError as error:  # a full disk, say: name the file (errno kept: not retried)
+            raise OSError(
+                error.errno, f"{error.strerror} writing the run's record {self.path}"
+            ) from error
 
     def close(self) -> None:
         if self._file is not None:

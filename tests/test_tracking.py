@@ -3,6 +3,7 @@ the tracker's own record of what it logged."""
 
 from __future__ import annotations
 
+import errno
 import io
 from pathlib import Path
 
@@ -247,3 +248,12 @@ def test_api_key_never_reaches_the_files(offline_run: Path):
         if path.is_file() and not path.is_symlink() and CANARY_KEY.encode() in path.read_bytes()
     ]
     assert leaks == []
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full")
+def test_a_full_disk_under_the_record_names_the_file() -> None:
+    """ENOSPC keeps its errno (the worker does not retry it) and names the file."""
+    writer = LoggedRunWriter(Path("/dev/full"))
+    with pytest.raises(OSError, match="writing the run's record /dev/full") as raised:
+        writer.write("log", row={"trainer/step": 1})
+    assert raised.value.errno == errno.ENOSPC
