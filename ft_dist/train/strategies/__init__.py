@@ -65,6 +65,12 @@ def _ddp() -> type[Strategy]:
     return DDPStrategy
 
 
+def _fsdp2() -> type[Strategy]:
+    from ft_dist.train.strategies.fsdp2 import FSDP2Strategy
+
+    return FSDP2Strategy
+
+
 def _deepspeed() -> type[Strategy]:
     from ft_dist.train.strategies.deepspeed import DeepSpeedStrategy
 
@@ -91,6 +97,18 @@ STRATEGIES: dict[str, StrategyEntry] = {
         world_size_rule="needs train.zero_stage=0 (or strategy=ddp): ZeRO checkpoints are "
         "partitioned per rank and cannot resume on another world size",
         example={"zero_stage": 2},
+    ),
+    "fsdp2": StrategyEntry(
+        _fsdp2,
+        "torch FSDP2 (fully_shard): parameters, gradients, optimizer and DST state sharded "
+        "per rank; bf16 compute with fp32 reduction on GPU",
+        every_step_dense_gradient=True,  # the dense gradient shard is on .grad every step
+        options=(),
+        fp32_masters=False,
+        # torch.distributed.checkpoint reshards on load: any world size resumes
+        per_rank_partitions=lambda train: False,
+        world_size_rule="",
+        example={"grad_accum_steps": 2},
     ),
 }
 
