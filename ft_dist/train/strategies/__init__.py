@@ -108,7 +108,6 @@ STRATEGIES: dict[str, StrategyEntry] = {
         # torch.distributed.checkpoint reshards on load: any world size resumes
         per_rank_partitions=lambda train: False,
         world_size_rule="",
-        example={"grad_accum_steps": 2},
     ),
 }
 

@@ -27,6 +27,7 @@ from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 from ft_dist.sparse.sharded import ShardedDynamicSparsity
 from ft_dist.train.optim import build_optimizer, set_learning_rate_
 from ft_dist.train.strategies.base import Strategy, StrategySetup
+from ft_dist.train.validate import sync_buffers_
 
 
 def shard_units(module: nn.Module) -> list[nn.Module]:
@@ -75,6 +76,13 @@ class FSDP2Strategy(Strategy):
     def rewrap(self, vectors: dict) -> None:
         raise ValueError("train.strategy=fsdp2 cannot cut channels (sparsity.channel_sparsity) yet")
 
+    def begin_step(self, capture_grads: bool = False) -> None:
+        # Buffers (BatchNorm statistics) are not sharded and drift per rank: rank 0's go
+        # to all before each step, as DDP's broadcast_buffers does, so that a checkpoint
+        # (which keeps one copy) resumes every rank exactly.
+        sync_buffers_(self.module)
+        super().begin_step(capture_grads)
+
     def set_lr(self, lr: float) -> None:
         set_learning_rate_(self.optimizer, lr)
 
@@ -109,6 +117,9 @@ class ShardedTrainingState:
 
     def state_dict(self) -> dict:
         strategy = self.strategy
+        # Buffers are saved once (from any rank): make them rank 0's on every rank, as the
+        # next step's `begin_step` would anyway.
+        sync_buffers_(strategy.module)
         model, optimizer = get_state_dict(strategy.module, strategy.optimizer)
         return {"model": model, "optimizer": optimizer, "sparsity": strategy.sparsity.state_dict()}
 
