@@ -1,5 +1,6 @@
 """FSDP2 on 2 real gloo ranks: the same masks and losses as DDP with the same seed, every
-tensor sharded, and inactive gradients, weights and optimizer state zero at every step."""
+tensor sharded, and inactive gradients, weights and optimizer state zero at every step; and
+what needs whole layers refused at config time."""
 
 from __future__ import annotations
 
@@ -9,13 +10,46 @@ import torch.distributed as dist
 from torch import nn
 from torch.distributed.tensor import DTensor
 
+from ft_dist.config import load_config
 from ft_dist.layout import checkpoint_dir
 from ft_dist.sparse import SparsityConfig
 from ft_dist.train.config import OptimConfig, TrainConfig
+from ft_dist.train.strategies import STRATEGIES, check_strategy_supports
 from ft_dist.train.strategies.base import build_strategy
 from tests.gloo_workers import run_workers
 
 NUM_STEPS = 8  # updates at steps 2, 4, 6, 8; an EDST exploration after step 5
+
+
+# ------------------------------------------------------------------ config-time refusals
+WHOLE_LAYER_SETTINGS = {"channel_sparsity": (0.5, "0"), "compat": ("official-imagenet", "none")}
+
+
+@pytest.mark.parametrize("key", sorted(WHOLE_LAYER_SETTINGS))
+@pytest.mark.parametrize("strategy", sorted(STRATEGIES))
+def test_strategies_that_shard_layers_refuse_whole_layer_settings(key: str, strategy: str):
+    value, off = WHOLE_LAYER_SETTINGS[key]
+    sparsity = SparsityConfig(**{key: value, "channel_end_step": 10})
+    if STRATEGIES[strategy].shards_layers:
+        fix = f"set sparsity.{key}={off} \\(or train.strategy=ddp\\)"
+        with pytest.raises(ValueError, match=f"^sparsity.{key}={value} needs whole .*{fix}$"):
+            check_strategy_supports(strategy, sparsity)
+    else:
+        check_strategy_supports(strategy, sparsity)
+
+
+def test_fsdp2_refuses_channel_sparsity_when_the_config_loads() -> None:
+    """At config time, in one line naming the file, the field and the fix."""
+    with pytest.raises(ValueError) as refused:
+        load_config(
+            "configs/demo_edst.yaml", ["train.strategy=fsdp2", "sparsity.channel_sparsity=0.5"]
+        )
+    assert str(refused.value) == (
+        "configs/demo_edst.yaml: sparsity.channel_sparsity=0.5 needs whole layers on every "
+        "rank, and train.strategy=fsdp2 shards them: set sparsity.channel_sparsity=0 (or "
+        "train.strategy=ddp)"
+    )
+    load_config("configs/demo_edst.yaml", ["train.strategy=fsdp2"])  # the rest is served
 
 
 def uneven_model() -> nn.Module:
