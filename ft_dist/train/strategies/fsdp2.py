@@ -58,6 +58,10 @@ class FSDP2Strategy(Strategy):
             if bf16
             else MixedPrecisionPolicy()
         )
+        # FSDP2 shards contiguous parameters only (rows of dim 0): channels_last weights
+        # (train.channels_last) go back to the default layout; the inputs may stay
+        # channels_last.
+        module.to(memory_format=torch.contiguous_format)
         for unit in shard_units(module):
             fully_shard(unit, mesh=self.mesh, mp_policy=policy)
         fully_shard(module, mesh=self.mesh, mp_policy=policy)

@@ -318,3 +318,30 @@ def test_fsdp2_reshards_2_to_1_to_2_ranks_and_resumes_exactly(tmp_path) -> None:
     run_workers(_one_rank, 1, root, one)
     run_workers(_two_ranks_again, 2, root, first, one)
     assert (checkpoint_dir(root, 6) / ".metadata").is_file()
+
+
+def test_fsdp2_takes_a_channels_last_model_and_input() -> None:
+    """train.channels_last (GPU) hands FSDP2 channels_last weights, which it cannot shard:
+    the strategy makes them contiguous; channels_last inputs still run."""
+    from ft_dist.bench.gpu_strategy import one_rank_group
+
+    cpu = torch.device("cpu")
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.Flatten(), nn.Linear(8 * 6 * 6, 5))
+    with one_rank_group(cpu):
+        strategy = build_strategy(
+            model.to(memory_format=torch.channels_last),
+            train=TrainConfig(strategy="fsdp2"),
+            optim=OptimConfig(name="sgd", lr=0.1, momentum=0.9),
+            sparsity=SparsityConfig(density=0.3, update_every_steps=1),
+            micro_batch_size=4,
+            device=cpu,
+            world_size=1,
+        )
+        images = torch.randn(4, 3, 6, 6).contiguous(memory_format=torch.channels_last)
+        loss = nn.functional.cross_entropy(strategy.model(images), torch.tensor([0, 1, 2, 3]))
+        strategy.backward(loss, True)
+        strategy.step()
+        assert strategy.sparsity.num_updates == 1
+        for name, param in strategy.module.named_parameters():
+            assert isinstance(param, DTensor) and param.to_local().is_contiguous(), name
