@@ -31,13 +31,23 @@ from ft_dist.train.validate import sync_buffers_
 
 
 def shard_units(module: nn.Module) -> list[nn.Module]:
-    """The submodules sharded as their own unit (all-gathered just before they run): every
-    one that holds parameters of its own, except the root, which takes the rest."""
-    return [
+    """The submodules sharded as their own unit (all-gathered just before they run), children
+    before their parents (`fully_shard` takes every parameter of its subtree that no inner
+    unit took): every one holding parameters of its own, except the root, which takes the
+    rest, and except a child of a module that holds parameters itself: such a parent may
+    read the child's weights without calling it (`nn.MultiheadAttention` reads its
+    ``out_proj``), so the parent's unit takes them."""
+    parents = {child: parent for parent in module.modules() for child in parent.children()}
+
+    def holds_parameters(sub: nn.Module) -> bool:
+        return any(True for _ in sub.parameters(recurse=False))
+
+    units = [
         sub
         for sub in module.modules()
-        if sub is not module and any(True for _ in sub.parameters(recurse=False))
+        if sub is not module and holds_parameters(sub) and not holds_parameters(parents[sub])
     ]
+    return units[::-1]  # modules() lists parents first
 
 
 class FSDP2Strategy(Strategy):

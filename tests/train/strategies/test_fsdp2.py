@@ -345,3 +345,43 @@ def test_fsdp2_takes_a_channels_last_model_and_input() -> None:
         assert strategy.sparsity.num_updates == 1
         for name, param in strategy.module.named_parameters():
             assert isinstance(param, DTensor) and param.to_local().is_contiguous(), name
+
+
+class TokenMixer(nn.Module):
+    """nn.MultiheadAttention reads its out_proj's weight without calling out_proj."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Linear(4, 8)
+        self.attention = nn.MultiheadAttention(8, num_heads=2, batch_first=True)
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        hidden = self.embed(tokens)
+        return self.head(self.attention(hidden, hidden, hidden)[0].mean(dim=1))
+
+
+# nn.MultiheadAttention returns a view; nothing here modifies it in place
+@pytest.mark.filterwarnings("ignore:FSDP2-wrapped module .* returned a view tensor")
+def test_fsdp2_units_keep_a_weight_its_parent_reads_in_the_parent_unit() -> None:
+    from ft_dist.bench.gpu_strategy import one_rank_group
+    from ft_dist.train.strategies.fsdp2 import shard_units
+
+    model = TokenMixer()
+    assert shard_units(model) == [model.head, model.attention, model.embed]  # not out_proj
+    cpu = torch.device("cpu")
+    with one_rank_group(cpu):
+        strategy = build_strategy(
+            model,
+            train=TrainConfig(strategy="fsdp2"),
+            optim=OptimConfig(name="adamw", lr=1e-2),
+            sparsity=SparsityConfig(density=0.5, update_every_steps=1),
+            micro_batch_size=2,
+            device=cpu,
+            world_size=1,
+        )
+        loss = strategy.model(torch.randn(2, 5, 4)).logsumexp(dim=1).mean()
+        strategy.backward(loss, True)
+        strategy.step()
+        assert strategy.sparsity.num_updates == 1
+        assert "attention.out_proj.weight" in strategy.sparsity.sparse_names
