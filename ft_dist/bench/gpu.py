@@ -15,6 +15,8 @@ Checks, each in its own process with its own time limit (ft_dist/bench/gpu_check
                       the background beside the checks after it
   strategy_ddp        1-rank nccl DDP strategy, bf16: invariants after each step and update
   strategy_deepspeed  DeepSpeed ZeRO-2 bf16: inactive weights, fp32 masters and momentum 0
+  strategy_fsdp2      1-rank nccl FSDP2, bf16 compute with fp32 reduction: inactive weights
+                      and momentum 0 on the shards, sharded parameters kept fp32
   decode              JPEG decode + augment: training stream images/s with
                       data.decode_device=cuda (nvJPEG, batched) vs cpu (loader workers)
   train_compiled      train_eager under torch.compile; recompiles over 5 mask updates (0)
@@ -48,6 +50,7 @@ CHECKS: list[tuple[str, int, bool]] = [
     ("ray_demo", 240, True),
     ("strategy_ddp", 90, False),
     ("strategy_deepspeed", 120, False),
+    ("strategy_fsdp2", 90, False),
     ("decode", 120, False),
     ("train_compiled", 240, False),
 ]

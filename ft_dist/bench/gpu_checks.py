@@ -169,15 +169,15 @@ def check_train_compiled(device, sizes: Sizes, workdir: Path) -> dict[str, Any]:
 
 
 CHECK_NAMES = [
-    "env", "train_eager", "infer_slim", "train_slim", "strategy_ddp", "strategy_deepspeed", "decode",
-    "ray_demo", "train_compiled",
+    "env", "train_eager", "infer_slim", "train_slim", "strategy_ddp", "strategy_deepspeed",
+    "strategy_fsdp2", "decode", "ray_demo", "train_compiled",
 ]  # fmt: skip
 
 
 def _registry() -> dict[str, Callable[..., dict[str, Any]]]:
     from ft_dist.bench.gpu_decode import check_decode
     from ft_dist.bench.gpu_demo import check_ray_demo
-    from ft_dist.bench.gpu_strategy import check_ddp, check_deepspeed
+    from ft_dist.bench.gpu_strategy import check_ddp, check_deepspeed, check_fsdp2
     from ft_dist.bench.slim_infer import check_infer_slim
     from ft_dist.bench.slim_train import check_train_slim
 
@@ -188,6 +188,7 @@ def _registry() -> dict[str, Callable[..., dict[str, Any]]]:
         "train_slim": check_train_slim,
         "strategy_ddp": check_ddp,
         "strategy_deepspeed": check_deepspeed,
+        "strategy_fsdp2": check_fsdp2,
         "decode": check_decode,
         "ray_demo": check_ray_demo,
         "train_compiled": check_train_compiled,

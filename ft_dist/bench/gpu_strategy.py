@@ -1,11 +1,16 @@
-"""`ft-dist bench gpu` checks: the DDP and DeepSpeed ZeRO-2 strategies keep DST's invariants.
+"""`ft-dist bench gpu` checks: the DDP, DeepSpeed ZeRO-2 and FSDP2 strategies keep DST's
+invariants.
 
 A one-rank process group (nccl on CUDA, gloo on CPU), the strategy built exactly as the
 training loop builds it (`build_strategy`), a few steps with mask updates every 2 steps,
 and after every step: inactive weights exactly 0 in the model, in DeepSpeed's fp32 masters
 and in the optimizer state (momentum), and exactly the allotted active count per layer.
 With one rank DDP does not wrap the model (nothing to all-reduce), so the check also runs
-one nccl all_reduce to show the backend works on this GPU.
+one nccl all_reduce to show the backend works on this GPU. FSDP2 on one rank shards over a
+one-rank mesh (each shard is whole): the check covers its path on the GPU (DTensor
+parameters and DST state, masking on the sharded ``.grad``, bf16 compute with fp32
+reduction) and that the sharded parameters stay fp32; the sharding itself is tested on 2
+gloo ranks (tests/train/strategies/test_fsdp2.py).
 """
 
 from __future__ import annotations
@@ -38,12 +43,20 @@ def one_rank_group(device) -> Iterator[str]:
         dist.destroy_process_group()
 
 
+def whole(tensor):
+    """A DTensor (FSDP2) gathered to a full tensor; any other tensor as it is."""
+    from torch.distributed.tensor import DTensor
+
+    return tensor.full_tensor() if isinstance(tensor, DTensor) else tensor
+
+
 def full_tensors(strategy, name: str) -> dict[str, Any]:
-    """The weight, its fp32 master and its momentum buffer, assembled over ZeRO partitions."""
+    """The weight, its fp32 master and its momentum buffer, assembled over ZeRO partitions
+    or FSDP2 shards."""
     import torch
 
     param = strategy.sparsity.params[name]
-    tensors = {"weight": param.detach()}
+    tensors = {"weight": whole(param.detach())}
     if hasattr(strategy, "engine"):  # DeepSpeed
         from deepspeed.utils import safe_get_full_fp32_param, safe_get_full_optimizer_state
 
@@ -55,7 +68,7 @@ def full_tensors(strategy, name: str) -> dict[str, Any]:
     else:
         state = strategy.optimizer.state.get(param, {}).get("momentum_buffer")
     if state is not None:
-        tensors["momentum"] = state
+        tensors["momentum"] = whole(state)
     return {k: v.reshape(param.shape) if torch.is_tensor(v) else v for k, v in tensors.items()}
 
 
@@ -65,7 +78,7 @@ def invariant_violations(strategy) -> list[str]:
 
     sparsity, problems = strategy.sparsity, []
     for name in sparsity.sparse_names:
-        mask = sparsity.masks[name]
+        mask = whole(sparsity.masks[name])
         if int(mask.sum()) != sparsity.num_active[name]:
             problems.append(
                 f"{name}: {int(mask.sum())} active, expected {sparsity.num_active[name]}"
@@ -82,7 +95,7 @@ def train_and_check(strategy, device, sizes, num_classes: int = 10) -> dict[str,
     import torch
 
     channels_last = device.type == "cuda"
-    initial = {n: m.clone() for n, m in strategy.sparsity.masks.items()}
+    initial = {n: whole(m).clone() for n, m in strategy.sparsity.masks.items()}
     shape = (sizes.strategy_batch_size, sizes.in_channels, *[sizes.strategy_image_size] * 2)
     generator = torch.Generator().manual_seed(0)
     problems: list[str] = []
@@ -97,7 +110,7 @@ def train_and_check(strategy, device, sizes, num_classes: int = 10) -> dict[str,
         strategy.step()
         problems += [f"step {step + 1}: {p}" for p in invariant_violations(strategy)]
     changed = sum(
-        int((initial[n] != strategy.sparsity.masks[n].cpu()).sum()) for n in initial
+        int((initial[n] != whole(strategy.sparsity.masks[n])).sum()) for n in initial
     )  # fmt: skip
     return {
         "steps": sizes.strategy_steps,
@@ -145,12 +158,18 @@ def _check(device, sizes, kind: str) -> dict[str, Any]:
     import torch.distributed as dist
 
     with one_rank_group(device) as backend:
-        result = train_and_check(build(device, sizes, kind), device, sizes)
+        strategy = build(device, sizes, kind)
+        result = train_and_check(strategy, device, sizes)
         probe = torch.ones(4, device=device)
         dist.all_reduce(probe)
         result["all_reduce_ok"] = bool((probe == 1).all())
+        # the weights the optimizer updates (FSDP2: the shards; bf16 is for compute only)
+        dtypes = {str(p.dtype) for p in strategy.module.parameters()}
+        result["parameter_dtypes"] = sorted(dtypes)
+    fp32_kept = kind != "fsdp2" or dtypes == {"torch.float32"}
     passed = (
-        result["num_violations"] == 0
+        fp32_kept
+        and result["num_violations"] == 0
         and result["mask_updates"] == sizes.strategy_steps // 2
         and result["mask_positions_changed"] > 0
         and result["all_reduce_ok"]
@@ -161,6 +180,8 @@ def _check(device, sizes, kind: str) -> dict[str, Any]:
         f"({result['mask_positions_changed']} positions moved); violations "
         f"{result['num_violations']}"
     )
+    if not fp32_kept:
+        summary += f"; sharded parameters are {result['parameter_dtypes']}, not fp32"
     return {
         **result,
         "backend": backend,
@@ -176,3 +197,7 @@ def check_ddp(device, sizes, workdir: Path) -> dict[str, Any]:
 
 def check_deepspeed(device, sizes, workdir: Path) -> dict[str, Any]:
     return _check(device, sizes, "deepspeed")
+
+
+def check_fsdp2(device, sizes, workdir: Path) -> dict[str, Any]:
+    return _check(device, sizes, "fsdp2")

@@ -13,7 +13,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
     parser = subparsers.add_parser(
         "bench",
-        help="run a benchmark (step, data, scaling, infer, gpu)",
+        help="run a benchmark (step, data, scaling, infer, gpu, memory, ...)",
         description="Benchmarks measured side by side in one process; ratios, not absolute times, are the goals.",
     )
     bench_subparsers = parser.add_subparsers(dest="benchmark", metavar="BENCHMARK", required=True)

@@ -22,10 +22,11 @@ class MaskMismatchError(RuntimeError):
     """Masks differ between ranks: the replicas of one member have drifted apart."""
 
 
-def mask_checksum(mask: torch.Tensor) -> tuple[int, int]:
+def mask_checksum(mask: torch.Tensor, offset: int = 0) -> tuple[int, int]:
     """(number of active positions, sum of their hashes); both fit in int64 for any layer
-    below 2**31 weights."""
-    positions = mask.reshape(-1).nonzero().squeeze(1).to(torch.int64)
+    below 2**31 weights. ``offset``: the flat index of ``mask``'s first position in its
+    layer (a shard: the shards' checksums then add up to the whole layer's)."""
+    positions = mask.reshape(-1).nonzero().squeeze(1).to(torch.int64) + offset
     hashed = (positions * _HASH_MULTIPLIER) % _HASH_MODULUS
     return int(positions.numel()), int(hashed.sum())
 

@@ -89,7 +89,7 @@ class DynamicSparsity:
         self.sparse_names = [n for n, p in self.params.items() if self.num_active[n] < p.numel()]
         self.generator = torch.Generator().manual_seed(config.seed)
         self.masks = {
-            name: random_mask(p.shape, self.num_active[name], self.generator).to(p.device)
+            name: self._placed(random_mask(p.shape, self.num_active[name], self.generator), p)
             if name in self.sparse_names
             else torch.ones_like(p, dtype=torch.bool)
             for name, p in self.params.items()
@@ -297,25 +297,16 @@ class DynamicSparsity:
                 drop_score = self.drop.score(inputs)
                 grow_score = growth.score(replace(inputs, grad_ema=self._ema("growth", name)))
                 # An exempting drop (+inf scores) takes its fraction of the others only.
-                exempt = int((mask & drop_score.isinf()).sum()) if self.drop.exempts else 0
+                exempt = self._count(mask & drop_score.isinf()) if self.drop.exempts else 0
                 num_swap = num_to_drop(  # compat modes: the official ceil(f * n)
                     self.num_active[name] - exempt,
                     drop_fraction,
                     official=self.compat is not None,
                 )
-                if self.channels is None:
-                    result = prune_and_grow(
-                        mask, drop_score, grow_score, num_swap, balanced=growth.balanced
-                    )
-                else:  # to the count after a reallocation, inside the remaining channels
-                    target = self.num_active[name]
-                    result = self.channels.prune_and_grow(
-                        name, mask, drop_score, grow_score, target, num_swap
-                    )
-                grown = torch.zeros_like(mask)
-                grown.view(-1)[result.grown] = True
-                num_new = int((result.mask & ~mask).sum())  # grown and not just re-grown
-                mask.copy_(result.mask)
+                new_mask, grown, counts = self._select(
+                    name, mask, drop_score, grow_score, num_swap, balanced=growth.balanced
+                )
+                mask.copy_(new_mask)
                 # Dropped weights leave, grown ones (re-grown just-dropped ones too) start at 0,
                 # and neither keeps any optimizer state (unless the official CIFAR behaviour
                 # is asked for: inactive_momentum=keep never resets momentum).
@@ -326,10 +317,10 @@ class DynamicSparsity:
                     state.masked_fill_(reset, 0.0)
                 self.ever_active[name] |= mask
                 # Grown last time and neither dropped nor re-grown (reset to 0) now.
-                kept_now += int((self.last_grown[name] & ~reset).sum())
-                grown_before += int(self.last_grown[name].sum())
+                kept_now += self._count(self.last_grown[name] & ~reset)
+                grown_before += self._count(self.last_grown[name])
                 self.last_grown[name] = grown
-                self.last_update[name] = (result.dropped.numel(), result.grown.numel(), num_new)
+                self.last_update[name] = counts
         if grown_before:
             self.grown_kept = (kept_now, grown_before)
             run_kept, run_grown = self.grown_kept_run
@@ -340,6 +331,43 @@ class DynamicSparsity:
         if self.compat is not None:  # the official code's update quirks, on request
             resets = self.compat.after_update(self, drop_fraction, saved, resets)
         return resets
+
+    def _select(
+        self,
+        name: str,
+        mask: torch.Tensor,
+        drop_score: torch.Tensor,
+        grow_score: torch.Tensor,
+        num_swap: int,
+        balanced: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor, tuple[int, int, int]]:
+        """One layer's prune-and-grow choice: (new mask, grown positions as a bool mask,
+        (dropped, grown, newly active) counts). Sharded engines choose across ranks
+        (sparse/sharded.py)."""
+        if self.channels is None:
+            result = prune_and_grow(mask, drop_score, grow_score, num_swap, balanced=balanced)
+        else:  # to the count after a reallocation, inside the remaining channels
+            target = self.num_active[name]
+            result = self.channels.prune_and_grow(
+                name, mask, drop_score, grow_score, target, num_swap
+            )
+        grown = torch.zeros_like(mask)
+        grown.view(-1)[result.grown] = True
+        num_new = int((result.mask & ~mask).sum())  # grown and not just re-grown
+        return result.mask, grown, (result.dropped.numel(), result.grown.numel(), num_new)
+
+    def _placed(self, mask: torch.Tensor, param: torch.Tensor) -> torch.Tensor:
+        """A full-shape mask drawn on the CPU, placed like ``param`` (sharded engines keep
+        only their shard)."""
+        return mask.to(param.device)
+
+    def _active_counts(self, masks: Mapping[str, torch.Tensor]) -> dict[str, int]:
+        """Active positions per layer (sharded engines sum their shards across ranks)."""
+        return {name: int(mask.sum()) for name, mask in masks.items()}
+
+    def _count(self, positions: torch.Tensor) -> int:
+        """True positions of one layer's bool tensor (sharded engines sum across ranks)."""
+        return int(positions.sum())
 
     def parameter(self, name: str) -> torch.Tensor:
         """A parameter that resets may name: a masked weight, or (channel-level DST) a bias
@@ -468,12 +496,13 @@ class DynamicSparsity:
         """Global and per-layer density, last update's dropped/grown counts, mask turnover and
         the fraction of weights ever active (how much of the network DST has explored)."""
         total = sum(p.numel() for p in self.params.values())
-        active = sum(int(self.masks[n].sum()) for n in self.params)
+        active_per_layer = self._active_counts(self.masks)
+        active = sum(active_per_layer.values())
         dropped = sum(d for d, _, _ in self.last_update.values())
         grown = sum(g for _, g, _ in self.last_update.values())
         newly_active = sum(c for _, _, c in self.last_update.values())
         sparse_total = sum(self.params[n].numel() for n in self.sparse_names)
-        ever = sum(int(self.ever_active[n].sum()) for n in self.sparse_names)
+        ever = sum(self._active_counts(self.ever_active).values())
         dense_total = total - sparse_total
         stats = {
             "sparse/density": active / total,
@@ -486,7 +515,9 @@ class DynamicSparsity:
             "sparse/ever_active": (ever + dense_total) / total,
         } | self.survival_stats(active, grown, total)
         for name in self.params:
-            stats[f"sparse/layer/{name}/density"] = float(self.masks[name].float().mean())
+            stats[f"sparse/layer/{name}/density"] = (
+                active_per_layer[name] / self.params[name].numel()
+            )
             dropped_l, grown_l, _ = self.last_update.get(name, (0, 0, 0))
             stats[f"sparse/layer/{name}/dropped"] = float(dropped_l)
             stats[f"sparse/layer/{name}/grown"] = float(grown_l)
@@ -525,7 +556,9 @@ class DynamicSparsity:
             },
             "last_update": {n: list(v) for n, v in self.last_update.items()},
             "last_grown": {n: m.cpu().clone() for n, m in self.last_grown.items()},
-            "grown_kept": [*self.grown_kept, *self.grown_kept_run],
+            # A tensor: a sharded engine's checkpoint (torch.distributed.checkpoint) keeps
+            # only tensors and the keys a fresh state has.
+            "grown_kept": torch.tensor([*self.grown_kept, *self.grown_kept_run]),
         } | ({"channels": self.channels.state_dict()} if self.channels else {})
 
     def load_state_dict(self, state: dict) -> None:
@@ -573,9 +606,9 @@ class DynamicSparsity:
                 "sparsity state does not match this model (was it saved from another model?): "
                 f"missing layers {missing}, unexpected layers {extra}, different shapes {reshaped}"
             )
-        for name, mask in state["masks"].items():
-            if name in self.sparse_names and int(mask.sum()) != self.num_active[name]:
+        for name, count in self._active_counts(state["masks"]).items():
+            if name in self.sparse_names and count != self.num_active[name]:
                 raise ValueError(
-                    f"sparsity state for {name} has {int(mask.sum())} active weights, this run "
+                    f"sparsity state for {name} has {count} active weights, this run "
                     f"expects {self.num_active[name]} (sparse_init or density differ)"
                 )

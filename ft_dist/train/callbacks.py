@@ -149,6 +149,7 @@ def evaluate(ctx: Context, split: str) -> dict[str, float]:
         device=ctx.session.device,
         input_dtype=ctx.strategy.input_dtype,
         channels_last=ctx.fast_path and ctx.cfg.train.channels_last,
+        collective=ctx.strategy.collective_forward,
     )
 
 

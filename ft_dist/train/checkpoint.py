@@ -4,6 +4,8 @@ A checkpoint is a directory ``checkpoints/<step>/`` holding
 
     state.pt        rank 0: model, optimizer, masks and DST schedule, LR/EDST/loop state
     rank_<r>.pt     every rank: its RNG states and, under ZeRO, its optimizer partition
+    .metadata, __<r>_0.distcp   FSDP2: model, optimizer and DST state as DTensor shards,
+                    written by every rank with torch.distributed.checkpoint (resharded on load)
     meta.json       what wrote it (model, density, world size) for humans and for checks
     index.json      written last: byte size and sha256 of every other file
 
@@ -33,6 +35,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.distributed as dist
+import torch.distributed.checkpoint as dcp
 
 from ft_dist import failpoints
 from ft_dist.data.manifest import file_sha256
@@ -50,6 +53,7 @@ SHARED_FILE = "state.pt"
 META_FILE = "meta.json"
 INDEX_FILE = "index.json"
 INDEX_FORMAT = "ft_dist.checkpoint/1"
+DCP_METADATA = ".metadata"  # torch.distributed.checkpoint's index of the sharded state
 
 log = logging.getLogger(__name__)
 
@@ -76,10 +80,12 @@ def save_checkpoint(
     *,
     rank: int,
     keep: int,
+    sharded: dict | None = None,
 ) -> Path:
     """Write one checkpoint collectively (every rank calls this) and keep the newest ``keep``.
 
-    ``shared`` is only needed on rank 0 (the replicated state); ``local`` is this rank's own.
+    ``shared`` is only needed on rank 0 (the replicated state); ``local`` is this rank's own;
+    ``sharded`` (DTensors, every rank) is written with torch.distributed.checkpoint.
     Returns the final directory (the same path on every rank).
     """
     root = Path(root)
@@ -91,6 +97,8 @@ def save_checkpoint(
 
     def write_files() -> None:
         _save_file(local, tmp / rank_file(rank))
+        if sharded:  # collective: each rank writes its own shards, none gathers the model
+            dcp.save(sharded, checkpoint_id=tmp)
         if rank == 0:
             _save_file(shared, tmp / SHARED_FILE)
             (tmp / META_FILE).write_text(json.dumps({**meta, "step": step}, indent=2) + "\n")
@@ -203,7 +211,33 @@ def _load_verified(path: Path, rank: int) -> tuple[dict, dict | None]:
     local_path = path / rank_file(rank)
     shared = _load_file(path / SHARED_FILE, index)
     local = _load_file(local_path, index) if local_path.is_file() else None
+    for name in sorted(index or {}):  # torch.distributed.checkpoint's files, if any
+        if name == DCP_METADATA or name.endswith(".distcp"):
+            _verify_file(path / name, index)
     return shared, local
+
+
+def load_sharded(path: str | Path, templates: dict) -> None:
+    """Fill ``templates`` (this world size's DTensors) from the checkpoint's sharded state,
+    resharding as needed (collective). The files were verified by `load_newest_usable`."""
+    path = Path(path)
+    if not (path / DCP_METADATA).is_file():
+        raise CheckpointError(
+            f"{path} holds no sharded state ({DCP_METADATA} missing): it was written by "
+            "another train.strategy; resume with that strategy"
+        )
+    dcp.load(templates, checkpoint_id=path)
+
+
+def _verify_file(path: Path, index: dict[str, dict]) -> None:
+    expected = index[path.name]
+    if not path.is_file():
+        raise CheckpointError(f"{path} is missing (listed in {INDEX_FILE})")
+    if path.stat().st_size != expected["bytes"] or file_sha256(path) != expected["sha256"]:
+        raise CheckpointError(
+            f"{path} does not match its sha256 in {INDEX_FILE} (damaged or changed after "
+            "it was written)"
+        )
 
 
 def _load_file(path: Path, index: dict[str, dict] | None) -> Any:

@@ -19,6 +19,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 from torch import nn
+from torch.distributed.tensor import DTensor
 
 from ft_dist.utils import is_distributed
 
@@ -30,7 +31,12 @@ class NonFiniteError(ValueError):
 def weights_finite(module: nn.Module) -> bool:
     """True when every floating tensor of ``module``'s state is finite, on every rank
     (collective when a process group is up: all ranks agree, so all stop together)."""
-    tensors = [t for t in module.state_dict().values() if t.is_floating_point()]
+    # A sharded model's DTensors: this rank's shards (the flag is reduced over ranks below).
+    tensors = [
+        t.to_local() if isinstance(t, DTensor) else t
+        for t in module.state_dict().values()
+        if t.is_floating_point()
+    ]
     if tensors:
         finite = torch.stack([torch.isfinite(t).all() for t in tensors]).all()
     else:

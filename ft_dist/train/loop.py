@@ -221,6 +221,7 @@ def checkpoint_states(ctx: Context) -> TrainStates:
     return TrainStates(
         replicated={**replicated, "loop": ctx.state, "tickets": ctx.tickets},
         per_rank={**per_rank, "rng": RNGState()},
+        sharded=ctx.strategy.sharded_states(),
     )
 
 

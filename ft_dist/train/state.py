@@ -8,7 +8,9 @@
 Each object brings its own ``state_dict()`` / ``load_state_dict()``; save and restore walk
 the same dicts in the same order, so they cannot drift apart (torchtitan's ``states=``).
 ``replicated`` state is equal on every rank and written once by rank 0; ``per_rank`` state
-(RNG streams, a ZeRO optimizer partition) is written by every rank.
+(RNG streams, a ZeRO optimizer partition) is written by every rank; ``sharded`` state
+(FSDP2: DTensors) goes through torch.distributed.checkpoint, each rank writing its shards,
+and is resharded to the world size that loads it. Sharded state loads first.
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ class RNGState:
 class TrainStates:
     replicated: dict[str, Stateful]
     per_rank: dict[str, Stateful] = field(default_factory=dict)
+    sharded: dict[str, Stateful] = field(default_factory=dict)
 
     def save(self, root: str | Path, step: int, meta: dict, *, rank: int, keep: int) -> Path:
         """Write one checkpoint collectively (every rank calls this)."""
@@ -50,7 +53,10 @@ class TrainStates:
         if rank == 0:
             shared = {"meta": meta, **{k: v.state_dict() for k, v in self.replicated.items()}}
         local = {k: v.state_dict() for k, v in self.per_rank.items()}
-        return ckpt.save_checkpoint(root, step, shared, local, meta, rank=rank, keep=keep)
+        sharded = {k: v.state_dict() for k, v in self.sharded.items()}
+        return ckpt.save_checkpoint(
+            root, step, shared, local, meta, rank=rank, keep=keep, sharded=sharded
+        )
 
     def load(self, path: str | Path, *, rank: int, expected_meta: dict) -> Path:
         """Restore every object from ``path`` (refusing another model, density, layout), or
@@ -58,6 +64,11 @@ class TrainStates:
         one restored."""
         path, shared, local = ckpt.load_newest_usable(path, rank)
         ckpt.check_compatible(shared["meta"], expected_meta, path)
+        if self.sharded:
+            templates = {k: v.state_dict() for k, v in self.sharded.items()}
+            ckpt.load_sharded(path, templates)
+            for name, obj in self.sharded.items():
+                obj.load_state_dict(templates[name])
         for name, obj in self.replicated.items():
             if name in shared or not getattr(obj, "optional", False):
                 obj.load_state_dict(shared[name])

@@ -14,6 +14,7 @@ from typing import Literal
 
 import torch
 from torch import nn
+from torch.distributed.tensor import DTensor
 
 from ft_dist.layout import ticket_path
 from ft_dist.train.checkpoint import write_ticket
@@ -27,10 +28,16 @@ def snapshot(
     loader cuts from the full architecture before it loads the weights."""
     state = {
         name: (t.detach().float() if t.is_floating_point() else t.detach()).cpu().clone()
-        for name, t in module.state_dict().items()
+        for name, t in gathered(module.state_dict()).items()
     }
-    masks = {n: m.detach().cpu().clone() for n, m in masks.items()}
+    masks = {n: m.detach().cpu().clone() for n, m in gathered(masks).items()}
     return {"model": state, "masks": masks} | ({"channels": {"removed": cut}} if cut else {})
+
+
+def gathered(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Full tensors of a sharded model's DTensors (FSDP2; collective: every rank calls
+    `snapshot`), so a ticket has today's format whatever the strategy."""
+    return {n: t.full_tensor() if isinstance(t, DTensor) else t for n, t in tensors.items()}
 
 
 class TicketKeeper:

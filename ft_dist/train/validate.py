@@ -3,7 +3,9 @@
 The evaluation stream hands every sample to exactly one rank, so per-rank sums of correct
 predictions and log-losses, all-reduced, give exact metrics with nothing padded or dropped.
 Ranks may see different numbers of batches: evaluate the bare module, never the DDP
-wrapper (whose forward would wait for the other ranks).
+wrapper (whose forward would wait for the other ranks). A sharded model (FSDP2) has no bare
+module: its every forward all-gathers parameters, so with ``collective=True`` every rank runs
+as many forwards as the rank with the most batches (one-sample dummies, not counted).
 """
 
 from __future__ import annotations
@@ -75,13 +77,16 @@ def evaluate_split(
     device: torch.device,
     input_dtype: torch.dtype = torch.float32,
     channels_last: bool = False,
+    collective: bool = False,
 ) -> dict[str, float]:
-    """``{split}/accuracy`` and ``{split}/nll`` over the whole split (same on every rank)."""
+    """``{split}/accuracy`` and ``{split}/nll`` over the whole split (same on every rank).
+    ``collective``: the module's forward is collective (FSDP2), run equal counts."""
     stream = EvalStream(data, split=split, rank=rank, world_size=world_size, info=info)
     was_training = module.training
     module.eval()
     sums = torch.zeros(3, dtype=torch.float64, device=device)  # correct, nll, count
-    for images, labels, _ in stream:
+    batches = equal_batches(stream, module, device) if collective else stream
+    for images, labels, _ in batches:
         logits = module(prepare_images(images, device, input_dtype, channels_last)).float()
         labels = labels.to(device)
         sums[0] += (logits.argmax(dim=1) == labels).sum()
@@ -94,3 +99,22 @@ def evaluate_split(
     if int(count) != stream.num_samples:
         raise RuntimeError(f"evaluated {int(count)} of the {stream.num_samples} {split} samples")
     return {f"{split}/accuracy": correct / count, f"{split}/nll": nll / count}
+
+
+def equal_batches(stream, module: nn.Module, device: torch.device):
+    """``stream``'s batches, then dummy forwards until every rank's stream is done: each
+    step all-reduces (has a batch, its image shape) so all ranks agree when to stop, and a
+    rank with no batch left runs ``module`` on one zero image of a shape some rank has."""
+    batches = iter(stream)
+    while True:
+        batch = next(batches, None)
+        shape = [1, *batch[0].shape[1:]] if batch is not None else [0, 0, 0, 0]
+        flags = torch.tensor(shape, dtype=torch.int64, device=device)
+        if is_distributed():
+            dist.all_reduce(flags, op=dist.ReduceOp.MAX)
+        if int(flags[0]) == 0:
+            return
+        if batch is not None:
+            yield batch
+        else:  # an FSDP2 forward is collective: join the others', discard the result
+            module(torch.zeros(flags[1:].tolist(), device=device).unsqueeze(0))

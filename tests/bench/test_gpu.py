@@ -12,7 +12,7 @@ import torch
 
 from ft_dist.bench import gpu
 from ft_dist.bench.gpu_checks import SIZES, check_env, check_train, run_check
-from ft_dist.bench.gpu_strategy import check_ddp
+from ft_dist.bench.gpu_strategy import check_ddp, check_fsdp2
 from ft_dist.cli import main
 
 CPU = torch.device("cpu")
@@ -110,6 +110,14 @@ def test_ddp_strategy_check_on_gloo() -> None:
     assert result["num_violations"] == 0 and result["mask_positions_changed"] > 0
 
 
+def test_fsdp2_strategy_check_on_gloo() -> None:
+    result = check_fsdp2(CPU, SIZES["tiny"], Path("."))
+    assert result["passed"] is True, result
+    assert result["backend"] == "gloo" and result["mask_updates"] == 2
+    assert result["num_violations"] == 0 and result["mask_positions_changed"] > 0
+    assert result["parameter_dtypes"] == ["torch.float32"]
+
+
 def test_a_failing_check_becomes_a_result(tmp_path: Path) -> None:
     result = run_check("env", "cuda:7", "tiny", tmp_path)  # no such device here
     assert result["passed"] is False
@@ -142,6 +150,7 @@ def test_ray_demo_check_on_cpu(tmp_path: Path) -> None:
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_gpu_checks_on_the_gpu(tmp_path: Path) -> None:
-    for name in ("env", "infer_slim", "strategy_ddp", "strategy_deepspeed", "decode"):
+    checks = ("env", "infer_slim", "strategy_ddp", "strategy_deepspeed", "strategy_fsdp2", "decode")
+    for name in checks:
         result = run_check(name, "cuda", "tiny", tmp_path / name)
         assert result["passed"] is True, (name, result.get("error"), result.get("traceback"))

@@ -32,14 +32,23 @@ def final_state(cfg) -> dict:
     """The newest checkpoint's rank-0 state (weights, optimizer, masks, loop position)."""
     root = checkpoints_dir(run_dir(cfg.train))
     newest = max(root.iterdir(), key=lambda p: int(p.name))
-    return torch.load(newest / SHARED_FILE, weights_only=True)
+    state = torch.load(newest / SHARED_FILE, weights_only=True)
+    if (newest / ".metadata").is_file():  # FSDP2: the sharded state, as whole tensors
+        from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
+
+        whole = newest.parent / f"{newest.name}.whole.pt"
+        dcp_to_torch_save(newest, whole)
+        state["sharded"] = torch.load(whole, weights_only=False)
+        whole.unlink()
+    return state
 
 
 def assert_same_training_state(a: dict, b: dict) -> None:
     """Every replicated state of the checkpoint registry (weights, optimizer under DDP, masks
     and DST schedule, tickets, loop position) is bit-identical."""
     assert a.keys() == b.keys()
-    assert {"model", "sparsity", "tickets", "loop"} <= a.keys()
+    assert {"tickets", "loop"} <= a.keys()
+    assert {"model", "sparsity"} <= a.keys() or "sharded" in a  # FSDP2: all sharded
     for key in a.keys() - {"meta", "loop"}:
         _assert_equal(a[key], b[key], key)
     position = {k: v for k, v in a["loop"].items() if k != "train_seconds"}  # wall time

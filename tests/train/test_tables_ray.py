@@ -5,7 +5,8 @@ through the command line, as a user runs them. The default entries (single and D
 runs, DDP, gradient growth, magnitude drop, SGD, small-cnn, the MNIST recipe) run through
 Ray in tests/train/test_worker_ray.py, tests/orchestrate/test_dst_ensemble.py and
 tests/launch/test_submit.py. Each entry of each table is trained, resumed and priced
-in-process by the contract tests (tests/train/test_contracts.py and the files it names)."""
+in-process by the contract tests (tests/train/test_contracts.py and the files it names).
+Every non-default strategy runs it once (the DeepSpeed and FSDP2 entries)."""
 
 from __future__ import annotations
 
@@ -22,9 +23,22 @@ from tests.train.conftest import tiny_config
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
 BUILDER = Path(__file__).resolve().parents[1] / "models" / "attention_builder.py"
+# Every strategy but the default (DDP, tests/train/test_worker_ray.py), at a non-default setting.
+STRATEGY_SETTINGS = {"deepspeed": {"zero_stage": 1}, "fsdp2": {}}
 
 
-def test_an_entry_of_every_table_runs_through_ft_dist(tiny_mnist: Path, tmp_path: Path, capsys):
+def test_every_non_default_strategy_is_run_here() -> None:
+    from ft_dist.train.config import TrainConfig
+    from ft_dist.train.strategies import STRATEGIES
+
+    default = TrainConfig.model_fields["strategy"].default
+    assert set(STRATEGY_SETTINGS) == set(STRATEGIES) - {default}
+
+
+@pytest.mark.parametrize("strategy", sorted(STRATEGY_SETTINGS))
+def test_an_entry_of_every_table_runs_through_ft_dist(
+    strategy: str, tiny_mnist: Path, tmp_path: Path, capsys
+):
     cfg = tiny_config(
         tiny_mnist,
         tmp_path / "runs",
@@ -32,7 +46,12 @@ def test_an_entry_of_every_table_runs_through_ft_dist(tiny_mnist: Path, tmp_path
         data={"recipe": "cifar", "image_size": 32, "batch_size_per_worker": 16},
         sparsity={"growth": "random", "drop": "saliency", "update_every_steps": 2},
         optim={"name": "adamw", "lr": 0.002, "weight_decay": 0.05},
-        train={"strategy": "deepspeed", "zero_stage": 1, "num_workers": 2, "run_name": "tables"},
+        train={
+            "strategy": strategy,
+            **STRATEGY_SETTINGS[strategy],
+            "num_workers": 2,
+            "run_name": "tables",
+        },
         ensemble={
             "method": "edst",
             "num_members": 2,

@@ -3,7 +3,8 @@
 The table is torch-free (config validation and ``--help`` read it); an entry's class is
 imported when a run builds it. Each entry carries every fact the rest of the code asks:
 whether the dense gradient can be read at every step, which ``train.*`` options apply,
-whether it keeps fp32 master copies (checkpoint size), and whether its checkpoint state is
+whether it keeps fp32 master copies (checkpoint size), whether it shards every layer across
+ranks (then what needs whole layers is refused), and whether its checkpoint state is
 partitioned per rank (then a resume needs the same number of workers). A new strategy is
 one module here (a `Strategy` subclass, see base.py) plus its line in the table.
 """
@@ -35,6 +36,11 @@ class StrategyEntry:
     every_step_dense_gradient: bool
     options: tuple[str, ...]  # train.* options that apply to this strategy only
     fp32_masters: bool  # keeps its own fp32 copy of the weights (checkpoint size)
+    # Is every layer split across ranks (no rank holds a whole weight)? Then the sparsity
+    # settings that trace or rewrite whole layers are refused: channel-level DST (its
+    # structure tracing and channel cut) and the sparsity.compat modes (sparse/official.py
+    # works on whole layers).
+    shards_layers: bool
     # Is this rank's checkpoint state a partition laid out for the world size it was
     # written at? Then a resume, and an elastic run, needs that same world size.
     per_rank_partitions: Callable[[TrainConfig], bool]
@@ -65,6 +71,12 @@ def _ddp() -> type[Strategy]:
     return DDPStrategy
 
 
+def _fsdp2() -> type[Strategy]:
+    from ft_dist.train.strategies.fsdp2 import FSDP2Strategy
+
+    return FSDP2Strategy
+
+
 def _deepspeed() -> type[Strategy]:
     from ft_dist.train.strategies.deepspeed import DeepSpeedStrategy
 
@@ -78,6 +90,7 @@ STRATEGIES: dict[str, StrategyEntry] = {
         every_step_dense_gradient=True,
         options=(),
         fp32_masters=False,
+        shards_layers=False,
         per_rank_partitions=lambda train: False,
         world_size_rule="",
     ),
@@ -87,10 +100,23 @@ STRATEGIES: dict[str, StrategyEntry] = {
         every_step_dense_gradient=False,
         options=("zero_stage",),
         fp32_masters=True,
+        shards_layers=False,  # ZeRO-1/2 partition optimizer state and gradients only
         per_rank_partitions=lambda train: train.zero_stage > 0,
         world_size_rule="needs train.zero_stage=0 (or strategy=ddp): ZeRO checkpoints are "
         "partitioned per rank and cannot resume on another world size",
         example={"zero_stage": 2},
+    ),
+    "fsdp2": StrategyEntry(
+        _fsdp2,
+        "torch FSDP2 (fully_shard): parameters, gradients, optimizer and DST state sharded "
+        "per rank; bf16 compute with fp32 reduction on GPU",
+        every_step_dense_gradient=True,  # the dense gradient shard is on .grad every step
+        options=(),
+        fp32_masters=False,
+        shards_layers=True,
+        # torch.distributed.checkpoint reshards on load: any world size resumes
+        per_rank_partitions=lambda train: False,
+        world_size_rule="",
     ),
 }
 
@@ -101,7 +127,10 @@ def strategy_entry(name: str) -> StrategyEntry:
 
 def check_strategy_supports(name: str, sparsity: SparsityConfig) -> None:
     """Refuse a sparsity setting the strategy cannot run, naming what to change."""
-    if strategy_entry(name).every_step_dense_gradient or not sparsity.is_dynamic:
+    entry = strategy_entry(name)
+    if entry.shards_layers:
+        check_whole_layer_settings(name, sparsity)
+    if entry.every_step_dense_gradient or not sparsity.is_dynamic:
         return
     culprits = [
         f"sparsity.{key}={value}"
@@ -120,3 +149,20 @@ def check_strategy_supports(name: str, sparsity: SparsityConfig) -> None:
             f"train.strategy={name} does not provide: use sparsity.growth "
             f"{' or '.join(fine)} with inactive_momentum=zero (or train.strategy=ddp)"
         )
+
+
+def check_whole_layer_settings(name: str, sparsity: SparsityConfig) -> None:
+    """Refuse, for a strategy that shards every layer, the settings that need whole layers."""
+    balanced = GROWTH_SCORES[sparsity.growth].balanced
+    needs_whole_layers = {
+        "channel_sparsity": (sparsity.channel_sparsity > 0.0, sparsity.channel_sparsity, "0"),
+        "compat": (sparsity.compat != "none", sparsity.compat, "none"),
+        "growth": (balanced, sparsity.growth, sparsity.growth.removesuffix("-balanced")),
+    }
+    for key, (is_set, value, off) in needs_whole_layers.items():
+        if is_set:
+            raise ValueError(
+                f"sparsity.{key}={value} needs whole layers on every rank, and "
+                f"train.strategy={name} shards them: set sparsity.{key}={off} "
+                "(or train.strategy=ddp)"
+            )

@@ -44,6 +44,9 @@ class Strategy:
     module: nn.Module  # the bare model: parameter names without wrapper prefixes
     sparsity: DynamicSparsity
     input_dtype: torch.dtype = torch.float32
+    # Is a forward of ``module`` collective (FSDP2 all-gathers)? Then evaluation runs the
+    # same number of batches on every rank (validate.py).
+    collective_forward: bool = False
     _capture: bool = False  # this step's dense gradient is kept for an exploration
     _captured_grads: Grads | None = None
 
@@ -139,6 +142,11 @@ class Strategy:
     def checkpoint_states(self) -> tuple[dict, dict]:
         """(stateful objects replicated on all ranks, this rank's own), in restore order."""
         raise NotImplementedError
+
+    def sharded_states(self) -> dict:
+        """Stateful objects holding DTensor shards, saved and resharded with
+        torch.distributed.checkpoint (FSDP2); restored before the others."""
+        return {}
 
     def channel_cut_state(self) -> dict:
         """The checkpoint entry restoring the model's channel cut, first of all (empty
