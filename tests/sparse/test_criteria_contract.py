@@ -51,8 +51,13 @@ def test_strategies_accept_what_their_entry_supports(case: tuple[str, str], stra
     refused = table[name].needs_every_step_gradient and not (
         STRATEGIES[strategy].every_step_dense_gradient
     )
+    # Balanced growth chooses per output unit over whole layers: refused where they're sharded.
+    whole_layers = table[name].balanced and STRATEGIES[strategy].shards_layers
     if refused:
         with pytest.raises(ValueError, match=f"sparsity.{key}={name} reads the full gradient"):
+            check_strategy_supports(strategy, sparsity)
+    elif whole_layers:
+        with pytest.raises(ValueError, match=f"sparsity.{key}={name} needs whole layers"):
             check_strategy_supports(strategy, sparsity)
     else:
         check_strategy_supports(strategy, sparsity)
