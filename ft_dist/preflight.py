@@ -339,7 +339,9 @@ def dst_advice(cfg: RunConfig, steps_per_epoch: int) -> list[str]:
     every = UpdateSchedule.from_config(sparsity, global_batch).every_steps
     total = steps_per_epoch * cfg.num_epochs
     advice = [no_update_warning(every, total, sparsity.stop_step)]
-    if every and optimizer_entry(cfg.optim.name).moves_by_lr and advice[0] is None:
+    # Other drops protect grown weights (grace) or weigh their gradient (MEST, saliency).
+    predictable = sparsity.drop == "magnitude" and optimizer_entry(cfg.optim.name).moves_by_lr
+    if every and predictable and advice[0] is None:
         advice.append(predicted_churn_warning(cfg, every))
     return [line for line in advice if line is not None]
 

@@ -41,6 +41,12 @@ UNFIT_LOSS = 0.3
 # patch transformer (bench/patch_transformer.py, AdamW 2e-3, ΔT 25): grown weights reached
 # |w| 0.002-0.009 against lr·ΔT = 0.05 (issue 29), i.e. 0.04-0.18; the median is used.
 ADAPTIVE_REACH = 0.1
+# The prediction warns only when that reach is under half the threshold: the measured reach
+# spreads about 2x either side of 0.1·lr·ΔT. Measured (docs/dst_survival.md): the demo ViT
+# at f 0.3 (reach 0.0025, threshold 0.0078) and the patch transformer (0.005 vs 0.049) keep
+# under 10 % and lose to their static masks; the demo ViT at f 0.1 (threshold 0.0026)
+# keeps 19-44 % until the LR tail and is within 0.03 of its static mask.
+PREDICTION_MARGIN = 2.0
 
 FIXES = (
     "sparsity.drop_fraction smaller (e.g. 0.1), sparsity.update_every_steps longer, or a "
@@ -84,11 +90,11 @@ def initial_drop_threshold(weights: Mapping[str, torch.Tensor], fraction: float)
 def predicted_churn(
     lr: float, every_steps: int, drop_fraction: float, threshold: float
 ) -> str | None:
-    """Before the run, for an optimizer whose step moves a weight by about lr (Adam-like):
-    a warning when a weight grown at 0 is expected to stay under the drop threshold of the
-    initial weights for its ΔT, else None."""
+    """Before the run, for an optimizer whose step moves a weight by about lr (Adam-like)
+    and the plain magnitude drop: a warning when a weight grown at 0 is expected to stay
+    well under the drop threshold of the initial weights for its ΔT, else None."""
     reach = ADAPTIVE_REACH * lr * every_steps
-    if drop_fraction <= 0.0 or reach >= threshold:
+    if drop_fraction <= 0.0 or reach * PREDICTION_MARGIN >= threshold:
         return None
     return (
         f"warning: grown weights will likely not survive: in ΔT = {every_steps} steps at lr "
