@@ -327,6 +327,7 @@ def dst_advice(cfg: RunConfig, steps_per_epoch: int) -> list[str]:
     predicted to stay under the magnitude the drop removes (sparse/health.py)."""
     from ft_dist.sparse.health import no_update_warning
     from ft_dist.sparse.schedule import UpdateSchedule
+    from ft_dist.sparse.scores import drop_criterion
     from ft_dist.train.optimizers import optimizer_entry
     from ft_dist.train.setup import batch_arithmetic
 
@@ -339,7 +340,11 @@ def dst_advice(cfg: RunConfig, steps_per_epoch: int) -> list[str]:
     every = UpdateSchedule.from_config(sparsity, global_batch).every_steps
     total = steps_per_epoch * cfg.num_epochs
     advice = [no_update_warning(every, total, sparsity.stop_step)]
-    if every and optimizer_entry(cfg.optim.name).moves_by_lr and advice[0] is None:
+    # A drop by |w| alone: others protect grown weights (grace) or weigh a gradient (MEST).
+    drop = drop_criterion(sparsity.drop)
+    by_magnitude = not (drop.exempts or drop.needs_gradient or drop.ema_of is not None)
+    predictable = by_magnitude and optimizer_entry(cfg.optim.name).moves_by_lr
+    if every and predictable and advice[0] is None:
         advice.append(predicted_churn_warning(cfg, every))
     return [line for line in advice if line is not None]
 

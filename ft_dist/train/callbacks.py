@@ -107,10 +107,18 @@ class DynamicSparseTraining(Callback):
     capture_at = -1  # step of the epoch whose dense gradient is kept
     churn_told = False  # the grown-weights warning is given once per run
 
+    def __init__(self) -> None:
+        self.epoch_losses: list[float] = []  # the epoch's logged train losses (rank-synced)
+
     def on_epoch_start(self, ctx: Context, epoch: int, actions: EpochActions) -> None:
         growth = actions.explore[1] if actions.explore else None
         needs_gradient = growth is not None and growth_criterion(growth).needs_gradient
         self.capture_at = ctx.steps_per_epoch - 1 if needs_gradient else -1
+        self.epoch_losses = []
+
+    def on_log(self, ctx: Context, metrics: dict[str, Any]) -> None:
+        if "train/loss" in metrics:
+            self.epoch_losses.append(float(metrics["train/loss"]))
 
     def on_step_start(self, ctx: Context) -> None:
         ctx.strategy.begin_step(ctx.state.step_in_epoch == self.capture_at)
@@ -120,20 +128,26 @@ class DynamicSparseTraining(Callback):
 
     def on_after_optimizer_step(self, ctx: Context) -> None:
         ctx.strategy.after_optimizer_step()
-        sparsity = ctx.strategy.sparsity
-        # From the second measured update on (one is noise): grown weights that do not
-        # survive mean the run trains a smaller static mask; say so, with the fixes.
-        if not self.churn_told and sparsity.num_updates >= 3:
-            kept, grown = sparsity.grown_kept_run
-            warning = churn_warning(kept, grown, sparsity.num_updates)
-            if warning is not None:
-                self.churn_told = True
-                ctx.tracker.note(warning)
 
     def on_epoch_end(self, ctx, epoch, actions, metrics) -> None:
+        self.tell_churn(ctx, epoch)
         if actions.explore is not None:
             ctx.strategy.explore(*actions.explore)
             metrics.update({f"explore/{k}": v for k, v in sparse_totals(ctx.strategy).items()})
+
+    def tell_churn(self, ctx: Context, epoch: int) -> None:
+        """Grown weights that do not survive mean the run trains a smaller static mask; say
+        so once, with the fixes, where it shows in the loss: from the second epoch on (every
+        model is near chance in its first) and the third update (the second that measures
+        survival), the epoch's mean train loss still high (sparse/health.py)."""
+        sparsity = ctx.strategy.sparsity
+        if self.churn_told or epoch < 1 or sparsity.num_updates < 3 or not self.epoch_losses:
+            return
+        loss = sum(self.epoch_losses) / len(self.epoch_losses)
+        warning = churn_warning(*sparsity.grown_kept, loss, ctx.info.num_classes)
+        if warning is not None:
+            self.churn_told = True
+            ctx.tracker.note(warning)
 
 
 # --------------------------------------------------------------------------- shared

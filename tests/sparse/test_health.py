@@ -3,12 +3,15 @@ of them or predicted before a run."""
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
 from ft_dist.sparse import DynamicSparsity, SparsityConfig
 from ft_dist.sparse.health import (
     LOW_KEPT,
+    UNFIT_LOSS,
     churn_warning,
     initial_drop_threshold,
     no_update_warning,
@@ -93,10 +96,24 @@ def test_survival_counts_resume_from_the_state_dict() -> None:
 
 
 def test_the_churn_warning_fires_under_the_threshold_only() -> None:
-    assert churn_warning(0, 0, 3) is None
-    assert churn_warning(int(LOW_KEPT * 1000), 1000, 3) is None
-    text = churn_warning(20, 5716, 3)
-    assert text is not None and "20 of 5716" in text and "drop_fraction" in text
+    chance = math.log(10)
+    assert churn_warning(0, 0, chance, 10) is None
+    assert churn_warning(int(LOW_KEPT * 1000), 1000, chance, 10) is None
+    text = churn_warning(20, 5716, 0.9 * chance, 10)
+    assert text is not None and "20 of the 5716" in text and "drop_fraction" in text
+    assert "90% of chance" in text
+
+
+def test_low_survival_in_a_model_that_fits_its_data_is_not_told() -> None:
+    """Each recipe's counts and epoch loss at the first epoch end where it keeps < 5 %
+    (docs/dst_survival.md, 1 seed): configs/demo_dst.yaml's CNN fits the digits anyway; the
+    patch transformer and the demo ViT, which lose to their static masks, do not."""
+    assert churn_warning(1913, 41357, 0.169, 10) is None  # CNN: epoch 2, kept 4.6 %
+    transformer = churn_warning(44, 9677, 2.011, 10)  # epoch 2, kept 0.45 %
+    assert transformer is not None and "44 of the 9677" in transformer
+    assert churn_warning(2473, 106285, 1.229, 10) is not None  # demo ViT: epoch 4, 2.3 %
+    assert churn_warning(44, 9677, 0.99 * UNFIT_LOSS * math.log(10), 10) is None
+    assert churn_warning(0, 100, 5.0, 1) is None  # one class: no chance level to compare
 
 
 def test_the_prediction_compares_lr_times_dt_with_the_initial_drop_threshold() -> None:
@@ -105,6 +122,10 @@ def test_the_prediction_compares_lr_times_dt_with_the_initial_drop_threshold() -
     assert predicted_churn(2e-3, 25, 0.5, threshold=0.05) is not None  # reaches 0.005
     assert predicted_churn(2e-3, 1000, 0.5, threshold=0.05) is None  # reaches 0.2
     assert predicted_churn(2e-3, 25, 0.0, threshold=0.05) is None  # nothing is dropped
+    # The demo ViT at f 0.3 (measured: loses) and at f 0.1 (measured: keeps 19-44 %): a
+    # reach under the threshold but within the estimate's spread is not predicted to die.
+    assert predicted_churn(1e-3, 25, 0.3, threshold=0.0078) is not None
+    assert predicted_churn(1e-3, 25, 0.1, threshold=0.0026) is None
 
 
 def test_a_delta_t_beyond_the_run_is_a_static_mask() -> None:
