@@ -376,7 +376,7 @@ def faulted_run(root: Path, case: Case, name: str, faults: list[Fault]) -> Path:
             fired.unlink()  # go on: the next checkpoint write finds the disk full
             code = submission.wait()
             fault.notes.append(f"job exit {code}")
-            fault.detected = "checkpoint write: 'no space left on ...' (one line, no retry)"
+            fault.detected = "the next write (checkpoint or run record) fails: one line naming the file, no retry"
             filler.unlink()
             submission = Submission(root, case, name, env)
             wait_until(lambda b=before: len(resumes(log)) > b, "the resume")
