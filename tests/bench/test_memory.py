@@ -82,9 +82,9 @@ def test_engine_tensors_are_its_state_not_the_parameters() -> None:
     params = storage_bytes(model.parameters())
     assert found and not found.keys() & params.keys()
     assert sparsity.sparse_names == ["0.weight", "1.weight"]  # 30 + 15 weights
-    # per weight: mask and ever-active mask (bool, 1 byte each), float mask and momentum
-    # growth's gradient EMA (fp32, 4 bytes each)
-    assert sum(found.values()) == (30 + 15) * (1 + 1 + 4 + 4)
+    # per weight: mask, ever-active mask and the last update's grown positions (bool, 1 byte
+    # each), float mask and momentum growth's gradient EMA (fp32, 4 bytes each)
+    assert sum(found.values()) == (30 + 15) * (1 + 1 + 1 + 4 + 4)
 
 
 def test_bad_settings_are_refused_in_one_line() -> None:

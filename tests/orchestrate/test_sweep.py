@@ -35,9 +35,12 @@ def ray_cluster():
 
 
 def _files(run: Path) -> dict[str, int]:
-    """Every file of a run with its modification time (what a re-run must not touch)."""
+    """Every file of a run with its modification time (what a re-run must not touch); not
+    W&B's debug logs, which its service may still be writing after the run ended."""
     return {
-        str(p): p.stat().st_mtime_ns for p in run.rglob("*") if p.is_file() and "lock" not in p.name
+        str(p): p.stat().st_mtime_ns
+        for p in run.rglob("*")
+        if p.is_file() and "lock" not in p.name and not p.name.startswith("debug")
     }
 
 

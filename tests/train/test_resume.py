@@ -11,7 +11,12 @@ from ft_dist.layout import checkpoints_dir, run_dir
 from ft_dist.train import worker
 from ft_dist.train.checkpoint import SHARED_FILE
 from tests.train.conftest import tiny_config
-from tests.train.test_loop import assert_same_training_state, final_state, run_loop
+from tests.train.test_loop import (
+    assert_same_training_state,
+    final_state,
+    resume_notes,
+    run_loop,
+)
 
 
 def flip_middle_bytes(path: Path) -> None:
@@ -37,7 +42,7 @@ def test_a_damaged_newest_checkpoint_resumes_from_the_previous_and_names_it(
     (run_dir(cfg.train) / "summary.json").unlink()
     flip_middle_bytes(root / "000000008" / SHARED_FILE)
     summary, tracker, _ = run_loop(cfg)
-    [note] = tracker.notes  # the checkpoint restored, not the damaged one tried first
+    [note] = resume_notes(tracker)  # the checkpoint restored, not the damaged one tried first
     assert note.startswith(f"resumed from {root / '000000006'}: epoch 0, step 6 of 16"), note
     assert summary["steps"] == 16
     assert_same_training_state(reference, final_state(cfg))
