@@ -273,10 +273,21 @@ def wait_until(condition, what: str, timeout: float = 900, poll: float = 0.3, al
 RESUMED = r"resumed from (\S+): epoch \d+, step (\d+) of \d+, (\d+) images seen, on (\d+) worker"
 
 
-def resumes(log: Path) -> list[tuple[str, int, int, int]]:
-    """(checkpoint, step, images seen, workers) of every resume the log reports."""
+def resumes(log: Path, of: Path | None = None) -> list[tuple[str, int, int, int]]:
+    """(checkpoint, step, images seen, workers) of every resume the log reports; ``of``:
+    only those of the run (or member) whose checkpoints are in that directory."""
     found = re.findall(RESUMED, log_text(log))
-    return [(path, int(step), int(seen), int(workers)) for path, step, seen, workers in found]
+    return [
+        (path, int(step), int(seen), int(workers))
+        for path, step, seen, workers in found
+        if of is None or Path(path).parent == of
+    ]
+
+
+def new_resumes(log: Path, of: Path, seen: list) -> list[tuple[str, int, int, int]]:
+    """Resumes of ``of``'s run not among ``seen`` (Ray delivers workers' lines late, so a
+    count of lines could be met by an older resume's line)."""
+    return [r for r in resumes(log, of) if r not in seen]
 
 
 def flip_middle_bytes(path: Path) -> None:
@@ -322,18 +333,23 @@ def faulted_run(root: Path, case: Case, name: str, faults: list[Fault]) -> Path:
         )
         stopped = json.loads(fired.read_text())
         fault.step, fault.injected_s = stopped["step"], time.monotonic()
-        before = len(resumes(log))
+        where = Path(stopped["directory"]).parent  # the checkpoints of the run/member stopped
+        seen = resumes(log, where)
+
+        def resumed(w: Path = where, s: list = seen) -> list[tuple[str, int, int, int]]:
+            return new_resumes(log, w, s)
+
         if fault.name in (KILL_AFTER_CHECKPOINT, KILL_IN_WRITE, MEMBER_IN_WRITE):
             kill(stopped["pid"])
-            wait_until(lambda b=before: len(resumes(log)) > b, "the resume")
+            wait_until(resumed, "the resume")
             fault.detected = "Ray: a worker died; fit() restarts the group from disk"
             if point == "checkpoint-write":
                 fault.detected += f"; {Path(stopped['directory']).name} unpublished, skipped"
         elif fault.name == RESIZE:
             node = node_of(stopped["pid"])
             cluster(root, "kill-node", "--index", str(node))
-            wait_until(lambda b=before: len(resumes(log)) > b, "the resume on 1 worker")
-            shrunk, grown = resumes(log)[-1], len(resumes(log))
+            wait_until(resumed, "the resume on 1 worker")
+            shrunk = resumed()[0]
             # Hold the 1-worker run at its next checkpoint until it has grown back (a node
             # takes longer to start than the rest of this small run takes to train).
             hold = points / "checkpoint-saved"
@@ -345,11 +361,10 @@ def faulted_run(root: Path, case: Case, name: str, faults: list[Fault]) -> Path:
             )
             cluster(root, "start-node", "--index", str(node))
             wait_until(
-                lambda g=grown: any(r[3] == 2 for r in resumes(log)[g:]),
-                "the run to grow back to 2 workers",
+                lambda r=resumed: any(x[3] == 2 for x in r()), "the run to grow back to 2 workers"
             )
             hold.with_name(f"{hold.name}.fired").unlink(missing_ok=True)
-            back = next(r for r in resumes(log)[grown:] if r[3] == 2)
+            back = next(r for r in resumed() if r[3] == 2)
             fault.notes.append(
                 f"node {node}; on {shrunk[3]} worker from step {shrunk[1]}, "
                 f"on 2 again from step {back[1]}"
@@ -369,20 +384,20 @@ def faulted_run(root: Path, case: Case, name: str, faults: list[Fault]) -> Path:
             else:
                 fault.detected = "the members resume from their own newest checkpoints"
             submission = Submission(root, case, name, env)
-            wait_until(lambda b=before: len(resumes(log)) > b, "the resume")
+            wait_until(resumed, "the resume")
         elif fault.name == DISK:
             filler = root / "runs" / "filler"
             subprocess.run(["dd", "if=/dev/zero", f"of={filler}", "bs=1M"], capture_output=True)
             fired.unlink()  # go on: the next checkpoint write finds the disk full
             code = submission.wait()
             fault.notes.append(f"job exit {code}")
-            fault.detected = "the next write (checkpoint or run record) fails: one line naming the file, no retry"
+            fault.detected = "the next write (checkpoint or run record) fails: one line, no retry"
             filler.unlink()
             submission = Submission(root, case, name, env)
-            wait_until(lambda b=before: len(resumes(log)) > b, "the resume")
-        # Ray delivers workers' lines late and out of order: the newest resume is the max.
+            wait_until(resumed, "the resume")
+        # The recovery is the stopped run's first resume since (a grow-back comes later).
         fault.resumed_s = time.monotonic()
-        fault.resumed_step = max(r[1] for r in resumes(log)[before:])
+        fault.resumed_step = min(r[1] for r in resumed())
     assert submission is not None
     code = submission.wait()
     if code != 0:

@@ -123,7 +123,7 @@ def save_checkpoint(
             shutil.rmtree(tmp, ignore_errors=True)  # give the space back
         raise DiskFullError(problem)
     if rank == 0:
-        failpoints.stall("checkpoint-saved", step=step)
+        failpoints.stall("checkpoint-saved", step=step, directory=str(final))
     return final
 
 

@@ -56,3 +56,22 @@ def test_the_resume_line_is_read_with_its_worker_count(tmp_path: Path) -> None:
         " of 189, 2304 images seen, on 1 worker(s)\n"
     )
     assert chaos.resumes(log) == [("/r/checkpoints/000000018", 18, 2304, 1)]
+
+
+def test_a_faults_resume_is_its_own_runs_new_line(tmp_path: Path) -> None:
+    """A member's resume is told from the other member's, and from its own older lines that
+    Ray delivers late."""
+    line = (
+        "[{m}] resumed from /r/members/{m}/checkpoints/{step:09d}: epoch 0, step {step} of 108,"
+        " {seen} images seen, on 1 worker(s)\n"
+    )
+    log = tmp_path / "x.log"
+    log.write_text(line.format(m="member_2", step=9, seen=576))
+    member_2 = Path("/r/members/member_2/checkpoints")
+    seen = chaos.resumes(log, member_2)
+    with log.open("a") as stream:  # late: member 1's old line, then member 2's new one
+        stream.write(line.format(m="member_1", step=9, seen=576))
+        stream.write(line.format(m="member_2", step=9, seen=576))
+        assert chaos.new_resumes(log, member_2, seen) == []
+        stream.write(line.format(m="member_2", step=27, seen=1728))
+    assert chaos.new_resumes(log, member_2, seen) == [(str(member_2 / "000000027"), 27, 1728, 1)]
