@@ -9,6 +9,7 @@ taking the parsed namespace and returning an exit code. Handlers import heavy li
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from ft_dist.cli import bench, compare, evaluate, export, flops, shards, sweep, train
@@ -30,6 +31,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # Ray folds lines that differ only in words with digits, across processes, into one
+    # "[repeated Nx across cluster]": a DST Ensemble's `[member_2] resumed from ...` line
+    # vanished behind member 1's. Our workers print little and only on rank 0: keep it all
+    # (read when Ray is imported, which the commands do lazily; RAY_DEDUP_LOGS=1 restores it).
+    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     args = build_parser().parse_args(argv)
     short_notes()
     try:

@@ -35,3 +35,20 @@ def test_evaluate_help_lists_the_real_corruptions(capsys):
     with pytest.raises(SystemExit):
         parser.parse_args(["evaluate", "--help"])
     assert ", ".join(CORRUPTIONS) in " ".join(capsys.readouterr().out.split())
+
+
+def test_ray_log_dedup_is_off_unless_asked_for(monkeypatch) -> None:
+    """Ray's dedup folds `[member_2] resumed from ...` into member 1's line; ft-dist turns
+    it off before any command imports Ray, and leaves a user's own setting alone."""
+    import os
+
+    from ft_dist.cli import main
+
+    monkeypatch.delenv("RAY_DEDUP_LOGS", raising=False)
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    assert os.environ["RAY_DEDUP_LOGS"] == "0"
+    monkeypatch.setenv("RAY_DEDUP_LOGS", "1")
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    assert os.environ["RAY_DEDUP_LOGS"] == "1"
