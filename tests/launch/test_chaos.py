@@ -39,6 +39,8 @@ def test_schedules_are_seeded_and_spaced(seed: int, disk: bool) -> None:
             assert (chaos.DISK in names) == disk and {chaos.RESIZE, chaos.KILL_IN_WRITE} <= names
         else:
             assert names == {chaos.MEMBER_IN_WRITE, chaos.MEMBERS_DRIVER}
+            # a complete checkpoint exists before any fault: each one resumes from it
+            assert steps[0] >= 2 * chaos.CHECKPOINT_EVERY
 
 
 def test_every_seed_gives_another_schedule_somewhere() -> None:
