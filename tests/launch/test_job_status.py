@@ -127,16 +127,24 @@ def stand_in_ray(tmp_path: Path) -> Path:
     return ray
 
 
-@pytest.mark.parametrize(("status", "code"), [("STOPPED", 143), ("SUCCEEDED", 0), ("FAILED", 1)])
-def test_submit_sh_exits_with_the_jobs_status(tmp_path: Path, status: str, code: int) -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+def submit_env(tmp_path: Path, status: str, **extra: str) -> dict[str, str]:
+    """submit.sh's environment with the stand-in `ray`: none of the caller's RAY_/FT_DIST_
+    settings, the job reported as ``status``, plus ``extra``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "FT_DIST_"))}
     env.update(
         RAY_ADDRESS="http://127.0.0.1:8265",
         RAY_AUTH_MODE="disabled",
         FT_DIST_RAY=str(stand_in_ray(tmp_path)),
         FAKE_RAY_LOG=str(tmp_path / "calls.jsonl"),
         FAKE_JOB_STATUS=status,
+        **extra,
     )
+    return env
+
+
+@pytest.mark.parametrize(("status", "code"), [("STOPPED", 143), ("SUCCEEDED", 0), ("FAILED", 1)])
+def test_submit_sh_exits_with_the_jobs_status(tmp_path: Path, status: str, code: int) -> None:
+    env = submit_env(tmp_path, status)
     result = subprocess.run(
         [str(REPO / "launch" / "submit.sh"), "configs/demo_dst.yaml", "train.run_name=x"],
         env=env,
@@ -161,15 +169,7 @@ def test_submit_sh_exits_with_the_jobs_status(tmp_path: Path, status: str, code:
 
 
 def test_submit_sh_no_wait_exits_once_submitted(tmp_path: Path) -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
-    env.update(
-        RAY_ADDRESS="http://127.0.0.1:8265",
-        RAY_AUTH_MODE="disabled",
-        FT_DIST_RAY=str(stand_in_ray(tmp_path)),
-        FAKE_RAY_LOG=str(tmp_path / "calls.jsonl"),
-        FAKE_JOB_STATUS="PENDING",
-        FT_DIST_SUBMIT_OPTS="--no-wait",
-    )
+    env = submit_env(tmp_path, "PENDING", FT_DIST_SUBMIT_OPTS="--no-wait")
     result = subprocess.run(
         [str(REPO / "launch" / "submit.sh"), "configs/demo_dst.yaml"],
         env=env,
@@ -182,15 +182,7 @@ def test_submit_sh_no_wait_exits_once_submitted(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("points", [None, "/tmp/points"])
 def test_submit_sh_forwards_fault_points_only_when_set(tmp_path: Path, points: str | None) -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "FT_DIST_"))}
-    env.update(
-        RAY_ADDRESS="http://127.0.0.1:8265",
-        RAY_AUTH_MODE="disabled",
-        FT_DIST_RAY=str(stand_in_ray(tmp_path)),
-        FAKE_RAY_LOG=str(tmp_path / "calls.jsonl"),
-        FAKE_JOB_STATUS="SUCCEEDED",
-        **({"FT_DIST_FAILPOINTS": points} if points else {}),
-    )
+    env = submit_env(tmp_path, "SUCCEEDED", **({"FT_DIST_FAILPOINTS": points} if points else {}))
     script = [str(REPO / "launch" / "submit.sh"), "configs/demo_dst.yaml"]
     result = subprocess.run(script, env=env, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
@@ -202,15 +194,7 @@ def test_submit_sh_forwards_fault_points_only_when_set(tmp_path: Path, points: s
 
 def run_submit_sh(tmp_path: Path, args: list[str], **env_vars: str) -> subprocess.CompletedProcess:
     """submit.sh with a stand-in `ray` whose job SUCCEEDED, and FT_DIST_* from `env_vars` only."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "FT_DIST_"))}
-    env.update(
-        RAY_ADDRESS="http://127.0.0.1:8265",
-        RAY_AUTH_MODE="disabled",
-        FT_DIST_RAY=str(stand_in_ray(tmp_path)),
-        FAKE_RAY_LOG=str(tmp_path / "calls.jsonl"),
-        FAKE_JOB_STATUS="SUCCEEDED",
-        **env_vars,
-    )
+    env = submit_env(tmp_path, "SUCCEEDED", **env_vars)
     script = [str(REPO / "launch" / "submit.sh"), *args]
     return subprocess.run(script, env=env, capture_output=True, text=True, timeout=120)
 
