@@ -1,8 +1,9 @@
-"""`make chaos`: an EDST run and a DST Ensemble on the local multi-node cluster, each
-through seeded schedules of faults and checked bit-identical against an uninterrupted
-run of the same config.
+"""`make chaos`: an EDST run (DDP, elastic), an EDST run sharded with FSDP2 and a DST
+Ensemble on the local multi-node cluster, each through seeded schedules of faults and
+checked bit-identical against an uninterrupted run of the same config.
 
-    python launch/chaos.py [--seeds 0 1 ...] [--cases edst dst-ensemble] [--dir D] [--keep]
+    python launch/chaos.py [--seeds 0 1 ...] [--cases edst edst-fsdp2 dst-ensemble]
+                           [--dir D] [--keep]
 
 1. A local cluster (launch/local_cluster.py, token auth): a head with no CPUs for
    training (the job drivers, Tune's trials, Ray Train's controllers) and 2 worker nodes
@@ -18,6 +19,9 @@ run of the same config.
      on with 1 worker and grows back to 2 once the node returns: an elastic resize both
      ways); SIGKILL the job driver and damage the newest checkpoint, re-submit; fill the
      run's disk (a tmpfs of its own) until a checkpoint write fails, free it, re-submit.
+   * EDST sharded (train.strategy=fsdp2, 2 workers): SIGKILL rank 0 during the
+     exploration; SIGKILL rank 0 in a checkpoint write (its DCP shards written, not
+     published); SIGKILL the job driver and damage a rank's DCP shard file, re-submit.
    * DST Ensemble (2 members of 1 worker each, concurrent Tune trials): SIGKILL a
      member's rank 0 in a checkpoint write; SIGKILL the job driver during the members,
      re-submit.
@@ -69,6 +73,7 @@ class Case:
     steps_per_epoch: int
     epochs: int
     exploration_steps: int  # EDST: the steps of the exploration; 0 otherwise
+    elastic: bool = False  # train.num_workers=[1, 2]: the node fault and sample accounting
 
     @property
     def total_steps(self) -> int:  # of the run, or of each member
@@ -92,6 +97,24 @@ EDST = Case(
     steps_per_epoch=27,  # 3,500 digits / 128
     epochs=7,  # 1 exploration epoch + 2 members x 3 refinement epochs
     exploration_steps=27,
+    elastic=True,
+)
+EDST_FSDP2 = Case(
+    name="edst-fsdp2",
+    config="configs/demo_edst.yaml",
+    overrides=[
+        "ensemble.num_members=2",
+        "ensemble.edst.exploration_epochs=1",
+        "ensemble.edst.refinement_epochs=3",
+        # Sharded: each of the 2 workers holds half of every parameter, mask and optimizer
+        # state; checkpoints are torch.distributed.checkpoint shards, one file per rank.
+        "train.strategy=fsdp2",
+        "train.num_workers=2",
+    ],
+    global_batch=128,
+    steps_per_epoch=27,
+    epochs=7,
+    exploration_steps=27,
 )
 DST_ENSEMBLE = Case(
     name="dst-ensemble",
@@ -107,7 +130,7 @@ DST_ENSEMBLE = Case(
     epochs=2,
     exploration_steps=0,
 )
-CASES = {case.name: case for case in (EDST, DST_ENSEMBLE)}
+CASES = {case.name: case for case in (EDST, EDST_FSDP2, DST_ENSEMBLE)}
 
 # Fault kinds: the fault point that stops rank 0, and what is done to it there.
 KILL_AFTER_CHECKPOINT = "SIGKILL rank 0 after a checkpoint of the exploration"
@@ -143,8 +166,12 @@ class Fault:
 def schedule(case: Case, rng: random.Random, disk: bool) -> list[Fault]:
     """The case's faults in a seeded order at seeded checkpoint steps, ``gap`` apart: EDST's
     first during the exploration, the others after it and before the last epoch."""
-    if case is EDST:
-        later = [KILL_IN_WRITE, RESIZE, DRIVER] + ([DISK] if disk else [])
+    if case.exploration_steps:
+        later = [KILL_IN_WRITE, RESIZE, DRIVER, DISK]
+        if not case.elastic:  # a fixed world size: no resize; the disk fault is EDST's
+            later = [KILL_IN_WRITE, DRIVER]
+        elif not disk:
+            later.remove(DISK)
         rng.shuffle(later)
         first = rng.choice(range(CHECKPOINT_EVERY, case.exploration_steps, CHECKPOINT_EVERY))
         steps = spaced_steps(rng, len(later), case.exploration_steps, case, gap=3)
@@ -380,9 +407,14 @@ def faulted_run(root: Path, case: Case, name: str, faults: list[Fault]) -> Path:
             fired.unlink(missing_ok=True)
             if fault.name == DRIVER:
                 newest = max(checkpoint_dirs(run_dir), key=lambda p: int(p.name))
-                flip_middle_bytes(newest / "state.pt")
-                fault.notes.append(f"damaged {newest.name}/state.pt")
-                fault.detected = "sha256 of state.pt vs index.json; fell back to the previous"
+                # The sharded state when there is one (fsdp2: a rank's DCP file), else the
+                # replicated state.
+                damaged = max(newest.glob("*.distcp"), default=newest / "state.pt")
+                flip_middle_bytes(damaged)
+                fault.notes.append(f"damaged {newest.name}/{damaged.name}")
+                fault.detected = (
+                    f"sha256 of {damaged.name} vs index.json; fell back to the previous"
+                )
             else:
                 fault.detected = "the members resume from their own newest checkpoints"
             submission = Submission(root, case, name, env)
@@ -544,7 +576,7 @@ def main(argv: list[str] | None = None) -> int:
                 rows += [(case.name, fault) for fault in faults]
                 found = compare(case, out / f"reference-{case.name}", chaos)
                 found += resume_accounting(case, root / f"{name}.log")
-                if case is EDST:
+                if case.elastic:
                     found += sample_accounting(chaos)
                 problems += [f"{case.name}: {problem}" for problem in found]
                 shutil.rmtree(chaos / "checkpoints", ignore_errors=True)  # tmpfs room

@@ -37,6 +37,10 @@ def test_schedules_are_seeded_and_spaced(seed: int, disk: bool) -> None:
             assert faults[0].name == chaos.KILL_AFTER_CHECKPOINT
             assert faults[0].at_step < case.exploration_steps <= steps[1]
             assert (chaos.DISK in names) == disk and {chaos.RESIZE, chaos.KILL_IN_WRITE} <= names
+        elif case is chaos.EDST_FSDP2:  # a fixed world size: no resize, no disk fault
+            assert faults[0].name == chaos.KILL_AFTER_CHECKPOINT
+            assert faults[0].at_step < case.exploration_steps <= steps[1]
+            assert names == {chaos.KILL_AFTER_CHECKPOINT, chaos.KILL_IN_WRITE, chaos.DRIVER}
         else:
             assert names == {chaos.MEMBER_IN_WRITE, chaos.MEMBERS_DRIVER}
             # a complete checkpoint exists before any fault: each one resumes from it
