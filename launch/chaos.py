@@ -48,6 +48,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -314,9 +315,17 @@ def resumes(log: Path, of: Path | None = None) -> list[tuple[str, int, int, int]
 
 
 def new_resumes(log: Path, of: Path, seen: list) -> list[tuple[str, int, int, int]]:
-    """Resumes of ``of``'s run not among ``seen`` (Ray delivers workers' lines late, so a
-    count of lines could be met by an older resume's line)."""
-    return [r for r in resumes(log, of) if r not in seen]
+    """Resumes of ``of``'s run beyond ``seen`` (a count per line, not of all lines: Ray
+    delivers workers' lines late, so another run's older line could meet a count; two
+    faults may resume from the same checkpoint, so their lines can be equal)."""
+    left = Counter(seen)
+    new = []
+    for line in resumes(log, of):
+        if left[line]:
+            left[line] -= 1
+        else:
+            new.append(line)
+    return new
 
 
 def flip_middle_bytes(path: Path) -> None:

@@ -16,9 +16,16 @@ from typing import Any
 
 from ft_dist.data.config import DataConfig
 from ft_dist.data.manifest import Manifest, read_manifest
-from ft_dist.data.reader import IMAGE_EXTENSIONS, DataError, Sample, decode_image, read_label
+from ft_dist.data.reader import (
+    IMAGE_EXTENSIONS,
+    DataError,
+    Sample,
+    decode_image,
+    decode_png_tensor,
+    read_label,
+)
 from ft_dist.data.recipes import recipe_for_split, resolve_recipe
-from ft_dist.data.transforms import Recipe, recipe_transform
+from ft_dist.data.transforms import Recipe, recipe_transform, split_per_batch, takes_tensors
 
 log = logging.getLogger(__name__)
 # (shard url, sample key, sample) as read from a tar shard.
@@ -82,6 +89,16 @@ class BatchDecoder:
     # "cpu": PIL in whichever process decodes; "cuda": torchvision batched decode (nvJPEG)
     # and the transform on the current GPU, in the rank itself (data.decode_device).
     device: str = "cpu"
+    # The CPU path runs ``transform`` in two halves: geometry + ToImage per sample (uint8),
+    # then dtype + normalisation once per batch (transforms.split_per_batch): same floats.
+    # 8-bit PNGs already in the mode skip PIL when the per-sample half is exact on tensors.
+    per_sample: Callable[[Any], Any] = field(init=False, repr=False)
+    per_batch: Callable[[Any], Any] | None = field(init=False, repr=False)
+    png_tensors: bool = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.per_sample, self.per_batch = split_per_batch(self.transform)
+        self.png_tensors = self.per_batch is not None and takes_tensors(self.per_sample)
 
     @classmethod
     def create(
@@ -147,7 +164,10 @@ class BatchDecoder:
         for url, key, sample in items:
             label = self._label(url, key, sample)
             try:
-                image = self.transform(decode_image(sample, self.mode))
+                decoded = decode_png_tensor(sample, self.mode) if self.png_tensors else None
+                if decoded is None:
+                    decoded = decode_image(sample, self.mode)
+                image = self.per_sample(decoded)
             except Exception as error:  # PIL: OSError, SyntaxError, ValueError, ...
                 image = self._corrupt(url, key, error)
             images.append(image)
@@ -155,7 +175,10 @@ class BatchDecoder:
         _replace_corrupt(images, labels, items)
         # default_collate stacks straight into shared memory inside a loader worker,
         # saving the copy torch.stack + queue transfer would make.
-        return default_collate(images), torch.tensor(labels, dtype=torch.int64)
+        batch = default_collate([image.as_subclass(torch.Tensor) for image in images])
+        if self.per_batch is not None:
+            batch = self.per_batch(batch)
+        return batch, torch.tensor(labels, dtype=torch.int64)
 
     def _decode_on_device(self, items: list[RawItem]) -> tuple[Any, Any]:
         """Decode the batch at once on the GPU, then transform the device tensors (the

@@ -122,6 +122,31 @@ def decode_image(sample: Sample, mode: str) -> Any:
     return image if image.mode == mode else image.convert(mode)
 
 
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+PNG_COLOR_TYPE = {"L": 0, "RGB": 2}  # IHDR colour type of an image already in that mode
+
+
+def decode_png_tensor(sample: Sample, mode: str) -> Any | None:
+    """The sample's image as a uint8 [C, H, W] tensor, decoded by torchvision's libpng, when
+    it is an 8-bit PNG already in ``mode`` (grayscale for L, RGB for RGB): PNG is lossless
+    and no conversion is needed, so the pixels are PIL's, about 3x faster on 28-32 px images.
+    ``None`` for anything else (JPEG, palette, 16-bit, alpha, unreadable): use PIL."""
+    import torch
+    from torchvision.io import ImageReadMode, decode_png
+
+    data = next((sample[ext] for ext in IMAGE_EXTENSIONS if ext in sample), None)
+    # IHDR is the first chunk: bytes 24 and 25 hold the bit depth and the colour type.
+    if data is None or len(data) < 26 or data[:8] != PNG_SIGNATURE:
+        return None
+    if data[24] != 8 or data[25] != PNG_COLOR_TYPE.get(mode):
+        return None
+    read_mode = ImageReadMode.GRAY if mode == "L" else ImageReadMode.RGB
+    try:
+        return decode_png(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=read_mode)
+    except RuntimeError:  # damaged: PIL decodes it again and names the problem
+        return None
+
+
 def read_label(sample: Sample, num_classes: int) -> int:
     """The sample's class index from its ``cls`` member, checked against the class range."""
     raw = sample.get("cls")

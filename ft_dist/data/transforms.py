@@ -187,3 +187,37 @@ def recipe_transform(
     if normalize:
         steps.append(v2.Normalize(list(recipe.mean), list(recipe.std)))
     return v2.Compose(steps)
+
+
+def split_per_batch(transform: Callable[[object], object]) -> tuple[Callable, Callable | None]:
+    """``(per sample, per batch)`` halves of a ``recipe_transform``: the steps after
+    ``ToImage`` (``ToDtype``, ``Normalize``) are elementwise and draw no random numbers,
+    so they give the same floats run once on the stacked uint8 batch [B, C, H, W] -- at a
+    fraction of the cost of running v2's dispatch per 28-32 px image. ``None``: no such
+    tail (the whole transform stays per sample)."""
+    from torchvision.transforms import v2
+
+    steps = list(getattr(transform, "transforms", ()))
+    cut = next((i + 1 for i, step in enumerate(steps) if isinstance(step, v2.ToImage)), None)
+    tail = steps[cut:] if cut is not None else []
+    if not tail or not all(isinstance(step, v2.ToDtype | v2.Normalize) for step in tail):
+        return transform, None
+    return v2.Compose(steps[:cut]), v2.Compose(tail)
+
+
+def takes_tensors(per_sample: Callable[[object], object]) -> bool:
+    """Whether the per-sample half gives the same pixels on a uint8 tensor as on a PIL image:
+    only ``ToImage``, crops padded with zeros or by reflection, and flips (they move pixels,
+    never blend them; tests/data/test_decoding.py compares both paths), with the same
+    random draws (the parameters come from the image's size alone)."""
+    from torchvision.transforms import v2
+
+    steps = list(getattr(per_sample, "transforms", ()))
+
+    def exact(step: object) -> bool:
+        if isinstance(step, v2.RandomCrop):  # ZeroPadRandomCrop included
+            zeros = step.padding_mode == "constant" and step.fill in (0, {})
+            return (zeros or step.padding_mode == "reflect") and not step.pad_if_needed
+        return isinstance(step, v2.ToImage | v2.RandomHorizontalFlip)
+
+    return bool(steps) and all(exact(step) for step in steps)

@@ -65,8 +65,7 @@ def test_the_resume_line_is_read_with_its_worker_count(tmp_path: Path) -> None:
 
 
 def test_a_faults_resume_is_its_own_runs_new_line(tmp_path: Path) -> None:
-    """A member's resume is told from the other member's, and from its own older lines that
-    Ray delivers late."""
+    """A member's resume is told from the other member's, and from its own older lines."""
     line = (
         "[{m}] resumed from /r/members/{m}/checkpoints/{step:09d}: epoch 0, step {step} of 108,"
         " {seen} images seen, on 1 worker(s)\n"
@@ -75,9 +74,24 @@ def test_a_faults_resume_is_its_own_runs_new_line(tmp_path: Path) -> None:
     log.write_text(line.format(m="member_2", step=9, seen=576))
     member_2 = Path("/r/members/member_2/checkpoints")
     seen = chaos.resumes(log, member_2)
-    with log.open("a") as stream:  # late: member 1's old line, then member 2's new one
+    with log.open("a") as stream:  # the other member's line, then member 2's new one
         stream.write(line.format(m="member_1", step=9, seen=576))
-        stream.write(line.format(m="member_2", step=9, seen=576))
+        stream.flush()
         assert chaos.new_resumes(log, member_2, seen) == []
         stream.write(line.format(m="member_2", step=27, seen=1728))
     assert chaos.new_resumes(log, member_2, seen) == [(str(member_2 / "000000027"), 27, 1728, 1)]
+
+
+def test_a_second_resume_from_the_same_checkpoint_is_new(tmp_path: Path) -> None:
+    """A kill in checkpoint 27's write resumes from 18, as the kill after 18 did."""
+    line = (
+        "[r] resumed from /r/checkpoints/000000018: epoch 0, step 18 of 189, 2304 images seen,"
+        " on 2 worker(s)\n"
+    )
+    log = tmp_path / "x.log"
+    log.write_text(line)
+    where = Path("/r/checkpoints")
+    seen = chaos.resumes(log, where)
+    assert chaos.new_resumes(log, where, seen) == []
+    log.write_text(line * 2)
+    assert chaos.new_resumes(log, where, seen) == [(str(where / "000000018"), 18, 2304, 2)]
