@@ -25,7 +25,13 @@ from ft_dist.data.reader import (
     read_label,
 )
 from ft_dist.data.recipes import recipe_for_split, resolve_recipe
-from ft_dist.data.transforms import Recipe, recipe_transform, split_per_batch, takes_tensors
+from ft_dist.data.transforms import (
+    Recipe,
+    recipe_transform,
+    split_per_batch,
+    takes_tensors,
+    tensor_steps,
+)
 
 log = logging.getLogger(__name__)
 # (shard url, sample key, sample) as read from a tar shard.
@@ -95,10 +101,13 @@ class BatchDecoder:
     per_sample: Callable[[Any], Any] = field(init=False, repr=False)
     per_batch: Callable[[Any], Any] | None = field(init=False, repr=False)
     png_tensors: bool = field(init=False, repr=False)
+    tensor_steps: Callable[[Any], Any] | None = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.per_sample, self.per_batch = split_per_batch(self.transform)
         self.png_tensors = self.per_batch is not None and takes_tensors(self.per_sample)
+        # On a decoded tensor ToImage does nothing: without other steps, skip v2's dispatch.
+        self.tensor_steps = tensor_steps(self.per_sample) if self.png_tensors else None
 
     @classmethod
     def create(
@@ -166,8 +175,9 @@ class BatchDecoder:
             try:
                 decoded = decode_png_tensor(sample, self.mode) if self.png_tensors else None
                 if decoded is None:
-                    decoded = decode_image(sample, self.mode)
-                image = self.per_sample(decoded)
+                    image = self.per_sample(decode_image(sample, self.mode))
+                else:
+                    image = self.tensor_steps(decoded) if self.tensor_steps else decoded
             except Exception as error:  # PIL: OSError, SyntaxError, ValueError, ...
                 image = self._corrupt(url, key, error)
             images.append(image)

@@ -221,3 +221,12 @@ def takes_tensors(per_sample: Callable[[object], object]) -> bool:
         return isinstance(step, v2.ToImage | v2.RandomHorizontalFlip)
 
     return bool(steps) and all(exact(step) for step in steps)
+
+
+def tensor_steps(per_sample: Callable[[object], object]) -> Callable[[object], object] | None:
+    """The per-sample steps a uint8 tensor needs (``ToImage`` leaves it as it is); ``None``
+    when there are none."""
+    from torchvision.transforms import v2
+
+    steps = [s for s in getattr(per_sample, "transforms", ()) if not isinstance(s, v2.ToImage)]
+    return v2.Compose(steps) if steps else None

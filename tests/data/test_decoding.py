@@ -98,7 +98,7 @@ def test_the_tensor_path_is_taken_where_exact_and_only_there() -> None:
      ("palette", "RGB", False), ("jpeg", "RGB", False)],
 )  # fmt: skip
 def test_only_8_bit_pngs_in_the_wanted_mode_skip_pil(kind: str, mode: str, tensor: bool) -> None:
-    (_, _, sample), = samples(kind, 1, 8)
+    ((_, _, sample),) = samples(kind, 1, 8)
     decoded = decode_png_tensor(sample, mode)
     assert (decoded is not None) == tensor
     if tensor:
@@ -107,7 +107,7 @@ def test_only_8_bit_pngs_in_the_wanted_mode_skip_pil(kind: str, mode: str, tenso
 
 
 def test_a_damaged_png_is_left_to_pil_which_names_the_problem() -> None:
-    (_, _, sample), = samples("L", 1, 8)
+    ((_, _, sample),) = samples("L", 1, 8)
     sample["png"] = sample["png"][:40]  # the header intact, the data cut
     assert decode_png_tensor(sample, "L") is None
     decoder = BatchDecoder("L", recipe_transform(preset_recipe("mnist", 8, 8), train=False),
