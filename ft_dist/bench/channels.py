@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -203,10 +204,12 @@ def run(args: argparse.Namespace) -> int:
         tuple(args.end_fraction),
         masked=not args.no_masked,
     )
-    connect(base.ray.address)
+    # --json: stdout holds the JSON object alone (the workers' lines stay off it).
+    connect(base.ray.address, log_to_driver=not args.json)
+    progress = sys.stderr if args.json else sys.stdout
     rows, twins = [], {}
     for index, (name, fraction, cfg, twin) in enumerate(runs, 1):
-        print(f"== bench channels: {name} ({index}/{len(runs)})", flush=True)
+        print(f"== bench channels: {name} ({index}/{len(runs)})", file=progress, flush=True)
         if fraction == "masked":
             twins[name] = train_seconds(name, cfg)
         else:
@@ -215,7 +218,7 @@ def run(args: argparse.Namespace) -> int:
     result = {"torch_threads": torch.get_num_threads(), "rows": rows}
     (out / "channels.json").write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2) if args.json else format_table(result))
-    print(out / "channels.json")
+    print(out / "channels.json", file=progress)
     return 0
 
 
