@@ -192,6 +192,8 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from ft_dist.config import load_config
+    from ft_dist.layout import run_dir
+    from ft_dist.orchestrate.dst_ensemble import is_finished
     from ft_dist.train.worker import absolute_paths, connect
 
     base = absolute_paths(load_config(args.config, args.overrides))
@@ -210,6 +212,13 @@ def run(args: argparse.Namespace) -> int:
     rows, twins = [], {}
     for index, (name, fraction, cfg, twin) in enumerate(runs, 1):
         print(f"== bench channels: {name} ({index}/{len(runs)})", file=progress, flush=True)
+        if is_finished(cfg):  # train_variant resumes, so a finished run is not timed again
+            print(
+                f"   {name}: finished in {run_dir(cfg.train)}; its train seconds are reused "
+                "(remove the directory, or pass --out, to time it again)",
+                file=progress,
+                flush=True,
+            )
         if fraction == "masked":
             twins[name] = train_seconds(name, cfg)
         else:
