@@ -101,3 +101,58 @@ def test_a_grey_scale_stem_hands_on_channels_last_activations() -> None:
     assert seen[0].is_contiguous(memory_format=torch.channels_last)
     assert not seen[0].is_contiguous()
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
+
+
+class _Residual(nn.Module):
+    """An in-place ReLU whose input a residual sum also reads, then a pool; and a ReLU
+    before a pool that is the only reader (the one that may move)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.act = nn.ReLU(inplace=True)
+        self.pool = nn.MaxPool2d(2)
+        self.head = nn.Conv2d(4, 4, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.conv(x)
+        z = self.pool(self.act(y)) + nn.functional.max_pool2d(y, 2)  # y read twice: stays
+        return nn.functional.max_pool2d(torch.relu(self.head(z)), 3, 1, 1)  # moves
+
+
+def test_a_relu_before_a_max_pool_moves_after_it_only_where_nothing_else_reads() -> None:
+    from ft_dist.export.program import relu_after_pool
+
+    torch.manual_seed(0)
+    model = _Residual().eval()
+    images = torch.randn(4, 3, 8, 8)
+    expected = model(images.clone())
+    moved = relu_after_pool(torch.fx.symbolic_trace(model))
+    order = [n.target for n in moved.graph.nodes if n.op != "placeholder"]
+    # The residual branch keeps ReLU -> pool; the head's ReLU now follows its pool.
+    assert order.index("act") < order.index("pool")
+    pool = next(n for n in moved.graph.nodes if n.target is nn.functional.max_pool2d
+                and n.args[1] == 3)  # fmt: skip
+    assert [user.target for user in pool.users] == [torch.relu]
+    assert torch.equal(moved(images.clone()), expected)
+
+
+def test_the_serving_small_cnn_pools_before_its_relus_with_the_same_logits(monkeypatch) -> None:
+    import copy
+
+    from ft_dist.export import program as program_module
+    from ft_dist.models import build_model
+
+    torch.manual_seed(0)
+    model = build_model("small-cnn", 10, 1, 28).eval()
+    images = torch.rand(16, 1, 28, 28)
+    served, _ = serving_program([copy.deepcopy(model)], [0.5], [0.25])
+    with monkeypatch.context() as patch:  # the same serving program without the move
+        patch.setattr(program_module, "relu_after_pool", lambda member: member)
+        unmoved, _ = serving_program([copy.deepcopy(model)], [0.5], [0.25])
+    member = served.members[0]
+    kinds = [type(member.get_submodule(n.target)).__name__ for n in member.graph.nodes
+             if n.op == "call_module"]  # fmt: skip
+    assert kinds[:6] == ["Conv2d", "MaxPool2d", "ReLU", "Conv2d", "MaxPool2d", "ReLU"]
+    with torch.no_grad():
+        assert torch.equal(served(images), unmoved(images))
