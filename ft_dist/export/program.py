@@ -159,11 +159,10 @@ def _is_max_pool(member: torch.fx.GraphModule, node: torch.fx.Node) -> bool:
             layer.return_indices
         )
     pools = (nn.functional.max_pool1d, nn.functional.max_pool2d, nn.functional.max_pool3d)
-    return (
-        node.op == "call_function"
-        and node.target in pools
-        and not node.kwargs.get("return_indices", False)
-    )
+    if node.op != "call_function" or node.target not in pools:
+        return False
+    indices = node.args[6] if len(node.args) > 6 else node.kwargs.get("return_indices", False)
+    return not indices
 
 
 def relu_after_pool(member: nn.Module) -> nn.Module:
