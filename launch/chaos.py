@@ -48,7 +48,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -300,32 +299,30 @@ def wait_until(condition, what: str, timeout: float = 900, poll: float = 0.3, al
         time.sleep(poll)
 
 
-RESUMED = r"resumed from (\S+): epoch \d+, step (\d+) of \d+, (\d+) images seen, on (\d+) worker"
+RESUMED = (
+    r"(?:pid=(\d+)\D[^\n]*?)?resumed from (\S+): epoch \d+, step (\d+) of \d+, "
+    r"(\d+) images seen, on (\d+) worker"
+)
+# (checkpoint, step, images seen, workers, pid of the worker that printed it or 0)
+Resume = tuple[str, int, int, int, int]
 
 
-def resumes(log: Path, of: Path | None = None) -> list[tuple[str, int, int, int]]:
-    """(checkpoint, step, images seen, workers) of every resume the log reports; ``of``:
-    only those of the run (or member) whose checkpoints are in that directory."""
+def resumes(log: Path, of: Path | None = None) -> list[Resume]:
+    """Every resume the log reports; ``of``: only those of the run (or member) whose
+    checkpoints are in that directory."""
     found = re.findall(RESUMED, log_text(log))
     return [
-        (path, int(step), int(seen), int(workers))
-        for path, step, seen, workers in found
+        (path, int(step), int(seen), int(workers), int(pid or 0))
+        for pid, path, step, seen, workers in found
         if of is None or Path(path).parent == of
     ]
 
 
-def new_resumes(log: Path, of: Path, seen: list) -> list[tuple[str, int, int, int]]:
-    """Resumes of ``of``'s run beyond ``seen`` (a count per line, not of all lines: Ray
-    delivers workers' lines late, so another run's older line could meet a count; two
-    faults may resume from the same checkpoint, so their lines can be equal)."""
-    left = Counter(seen)
-    new = []
-    for line in resumes(log, of):
-        if left[line]:
-            left[line] -= 1
-        else:
-            new.append(line)
-    return new
+def new_resumes(log: Path, of: Path, seen: list[Resume]) -> list[Resume]:
+    """Resumes of ``of``'s run not among ``seen``. A line is told by its worker's pid too:
+    a restarted node's log monitor delivers its workers' old lines again (same pid), while
+    two faults may resume from the same checkpoint (equal text, another worker)."""
+    return [line for line in resumes(log, of) if line not in seen]
 
 
 def flip_middle_bytes(path: Path) -> None:
@@ -374,7 +371,7 @@ def faulted_run(root: Path, case: Case, name: str, faults: list[Fault]) -> Path:
         where = Path(stopped["directory"]).parent  # the checkpoints of the run/member stopped
         seen = resumes(log, where)
 
-        def resumed(w: Path = where, s: list = seen) -> list[tuple[str, int, int, int]]:
+        def resumed(w: Path = where, s: list = seen) -> list[Resume]:
             return new_resumes(log, w, s)
 
         if fault.name in (KILL_AFTER_CHECKPOINT, KILL_IN_WRITE, MEMBER_IN_WRITE):
@@ -488,7 +485,7 @@ def resume_accounting(case: Case, log: Path) -> list[str]:
     """Images counted once per step: at every resume, images seen = step x global batch."""
     return [
         f"resumed {path} at step {step} with {seen} images seen"
-        for path, step, seen, _ in resumes(log)
+        for path, step, seen, _, _ in resumes(log)
         if seen != step * case.global_batch
     ]
 

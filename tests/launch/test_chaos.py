@@ -55,43 +55,50 @@ def test_every_seed_gives_another_schedule_somewhere() -> None:
     assert len(schedules) > 5
 
 
-def test_the_resume_line_is_read_with_its_worker_count(tmp_path: Path) -> None:
+def test_the_resume_line_is_read_with_its_worker_count_and_pid(tmp_path: Path) -> None:
     log = tmp_path / "x.log"
     log.write_text(
-        "(RayTrainWorker pid=1) [chaos] resumed from /r/checkpoints/000000018: epoch 0, step 18"
-        " of 189, 2304 images seen, on 1 worker(s)\n"
+        "\x1b[36m(RayTrainWorker pid=17)\x1b[0m [chaos] resumed from /r/checkpoints/000000018: "
+        "epoch 0, step 18 of 189, 2304 images seen, on 1 worker(s)\n"
+        "[chaos] resumed from /r/checkpoints/000000027: epoch 1, step 27 of 189, 3456 images "
+        "seen, on 2 worker(s)\n"
     )
-    assert chaos.resumes(log) == [("/r/checkpoints/000000018", 18, 2304, 1)]
+    assert chaos.resumes(log) == [
+        ("/r/checkpoints/000000018", 18, 2304, 1, 17),
+        ("/r/checkpoints/000000027", 27, 3456, 2, 0),  # no Ray prefix
+    ]
+
+
+LINE = (
+    "(RayTrainWorker pid={pid}) [{m}] resumed from /r/{m}/checkpoints/{step:09d}: epoch 0, step "
+    "{step} of 189, {seen} images seen, on {workers} worker(s)\n"
+)
 
 
 def test_a_faults_resume_is_its_own_runs_new_line(tmp_path: Path) -> None:
-    """A member's resume is told from the other member's, and from its own older lines."""
-    line = (
-        "[{m}] resumed from /r/members/{m}/checkpoints/{step:09d}: epoch 0, step {step} of 108,"
-        " {seen} images seen, on 1 worker(s)\n"
-    )
+    """A member's resume is told from the other member's, and from its own old lines that a
+    restarted node's log monitor delivers again."""
     log = tmp_path / "x.log"
-    log.write_text(line.format(m="member_2", step=9, seen=576))
-    member_2 = Path("/r/members/member_2/checkpoints")
+    log.write_text(LINE.format(pid=5, m="member_2", step=9, seen=576, workers=1))
+    member_2 = Path("/r/member_2/checkpoints")
     seen = chaos.resumes(log, member_2)
-    with log.open("a") as stream:  # the other member's line, then member 2's new one
-        stream.write(line.format(m="member_1", step=9, seen=576))
+    with log.open("a") as stream:
+        stream.write(LINE.format(pid=6, m="member_1", step=9, seen=576, workers=1))
+        stream.write(LINE.format(pid=5, m="member_2", step=9, seen=576, workers=1))  # again
         stream.flush()
         assert chaos.new_resumes(log, member_2, seen) == []
-        stream.write(line.format(m="member_2", step=27, seen=1728))
-    assert chaos.new_resumes(log, member_2, seen) == [(str(member_2 / "000000027"), 27, 1728, 1)]
+        stream.write(LINE.format(pid=7, m="member_2", step=27, seen=1728, workers=1))
+    assert chaos.new_resumes(log, member_2, seen) == [(str(member_2 / "000000027"), 27, 1728, 1, 7)]
 
 
 def test_a_second_resume_from_the_same_checkpoint_is_new(tmp_path: Path) -> None:
-    """A kill in checkpoint 27's write resumes from 18, as the kill after 18 did."""
-    line = (
-        "[r] resumed from /r/checkpoints/000000018: epoch 0, step 18 of 189, 2304 images seen,"
-        " on 2 worker(s)\n"
-    )
+    """A kill in checkpoint 27's write resumes from 18, as the kill after 18 did: the same
+    text, printed by another worker."""
     log = tmp_path / "x.log"
-    log.write_text(line)
-    where = Path("/r/checkpoints")
+    log.write_text(LINE.format(pid=5, m="run", step=18, seen=2304, workers=2))
+    where = Path("/r/run/checkpoints")
     seen = chaos.resumes(log, where)
     assert chaos.new_resumes(log, where, seen) == []
-    log.write_text(line * 2)
-    assert chaos.new_resumes(log, where, seen) == [(str(where / "000000018"), 18, 2304, 2)]
+    with log.open("a") as stream:
+        stream.write(LINE.format(pid=9, m="run", step=18, seen=2304, workers=2))
+    assert chaos.new_resumes(log, where, seen) == [(str(where / "000000018"), 18, 2304, 2, 9)]
